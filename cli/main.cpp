@@ -1,0 +1,134 @@
+// The attrace command line. Every subcommand has --help; errors print one line naming the
+// file/field/example at fault and exit non-zero.
+#include "demo.hpp"
+
+#include <attrace/connectors/csv_import.hpp>
+#include <attrace/engine/attribute.hpp>
+#include <attrace/engine/report.hpp>
+#include <attrace/error.hpp>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+#include <iostream>
+
+namespace {
+
+void setup_logging(bool quiet) {
+  auto logger = spdlog::stderr_color_mt("attrace");
+  logger->set_pattern("%^[%l]%$ %v");
+  spdlog::set_default_logger(logger);
+  spdlog::set_level(quiet ? spdlog::level::warn : spdlog::level::info);
+}
+
+void print_vector(const attrace::engine::RunSummary& s) {
+  std::printf("%-20s %-44s %8s %9s %16s  %s\n", "tranche", "account", "examples", "share", "total influence", "flags");
+  for (const auto& t : s.attribution.tranches) {
+    std::string flags;
+    for (const auto& f : t.flags) flags += (flags.empty() ? "" : " ") + f;
+    std::printf("%-20s %-44s %8lld %8.3f%% %16.6g  %s\n", t.tranche.id.c_str(), t.tranche.account.c_str(),
+                static_cast<long long>(t.examples), 100.0 * t.share, t.total_influence, flags.c_str());
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"attrace: training-data attribution per tranche, recomputable for payments and audits"};
+  app.require_subcommand(1);
+  bool quiet = false;
+  app.add_flag("-q,--quiet", quiet, "No progress or info messages on stderr");
+
+  // attribute
+  auto* attr = app.add_subcommand("attribute", "Exact TracIn attribution of a query set to training tranches");
+  std::string config_path, out_dir, precision, loss, path, device, scores;
+  long long batch_size = 0, top_k = -1;
+  bool force = false;
+  std::vector<std::string> sets;
+  attr->add_option("-c,--config", config_path, "Run configuration (TOML)")->required()->check(CLI::ExistingFile);
+  attr->add_option("-o,--out", out_dir, "Output directory to create (written atomically)")->required();
+  attr->add_flag("--force", force, "Replace the output directory if it exists");
+  attr->add_option("--precision", precision, "Overrides gradients.precision")->check(CLI::IsMember({"fp32", "fp64"}));
+  attr->add_option("--loss", loss, "Overrides gradients.loss")->check(CLI::IsMember({"cross_entropy", "mse"}));
+  attr->add_option("--path", path, "Overrides gradients.path")->check(CLI::IsMember({"auto", "chain", "general"}));
+  attr->add_option("--device", device, "Overrides gradients.device")->check(CLI::IsMember({"cpu", "cuda", "auto"}));
+  attr->add_option("--batch-size", batch_size, "Overrides gradients.batch_size")->check(CLI::PositiveNumber);
+  attr->add_option("--top-k", top_k, "Overrides attribution.top_k")->check(CLI::NonNegativeNumber);
+  attr->add_option("--scores", scores, "Overrides output.scores")->check(CLI::IsMember({"auto", "always", "never"}));
+  attr->add_option("--set", sets, "Overrides any setting: section.key=value (TOML value), repeatable");
+  attr->add_flag("-q,--quiet", quiet, "No progress or info messages on stderr");
+
+  // demo
+  auto* demo = app.add_subcommand("demo", "Build a scenario from real data, train, attribute, print the vector");
+  attrace::cli::DemoOptions demo_opts;
+  demo->add_option("--dir", demo_opts.dir, "Work directory (inputs, checkpoints, report)")->capture_default_str();
+  demo->add_flag("-q,--quiet", quiet, "No progress or info messages on stderr");
+
+  // import csv
+  auto* imp = app.add_subcommand("import", "Import data into the attrace dataset format");
+  imp->require_subcommand(1);
+  auto* csv = imp->add_subcommand("csv", "CSV examples (+ CSV tranche table) to an HDF5 dataset");
+  attrace::connectors::CsvImportOptions co;
+  csv->add_option("--examples", co.examples_csv, "Examples CSV (header row)")->required()->check(CLI::ExistingFile);
+  csv->add_option("--tranches", co.tranches_csv, "Tranche table CSV: id,account[,name][,license] (omit for query sets)")
+      ->check(CLI::ExistingFile);
+  csv->add_option("-o,--out", co.output_h5, "Dataset file to write (.h5)")->required();
+  csv->add_option("--target-column", co.target_column, "Column holding the target")->capture_default_str();
+  csv->add_option("--tranche-column", co.tranche_column, "Column holding the tranche id")->capture_default_str();
+  csv->add_option("--id-column", co.id_column, "Column holding the example id (row number if absent)")->capture_default_str();
+  csv->add_flag("--regression", co.regression, "Float regression targets instead of integer class labels");
+
+  auto* ver = app.add_subcommand("version", "Print the engine version and git revision");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  setup_logging(quiet);
+
+  try {
+    if (*ver) {
+      std::printf("attrace %s (%s)\n", attrace::engine::engine_version().c_str(),
+                  attrace::engine::engine_git_revision().c_str());
+      return 0;
+    }
+    if (*demo) {
+      demo_opts.quiet = quiet;
+      return attrace::cli::run_demo(demo_opts);
+    }
+    if (*csv) {
+      const long long n = attrace::connectors::import_csv(co);
+      std::printf("wrote %lld examples to %s\n", n, co.output_h5.c_str());
+      return 0;
+    }
+    if (*attr) {
+      std::vector<std::string> overrides = sets;
+      auto add = [&](const char* key, const std::string& v) {
+        if (!v.empty()) overrides.push_back(std::string(key) + "=\"" + v + "\"");
+      };
+      add("gradients.precision", precision);
+      add("gradients.loss", loss);
+      add("gradients.path", path);
+      add("gradients.device", device);
+      add("output.scores", scores);
+      if (batch_size > 0) overrides.push_back("gradients.batch_size=" + std::to_string(batch_size));
+      if (top_k >= 0) overrides.push_back("attribution.top_k=" + std::to_string(top_k));
+      const auto config = attrace::engine::load_config(config_path, overrides);
+      const auto summary = attrace::engine::run_attribute(config, {out_dir, force, quiet});
+      print_vector(summary);
+      std::printf("wrote %s (report.json, attribution.csv, manifest.json%s)\n", out_dir.c_str(),
+                  summary.wrote_scores ? ", scores.h5" : "");
+      return 0;
+    }
+  } catch (const attrace::InputError& e) {
+    std::fprintf(stderr, "attrace: error: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "attrace: failure: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

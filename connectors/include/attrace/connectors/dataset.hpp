@@ -1,0 +1,60 @@
+#pragma once
+// Datasets of examples (training set and query set) and their tranche table, read from and
+// written to HDF5. Layout: docs/formats.md#dataset.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace attrace::connectors {
+
+/// One contributor's batch of examples: who is paid for it and under which license.
+struct Tranche {
+  std::string id;       ///< stable id string (hashed into the ledger's trancheId)
+  std::string account;  ///< contributor's EVM address, 0x + 40 hex digits
+  std::string name;     ///< human-readable name (may be empty)
+  std::string license;  ///< license tag, e.g. "CC-BY-4.0" (may be empty)
+};
+
+/// What the targets are: integer class labels or float regression targets.
+enum class TargetKind { class_index, regression };
+
+/// An in-memory dataset: inputs, targets, example ids and (for training sets) tranches.
+struct Dataset {
+  std::string path;                  ///< file it was read from (empty if built in memory)
+  std::string sha256;                ///< SHA-256 of that file (hex)
+  std::vector<int64_t> input_shape;  ///< [N, ...]
+  std::vector<float> inputs;         ///< N * example_width() values, row-major
+  TargetKind target_kind = TargetKind::class_index;
+  std::vector<int64_t> target_shape;  ///< [N] for class labels, [N] or [N, D] for regression
+  std::vector<int64_t> class_targets;       ///< N labels when target_kind == class_index
+  std::vector<float> regression_targets;    ///< N * target_width() values when regression
+  std::vector<std::string> ids;       ///< N unique example ids
+  std::vector<int64_t> tranche;       ///< N tranche indices into `tranches` (empty: none)
+  std::vector<Tranche> tranches;      ///< tranche table (empty for query sets without one)
+
+  /// Number of examples N.
+  int64_t size() const { return input_shape.empty() ? 0 : input_shape[0]; }
+  /// Number of input values per example.
+  int64_t example_width() const;
+  /// Number of target values per example (1 for class labels).
+  int64_t target_width() const;
+  /// Number of examples in each tranche.
+  std::vector<int64_t> tranche_counts() const;
+};
+
+/// Reads and validates a dataset file. With `require_tranches` the tranche index and table must
+/// be present, every index in range and every tranche non-empty. Throws InputError naming the
+/// file, the field and the example or tranche at fault.
+Dataset read_dataset(const std::string& path, bool require_tranches);
+
+/// Checks a dataset's internal consistency (shapes, unique ids, tranche indices and table,
+/// account format). `what` names it in messages (usually its path).
+void validate_dataset(const Dataset& ds, bool require_tranches, const std::string& what);
+
+/// Writes a dataset atomically (temporary file + rename) in the documented layout.
+void write_dataset(const std::string& path, const Dataset& ds);
+
+/// True when `s` is 0x followed by 40 hexadecimal digits.
+bool is_evm_address(const std::string& s);
+
+}  // namespace attrace::connectors

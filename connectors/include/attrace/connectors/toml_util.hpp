@@ -1,0 +1,13 @@
+#pragma once
+// Reading human-written TOML files with errors that name the file, line and column.
+#include <toml++/toml.h>
+
+#include <string>
+
+namespace attrace::connectors {
+
+/// Parses a TOML file; InputError "FILE:LINE:COL: description" on a syntax error, or naming the
+/// file when it cannot be read.
+toml::table parse_toml_file(const std::string& path);
+
+}  // namespace attrace::connectors

@@ -1,0 +1,233 @@
+#include "h5.hpp"
+
+#include <attrace/connectors/dataset.hpp>
+#include <attrace/connectors/fs.hpp>
+#include <attrace/connectors/hash.hpp>
+#include <attrace/error.hpp>
+
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <unordered_map>
+
+namespace attrace::connectors {
+
+int64_t Dataset::example_width() const {
+  int64_t w = 1;
+  for (size_t i = 1; i < input_shape.size(); ++i) w *= input_shape[i];
+  return w;
+}
+
+int64_t Dataset::target_width() const {
+  int64_t w = 1;
+  for (size_t i = 1; i < target_shape.size(); ++i) w *= target_shape[i];
+  return w;
+}
+
+std::vector<int64_t> Dataset::tranche_counts() const {
+  std::vector<int64_t> counts(tranches.size(), 0);
+  for (int64_t t : tranche)
+    if (t >= 0 && t < static_cast<int64_t>(counts.size())) ++counts[static_cast<size_t>(t)];
+  return counts;
+}
+
+bool is_evm_address(const std::string& s) {
+  if (s.size() != 42 || s[0] != '0' || (s[1] != 'x' && s[1] != 'X')) return false;
+  for (size_t i = 2; i < s.size(); ++i)
+    if (!std::isxdigit(static_cast<unsigned char>(s[i]))) return false;
+  return true;
+}
+
+namespace {
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? "," : "") + std::to_string(s[i]);
+  return r + "]";
+}
+}  // namespace
+
+void validate_dataset(const Dataset& ds, bool require_tranches, const std::string& what) {
+  ATTRACE_CHECK(ds.input_shape.size() >= 2, InputError,
+                what + ": /inputs must have shape [N, ...] with at least 2 dimensions, got " +
+                    shape_str(ds.input_shape));
+  const int64_t n = ds.size();
+  ATTRACE_CHECK(n > 0, InputError, what + ": /inputs holds no examples");
+  for (int64_t d : ds.input_shape)
+    ATTRACE_CHECK(d > 0, InputError, what + ": /inputs has an empty dimension " + shape_str(ds.input_shape));
+  ATTRACE_CHECK(static_cast<int64_t>(ds.inputs.size()) == n * ds.example_width(), InputError,
+                what + ": /inputs data size does not match its shape");
+  ATTRACE_CHECK(static_cast<int64_t>(ds.ids.size()) == n, InputError,
+                what + ": /ids has " + std::to_string(ds.ids.size()) + " entries, expected " +
+                    std::to_string(n));
+  std::unordered_map<std::string, int64_t> seen;
+  for (int64_t i = 0; i < n; ++i) {
+    const auto& id = ds.ids[static_cast<size_t>(i)];
+    ATTRACE_CHECK(!id.empty(), InputError, what + ": /ids row " + std::to_string(i) + " is empty");
+    auto [it, fresh] = seen.emplace(id, i);
+    ATTRACE_CHECK(fresh, InputError,
+                  what + ": /ids: example id '" + id + "' appears twice (rows " +
+                      std::to_string(it->second) + " and " + std::to_string(i) + ")");
+  }
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t q = 0; q < ds.example_width(); ++q)
+      ATTRACE_CHECK(std::isfinite(ds.inputs[static_cast<size_t>(i * ds.example_width() + q)]),
+                    InputError,
+                    what + ": /inputs of example '" + ds.ids[static_cast<size_t>(i)] +
+                        "' (row " + std::to_string(i) + ") contains NaN or Inf");
+  ATTRACE_CHECK(!ds.target_shape.empty() && ds.target_shape[0] == n, InputError,
+                what + ": /targets has shape " + shape_str(ds.target_shape) + " but /inputs has " +
+                    std::to_string(n) + " examples");
+  if (ds.target_kind == TargetKind::class_index) {
+    ATTRACE_CHECK(ds.target_shape.size() == 1, InputError,
+                  what + ": integer /targets (class labels) must be one-dimensional, got " +
+                      shape_str(ds.target_shape));
+    ATTRACE_CHECK(static_cast<int64_t>(ds.class_targets.size()) == n, InputError,
+                  what + ": /targets size mismatch");
+    for (int64_t i = 0; i < n; ++i)
+      ATTRACE_CHECK(ds.class_targets[static_cast<size_t>(i)] >= 0, InputError,
+                    what + ": /targets of example '" + ds.ids[static_cast<size_t>(i)] +
+                        "' is a negative class label (" +
+                        std::to_string(ds.class_targets[static_cast<size_t>(i)]) + ")");
+  } else {
+    ATTRACE_CHECK(static_cast<int64_t>(ds.regression_targets.size()) == n * ds.target_width(),
+                  InputError, what + ": /targets size mismatch");
+    for (size_t i = 0; i < ds.regression_targets.size(); ++i)
+      ATTRACE_CHECK(std::isfinite(ds.regression_targets[i]), InputError,
+                    what + ": /targets of example '" +
+                        ds.ids[i / static_cast<size_t>(ds.target_width())] + "' is NaN or Inf");
+  }
+  if (!require_tranches && ds.tranche.empty()) return;
+  ATTRACE_CHECK(!ds.tranches.empty(), InputError, what + ": missing tranche table /tranches/id");
+  ATTRACE_CHECK(static_cast<int64_t>(ds.tranche.size()) == n, InputError,
+                what + ": /tranche has " + std::to_string(ds.tranche.size()) + " entries, expected " +
+                    std::to_string(n));
+  const int64_t t = static_cast<int64_t>(ds.tranches.size());
+  std::unordered_map<std::string, size_t> tranche_ids;
+  for (size_t k = 0; k < ds.tranches.size(); ++k) {
+    const Tranche& tr = ds.tranches[k];
+    ATTRACE_CHECK(!tr.id.empty(), InputError, what + ": /tranches/id row " + std::to_string(k) + " is empty");
+    ATTRACE_CHECK(tranche_ids.emplace(tr.id, k).second, InputError,
+                  what + ": /tranches/id: tranche id '" + tr.id + "' appears twice");
+    ATTRACE_CHECK(is_evm_address(tr.account), InputError,
+                  what + ": /tranches/account of tranche '" + tr.id + "' is '" + tr.account +
+                      "', not an EVM address (0x + 40 hex digits)");
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t v = ds.tranche[static_cast<size_t>(i)];
+    ATTRACE_CHECK(v >= 0 && v < t, InputError,
+                  what + ": /tranche of example '" + ds.ids[static_cast<size_t>(i)] + "' (row " +
+                      std::to_string(i) + ") is " + std::to_string(v) + ", outside the tranche table [0, " +
+                      std::to_string(t) + ")");
+  }
+  const auto counts = ds.tranche_counts();
+  for (size_t k = 0; k < counts.size(); ++k)
+    ATTRACE_CHECK(counts[k] > 0, InputError,
+                  what + ": tranche '" + ds.tranches[k].id + "' (index " + std::to_string(k) +
+                      ") has no examples");
+}
+
+Dataset read_dataset(const std::string& path, bool require_tranches) {
+  h5::Handle f = h5::open_file_ro(path);
+  const hid_t file = f.get();
+  Dataset ds;
+  ds.path = path;
+  ds.input_shape = h5::shape_of(file, "inputs", path);
+  ds.inputs = h5::read_numeric<float>(file, "inputs", H5T_NATIVE_FLOAT, path);
+  ds.target_shape = h5::shape_of(file, "targets", path);
+  const H5T_class_t tcls = h5::type_class_of(file, "targets", path);
+  if (tcls == H5T_INTEGER) {
+    ds.target_kind = TargetKind::class_index;
+    ds.class_targets = h5::read_numeric<int64_t>(file, "targets", H5T_NATIVE_INT64, path);
+  } else if (tcls == H5T_FLOAT) {
+    ds.target_kind = TargetKind::regression;
+    ds.regression_targets = h5::read_numeric<float>(file, "targets", H5T_NATIVE_FLOAT, path);
+  } else {
+    throw InputError(path + ": /targets must be integer class labels or float regression targets");
+  }
+  const int64_t n = ds.input_shape.empty() ? 0 : ds.input_shape[0];
+  if (h5::exists(file, "ids")) {
+    ds.ids = h5::read_strings(file, "ids", path);
+  } else {
+    for (int64_t i = 0; i < n; ++i) ds.ids.push_back(std::to_string(i));
+  }
+  const bool has_tranche_index = h5::exists(file, "tranche");
+  const bool has_table = h5::exists(file, "tranches/id");
+  if (require_tranches) {
+    ATTRACE_CHECK(has_tranche_index, InputError, path + ": missing dataset '/tranche' (tranche index per example)");
+    ATTRACE_CHECK(has_table, InputError, path + ": missing dataset '/tranches/id' (tranche table)");
+  }
+  if (has_tranche_index && has_table) {
+    ATTRACE_CHECK(h5::type_class_of(file, "tranche", path) == H5T_INTEGER, InputError,
+                  path + ": /tranche must hold integers");
+    ds.tranche = h5::read_numeric<int64_t>(file, "tranche", H5T_NATIVE_INT64, path);
+    const auto ids = h5::read_strings(file, "tranches/id", path);
+    const auto accounts = h5::read_strings(file, "tranches/account", path);
+    ATTRACE_CHECK(accounts.size() == ids.size(), InputError,
+                  path + ": /tranches/account has " + std::to_string(accounts.size()) +
+                      " rows but /tranches/id has " + std::to_string(ids.size()));
+    auto optional = [&](const char* name) {
+      std::vector<std::string> v;
+      if (h5::exists(file, std::string("tranches/") + name)) {
+        v = h5::read_strings(file, std::string("tranches/") + name, path);
+        ATTRACE_CHECK(v.size() == ids.size(), InputError,
+                      path + ": /tranches/" + name + " has " + std::to_string(v.size()) +
+                          " rows but /tranches/id has " + std::to_string(ids.size()));
+      } else {
+        v.assign(ids.size(), "");
+      }
+      return v;
+    };
+    const auto names = optional("name");
+    const auto licenses = optional("license");
+    for (size_t k = 0; k < ids.size(); ++k) ds.tranches.push_back({ids[k], accounts[k], names[k], licenses[k]});
+  }
+  f.reset();
+  validate_dataset(ds, require_tranches, path);
+  ds.sha256 = sha256_file(path);
+  return ds;
+}
+
+void write_dataset(const std::string& path, const Dataset& ds) {
+  validate_dataset(ds, !ds.tranches.empty(), path);
+  const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
+  try {
+    h5::Handle f = h5::create_file(tmp);
+    const hid_t file = f.get();
+    h5::write_string_attr(file, "format", "attrace.dataset/1");
+    h5::write_numeric(file, "inputs", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, ds.input_shape, ds.inputs.data());
+    if (ds.target_kind == TargetKind::class_index)
+      h5::write_numeric(file, "targets", H5T_STD_I64LE, H5T_NATIVE_INT64, ds.target_shape,
+                        ds.class_targets.data());
+    else
+      h5::write_numeric(file, "targets", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, ds.target_shape,
+                        ds.regression_targets.data());
+    h5::write_strings(file, "ids", ds.ids);
+    if (!ds.tranches.empty()) {
+      h5::write_numeric(file, "tranche", H5T_STD_I64LE, H5T_NATIVE_INT64, {ds.size()}, ds.tranche.data());
+      h5::Handle g = h5::create_group(file, "tranches");
+      std::vector<std::string> ids, accounts, names, licenses;
+      for (const auto& t : ds.tranches) {
+        ids.push_back(t.id);
+        accounts.push_back(t.account);
+        names.push_back(t.name);
+        licenses.push_back(t.license);
+      }
+      h5::write_strings(g.get(), "id", ids);
+      h5::write_strings(g.get(), "account", accounts);
+      h5::write_strings(g.get(), "name", names);
+      h5::write_strings(g.get(), "license", licenses);
+    }
+    ATTRACE_H5_CHECK(H5Fflush(file, H5F_SCOPE_GLOBAL), RuntimeFailure, tmp + ": flush failed");
+  } catch (...) {
+    std::error_code ec;
+    std::filesystem::remove(tmp, ec);
+    throw;
+  }
+  fsync_path(tmp);
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  ATTRACE_CHECK(!ec, RuntimeFailure, path + ": cannot move into place: " + ec.message());
+}
+
+}  // namespace attrace::connectors

@@ -1,0 +1,64 @@
+#pragma once
+// Every setting of an attribution run: read from a human-written TOML file, overridden by CLI
+// flags, echoed in full into the output manifest. Reference: docs/formats.md#config.
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace attrace::engine {
+
+/// Per-example loss whose gradient is attributed.
+enum class Loss { cross_entropy, mse };
+/// Precision of the model, the per-example gradients and the features.
+enum class Precision { fp32, fp64 };
+/// How per-example gradients are computed.
+enum class GradPath { automatic, chain, general };
+/// What happens to negative influence when tranche shares are formed.
+enum class NegativePolicy { clip, clip_per_query };
+/// Whether the full score matrix is written to scores.h5.
+enum class ScoresOutput { automatic, always, never };
+
+/// All settings of `attrace attribute`. Paths are resolved relative to the config file.
+struct Config {
+  std::string config_file;  ///< where it was read from (empty: built in code)
+  // [run] / [data]
+  std::string run_file;    ///< training run: checkpoints with step and lr
+  std::string train_file;  ///< training dataset (HDF5, with tranches)
+  std::string query_file;  ///< query dataset (HDF5): the usage being attributed
+  // [gradients]
+  Loss loss = Loss::cross_entropy;
+  std::vector<std::string> parameters = {"*"};  ///< glob patterns over parameter names
+  int64_t batch_size = 64;
+  GradPath path = GradPath::automatic;
+  Precision precision = Precision::fp32;
+  std::string device = "cpu";  ///< compute backend: cpu, cuda, auto
+  // [attribution]
+  int64_t top_k = 10;
+  NegativePolicy negative_policy = NegativePolicy::clip;
+  double duplicate_threshold = 0.5;  ///< flag tranche pairs sharing at least this fraction
+  double tolerance = 1e-6;           ///< declared verification tolerance on tranche shares
+  // [output]
+  ScoresOutput scores = ScoresOutput::automatic;
+  int64_t scores_max_entries = 10'000'000;  ///< automatic: write scores.h5 up to this many entries
+};
+
+/// Reads a config file, applies `overrides` ("section.key=value" TOML fragments, in order) and
+/// validates every value. InputError naming the file, key and value on any problem.
+Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+
+/// Validates values and relations (batch size > 0, k >= 0, files named). InputError otherwise.
+void validate(const Config& c);
+
+/// The settings as canonical JSON, for the manifest.
+nlohmann::json to_json(const Config& c);
+
+/// Names of enum values as they appear in config files and manifests.
+std::string to_string(Loss v);
+std::string to_string(Precision v);
+std::string to_string(GradPath v);
+std::string to_string(NegativePolicy v);
+std::string to_string(ScoresOutput v);
+
+}  // namespace attrace::engine

@@ -1,0 +1,366 @@
+// The only engine translation unit that includes LibTorch.
+#include <attrace/engine/gradients.hpp>
+#include <attrace/error.hpp>
+
+#include <torch/script.h>
+#include <torch/torch.h>
+
+#include <fnmatch.h>
+
+#include <fstream>
+#include <functional>
+#include <sstream>
+
+namespace attrace::engine {
+namespace {
+
+using connectors::Dataset;
+using connectors::TargetKind;
+
+std::string first_line(const std::string& s) {
+  const auto nl = s.find('\n');
+  return nl == std::string::npos ? s : s.substr(0, nl);
+}
+
+std::string shape_str(at::IntArrayRef s) {
+  std::ostringstream o;
+  o << s;
+  return o.str();
+}
+
+bool type_ends_with(const torch::jit::Module& m, const std::string& suffix) {
+  const auto name = m.type()->name();
+  if (!name) return false;
+  const std::string q = name->qualifiedName();
+  return q.size() >= suffix.size() && q.compare(q.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+std::string type_name(const torch::jit::Module& m) {
+  const auto name = m.type()->name();
+  return name ? name->qualifiedName() : "<anonymous>";
+}
+
+// One step of a chain model: a Linear layer (handled by hand) or any other child (called).
+struct ChainStep {
+  torch::jit::Module module;
+  std::string name;
+  bool linear = false;
+  torch::Tensor weight, bias;     // linear only
+  int weight_slot = -1;           // index into the selected parameters, -1 if not selected
+  int bias_slot = -1;
+};
+
+}  // namespace
+
+struct CheckpointModel::Impl {
+  std::string path;
+  GradientSettings settings;
+  torch::jit::Module module;
+  std::vector<std::string> names;
+  std::vector<torch::Tensor> params;  // selected, in named_parameters order
+  std::vector<int64_t> offsets;       // column offset of each selected parameter
+  int64_t dim = 0;
+  GradPath path_in_use = GradPath::general;
+  bool path_decided = false;
+  std::string chain_refusal;
+  std::vector<ChainStep> chain;
+  torch::ScalarType dtype = torch::kFloat;
+
+  std::string where() const { return "checkpoint '" + path + "'"; }
+
+  torch::Tensor inputs(const Dataset& ds, int64_t begin, int64_t end) const {
+    std::vector<int64_t> shape(ds.input_shape.begin(), ds.input_shape.end());
+    shape[0] = end - begin;
+    const float* p = ds.inputs.data() + begin * ds.example_width();
+    return torch::from_blob(const_cast<float*>(p), shape, torch::kFloat).to(dtype);
+  }
+
+  torch::Tensor targets(const Dataset& ds, int64_t begin, int64_t end) const {
+    if (ds.target_kind == TargetKind::class_index)
+      return torch::from_blob(const_cast<int64_t*>(ds.class_targets.data() + begin), {end - begin}, torch::kLong).clone();
+    std::vector<int64_t> shape(ds.target_shape.begin(), ds.target_shape.end());
+    shape[0] = end - begin;
+    return torch::from_blob(const_cast<float*>(ds.regression_targets.data() + begin * ds.target_width()), shape,
+                            torch::kFloat)
+        .to(dtype);
+  }
+
+  // Sum over the batch of per-example losses: its gradient w.r.t. row i's output is row i's own.
+  torch::Tensor loss_sum(const torch::Tensor& out, const torch::Tensor& target) const {
+    const int64_t b = out.size(0);
+    if (settings.loss == Loss::cross_entropy)
+      return torch::nn::functional::cross_entropy(
+          out, target, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
+    const auto d = out.reshape({b, -1}) - target.reshape({b, -1});
+    return (d * d).sum();
+  }
+
+  torch::Tensor forward(const torch::Tensor& x) {
+    const auto r = module.forward({x});
+    ATTRACE_CHECK(r.isTensor(), InputError, where() + ": forward() must return one tensor");
+    return r.toTensor();
+  }
+
+  // Tries to lay the model out as a chain; returns "" on success or the reason it cannot be.
+  std::string build_chain() {
+    if (!type_ends_with(module, ".Sequential"))
+      return "the model is a " + type_name(module) + ", not a Sequential";
+    std::vector<ChainStep> steps;
+    std::string why;
+    std::function<void(const torch::jit::Module&, const std::string&)> flatten =
+        [&](const torch::jit::Module& m, const std::string& prefix) {
+          for (const auto& c : m.named_children()) {
+            torch::jit::Module child = c.value;
+            const std::string name = prefix + c.name;
+            if (type_ends_with(child, ".Sequential")) {
+              flatten(child, name + ".");
+              continue;
+            }
+            ChainStep st;
+            st.module = child;
+            st.name = name;
+            std::vector<std::pair<std::string, torch::Tensor>> ps;
+            for (const auto& p : child.named_parameters(true)) ps.emplace_back(p.name, p.value);
+            if (!ps.empty()) {
+              const bool linear_shape =
+                  type_ends_with(child, ".Linear") && ps.size() <= 2 && ps[0].first == "weight" &&
+                  ps[0].second.dim() == 2 &&
+                  (ps.size() == 1 || (ps[1].first == "bias" && ps[1].second.dim() == 1 &&
+                                      ps[1].second.size(0) == ps[0].second.size(0)));
+              if (!linear_shape) {
+                bool any_selected = false;
+                for (const auto& p : ps)
+                  for (const auto& n : names) any_selected |= (n == name + "." + p.first);
+                if (any_selected && why.empty())
+                  why = "child '" + name + "' (" + type_name(child) + ") has selected parameters and is not a Linear layer";
+                steps.push_back(st);
+                continue;
+              }
+              st.linear = true;
+              st.weight = ps[0].second;
+              if (ps.size() == 2) st.bias = ps[1].second;
+              for (size_t k = 0; k < names.size(); ++k) {
+                if (names[k] == name + ".weight") st.weight_slot = static_cast<int>(k);
+                if (names[k] == name + ".bias") st.bias_slot = static_cast<int>(k);
+              }
+            }
+            steps.push_back(st);
+          }
+        };
+    flatten(module, "");
+    if (!why.empty()) return why;
+    for (const auto& p : module.named_parameters(false))
+      return "the Sequential holds a parameter of its own ('" + p.name + "')";
+    chain = std::move(steps);
+    return "";
+  }
+
+  // Runs the chain; fills `acts`/`zs` for linear steps with a selected parameter.
+  torch::Tensor chain_forward(torch::Tensor h, std::vector<torch::Tensor>* acts, std::vector<torch::Tensor>* zs,
+                              std::vector<const ChainStep*>* used) {
+    for (const auto& st : chain) {
+      if (st.linear && (st.weight_slot >= 0 || st.bias_slot >= 0)) {
+        if (acts) acts->push_back(h);
+        h = st.bias.defined() ? torch::linear(h, st.weight, st.bias) : torch::linear(h, st.weight);
+        if (zs) zs->push_back(h);
+        if (used) used->push_back(&st);
+      } else {
+        torch::jit::Module m = st.module;
+        const auto r = m.forward({h});
+        ATTRACE_CHECK(r.isTensor(), InputError, where() + ": child '" + st.name + "' must return one tensor");
+        h = r.toTensor();
+      }
+    }
+    return h;
+  }
+
+  void check_fit(const Dataset& ds) {
+    const std::string dsw = "dataset '" + ds.path + "'";
+    if (settings.loss == Loss::cross_entropy)
+      ATTRACE_CHECK(ds.target_kind == TargetKind::class_index, InputError,
+                    dsw + ": loss cross_entropy needs integer class labels in /targets (use loss = \"mse\" for float targets)");
+    else
+      ATTRACE_CHECK(ds.target_kind == TargetKind::regression, InputError,
+                    dsw + ": loss mse needs float regression targets in /targets (got integer class labels)");
+    torch::NoGradGuard no_grad;
+    torch::Tensor out;
+    try {
+      out = forward(inputs(ds, 0, 1));
+    } catch (const c10::Error& e) {
+      throw InputError(dsw + ": inputs of shape " + shape_str(at::IntArrayRef(ds.input_shape)) + " do not fit " +
+                       where() + ": " + first_line(e.what_without_backtrace()));
+    }
+    ATTRACE_CHECK(out.dim() >= 1 && out.size(0) == 1, InputError,
+                  where() + ": output for one example has shape " + shape_str(out.sizes()) + ", expected a batch of 1");
+    if (settings.loss == Loss::cross_entropy) {
+      ATTRACE_CHECK(out.dim() == 2, InputError,
+                    where() + ": cross_entropy needs logits of shape [batch, classes], got " + shape_str(out.sizes()));
+      const int64_t classes = out.size(1);
+      for (int64_t i = 0; i < ds.size(); ++i)
+        ATTRACE_CHECK(ds.class_targets[static_cast<size_t>(i)] < classes, InputError,
+                      dsw + ": /targets of example '" + ds.ids[static_cast<size_t>(i)] + "' is class " +
+                          std::to_string(ds.class_targets[static_cast<size_t>(i)]) + " but " + where() +
+                          " outputs " + std::to_string(classes) + " classes");
+    } else {
+      ATTRACE_CHECK(out.numel() == ds.target_width(), InputError,
+                    dsw + ": each example has " + std::to_string(ds.target_width()) + " target values but " + where() +
+                        " outputs " + std::to_string(out.numel()));
+    }
+  }
+
+  void decide_path(const Dataset& ds) {
+    path_decided = true;
+    if (settings.path == GradPath::general) {
+      path_in_use = GradPath::general;
+      chain_refusal = "path = general was requested";
+      return;
+    }
+    chain_refusal = build_chain();
+    if (chain_refusal.empty()) {
+      // The chain must reproduce the model's own forward on real rows, or it is not a chain.
+      const int64_t b = std::min<int64_t>(ds.size(), settings.batch_size);
+      torch::NoGradGuard ng;
+      const auto x = inputs(ds, 0, b);
+      const auto want = forward(x);
+      torch::Tensor got;
+      try {
+        got = chain_forward(x, nullptr, nullptr, nullptr);
+      } catch (const c10::Error& e) {
+        chain_refusal = std::string("calling the children in order failed: ") + first_line(e.what_without_backtrace());
+      }
+      if (chain_refusal.empty() && (!got.sizes().equals(want.sizes()) ||
+                                    !torch::allclose(got, want, dtype == torch::kDouble ? 1e-12 : 1e-5,
+                                                     dtype == torch::kDouble ? 1e-12 : 1e-6)))
+        chain_refusal = "calling the children in order does not reproduce forward()";
+    }
+    if (!chain_refusal.empty()) {
+      chain.clear();
+      ATTRACE_CHECK(settings.path != GradPath::chain, InputError,
+                    where() + ": path = chain requested but the model is not a chain of Linear layers: " + chain_refusal);
+      path_in_use = GradPath::general;
+    } else {
+      path_in_use = GradPath::chain;
+    }
+  }
+
+  void chain_gradients(const Dataset& ds, int64_t begin, int64_t end, torch::Tensor& out) {
+    const int64_t b = end - begin;
+    std::vector<torch::Tensor> acts, zs;
+    std::vector<const ChainStep*> used;
+    const auto h = chain_forward(inputs(ds, begin, end), &acts, &zs, &used);
+    const auto loss = loss_sum(h, targets(ds, begin, end));
+    const auto deltas = torch::autograd::grad({loss}, zs, {}, false, false, true);
+    for (size_t k = 0; k < used.size(); ++k) {
+      const ChainStep& st = *used[k];
+      const int64_t n_out = st.weight.size(0), n_in = st.weight.size(1);
+      const auto d = deltas[k].defined() ? deltas[k].reshape({b, -1, n_out}) : torch::zeros({b, 1, n_out}, zs[k].options());
+      if (st.weight_slot >= 0) {
+        const auto a = acts[k].reshape({b, -1, n_in});
+        out.narrow(1, offsets[static_cast<size_t>(st.weight_slot)], n_out * n_in)
+            .copy_(torch::bmm(d.transpose(1, 2), a).reshape({b, n_out * n_in}));
+      }
+      if (st.bias_slot >= 0) out.narrow(1, offsets[static_cast<size_t>(st.bias_slot)], n_out).copy_(d.sum(1));
+    }
+  }
+
+  void general_gradients(const Dataset& ds, int64_t begin, int64_t end, torch::Tensor& out) {
+    for (int64_t i = begin; i < end; ++i) {
+      const auto loss = loss_sum(forward(inputs(ds, i, i + 1)), targets(ds, i, i + 1));
+      const auto grads = torch::autograd::grad({loss}, params, {}, false, false, true);
+      auto row = out[i - begin];
+      for (size_t k = 0; k < params.size(); ++k) {
+        auto slot = row.narrow(0, offsets[k], params[k].numel());
+        if (grads[k].defined())
+          slot.copy_(grads[k].reshape({-1}));
+        else
+          slot.zero_();
+      }
+    }
+  }
+
+  template <class T>
+  void gradients(const Dataset& ds, int64_t begin, int64_t end, T* dst) {
+    constexpr auto want = std::is_same_v<T, double> ? torch::kDouble : torch::kFloat;
+    ATTRACE_CHECK(want == dtype, RuntimeFailure, "gradients(): buffer type does not match the precision");
+    ATTRACE_CHECK(path_decided, RuntimeFailure, "gradients(): prepare() was not called");
+    ATTRACE_CHECK(begin >= 0 && begin <= end && end <= ds.size(), RuntimeFailure, "gradients(): bad row range");
+    if (begin == end) return;
+    auto out = torch::from_blob(dst, {end - begin, dim}, want);
+    try {
+      if (path_in_use == GradPath::chain)
+        chain_gradients(ds, begin, end, out);
+      else
+        general_gradients(ds, begin, end, out);
+    } catch (const c10::Error& e) {
+      throw InputError("dataset '" + ds.path + "' rows " + std::to_string(begin) + ".." + std::to_string(end - 1) +
+                       ": " + where() + " failed: " + first_line(e.what_without_backtrace()));
+    }
+    const auto finite = torch::isfinite(out).all(1);
+    if (!finite.all().template item<bool>()) {
+      const int64_t bad = torch::nonzero(finite.logical_not())[0][0].template item<int64_t>() + begin;
+      throw NumericError("non-finite gradient (NaN or Inf) for example '" + ds.ids[static_cast<size_t>(bad)] +
+                         "' (row " + std::to_string(bad) + " of '" + ds.path + "') at " + where());
+    }
+  }
+};
+
+CheckpointModel::CheckpointModel(const std::string& path, const GradientSettings& settings)
+    : impl_(std::make_unique<Impl>()) {
+  Impl& m = *impl_;
+  m.path = path;
+  m.settings = settings;
+  m.dtype = settings.precision == Precision::fp64 ? torch::kDouble : torch::kFloat;
+  {
+    std::ifstream probe(path, std::ios::binary);
+    ATTRACE_CHECK(probe.good(), InputError, m.where() + ": cannot open file (missing or unreadable)");
+  }
+  try {
+    m.module = torch::jit::load(path, torch::kCPU);
+  } catch (const c10::Error& e) {
+    throw InputError(m.where() + ": not a TorchScript model (" + first_line(e.what_without_backtrace()) + ")");
+  }
+  ATTRACE_CHECK(m.module.find_method("forward").has_value(), InputError, m.where() + ": the model has no forward()");
+  m.module.eval();
+  m.module.to(m.dtype);
+  std::vector<std::string> all;
+  for (const auto& p : m.module.named_parameters(true)) {
+    all.push_back(p.name);
+    bool selected = false;
+    for (const auto& pat : settings.parameters) selected |= ::fnmatch(pat.c_str(), p.name.c_str(), 0) == 0;
+    torch::Tensor t = p.value;
+    t.requires_grad_(selected);
+    if (selected) {
+      m.names.push_back(p.name);
+      m.params.push_back(t);
+      m.offsets.push_back(m.dim);
+      m.dim += t.numel();
+    }
+  }
+  if (m.params.empty()) {
+    std::string list;
+    for (const auto& n : all) list += (list.empty() ? "" : ", ") + n;
+    throw InputError(m.where() + ": no parameter matches gradients.parameters (model has: " +
+                     (list.empty() ? "none" : list) + ")");
+  }
+}
+
+CheckpointModel::~CheckpointModel() = default;
+CheckpointModel::CheckpointModel(CheckpointModel&&) noexcept = default;
+CheckpointModel& CheckpointModel::operator=(CheckpointModel&&) noexcept = default;
+
+void CheckpointModel::prepare(const Dataset& ds) {
+  impl_->check_fit(ds);
+  if (!impl_->path_decided) impl_->decide_path(ds);
+}
+int64_t CheckpointModel::dim() const { return impl_->dim; }
+const std::vector<std::string>& CheckpointModel::parameter_names() const { return impl_->names; }
+GradPath CheckpointModel::path_in_use() const { return impl_->path_in_use; }
+const std::string& CheckpointModel::chain_refusal() const { return impl_->chain_refusal; }
+void CheckpointModel::gradients(const Dataset& ds, int64_t begin, int64_t end, float* out) {
+  impl_->gradients(ds, begin, end, out);
+}
+void CheckpointModel::gradients(const Dataset& ds, int64_t begin, int64_t end, double* out) {
+  impl_->gradients(ds, begin, end, out);
+}
+
+}  // namespace attrace::engine

@@ -1,0 +1,44 @@
+#include <attrace/engine/progress.hpp>
+
+#include <unistd.h>
+
+#include <cstdio>
+
+namespace attrace::engine {
+
+Progress::Progress(bool enabled) : enabled_(enabled), tty_(::isatty(STDERR_FILENO) == 1) {}
+
+void Progress::begin(const std::string& label, int64_t total) {
+  label_ = label;
+  total_ = total;
+  done_ = 0;
+  start_ = last_ = std::chrono::steady_clock::now();
+}
+
+void Progress::advance(int64_t n) {
+  done_ += n;
+  const auto now = std::chrono::steady_clock::now();
+  const auto gap = tty_ ? std::chrono::milliseconds(200) : std::chrono::milliseconds(5000);
+  if (now - last_ >= gap) {
+    last_ = now;
+    draw(false);
+  }
+}
+
+void Progress::end() { draw(true); }
+
+void Progress::draw(bool final) {
+  if (!enabled_) return;
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  const double rate = secs > 0 ? static_cast<double>(done_) / secs : 0.0;
+  char eta[32] = "";
+  if (!final && rate > 0 && total_ > done_)
+    std::snprintf(eta, sizeof eta, ", ETA %.0fs", static_cast<double>(total_ - done_) / rate);
+  std::fprintf(stderr, "%s%s: %lld/%lld (%.0f ex/s%s%s)%s", tty_ ? "\r\033[K" : "", label_.c_str(),
+               static_cast<long long>(done_), static_cast<long long>(total_), rate, eta,
+               final ? (", " + std::to_string(static_cast<int>(secs * 1000)) + " ms").c_str() : "",
+               final || !tty_ ? "\n" : "");
+  std::fflush(stderr);
+}
+
+}  // namespace attrace::engine

@@ -1,0 +1,74 @@
+#pragma once
+// The compute backend interface the engine calls. The CPU backend is always built; the CUDA
+// backend is registered when the build found nvcc and is chosen at run time when a GPU exists.
+// Every operation here is deterministic: results do not depend on threads, blocks or batch
+// composition, and the CPU and CUDA versions of the scoring dot product use the same summation
+// order (docs/architecture.md, "Canonical dot product"), so they agree bit for bit.
+#include <attrace/kernels/matrix.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace attrace::kernels {
+
+/// Number of partial sums in the canonical dot product: element p goes to lane p % kDotLanes,
+/// lanes are combined pairwise ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)).
+inline constexpr int kDotLanes = 8;
+
+/// One proponent/opponent entry of a top-k list.
+struct TopEntry {
+  int64_t row = -1;  ///< training example index
+  double score = 0;  ///< its score for this query
+};
+
+/// Top-k lists of one query: proponents (largest scores first) and opponents (smallest first).
+/// Ties are broken by row index ascending, so the lists are a pure function of the scores.
+struct TopK {
+  std::vector<TopEntry> proponents;
+  std::vector<TopEntry> opponents;
+};
+
+/// The operations attrace needs from a compute device.
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  /// Short name recorded in manifests ("cpu", "cuda").
+  virtual std::string name() const = 0;
+
+  /// out[i][j] += alpha * dot(a[i], b[j]), with products and sums in float64 in the canonical
+  /// order. a: n x p, b: m x p, out: n x m.
+  virtual void score_accumulate(HostMatrix<float> a, HostMatrix<float> b, double alpha,
+                                HostMatrixMut<double> out) = 0;
+  /// Same, for float64 features.
+  virtual void score_accumulate(HostMatrix<double> a, HostMatrix<double> b, double alpha,
+                                HostMatrixMut<double> out) = 0;
+
+  /// out[i] += alpha * dot(a[i], a[i]) in the canonical order (self-influence).
+  virtual void sqnorm_accumulate(HostMatrix<float> a, double alpha, double* out) = 0;
+  /// Same, for float64 features.
+  virtual void sqnorm_accumulate(HostMatrix<double> a, double alpha, double* out) = 0;
+
+  /// out[segment[i]][j] += x[i][j], rows visited in ascending i (segment-wise sums in a fixed
+  /// order). segment values must lie in [0, out.rows).
+  virtual void segmented_row_sum(HostMatrix<double> x, const int64_t* segment,
+                                 HostMatrixMut<double> out) = 0;
+
+  /// For each column j of x (n x m): the k largest and k smallest entries with their rows.
+  virtual std::vector<TopK> column_topk(HostMatrix<double> x, int64_t k) = 0;
+};
+
+/// The CPU backend (always available).
+std::unique_ptr<Backend> make_cpu_backend();
+
+/// True when this build includes the CUDA backend.
+bool cuda_compiled();
+/// Number of usable CUDA devices (0 when the build has no CUDA or the machine has no GPU).
+int cuda_device_count();
+
+/// Backend by name: "cpu", "cuda" (throws InputError if unavailable) or "auto" (cuda if a GPU
+/// is present, else cpu).
+std::unique_ptr<Backend> make_backend(const std::string& kind);
+
+}  // namespace attrace::kernels

@@ -1,0 +1,70 @@
+// CPU backend: canonical-order float64 dot products parallelized over output rows (each output
+// element is computed by exactly one thread, so the thread count never changes a result).
+#include "canonical_dot.hpp"
+#include "cpu_epilogues.hpp"
+
+#include <attrace/error.hpp>
+#include <attrace/kernels/backend.hpp>
+
+namespace attrace::kernels {
+namespace {
+
+template <class T>
+void check_score_shapes(HostMatrix<T> a, HostMatrix<T> b, HostMatrixMut<double> out) {
+  ATTRACE_CHECK(a.cols == b.cols, InputError,
+                "score_accumulate: feature widths differ (" + std::to_string(a.cols) + " vs " +
+                    std::to_string(b.cols) + ")");
+  ATTRACE_CHECK(out.rows == a.rows && out.cols == b.rows, InputError,
+                "score_accumulate: output is " + std::to_string(out.rows) + "x" +
+                    std::to_string(out.cols) + ", expected " + std::to_string(a.rows) + "x" +
+                    std::to_string(b.rows));
+}
+
+template <class T>
+void cpu_score(HostMatrix<T> a, HostMatrix<T> b, double alpha, HostMatrixMut<double> out) {
+  check_score_shapes(a, b, out);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < a.rows; ++i) {
+    const T* ai = a.row(i);
+    double* oi = out.row(i);
+    for (int64_t j = 0; j < b.rows; ++j) oi[j] += alpha * canonical_dot(ai, b.row(j), a.cols);
+  }
+}
+
+template <class T>
+void cpu_sqnorm(HostMatrix<T> a, double alpha, double* out) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < a.rows; ++i) out[i] += alpha * canonical_dot(a.row(i), a.row(i), a.cols);
+}
+
+class CpuBackend final : public Backend {
+ public:
+  std::string name() const override { return "cpu"; }
+  void score_accumulate(HostMatrix<float> a, HostMatrix<float> b, double alpha,
+                        HostMatrixMut<double> out) override {
+    cpu_score(a, b, alpha, out);
+  }
+  void score_accumulate(HostMatrix<double> a, HostMatrix<double> b, double alpha,
+                        HostMatrixMut<double> out) override {
+    cpu_score(a, b, alpha, out);
+  }
+  void sqnorm_accumulate(HostMatrix<float> a, double alpha, double* out) override {
+    cpu_sqnorm(a, alpha, out);
+  }
+  void sqnorm_accumulate(HostMatrix<double> a, double alpha, double* out) override {
+    cpu_sqnorm(a, alpha, out);
+  }
+  void segmented_row_sum(HostMatrix<double> x, const int64_t* segment,
+                         HostMatrixMut<double> out) override {
+    cpu::segmented_row_sum(x, segment, out);
+  }
+  std::vector<TopK> column_topk(HostMatrix<double> x, int64_t k) override {
+    return cpu::column_topk(x, k);
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+
+}  // namespace attrace::kernels

@@ -1,0 +1,75 @@
+#include "cpu_epilogues.hpp"
+
+#include <attrace/error.hpp>
+
+#include <algorithm>
+#include <cmath>
+
+namespace attrace::kernels::cpu {
+
+void segmented_row_sum(HostMatrix<double> x, const int64_t* segment, HostMatrixMut<double> out) {
+  ATTRACE_CHECK(out.cols == x.cols, InputError, "segmented_row_sum: column counts differ");
+  for (int64_t i = 0; i < x.rows; ++i) {
+    const int64_t s = segment[i];
+    ATTRACE_CHECK(s >= 0 && s < out.rows, InputError,
+                  "segmented_row_sum: row " + std::to_string(i) + " has segment " +
+                      std::to_string(s) + " outside [0, " + std::to_string(out.rows) + ")");
+    const double* xi = x.row(i);
+    double* os = out.row(s);
+    for (int64_t j = 0; j < x.cols; ++j) os[j] += xi[j];
+  }
+}
+
+namespace {
+
+// "a ranks before b" for proponents: larger score first, then lower row.
+bool better_high(const TopEntry& a, const TopEntry& b) {
+  return a.score > b.score || (a.score == b.score && a.row < b.row);
+}
+bool better_low(const TopEntry& a, const TopEntry& b) {
+  return a.score < b.score || (a.score == b.score && a.row < b.row);
+}
+
+// Keeps the best k entries under `better` in a heap whose top is the worst kept entry.
+template <class Better>
+void push_bounded(std::vector<TopEntry>& heap, int64_t k, TopEntry e, Better better) {
+  if (static_cast<int64_t>(heap.size()) < k) {
+    heap.push_back(e);
+    std::push_heap(heap.begin(), heap.end(), better);
+  } else if (better(e, heap.front())) {
+    std::pop_heap(heap.begin(), heap.end(), better);
+    heap.back() = e;
+    std::push_heap(heap.begin(), heap.end(), better);
+  }
+}
+
+}  // namespace
+
+std::vector<TopK> column_topk(HostMatrix<double> x, int64_t k) {
+  ATTRACE_CHECK(k >= 0, InputError, "column_topk: k must be >= 0, got " + std::to_string(k));
+  const int64_t kk = std::min(k, x.rows);
+  std::vector<TopK> result(static_cast<size_t>(x.cols));
+  for (auto& t : result) {
+    t.proponents.reserve(static_cast<size_t>(kk) + 1);
+    t.opponents.reserve(static_cast<size_t>(kk) + 1);
+  }
+  if (kk == 0) return result;
+  for (int64_t i = 0; i < x.rows; ++i) {
+    const double* xi = x.row(i);
+    for (int64_t j = 0; j < x.cols; ++j) {
+      ATTRACE_CHECK(!std::isnan(xi[j]), NumericError,
+                    "column_topk: NaN score at row " + std::to_string(i) + ", column " +
+                        std::to_string(j));
+      const TopEntry e{i, xi[j]};
+      push_bounded(result[static_cast<size_t>(j)].proponents, kk, e, better_high);
+      push_bounded(result[static_cast<size_t>(j)].opponents, kk, e, better_low);
+    }
+  }
+  for (auto& t : result) {
+    std::sort_heap(t.proponents.begin(), t.proponents.end(), better_high);
+    std::sort_heap(t.opponents.begin(), t.opponents.end(), better_low);
+  }
+  return result;
+}
+
+}  // namespace attrace::kernels::cpu

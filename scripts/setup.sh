@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs everything attrace needs on Debian bookworm (run as root). Idempotent.
+set -euo pipefail
+PKGS=(
+  build-essential cmake pkg-config
+  libtorch-dev python3-torch            # LibTorch 1.13 (CPU); python3-torch only makes test fixtures
+  libopenblas-dev                       # switches libblas.so.3 to OpenBLAS (100x the netlib default)
+  libhdf5-dev
+  libcli11-dev libtomlplusplus-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
+  libsqlite3-dev libcurl4-openssl-dev libssl-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  python3-h5py zlib1g-dev git
+  python3-sklearn                       # ships the handwritten-digits data used by `attrace demo`
+)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
