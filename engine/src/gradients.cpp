@@ -1,6 +1,7 @@
 // The only engine translation unit that includes LibTorch.
 #include <attrace/engine/gradients.hpp>
 #include <attrace/error.hpp>
+#include <attrace/kernels/backend.hpp>
 
 #include <torch/script.h>
 #include <torch/torch.h>
@@ -17,7 +18,18 @@ namespace {
 using connectors::Dataset;
 using connectors::TargetKind;
 
-std::string first_line(const std::string& s) {
+// The useful line of a LibTorch error: interpreter errors carry a TorchScript traceback and end
+// with "RuntimeError: <what happened>"; plain c10 errors start with it.
+std::string torch_message(const std::exception& e) {
+  const auto* c10e = dynamic_cast<const c10::Error*>(&e);
+  const std::string s = c10e ? c10e->what_without_backtrace() : e.what();
+  const auto pos = s.rfind("Error: ");
+  if (pos != std::string::npos) {
+    const auto start = s.rfind('\n', pos);
+    std::string line = s.substr(start == std::string::npos ? 0 : start + 1);
+    while (!line.empty() && (line.back() == '\n' || line.back() == ' ')) line.pop_back();
+    return line;
+  }
   const auto nl = s.find('\n');
   return nl == std::string::npos ? s : s.substr(0, nl);
 }
@@ -65,6 +77,7 @@ struct CheckpointModel::Impl {
   std::string chain_refusal;
   std::vector<ChainStep> chain;
   torch::ScalarType dtype = torch::kFloat;
+  kernels::Backend* backend = nullptr;
 
   std::string where() const { return "checkpoint '" + path + "'"; }
 
@@ -155,20 +168,52 @@ struct CheckpointModel::Impl {
     return "";
   }
 
-  // Runs the chain; fills `acts`/`zs` for linear steps with a selected parameter.
-  torch::Tensor chain_forward(torch::Tensor h, std::vector<torch::Tensor>* acts, std::vector<torch::Tensor>* zs,
-                              std::vector<const ChainStep*>* used) {
+  // A linear layer computed row by row in the canonical order of the kernels backend (float64
+  // accumulation), so that a row's output never depends on the other rows of its batch. BLAS
+  // picks different code paths for different batch sizes; this does not.
+  torch::Tensor det_linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& bias) {
+    const int64_t in = w.size(1), out = w.size(0);
+    auto lead = x.sizes().vec();
+    lead.pop_back();
+    const auto a = x.detach().reshape({-1, in}).contiguous();
+    const auto wt = w.detach().contiguous();
+    const int64_t rows = a.size(0);
+    auto z = bias.defined() ? bias.detach().to(torch::kDouble).expand({rows, out}).contiguous()
+                            : torch::zeros({rows, out}, torch::kDouble);
+    auto zv = kernels::view_mut(z.data_ptr<double>(), rows, out);
+    if (dtype == torch::kDouble)
+      backend->score_accumulate(kernels::view(a.data_ptr<double>(), rows, in), kernels::view(wt.data_ptr<double>(), out, in), 1.0, zv);
+    else
+      backend->score_accumulate(kernels::view(a.data_ptr<float>(), rows, in), kernels::view(wt.data_ptr<float>(), out, in), 1.0, zv);
+    lead.push_back(out);
+    return z.to(dtype).reshape(lead);
+  }
+
+  // Forward through the chain. With `tape`, records what the backward pass needs.
+  struct Tape {
+    std::vector<torch::Tensor> inputs;   // per step: its input (requires grad for non-linear steps)
+    std::vector<torch::Tensor> outputs;  // per step: its output (non-linear steps only)
+  };
+  torch::Tensor chain_forward(torch::Tensor h, Tape* tape) {
     for (const auto& st : chain) {
-      if (st.linear && (st.weight_slot >= 0 || st.bias_slot >= 0)) {
-        if (acts) acts->push_back(h);
-        h = st.bias.defined() ? torch::linear(h, st.weight, st.bias) : torch::linear(h, st.weight);
-        if (zs) zs->push_back(h);
-        if (used) used->push_back(&st);
+      if (st.linear) {
+        if (tape) {
+          tape->inputs.push_back(h);
+          tape->outputs.emplace_back();
+        }
+        h = det_linear(h, st.weight, st.bias);
       } else {
+        torch::Tensor in = h;
+        if (tape) in = h.detach().requires_grad_(true);
         torch::jit::Module m = st.module;
-        const auto r = m.forward({h});
+        const auto r = m.forward({in});
         ATTRACE_CHECK(r.isTensor(), InputError, where() + ": child '" + st.name + "' must return one tensor");
         h = r.toTensor();
+        if (tape) {
+          tape->inputs.push_back(in);
+          tape->outputs.push_back(h);
+          h = h.detach();
+        }
       }
     }
     return h;
@@ -186,9 +231,11 @@ struct CheckpointModel::Impl {
     torch::Tensor out;
     try {
       out = forward(inputs(ds, 0, 1));
-    } catch (const c10::Error& e) {
+    } catch (const attrace::Error&) {
+      throw;
+    } catch (const std::exception& e) {
       throw InputError(dsw + ": inputs of shape " + shape_str(at::IntArrayRef(ds.input_shape)) + " do not fit " +
-                       where() + ": " + first_line(e.what_without_backtrace()));
+                       where() + ": " + torch_message(e));
     }
     ATTRACE_CHECK(out.dim() >= 1 && out.size(0) == 1, InputError,
                   where() + ": output for one example has shape " + shape_str(out.sizes()) + ", expected a batch of 1");
@@ -224,13 +271,15 @@ struct CheckpointModel::Impl {
       const auto want = forward(x);
       torch::Tensor got;
       try {
-        got = chain_forward(x, nullptr, nullptr, nullptr);
-      } catch (const c10::Error& e) {
-        chain_refusal = std::string("calling the children in order failed: ") + first_line(e.what_without_backtrace());
+        got = chain_forward(x, nullptr);
+      } catch (const attrace::Error&) {
+      throw;
+    } catch (const std::exception& e) {
+        chain_refusal = std::string("calling the children in order failed: ") + torch_message(e);
       }
       if (chain_refusal.empty() && (!got.sizes().equals(want.sizes()) ||
                                     !torch::allclose(got, want, dtype == torch::kDouble ? 1e-12 : 1e-5,
-                                                     dtype == torch::kDouble ? 1e-12 : 1e-6)))
+                                                     dtype == torch::kDouble ? 1e-12 : 1e-6, /*equal_nan=*/true)))
         chain_refusal = "calling the children in order does not reproduce forward()";
     }
     if (!chain_refusal.empty()) {
@@ -243,23 +292,40 @@ struct CheckpointModel::Impl {
     }
   }
 
+  // One batched forward, then back-propagation of each row's output gradient through the chain:
+  // linear steps by the canonical kernel (delta W), other steps by autograd's vector-Jacobian
+  // product of that step alone. Per-example weight gradients are outer products of a layer's
+  // input rows and output-gradient rows (summed over positions for sequence inputs).
   void chain_gradients(const Dataset& ds, int64_t begin, int64_t end, torch::Tensor& out) {
     const int64_t b = end - begin;
-    std::vector<torch::Tensor> acts, zs;
-    std::vector<const ChainStep*> used;
-    const auto h = chain_forward(inputs(ds, begin, end), &acts, &zs, &used);
-    const auto loss = loss_sum(h, targets(ds, begin, end));
-    const auto deltas = torch::autograd::grad({loss}, zs, {}, false, false, true);
-    for (size_t k = 0; k < used.size(); ++k) {
-      const ChainStep& st = *used[k];
+    Tape tape;
+    const auto logits = chain_forward(inputs(ds, begin, end), &tape).requires_grad_(true);
+    const auto loss = loss_sum(logits, targets(ds, begin, end));
+    torch::Tensor delta = torch::autograd::grad({loss}, {logits})[0];
+    int first_needed = -1;  // earliest step whose output gradient is needed
+    for (size_t k = 0; k < chain.size(); ++k)
+      if (chain[k].weight_slot >= 0 || chain[k].bias_slot >= 0) {
+        first_needed = static_cast<int>(k);
+        break;
+      }
+    for (int k = static_cast<int>(chain.size()) - 1; k >= first_needed && k >= 0; --k) {
+      const ChainStep& st = chain[static_cast<size_t>(k)];
+      if (!st.linear) {
+        delta = torch::autograd::grad({tape.outputs[static_cast<size_t>(k)]}, {tape.inputs[static_cast<size_t>(k)]},
+                                      {delta}, false, false, true)[0];
+        if (!delta.defined()) delta = torch::zeros_like(tape.inputs[static_cast<size_t>(k)]);
+        continue;
+      }
       const int64_t n_out = st.weight.size(0), n_in = st.weight.size(1);
-      const auto d = deltas[k].defined() ? deltas[k].reshape({b, -1, n_out}) : torch::zeros({b, 1, n_out}, zs[k].options());
+      const auto d = delta.reshape({b, -1, n_out});
       if (st.weight_slot >= 0) {
-        const auto a = acts[k].reshape({b, -1, n_in});
-        out.narrow(1, offsets[static_cast<size_t>(st.weight_slot)], n_out * n_in)
-            .copy_(torch::bmm(d.transpose(1, 2), a).reshape({b, n_out * n_in}));
+        const auto a = tape.inputs[static_cast<size_t>(k)].reshape({b, -1, n_in});
+        // One position: exact products. Several: one small GEMM per example, same shape for all.
+        const auto g = d.size(1) == 1 ? d.reshape({b, n_out, 1}) * a.reshape({b, 1, n_in}) : torch::bmm(d.transpose(1, 2), a);
+        out.narrow(1, offsets[static_cast<size_t>(st.weight_slot)], n_out * n_in).copy_(g.reshape({b, n_out * n_in}));
       }
       if (st.bias_slot >= 0) out.narrow(1, offsets[static_cast<size_t>(st.bias_slot)], n_out).copy_(d.sum(1));
+      if (k > first_needed) delta = det_linear(delta, st.weight.t(), torch::Tensor());
     }
   }
 
@@ -291,9 +357,11 @@ struct CheckpointModel::Impl {
         chain_gradients(ds, begin, end, out);
       else
         general_gradients(ds, begin, end, out);
-    } catch (const c10::Error& e) {
+    } catch (const attrace::Error&) {
+      throw;
+    } catch (const std::exception& e) {
       throw InputError("dataset '" + ds.path + "' rows " + std::to_string(begin) + ".." + std::to_string(end - 1) +
-                       ": " + where() + " failed: " + first_line(e.what_without_backtrace()));
+                       ": " + where() + " failed: " + torch_message(e));
     }
     const auto finite = torch::isfinite(out).all(1);
     if (!finite.all().template item<bool>()) {
@@ -304,9 +372,10 @@ struct CheckpointModel::Impl {
   }
 };
 
-CheckpointModel::CheckpointModel(const std::string& path, const GradientSettings& settings)
+CheckpointModel::CheckpointModel(const std::string& path, const GradientSettings& settings, kernels::Backend& backend)
     : impl_(std::make_unique<Impl>()) {
   Impl& m = *impl_;
+  m.backend = &backend;
   m.path = path;
   m.settings = settings;
   m.dtype = settings.precision == Precision::fp64 ? torch::kDouble : torch::kFloat;
@@ -316,8 +385,10 @@ CheckpointModel::CheckpointModel(const std::string& path, const GradientSettings
   }
   try {
     m.module = torch::jit::load(path, torch::kCPU);
-  } catch (const c10::Error& e) {
-    throw InputError(m.where() + ": not a TorchScript model (" + first_line(e.what_without_backtrace()) + ")");
+  } catch (const attrace::Error&) {
+      throw;
+    } catch (const std::exception& e) {
+    throw InputError(m.where() + ": not a TorchScript model (" + torch_message(e) + ")");
   }
   ATTRACE_CHECK(m.module.find_method("forward").has_value(), InputError, m.where() + ": the model has no forward()");
   m.module.eval();

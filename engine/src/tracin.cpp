@@ -61,7 +61,7 @@ TracinResult compute_tracin(const Config& config, const connectors::TrainingRun&
   const size_t n_ckpt = run.checkpoints.size();
   for (size_t c = 0; c < n_ckpt; ++c) {
     const auto& ck = run.checkpoints[c];
-    CheckpointModel model(ck.path, gs);
+    CheckpointModel model(ck.path, gs, backend);
     model.prepare(train);
     model.prepare(query);
     if (!r.checkpoints.empty())

@@ -1,12 +1,15 @@
 #pragma once
 // Per-example loss gradients of a TorchScript checkpoint. Two paths give the same numbers:
 //  - chain: the model is an nn.Sequential-like chain whose parameterised children are Linear
-//    layers; one batched forward, one backward, and per-example weight gradients as outer
-//    products of each layer's input and output gradient (no per-example backward pass);
+//    layers; one batched forward, one backward pass through the chain, and per-example weight
+//    gradients as outer products of each layer's input and output gradient (no per-example
+//    backward pass). Linear layers use the backend's canonical-order product, so a row's
+//    gradient does not depend on which batch it was in;
 //  - general: any TorchScript model, one forward and one backward per example.
 // This header does not expose LibTorch (the implementation is one translation unit).
 #include <attrace/connectors/dataset.hpp>
 #include <attrace/engine/config.hpp>
+#include <attrace/kernels/backend.hpp>
 
 #include <cstdint>
 #include <memory>
@@ -29,7 +32,8 @@ class CheckpointModel {
  public:
   /// Loads a TorchScript file. InputError naming the file if it is missing, unreadable or not a
   /// TorchScript model, or if no parameter matches the patterns.
-  CheckpointModel(const std::string& path, const GradientSettings& settings);
+  /// Linear layers of the chain path run on `backend` (canonical order, batch-independent).
+  CheckpointModel(const std::string& path, const GradientSettings& settings, kernels::Backend& backend);
   ~CheckpointModel();
   CheckpointModel(CheckpointModel&&) noexcept;
   CheckpointModel& operator=(CheckpointModel&&) noexcept;

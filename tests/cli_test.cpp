@@ -1,0 +1,232 @@
+// The attrace binary as a user runs it: exit codes, one-line errors, atomic outputs, byte-identical
+// reruns, the demo.
+#include "test_util.hpp"
+
+#include <attrace/connectors/hash.hpp>
+#include <attrace/connectors/scores_file.hpp>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+
+namespace fs = std::filesystem;
+using attrace::test::fixture;
+using attrace::test::read_text;
+using attrace::test::TempDir;
+using attrace::test::write_text;
+
+namespace {
+
+struct Result {
+  int code = -1;
+  std::string out;  // stdout and stderr together
+};
+
+Result run(const std::string& args) {
+  const std::string bin = attrace::test::attrace_bin();
+  EXPECT_FALSE(bin.empty()) << "attrace binary unknown (set ATTRACE_BIN)";
+  Result r;
+  if (bin.empty()) return r;
+  FILE* p = ::popen((bin + " " + args + " 2>&1").c_str(), "r");
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int status = ::pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+std::string config_text(const std::string& model, const std::string& data) {
+  return "[run]\ncheckpoints = \"" + fixture(model + "_run.toml") + "\"\n[data]\ntrain = \"" + fixture(data + "_train.h5") +
+         "\"\nquery = \"" + fixture(data + "_query.h5") + "\"\n[gradients]\nbatch_size = 8\n[attribution]\ntop_k = 4\n";
+}
+
+// Only the files a finished run writes, and no staging leftovers.
+void expect_no_output(const TempDir& d, const std::string& name) {
+  EXPECT_FALSE(fs::exists(d / name)) << name << " exists after a failed run";
+  for (const auto& e : fs::directory_iterator(d.str()))
+    EXPECT_EQ(e.path().filename().string().find(".partial"), std::string::npos) << "leftover " << e.path();
+}
+
+TEST(Cli, AttributeWritesAConsistentOutputDirectory) {
+  ATTRACE_REQUIRE_FIXTURES();
+  TempDir d;
+  write_text(d / "c.toml", config_text("mlp", "vec"));
+  const auto r = run("attribute -q -c " + (d / "c.toml") + " -o " + (d / "out"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  for (auto f : {"report.json", "attribution.csv", "manifest.json", "scores.h5"}) ASSERT_TRUE(fs::exists(d / ("out/" + std::string(f)))) << f;
+  const auto report = nlohmann::json::parse(read_text(d / "out/report.json"));
+  const auto manifest = nlohmann::json::parse(read_text(d / "out/manifest.json"));
+  double total_share = 0;
+  for (const auto& t : report["attribution"]) {
+    EXPECT_GE(t["share"].get<double>(), 0.0);
+    total_share += t["share"].get<double>();
+  }
+  EXPECT_NEAR(total_share, 1.0, 1e-12);
+  EXPECT_EQ(report["counts"]["train"], 37);
+  EXPECT_EQ(report["queries"].size(), 11u);
+  EXPECT_EQ(report["queries"][0]["proponents"].size(), 4u);
+  // The manifest pins inputs and outputs by hash.
+  EXPECT_EQ(manifest["run"]["checkpoints"][2]["sha256"], attrace::connectors::sha256_file(fixture("mlp_3.pt")));
+  EXPECT_EQ(manifest["run"]["checkpoints"][2]["lr"], 0.02);
+  EXPECT_EQ(manifest["train"]["sha256"], attrace::connectors::sha256_file(fixture("vec_train.h5")));
+  EXPECT_EQ(manifest["outputs"]["report.json"], attrace::connectors::sha256_file(d / "out/report.json"));
+  EXPECT_EQ(manifest["outputs"]["scores.h5"], attrace::connectors::sha256_file(d / "out/scores.h5"));
+  EXPECT_EQ(manifest["settings"]["gradients"]["batch_size"], 8);
+  EXPECT_EQ(manifest["negative_policy"], "clip");
+  EXPECT_EQ(manifest["tranches"].size(), 5u);
+  // Canonical form: the file is exactly the compact, key-sorted dump of itself.
+  EXPECT_EQ(read_text(d / "out/manifest.json"), manifest.dump());
+  int64_t n = 0, m = 0;
+  const auto scores = attrace::connectors::read_scores_h5(d / "out/scores.h5", &n, &m);
+  EXPECT_EQ(n, 37);
+  EXPECT_EQ(m, 11);
+  EXPECT_EQ(scores.size(), 37u * 11u);
+}
+
+TEST(Cli, RerunsAreByteIdenticalAndOverridesAreRecorded) {
+  ATTRACE_REQUIRE_FIXTURES();
+  TempDir d;
+  write_text(d / "c.toml", config_text("deep", "vec"));
+  ASSERT_EQ(run("attribute -q -c " + (d / "c.toml") + " -o " + (d / "a")).code, 0);
+  ASSERT_EQ(run("attribute -q -c " + (d / "c.toml") + " -o " + (d / "b")).code, 0);
+  for (auto f : {"report.json", "attribution.csv", "manifest.json", "scores.h5"})
+    EXPECT_EQ(read_text(d / ("a/" + std::string(f))), read_text(d / ("b/" + std::string(f)))) << f << " differs between runs";
+  const auto r = run("attribute -q -c " + (d / "c.toml") + " -o " + (d / "c") + " --precision fp64 --set attribution.top_k=2 --scores never");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto manifest = nlohmann::json::parse(read_text(d / "c/manifest.json"));
+  EXPECT_EQ(manifest["settings"]["gradients"]["precision"], "fp64");
+  EXPECT_EQ(manifest["settings"]["attribution"]["top_k"], 2);
+  EXPECT_FALSE(fs::exists(d / "c/scores.h5"));
+  EXPECT_FALSE(manifest["outputs"].contains("scores.h5"));
+}
+
+TEST(Cli, ExistingOutputNeedsForce) {
+  ATTRACE_REQUIRE_FIXTURES();
+  TempDir d;
+  write_text(d / "c.toml", config_text("mlp", "vec"));
+  ASSERT_EQ(run("attribute -q -c " + (d / "c.toml") + " -o " + (d / "out")).code, 0);
+  const auto again = run("attribute -q -c " + (d / "c.toml") + " -o " + (d / "out"));
+  EXPECT_NE(again.code, 0);
+  EXPECT_NE(again.out.find("already exists"), std::string::npos) << again.out;
+  EXPECT_EQ(run("attribute -q --force -c " + (d / "c.toml") + " -o " + (d / "out")).code, 0);
+}
+
+TEST(Cli, MalformedTomlIsOneLineAndWritesNothing) {
+  TempDir d;
+  write_text(d / "c.toml", "[gradients]\nbatch_size = = 3\n");
+  const auto r = run("attribute -c " + (d / "c.toml") + " -o " + (d / "out"));
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("attrace: error: " + (d / "c.toml") + ":2:"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("malformed TOML"), std::string::npos) << r.out;
+  expect_no_output(d, "out");
+}
+
+TEST(Cli, UnknownSettingIsRejected) {
+  TempDir d;
+  write_text(d / "c.toml", "[gradients]\nbatchsize = 3\n");
+  const auto r = run("attribute -c " + (d / "c.toml") + " -o " + (d / "out"));
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("unknown setting 'gradients.batchsize'"), std::string::npos) << r.out;
+}
+
+TEST(Cli, OutputDirectoryNotWritable) {
+  ATTRACE_REQUIRE_FIXTURES();
+  TempDir d;
+  write_text(d / "c.toml", config_text("mlp", "vec"));
+  const auto r = run("attribute -q -c " + (d / "c.toml") + " -o /proc/attrace-out");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("/proc/attrace-out"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists("/proc/attrace-out"));
+}
+
+TEST(Cli, MissingCheckpointFailsBeforeWritingAnything) {
+  ATTRACE_REQUIRE_FIXTURES();
+  TempDir d;
+  write_text(d / "run.toml", "[[checkpoint]]\nfile = \"gone.pt\"\nstep = 1\nlr = 0.1\n");
+  std::string cfg = config_text("mlp", "vec");
+  cfg.replace(cfg.find(fixture("mlp_run.toml")), fixture("mlp_run.toml").size(), d / "run.toml");
+  write_text(d / "c.toml", cfg);
+  const auto r = run("attribute -q -c " + (d / "c.toml") + " -o " + (d / "out"));
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("gone.pt"), std::string::npos) << r.out;
+  expect_no_output(d, "out");
+}
+
+TEST(Cli, FailureDuringComputationLeavesNoOutput) {
+  ATTRACE_REQUIRE_FIXTURES();
+  TempDir d;
+  // Second checkpoint is not a model: the run fails after the first checkpoint's work.
+  write_text(d / "junk.pt", "junk");
+  write_text(d / "run.toml", "[[checkpoint]]\nfile = \"" + fixture("mlp_1.pt") +
+                                 "\"\nstep = 1\nlr = 0.1\n[[checkpoint]]\nfile = \"junk.pt\"\nstep = 2\nlr = 0.1\n");
+  std::string cfg = config_text("mlp", "vec");
+  cfg.replace(cfg.find(fixture("mlp_run.toml")), fixture("mlp_run.toml").size(), d / "run.toml");
+  write_text(d / "c.toml", cfg);
+  const auto r = run("attribute -q -c " + (d / "c.toml") + " -o " + (d / "out"));
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("junk.pt"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("not a TorchScript model"), std::string::npos) << r.out;
+  expect_no_output(d, "out");
+}
+
+TEST(Cli, EverySubcommandHasHelp) {
+  for (auto sub : {"", "attribute", "demo", "import", "import csv", "version"}) {
+    const auto r = run(std::string(sub) + " --help");
+    EXPECT_EQ(r.code, 0) << sub;
+    EXPECT_NE(r.out.find("Usage"), std::string::npos) << sub << ": " << r.out;
+  }
+  EXPECT_NE(run("attribute").code, 0);  // required options missing
+  EXPECT_NE(run("frobnicate").code, 0);
+}
+
+TEST(Cli, ImportCsvThenAttribute) {
+  ATTRACE_REQUIRE_FIXTURES();
+  TempDir d;
+  std::string ex = "id,a,b,c,d,e,f,g,h,label,tranche\n";
+  for (int i = 0; i < 12; ++i) {
+    ex += "row" + std::to_string(i);
+    for (int k = 0; k < 8; ++k) ex += "," + std::to_string(((i * 7 + k * 3) % 11) / 5.0 - 1.0);
+    ex += "," + std::to_string(i % 4) + "," + (i % 3 == 0 ? "alpha" : "beta") + "\n";
+  }
+  write_text(d / "ex.csv", ex);
+  write_text(d / "tr.csv", "id,account,name,license\nalpha,0x" + std::string(40, '1') + ",Alpha,CC0\nbeta,0x" + std::string(40, '2') + ",Beta,MIT\n");
+  auto r = run("import csv --examples " + (d / "ex.csv") + " --tranches " + (d / "tr.csv") + " -o " + (d / "train.h5"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("wrote 12 examples"), std::string::npos);
+  write_text(d / "c.toml", "[run]\ncheckpoints = \"" + fixture("mlp_run.toml") + "\"\n[data]\ntrain = \"train.h5\"\nquery = \"" +
+                               fixture("vec_query.h5") + "\"\n");
+  r = run("attribute -q -c " + (d / "c.toml") + " -o " + (d / "out"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(read_text(d / "out/attribution.csv").find("alpha,0x1111111111111111111111111111111111111111,Alpha,4,"), std::string::npos);
+}
+
+TEST(Cli, DemoShowsNoisyTrancheLowestAndFlagsTheDuplicate) {
+  TempDir d;
+  const auto r = run("demo -q --dir " + (d / "demo"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("lowest share: crowd-labels (the noisy tranche, as expected)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("clinic-north / mirror-north: flagged"), std::string::npos) << r.out;
+  const auto report = nlohmann::json::parse(read_text(d / "demo/report/report.json"));
+  double lowest = 2;
+  std::string lowest_id;
+  for (const auto& t : report["tranches"])
+    if (t["share"].get<double>() < lowest) {
+      lowest = t["share"].get<double>();
+      lowest_id = t["id"];
+    }
+  EXPECT_EQ(lowest_id, "crowd-labels");
+  bool flagged = false;
+  for (const auto& dup : report["duplicates"])
+    flagged |= dup["flagged"].get<bool>() && dup["tranches"][0] == "clinic-north" && dup["tranches"][1] == "mirror-north";
+  EXPECT_TRUE(flagged);
+  // Identical examples get identical attribution (batch-independent gradients).
+  EXPECT_EQ(report["tranches"][0]["total_influence"], report["tranches"][5]["total_influence"]);
+}
+
+}  // namespace

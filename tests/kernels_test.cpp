@@ -1,0 +1,196 @@
+// kernels/: every backend against the naive float64 twins, on odd sizes, with poisoned outputs.
+#include <attrace/error.hpp>
+#include <attrace/kernels/backend.hpp>
+#include <attrace/kernels/reference.hpp>
+
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <tuple>
+
+namespace ak = attrace::kernels;
+
+namespace {
+
+template <class T>
+std::vector<T> random_matrix(int64_t rows, int64_t cols, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<T> v(static_cast<size_t>(rows * cols));
+  for (auto& x : v) x = static_cast<T>(static_cast<double>(rng() >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+  return v;
+}
+
+bool bit_equal(const std::vector<double>& a, const std::vector<double>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(double)) == 0;
+}
+
+// Mixed tolerance: |got - want| <= rtol * max(|want|, floor), floor guarding near-zero entries.
+void expect_close(const std::vector<double>& got, const std::vector<double>& want, double rtol, double floor) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_TRUE(std::isfinite(got[i])) << "entry " << i << " not written or not finite";
+    EXPECT_LE(std::abs(got[i] - want[i]), rtol * std::max(std::abs(want[i]), floor)) << "entry " << i;
+  }
+}
+
+using Shape = std::tuple<int64_t, int64_t, int64_t>;  // n, m, p
+
+class ScoreGrid : public ::testing::TestWithParam<Shape> {};
+
+TEST_P(ScoreGrid, CpuMatchesNaiveFloat64Twin) {
+  const auto [n, m, p] = GetParam();
+  const auto a = random_matrix<float>(n, p, 11 + n);
+  const auto b = random_matrix<float>(m, p, 23 + m);
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  std::vector<double> want(static_cast<size_t>(n * m), 0.5), got(static_cast<size_t>(n * m), 0.5);
+  ak::reference::score_accumulate(ak::view(a.data(), n, p), ak::view(b.data(), m, p), 0.75, ak::view_mut(want.data(), n, m));
+  auto cpu = ak::make_cpu_backend();
+  cpu->score_accumulate(ak::view(a.data(), n, p), ak::view(b.data(), m, p), 0.75, ak::view_mut(got.data(), n, m));
+  expect_close(got, want, 1e-12, std::sqrt(static_cast<double>(p)));
+
+  // Poisoned output: every entry must be overwritten by "+=" from a finite start, so use the
+  // fresh-buffer form (start from 0) and check nothing stays NaN-poisoned past the matrix.
+  std::vector<double> guarded(static_cast<size_t>(n * m) + 8, nan);
+  std::fill(guarded.begin(), guarded.begin() + n * m, 0.0);
+  cpu->score_accumulate(ak::view(a.data(), n, p), ak::view(b.data(), m, p), 1.0, ak::view_mut(guarded.data(), n, m));
+  for (int64_t i = 0; i < n * m; ++i) ASSERT_TRUE(std::isfinite(guarded[static_cast<size_t>(i)]));
+  for (size_t i = static_cast<size_t>(n * m); i < guarded.size(); ++i) ASSERT_TRUE(std::isnan(guarded[i])) << "wrote past the end";
+}
+
+TEST_P(ScoreGrid, Float64InputsMatchTwin) {
+  const auto [n, m, p] = GetParam();
+  const auto a = random_matrix<double>(n, p, 5);
+  const auto b = random_matrix<double>(m, p, 6);
+  std::vector<double> want(static_cast<size_t>(n * m), 0.0), got(static_cast<size_t>(n * m), 0.0);
+  ak::reference::score_accumulate(ak::view(a.data(), n, p), ak::view(b.data(), m, p), -2.0, ak::view_mut(want.data(), n, m));
+  ak::make_cpu_backend()->score_accumulate(ak::view(a.data(), n, p), ak::view(b.data(), m, p), -2.0,
+                                           ak::view_mut(got.data(), n, m));
+  expect_close(got, want, 1e-12, std::sqrt(static_cast<double>(p)));
+}
+
+TEST_P(ScoreGrid, IndependentOfThreadCountAndRowBlock) {
+  const auto [n, m, p] = GetParam();
+  const auto a = random_matrix<float>(n, p, 77);
+  const auto b = random_matrix<float>(m, p, 78);
+  auto cpu = ak::make_cpu_backend();
+  std::vector<double> one(static_cast<size_t>(n * m), 0.0), two(static_cast<size_t>(n * m), 0.0);
+  const int saved = omp_get_max_threads();
+  omp_set_num_threads(1);
+  cpu->score_accumulate(ak::view(a.data(), n, p), ak::view(b.data(), m, p), 1.0, ak::view_mut(one.data(), n, m));
+  omp_set_num_threads(std::max(2, saved));
+  // Rows computed one at a time (as a batch of one) must equal rows computed together.
+  for (int64_t i = 0; i < n; ++i)
+    cpu->score_accumulate(ak::view(a.data() + i * p, 1, p), ak::view(b.data(), m, p), 1.0,
+                          ak::view_mut(two.data() + i * m, 1, m));
+  omp_set_num_threads(saved);
+  EXPECT_TRUE(bit_equal(one, two));
+}
+
+INSTANTIATE_TEST_SUITE_P(OddSizes, ScoreGrid,
+                         ::testing::Values(Shape{1, 1, 1}, Shape{1, 3, 7}, Shape{3, 1, 8}, Shape{5, 4, 9},
+                                           Shape{17, 13, 1000}, Shape{64, 3, 1}, Shape{2, 2, 4097}, Shape{33, 31, 129}));
+
+TEST(Kernels, SqnormEqualsSelfScore) {
+  const int64_t n = 9, p = 301;
+  const auto a = random_matrix<float>(n, p, 3);
+  auto cpu = ak::make_cpu_backend();
+  std::vector<double> norms(n, 0.0), full(static_cast<size_t>(n * n), 0.0);
+  cpu->sqnorm_accumulate(ak::view(a.data(), n, p), 0.3, norms.data());
+  cpu->score_accumulate(ak::view(a.data(), n, p), ak::view(a.data(), n, p), 0.3, ak::view_mut(full.data(), n, n));
+  for (int64_t i = 0; i < n; ++i) EXPECT_EQ(norms[static_cast<size_t>(i)], full[static_cast<size_t>(i * n + i)]);
+}
+
+TEST(Kernels, SegmentedRowSumExactOnIntegers) {
+  // Integer-valued inputs: sums are exact, so compare exactly against a hand loop.
+  const int64_t n = 23, m = 5, segs = 4;
+  std::vector<double> x(static_cast<size_t>(n * m));
+  std::vector<int64_t> seg(n);
+  for (int64_t i = 0; i < n; ++i) {
+    seg[static_cast<size_t>(i)] = (i * 7) % segs;
+    for (int64_t j = 0; j < m; ++j) x[static_cast<size_t>(i * m + j)] = static_cast<double>((i * 31 + j * 17) % 13 - 6);
+  }
+  std::vector<double> want(static_cast<size_t>(segs * m), 0.0), got(static_cast<size_t>(segs * m), 0.0);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < m; ++j) want[static_cast<size_t>(seg[static_cast<size_t>(i)] * m + j)] += x[static_cast<size_t>(i * m + j)];
+  ak::make_cpu_backend()->segmented_row_sum(ak::view(x.data(), n, m), seg.data(), ak::view_mut(got.data(), segs, m));
+  EXPECT_TRUE(bit_equal(got, want));
+}
+
+TEST(Kernels, SegmentedRowSumRejectsOutOfRangeSegment) {
+  std::vector<double> x(4, 1.0), out(2, 0.0);
+  std::vector<int64_t> seg = {0, 2};
+  EXPECT_THROW(ak::make_cpu_backend()->segmented_row_sum(ak::view(x.data(), 2, 2), seg.data(), ak::view_mut(out.data(), 1, 2)),
+               attrace::InputError);
+}
+
+class TopkGrid : public ::testing::TestWithParam<std::tuple<int64_t, int64_t, int64_t>> {};
+
+TEST_P(TopkGrid, MatchesFullSortWithTies) {
+  const auto [n, m, k] = GetParam();
+  std::mt19937_64 rng(n * 131 + m);
+  std::vector<double> x(static_cast<size_t>(n * m));
+  for (auto& v : x) v = static_cast<double>(static_cast<int64_t>(rng() % 7) - 3);  // many ties
+  const auto got = ak::make_cpu_backend()->column_topk(ak::view(x.data(), n, m), k);
+  const auto want = ak::reference::column_topk(ak::view(x.data(), n, m), k);
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t j = 0; j < got.size(); ++j) {
+    ASSERT_EQ(got[j].proponents.size(), want[j].proponents.size());
+    ASSERT_EQ(got[j].opponents.size(), want[j].opponents.size());
+    for (size_t r = 0; r < got[j].proponents.size(); ++r) {
+      EXPECT_EQ(got[j].proponents[r].row, want[j].proponents[r].row) << "column " << j << " rank " << r;
+      EXPECT_EQ(got[j].proponents[r].score, want[j].proponents[r].score);
+    }
+    for (size_t r = 0; r < got[j].opponents.size(); ++r) {
+      EXPECT_EQ(got[j].opponents[r].row, want[j].opponents[r].row) << "column " << j << " rank " << r;
+      EXPECT_EQ(got[j].opponents[r].score, want[j].opponents[r].score);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, TopkGrid,
+                         ::testing::Values(std::make_tuple(1, 1, 1), std::make_tuple(5, 3, 10), std::make_tuple(37, 11, 5),
+                                           std::make_tuple(1000, 2, 17), std::make_tuple(9, 4, 0)));
+
+TEST(Kernels, TopkRejectsNaN) {
+  std::vector<double> x = {1.0, std::numeric_limits<double>::quiet_NaN()};
+  EXPECT_THROW(ak::make_cpu_backend()->column_topk(ak::view(x.data(), 2, 1), 1), attrace::NumericError);
+}
+
+TEST(Kernels, BackendRegistry) {
+  EXPECT_EQ(ak::make_backend("cpu")->name(), "cpu");
+  EXPECT_THROW(ak::make_backend("tpu"), attrace::InputError);
+  if (ak::cuda_device_count() == 0) {
+    EXPECT_EQ(ak::make_backend("auto")->name(), "cpu");
+    EXPECT_THROW(ak::make_backend("cuda"), attrace::InputError);
+  } else {
+    EXPECT_EQ(ak::make_backend("auto")->name(), "cuda");
+  }
+}
+
+// CUDA vs CPU: the canonical order makes them bit-identical, not merely close.
+TEST(KernelsCuda, ScoreBitIdenticalToCpu) {
+  if (ak::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (cuda compiled: " << ak::cuda_compiled() << ")";
+  auto gpu = ak::make_backend("cuda");
+  auto cpu = ak::make_cpu_backend();
+  for (const auto& [n, m, p] : {Shape{1, 1, 1}, Shape{17, 13, 1000}, Shape{33, 70, 129}, Shape{300, 5, 4097}}) {
+    const auto a = random_matrix<float>(n, p, 1 + p);
+    const auto b = random_matrix<float>(m, p, 2 + p);
+    std::vector<double> c1(static_cast<size_t>(n * m), 0.25), c2(static_cast<size_t>(n * m), 0.25);
+    cpu->score_accumulate(ak::view(a.data(), n, p), ak::view(b.data(), m, p), 0.5, ak::view_mut(c1.data(), n, m));
+    gpu->score_accumulate(ak::view(a.data(), n, p), ak::view(b.data(), m, p), 0.5, ak::view_mut(c2.data(), n, m));
+    EXPECT_TRUE(bit_equal(c1, c2)) << n << "x" << m << "x" << p;
+    const auto ad = random_matrix<double>(n, p, 3 + p);
+    const auto bd = random_matrix<double>(m, p, 4 + p);
+    std::fill(c1.begin(), c1.end(), 0.0);
+    std::fill(c2.begin(), c2.end(), 0.0);
+    cpu->score_accumulate(ak::view(ad.data(), n, p), ak::view(bd.data(), m, p), 1.0, ak::view_mut(c1.data(), n, m));
+    gpu->score_accumulate(ak::view(ad.data(), n, p), ak::view(bd.data(), m, p), 1.0, ak::view_mut(c2.data(), n, m));
+    EXPECT_TRUE(bit_equal(c1, c2)) << "fp64 " << n << "x" << m << "x" << p;
+  }
+}
+
+}  // namespace
