@@ -8,6 +8,7 @@
 #include <attrace/connectors/fs.hpp>
 #include <attrace/connectors/hash.hpp>
 #include <attrace/engine/attribute.hpp>
+#include <attrace/engine/model_builder.hpp>
 #include <attrace/error.hpp>
 
 #include <spdlog/spdlog.h>
@@ -118,28 +119,6 @@ Dataset make_dataset(const Examples& ex, const std::vector<std::vector<size_t>>&
   return ds;
 }
 
-// A TorchScript MLP 64-32-10 built in C++ as a chain of named children (Linear, ReLU, Linear),
-// so attrace's chain path applies exactly as it does to a scripted torch.nn.Sequential.
-torch::jit::Module build_mlp() {
-  auto cu = std::make_shared<torch::jit::CompilationUnit>();
-  auto linear = [&](int in, int out) {
-    torch::jit::Module m(c10::QualifiedName("__torch__.attrace.demo.Linear"), cu, true);
-    const double bound = 1.0 / std::sqrt(static_cast<double>(in));
-    m.register_parameter("weight", torch::empty({out, in}).uniform_(-bound, bound), false);
-    m.register_parameter("bias", torch::empty({out}).uniform_(-bound, bound), false);
-    m.define("def forward(self, x):\n    return torch.addmm(self.bias, x, self.weight.t())\n");
-    return m;
-  };
-  torch::jit::Module relu(c10::QualifiedName("__torch__.attrace.demo.ReLU"), cu, true);
-  relu.define("def forward(self, x):\n    return torch.relu(x)\n");
-  torch::jit::Module seq(c10::QualifiedName("__torch__.attrace.demo.Sequential"), cu, true);
-  seq.register_module("fc1", linear(kFeatures, 32));
-  seq.register_module("act", relu);
-  seq.register_module("fc2", linear(32, kClasses));
-  seq.define("def forward(self, x):\n    return self.fc2.forward(self.act.forward(self.fc1.forward(x)))\n");
-  return seq;
-}
-
 struct Phase {
   int epochs;
   double lr;
@@ -196,8 +175,10 @@ int run_demo(const DemoOptions& options) {
                  specs[noisy].id.c_str(), n_query);
 
   // Train an MLP with plain mini-batch SGD, saving a checkpoint at the end of each phase.
-  torch::manual_seed(static_cast<uint64_t>(kSeed));
-  torch::jit::Module model = build_mlp();
+  const std::string init_path = (fs::path(options.dir) / "ckpt_0_init.pt").string();
+  engine::save_mlp_torchscript(init_path, {kFeatures, 32, kClasses}, kSeed);
+  torch::jit::Module model = torch::jit::load(init_path);
+  fs::remove(init_path);
   std::vector<torch::Tensor> params;
   for (const auto& p : model.parameters()) {
     torch::Tensor t = p;
