@@ -7,9 +7,9 @@ PKGS=(
   libopenblas-dev                       # switches libblas.so.3 to OpenBLAS (100x the netlib default)
   libhdf5-dev
   libcli11-dev libtomlplusplus-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
-  libsqlite3-dev libcurl4-openssl-dev libssl-dev
+  libssl-dev zlib1g-dev                 # SHA-256 of inputs; gzip reader for the demo data
   libgtest-dev libgmock-dev libbenchmark-dev
-  python3-h5py zlib1g-dev git
+  python3-h5py git                      # h5py writes the test datasets (the documented layout)
   python3-sklearn                       # ships the handwritten-digits data used by `attrace demo`
 )
 missing=()
