@@ -16,6 +16,11 @@
 #include <cstring>
 #include <limits>
 
+namespace attrace::engine {
+// Readable parameter names in test listings.
+void PrintTo(Precision p, std::ostream* os) { *os << to_string(p); }
+}  // namespace attrace::engine
+
 namespace ac = attrace::connectors;
 namespace ae = attrace::engine;
 using attrace::test::fixture;

@@ -94,6 +94,29 @@ INSTANTIATE_TEST_SUITE_P(OddSizes, ScoreGrid,
                          ::testing::Values(Shape{1, 1, 1}, Shape{1, 3, 7}, Shape{3, 1, 8}, Shape{5, 4, 9},
                                            Shape{17, 13, 1000}, Shape{64, 3, 1}, Shape{2, 2, 4097}, Shape{33, 31, 129}));
 
+// The documented canonical order, written out plainly: the CPU backend (whatever vector width
+// it was dispatched to) must reproduce it bit for bit, as must the CUDA kernel.
+double canonical_by_definition(const float* a, const float* b, int64_t p) {
+  double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int64_t q = 0; q < p; ++q) {
+    volatile double prod = static_cast<double>(a[q]) * static_cast<double>(b[q]);  // no fusion
+    lane[q % 8] = lane[q % 8] + prod;
+  }
+  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
+TEST(Kernels, CpuFollowsTheCanonicalOrderBitForBit) {
+  for (const auto& [n, m, p] : {Shape{3, 5, 1}, Shape{4, 4, 7}, Shape{7, 3, 4097}, Shape{16, 9, 1000}}) {
+    const auto a = random_matrix<float>(n, p, 91 + p);
+    const auto b = random_matrix<float>(m, p, 92 + p);
+    std::vector<double> got(static_cast<size_t>(n * m), 0.0), want(static_cast<size_t>(n * m), 0.0);
+    ak::make_cpu_backend()->score_accumulate(ak::view(a.data(), n, p), ak::view(b.data(), m, p), 1.0, ak::view_mut(got.data(), n, m));
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < m; ++j) want[static_cast<size_t>(i * m + j)] = canonical_by_definition(a.data() + i * p, b.data() + j * p, p);
+    EXPECT_TRUE(bit_equal(got, want)) << n << "x" << m << "x" << p;
+  }
+}
+
 TEST(Kernels, SqnormEqualsSelfScore) {
   const int64_t n = 9, p = 301;
   const auto a = random_matrix<float>(n, p, 3);
