@@ -114,7 +114,11 @@ TEST(Cli, ExistingOutputNeedsForce) {
   const auto again = run("attribute -q -c " + (d / "c.toml") + " -o " + (d / "out"));
   EXPECT_NE(again.code, 0);
   EXPECT_NE(again.out.find("already exists"), std::string::npos) << again.out;
+  write_text(d / "out/stale.txt", "from the previous run");
   EXPECT_EQ(run("attribute -q --force -c " + (d / "c.toml") + " -o " + (d / "out")).code, 0);
+  EXPECT_FALSE(fs::exists(d / "out/stale.txt")) << "--force must replace the whole directory";
+  EXPECT_TRUE(fs::exists(d / "out/manifest.json"));
+  expect_no_output(d, "no-such-name");  // and leave no staging directory behind
 }
 
 TEST(Cli, MalformedTomlIsOneLineAndWritesNothing) {

@@ -2,6 +2,7 @@
 #include <attrace/error.hpp>
 
 #include <fcntl.h>
+#include <stdio.h>  // renameat2, RENAME_EXCHANGE (glibc >= 2.28)
 #include <unistd.h>
 
 #include <cerrno>
@@ -44,7 +45,7 @@ void write_file_atomic(const std::string& path, std::string_view bytes) {
   }
 }
 
-StagedDir::StagedDir(std::string target, bool replace) : target_(std::move(target)), replace_(replace) {
+StagedDir::StagedDir(std::string target, bool replace) : target_(std::move(target)) {
   ATTRACE_CHECK(!target_.empty(), InputError, "output directory: empty path");
   while (target_.size() > 1 && target_.back() == '/') target_.pop_back();
   fs::path t(target_);
@@ -57,7 +58,7 @@ StagedDir::StagedDir(std::string target, bool replace) : target_(std::move(targe
                 "output directory '" + target_ + "': parent '" + parent.string() +
                     "' is not writable");
   if (fs::exists(t, ec)) {
-    ATTRACE_CHECK(replace_, InputError,
+    ATTRACE_CHECK(replace, InputError,
                   "output directory '" + target_ + "' already exists (use --force to replace it)");
     ATTRACE_CHECK(fs::is_directory(t, ec), InputError,
                   "output path '" + target_ + "' exists and is not a directory");
@@ -84,16 +85,17 @@ void StagedDir::commit() {
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(staging_)) fsync_path(entry.path().string());
   fsync_path(staging_);
-  std::string old;
   if (fs::exists(target_, ec)) {
-    old = staging_ + ".old";
-    fs::rename(target_, old, ec);
-    ATTRACE_CHECK(!ec, RuntimeFailure, target_ + ": cannot move old directory aside: " + ec.message());
+    // Swap old and new in one step: at every instant the target name holds a complete directory.
+    ATTRACE_CHECK(::renameat2(AT_FDCWD, staging_.c_str(), AT_FDCWD, target_.c_str(), RENAME_EXCHANGE) == 0,
+                  RuntimeFailure, target_ + ": cannot swap in the new output: " + std::strerror(errno));
+    committed_ = true;
+    fs::remove_all(staging_, ec);  // now holds the previous output
+    return;
   }
   fs::rename(staging_, target_, ec);
   ATTRACE_CHECK(!ec, RuntimeFailure, target_ + ": cannot move output into place: " + ec.message());
   committed_ = true;
-  if (!old.empty()) fs::remove_all(old, ec);
 }
 
 }  // namespace attrace::connectors

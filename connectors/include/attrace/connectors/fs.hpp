@@ -35,7 +35,6 @@ class StagedDir {
  private:
   std::string target_;
   std::string staging_;
-  bool replace_ = false;
   bool committed_ = false;
 };
 
