@@ -11,13 +11,25 @@ PKGS=(
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-h5py git                      # h5py writes the test datasets (the documented layout)
   python3-sklearn                       # ships the handwritten-digits data used by `attrace demo`
+  libsqlite3-dev libcurl4-openssl-dev   # embedded ledger; JSON-RPC to EVM nodes
+  libcrypto++-dev libsecp256k1-dev libboost-dev   # keccak-256, secp256k1 signing, 256/512-bit integers
 )
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Node.js/npm (for Foundry, solc-js, OpenZeppelin): preinstalled here; Debian's packages otherwise.
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# npm packages pinned by ledger-client/contracts/package-lock.json (anvil, forge, solc-js,
+# OpenZeppelin contracts and merkle-tree): installed when missing or when the lock file changed.
+here="$(cd "$(dirname "$0")/.." && pwd)"
+contracts="$here/ledger-client/contracts"
+if [ ! -f "$contracts/node_modules/.package-lock.json" ] || [ "$contracts/package-lock.json" -nt "$contracts/node_modules/.package-lock.json" ]; then
+  (cd "$contracts" && npm ci --no-audit --no-fund --loglevel=error)
 fi

@@ -1,0 +1,374 @@
+// ledger-client/: keccak and key known answers, Merkle roots/proofs against OpenZeppelin's
+// @openzeppelin/merkle-tree (run with node during the test), exact reward split properties,
+// epochs from reports, and the embedded SQLite ledger's rules, history and crash safety.
+#include "test_util.hpp"
+
+#include <attrace/connectors/hash.hpp>
+#include <attrace/error.hpp>
+#include <attrace/ledger/crypto.hpp>
+#include <attrace/ledger/embedded.hpp>
+#include <attrace/ledger/epoch.hpp>
+#include <attrace/ledger/merkle.hpp>
+#include <attrace/ledger/rewards.hpp>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <filesystem>
+#include <random>
+
+namespace al = attrace::ledger;
+using attrace::test::read_text;
+using attrace::test::TempDir;
+using attrace::test::write_text;
+
+namespace {
+
+std::string contracts_dir() {
+#ifdef ATTRACE_CONTRACTS_DIR
+  return ATTRACE_CONTRACTS_DIR;
+#else
+  return "";
+#endif
+}
+
+al::Bytes32 random_bytes32(std::mt19937_64& rng) {
+  al::Bytes32 b;
+  for (auto& x : b) x = static_cast<uint8_t>(rng());
+  return b;
+}
+al::Address random_address(std::mt19937_64& rng) {
+  al::Address a;
+  for (auto& x : a) x = static_cast<uint8_t>(rng());
+  return a;
+}
+al::U256 random_u256(std::mt19937_64& rng, int bits) {
+  al::U256 v = 0;
+  for (int i = 0; i < 4; ++i) v = (v << 64) | rng();
+  return bits >= 256 ? v : v >> (256 - bits);
+}
+
+TEST(Keccak, KnownAnswers) {
+  EXPECT_EQ(al::to_hex(al::keccak256("")), "0xc5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470");
+  EXPECT_EQ(al::to_hex(al::keccak256("abc")), "0x4e03657aea45a94fc7d47ba826c8d667c0d1e6e33a64a036ec44f58fa12d6c45");
+  // A function selector everybody knows: transfer(address,uint256) = 0xa9059cbb.
+  EXPECT_EQ(al::to_hex(al::keccak256("transfer(address,uint256)")).substr(0, 10), "0xa9059cbb");
+}
+
+TEST(Keys, AddressOfTheEip155ExampleKey) {
+  const auto key = al::PrivateKey::from_hex("0x4646464646464646464646464646464646464646464646464646464646464646");
+  EXPECT_EQ(al::checksum_address(key.address()), "0x9d8A62f656a8d1615C1294fd71e9CFb3E4855A4F");
+  const auto digest = al::keccak256("attrace");
+  const auto sig = key.sign(digest);
+  EXPECT_EQ(al::recover_address(digest, sig), key.address());
+  // Low s: s <= n/2 (OpenZeppelin's ECDSA rejects the high half).
+  const al::U256 half_n("0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0");
+  EXPECT_LE(al::from_word(sig.s.data()), half_n);
+}
+
+TEST(Keys, BadKeysNeverEchoTheKey) {
+  const std::string secret = "0x12345678deadbeef";
+  try {
+    al::PrivateKey::from_hex(secret);
+    FAIL();
+  } catch (const attrace::InputError& e) {
+    EXPECT_EQ(std::string(e.what()).find("deadbeef"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(al::PrivateKey::from_hex(std::string(64, '0')), attrace::InputError);  // zero is not a key
+  EXPECT_THROW(al::PrivateKey::from_env("ATTRACE_TEST_UNSET_KEY_VARIABLE"), attrace::InputError);
+}
+
+TEST(Addresses, ChecksumIsEnforcedOnMixedCase) {
+  EXPECT_NO_THROW(al::address_from_hex("0x9d8A62f656a8d1615C1294fd71e9CFb3E4855A4F", "a"));
+  EXPECT_NO_THROW(al::address_from_hex("0x9d8a62f656a8d1615c1294fd71e9cfb3e4855a4f", "a"));
+  EXPECT_THROW(al::address_from_hex("0x9d8A62f656a8d1615C1294fd71e9CFb3E4855A4f", "a"), attrace::InputError);
+}
+
+// Roots and proofs equal OpenZeppelin's for random leaf sets made here, and verify.
+class MerkleVsOpenZeppelin : public ::testing::TestWithParam<int> {};
+
+TEST_P(MerkleVsOpenZeppelin, RootsProofsAndLeafHashes) {
+  ASSERT_FALSE(contracts_dir().empty());
+  ASSERT_TRUE(std::filesystem::exists(contracts_dir() + "/node_modules/@openzeppelin/merkle-tree"))
+      << "npm packages missing: run scripts/setup.sh";
+  const int n = GetParam();
+  std::mt19937_64 rng(1000 + n);
+  std::vector<al::Leaf> leaves;
+  nlohmann::json rows = nlohmann::json::array();
+  for (int i = 0; i < n; ++i) {
+    al::Leaf l;
+    l.epoch = rng();
+    l.tranche_id = random_bytes32(rng);
+    l.account = random_address(rng);
+    l.score = random_u256(rng, 1 + static_cast<int>(rng() % 256));
+    l.amount = random_u256(rng, 1 + static_cast<int>(rng() % 256));
+    leaves.push_back(l);
+    rows.push_back({std::to_string(l.epoch), al::to_hex(l.tranche_id), al::to_hex(l.account), al::to_decimal(l.score),
+                    al::to_decimal(l.amount)});
+  }
+  TempDir d;
+  write_text(d / "in.json", nlohmann::json{{"rows", rows}}.dump());
+  const std::string cmd = "cd '" + contracts_dir() + "' && node tools/oz_merkle.mjs '" + (d / "in.json") + "' '" + (d / "out.json") + "'";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  const auto ref = nlohmann::json::parse(read_text(d / "out.json"));
+  std::vector<al::Bytes32> hashes;
+  for (int i = 0; i < n; ++i) {
+    hashes.push_back(al::leaf_hash(leaves[static_cast<size_t>(i)]));
+    ASSERT_EQ(al::to_hex(hashes.back()), ref["leaves"][static_cast<size_t>(i)]) << "leaf " << i;
+  }
+  const al::MerkleTree tree(hashes);
+  ASSERT_EQ(al::to_hex(tree.root()), ref["root"]);
+  for (int i = 0; i < n; ++i) {
+    const auto proof = tree.proof(hashes[static_cast<size_t>(i)]);
+    std::vector<std::string> hex;
+    for (const auto& p : proof) hex.push_back(al::to_hex(p));
+    ASSERT_EQ(nlohmann::json(hex), ref["proofs"][static_cast<size_t>(i)]) << "proof " << i;
+    ASSERT_TRUE(al::verify_proof(proof, tree.root(), hashes[static_cast<size_t>(i)]));
+  }
+  if (n > 1) {  // a proof of one leaf does not prove another
+    EXPECT_FALSE(al::verify_proof(tree.proof(hashes[0]), tree.root(), hashes[1]));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, MerkleVsOpenZeppelin, ::testing::Values(1, 2, 3, 7, 1025));
+
+TEST(Rewards, QuantizeIsExactRoundHalfEven) {
+  EXPECT_EQ(al::quantize_share(0.5, "s"), al::U256("500000000000000000"));
+  EXPECT_EQ(al::quantize_share(1.0, "s"), al::kScoreScale);
+  EXPECT_EQ(al::quantize_share(0.0, "s"), al::U256(0));
+  // 0.1 is 3602879701896397 / 2^55 = 0.1000000000000000055511151231257827...
+  EXPECT_EQ(al::quantize_share(0.1, "s"), al::U256("100000000000000006"));
+  EXPECT_EQ(al::quantize_share(1e-300, "s"), al::U256(0));
+  EXPECT_THROW(al::quantize_share(-0.25, "s"), attrace::InputError);
+  EXPECT_THROW(al::quantize_share(1.5, "s"), attrace::InputError);
+  EXPECT_THROW(al::quantize_share(std::nan(""), "s"), attrace::InputError);
+}
+
+TEST(Rewards, SplitSumsToThePoolForRandom256BitPools) {
+  std::mt19937_64 rng(42);
+  for (int trial = 0; trial < 2000; ++trial) {
+    const size_t n = 1 + rng() % 40;
+    const al::U256 pool = 1 + random_u256(rng, 1 + static_cast<int>(rng() % 256)) % ((std::numeric_limits<al::U256>::max)() - 1);
+    std::vector<al::SplitEntry> e(n);
+    al::U512 total = 0;
+    for (auto& x : e) {
+      x.score = rng() % 3 == 0 ? al::U256(0) : random_u256(rng, 1 + static_cast<int>(rng() % 200));
+      x.account = random_address(rng);
+      x.tranche_id = random_bytes32(rng);
+      total += x.score;
+    }
+    if (total == 0) e[0].score = 1, total = 1;
+    const auto a = al::split_rewards(pool, e);
+    al::U512 sum = 0;
+    for (size_t i = 0; i < n; ++i) {
+      sum += a[i];
+      const al::U512 exact_floor = al::U512(pool) * e[i].score / total;
+      ASSERT_TRUE(al::U512(a[i]) == exact_floor || al::U512(a[i]) == exact_floor + 1) << "trial " << trial;
+    }
+    ASSERT_EQ(sum, al::U512(pool)) << "trial " << trial;
+  }
+}
+
+TEST(Rewards, RemainderGoesToLargestRemaindersThenAccountOrder) {
+  // Pool 10 over three equal scores: 3 each, remainder 1 to the smallest account.
+  std::vector<al::SplitEntry> e(3);
+  for (size_t i = 0; i < 3; ++i) {
+    e[i].score = 1;
+    e[i].account.fill(static_cast<uint8_t>(9 - i));
+  }
+  const auto a = al::split_rewards(10, e);
+  EXPECT_EQ(a[0], 3);
+  EXPECT_EQ(a[1], 3);
+  EXPECT_EQ(a[2], 4);
+  EXPECT_THROW(al::split_rewards(0, e), attrace::InputError);
+  for (auto& x : e) x.score = 0;
+  EXPECT_THROW(al::split_rewards(10, e), attrace::InputError);
+}
+
+// A minimal report directory as `attrace attribute` writes it (report hash in the manifest).
+void write_report(const std::string& dir, const std::vector<std::tuple<std::string, std::string, double>>& tranches) {
+  std::filesystem::create_directories(dir);
+  nlohmann::json r;
+  r["format"] = "attrace.report/1";
+  r["tranches"] = nlohmann::json::array();
+  for (const auto& [id, account, share] : tranches) r["tranches"].push_back({{"id", id}, {"account", account}, {"share", share}});
+  const std::string bytes = r.dump(2);
+  write_text(dir + "/report.json", bytes);
+  write_text(dir + "/manifest.json",
+             nlohmann::json{{"format", "attrace.manifest/1"}, {"outputs", {{"report.json", attrace::connectors::sha256_hex(bytes)}}}}.dump());
+}
+
+const std::string kA = "0x" + std::string(40, 'a'), kB = "0x" + std::string(40, 'b'), kC = "0x" + std::string(40, 'c');
+
+TEST(Epoch, FromReportToLeavesTreeAndManifest) {
+  TempDir d;
+  write_report(d / "r", {{"alpha", kA, 0.5}, {"beta", kB, 0.3}, {"gamma", kC, 0.2}});
+  const auto c = al::build_epoch(d / "r", 7, al::U256(1000001));
+  ASSERT_EQ(c.leaves.size(), 3u);
+  EXPECT_EQ(c.leaves[0].leaf.tranche_id, al::keccak256("alpha"));
+  al::U256 sum = 0;
+  for (const auto& l : c.leaves) sum += l.leaf.amount;
+  EXPECT_EQ(sum, al::U256(1000001));
+  EXPECT_EQ(c.manifest_hash, al::keccak256(c.manifest));
+  const auto back = al::load_epoch_manifest(c.manifest, "manifest");
+  EXPECT_EQ(back.root, c.root);
+  EXPECT_EQ(back.manifest_hash, c.manifest_hash);
+  for (size_t i = 0; i < 3; ++i) EXPECT_TRUE(al::verify_proof(c.proof(i), c.root, c.leaves[i].hash));
+  std::string tampered = c.manifest;
+  tampered.replace(tampered.find("\"amount\":\""), 10, "\"amount\":\"9");
+  EXPECT_THROW(al::load_epoch_manifest(tampered, "manifest"), attrace::InputError);
+}
+
+TEST(Epoch, BadReportsAreRefused) {
+  TempDir d;
+  write_report(d / "dup", {{"alpha", kA, 0.5}, {"alpha", kA, 0.5}});
+  EXPECT_THROW(al::build_epoch(d / "dup", 1, 100), attrace::InputError);
+  write_report(d / "zero", {{"alpha", kA, 0.0}, {"beta", kB, 0.0}});
+  try {
+    al::build_epoch(d / "zero", 1, 100);
+    FAIL();
+  } catch (const attrace::InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("all scores are zero"), std::string::npos);
+  }
+  write_report(d / "ok", {{"alpha", kA, 1.0}});
+  EXPECT_THROW(al::build_epoch(d / "ok", 1, 0), attrace::InputError);
+  write_text(d / "ok/report.json", read_text(d / "ok/report.json") + " ");  // no longer matches the manifest
+  EXPECT_THROW(al::build_epoch(d / "ok", 1, 100), attrace::InputError);
+  std::filesystem::create_directories(d / "bad");
+  write_text(d / "bad/report.json", "{not json");
+  write_text(d / "bad/manifest.json", "{}");
+  EXPECT_THROW(al::build_epoch(d / "bad", 1, 100), attrace::InputError);
+  write_report(d / "acct", {{"alpha", "0x1234", 1.0}});
+  EXPECT_THROW(al::build_epoch(d / "acct", 1, 100), attrace::InputError);
+}
+
+template <class F>
+al::Refusal refusal_of(F fn) {
+  try {
+    fn();
+  } catch (const al::LedgerRefusal& r) {
+    return r.refusal();
+  }
+  ADD_FAILURE() << "not refused";
+  return al::Refusal::unauthorized;
+}
+
+TEST(EmbeddedLedger, FullEpochLifecycle) {
+  TempDir d;
+  write_report(d / "r", {{"alpha", kA, 0.5}, {"beta", kB, 0.3}, {"gamma", kC, 0.2}});
+  int64_t now = 1'000'000;
+  al::EmbeddedOptions o;
+  o.challenge_period = 3600;
+  o.arbiter = "judge";
+  o.clock = [&] { return now; };
+  auto ledger = al::open_embedded_ledger(d / "ledger.db", o, "alice");
+  const al::U256 pool("123456789012345678901234567890");
+  const auto c = al::build_epoch(d / "r", 1, pool);
+  const auto r1 = ledger->commit(c, "file://epoch1.json");
+  EXPECT_FALSE(r1.already_committed);
+  EXPECT_EQ(r1.status.challenge_ends, now + 3600);
+  EXPECT_TRUE(ledger->commit(c, "file://epoch1.json").already_committed);  // idempotent re-run
+  const auto other = al::build_epoch(d / "r", 1, pool + 1);
+  EXPECT_EQ(refusal_of([&] { ledger->commit(other, ""); }), al::Refusal::epoch_exists);
+  EXPECT_EQ(ledger->manifest(1), c.manifest);
+
+  EXPECT_EQ(refusal_of([&] { ledger->claim(c.leaves[0].leaf, c.proof(0)); }), al::Refusal::not_final);
+  now += 3600;
+  EXPECT_EQ(refusal_of([&] { ledger->dispute(1, al::keccak256("late")); }), al::Refusal::window_closed);
+  // Tampered claims: changed amount, changed account, wrong sibling.
+  auto more = c.leaves[0].leaf;
+  more.amount += 1;
+  EXPECT_EQ(refusal_of([&] { ledger->claim(more, c.proof(0)); }), al::Refusal::invalid_proof);
+  auto moved = c.leaves[0].leaf;
+  moved.account = c.leaves[1].leaf.account;
+  EXPECT_EQ(refusal_of([&] { ledger->claim(moved, c.proof(0)); }), al::Refusal::invalid_proof);
+  auto wrong = c.proof(0);
+  wrong[0][5] ^= 1;
+  EXPECT_EQ(refusal_of([&] { ledger->claim(c.leaves[0].leaf, wrong); }), al::Refusal::invalid_proof);
+
+  for (size_t i = 0; i < c.leaves.size(); ++i) ledger->claim(c.leaves[i].leaf, c.proof(i));
+  EXPECT_EQ(ledger->status(1).claimed, pool);
+  EXPECT_EQ(refusal_of([&] { ledger->claim(c.leaves[1].leaf, c.proof(1)); }), al::Refusal::already_claimed);
+  EXPECT_TRUE(ledger->claimed(c.leaves[2].leaf));
+}
+
+TEST(EmbeddedLedger, DisputeFreezesArbiterDecides) {
+  TempDir d;
+  write_report(d / "r", {{"alpha", kA, 0.6}, {"beta", kB, 0.4}});
+  int64_t now = 5000;
+  al::EmbeddedOptions o;
+  o.challenge_period = 100;
+  o.arbiter = "judge";
+  o.clock = [&] { return now; };
+  const auto c = al::build_epoch(d / "r", 9, 1000);
+  auto alice = al::open_embedded_ledger(d / "ledger.db", o, "alice");
+  auto judge = al::open_embedded_ledger(d / "ledger.db", o, "judge");
+  alice->commit(c, "");
+  alice->dispute(9, al::keccak256("recomputed shares differ"));
+  EXPECT_EQ(alice->status(9).state, "disputed");
+  EXPECT_EQ(refusal_of([&] { alice->dispute(9, {}); }), al::Refusal::disputed);
+  now += 200;
+  EXPECT_EQ(refusal_of([&] { alice->claim(c.leaves[0].leaf, c.proof(0)); }), al::Refusal::disputed);
+  EXPECT_EQ(refusal_of([&] { alice->resolve(9, true); }), al::Refusal::unauthorized);
+  judge->resolve(9, false);  // rejected: the epoch continues
+  EXPECT_EQ(judge->status(9).state, "committed");
+  alice->claim(c.leaves[0].leaf, c.proof(0));
+  EXPECT_EQ(refusal_of([&] { judge->resolve(9, true); }), al::Refusal::not_disputed);
+
+  // Upheld: cancelled, then a new commitment for the same epoch is accepted.
+  const auto c2 = al::build_epoch(d / "r", 10, 1000);
+  alice->commit(c2, "");
+  alice->dispute(10, al::keccak256("wrong"));
+  judge->resolve(10, true);
+  EXPECT_EQ(alice->status(10).state, "cancelled");
+  EXPECT_EQ(refusal_of([&] { alice->claim(c2.leaves[0].leaf, c2.proof(0)); }), al::Refusal::cancelled);
+  const auto c3 = al::build_epoch(d / "r", 10, 999);
+  EXPECT_FALSE(alice->commit(c3, "").already_committed);
+  EXPECT_EQ(alice->status(10).state, "committed");
+  EXPECT_EQ(alice->status(10).total_reward, al::U256(999));
+  EXPECT_EQ(refusal_of([&] { alice->claim(c.leaves[0].leaf, c.proof(0)); }), al::Refusal::already_claimed);
+}
+
+TEST(EmbeddedLedger, ProcessKilledMidCommitLeavesAConsistentDatabase) {
+  TempDir d;
+  std::vector<std::tuple<std::string, std::string, double>> ts;
+  for (int i = 0; i < 20; ++i) {
+    char acct[43];
+    std::snprintf(acct, sizeof acct, "0x%040x", i + 1);
+    ts.emplace_back("t" + std::to_string(i), acct, 0.05);
+  }
+  write_report(d / "r", ts);
+  const auto c = al::build_epoch(d / "r", 3, 10000);
+  al::EmbeddedOptions o;
+  o.challenge_period = 0;
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    al::EmbeddedOptions killer = o;
+    killer.on_leaf_written = [](size_t k) {
+      if (k == 7) ::raise(SIGKILL);  // dies with the transaction half written
+    };
+    auto l = al::open_embedded_ledger(d / "ledger.db", killer);
+    l->commit(c, "");
+    ::_exit(0);  // not reached
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "child was not killed mid-write";
+  auto l = al::open_embedded_ledger(d / "ledger.db", o);
+  EXPECT_FALSE(l->status(3).exists) << "a half-written commit is visible";
+  const auto r = l->commit(c, "");  // the re-run commits once, completely
+  EXPECT_FALSE(r.already_committed);
+  for (size_t i = 0; i < c.leaves.size(); ++i) l->claim(c.leaves[i].leaf, c.proof(i));
+  EXPECT_EQ(l->status(3).claimed, al::U256(10000));
+}
+
+TEST(EmbeddedLedger, UnopenablePathIsAnInputError) {
+  al::EmbeddedOptions o;
+  EXPECT_THROW(al::open_embedded_ledger("/nonexistent-dir/ledger.db", o), attrace::InputError);
+}
+
+}  // namespace
