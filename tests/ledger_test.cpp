@@ -1,7 +1,7 @@
 // ledger-client/: keccak and key known answers, Merkle roots/proofs against OpenZeppelin's
 // @openzeppelin/merkle-tree (run with node during the test), exact reward split properties,
 // epochs from reports, and the embedded SQLite ledger's rules, history and crash safety.
-#include "test_util.hpp"
+#include "ledger_fixtures.hpp"
 
 #include <attrace/connectors/hash.hpp>
 #include <attrace/error.hpp>
@@ -23,17 +23,11 @@
 namespace al = attrace::ledger;
 using attrace::test::read_text;
 using attrace::test::TempDir;
+using attrace::test::contracts_dir;
+using attrace::test::write_report;
 using attrace::test::write_text;
 
 namespace {
-
-std::string contracts_dir() {
-#ifdef ATTRACE_CONTRACTS_DIR
-  return ATTRACE_CONTRACTS_DIR;
-#else
-  return "";
-#endif
-}
 
 al::Bytes32 random_bytes32(std::mt19937_64& rng) {
   al::Bytes32 b;
@@ -186,19 +180,6 @@ TEST(Rewards, RemainderGoesToLargestRemaindersThenAccountOrder) {
   EXPECT_THROW(al::split_rewards(0, e), attrace::InputError);
   for (auto& x : e) x.score = 0;
   EXPECT_THROW(al::split_rewards(10, e), attrace::InputError);
-}
-
-// A minimal report directory as `attrace attribute` writes it (report hash in the manifest).
-void write_report(const std::string& dir, const std::vector<std::tuple<std::string, std::string, double>>& tranches) {
-  std::filesystem::create_directories(dir);
-  nlohmann::json r;
-  r["format"] = "attrace.report/1";
-  r["tranches"] = nlohmann::json::array();
-  for (const auto& [id, account, share] : tranches) r["tranches"].push_back({{"id", id}, {"account", account}, {"share", share}});
-  const std::string bytes = r.dump(2);
-  write_text(dir + "/report.json", bytes);
-  write_text(dir + "/manifest.json",
-             nlohmann::json{{"format", "attrace.manifest/1"}, {"outputs", {{"report.json", attrace::connectors::sha256_hex(bytes)}}}}.dump());
 }
 
 const std::string kA = "0x" + std::string(40, 'a'), kB = "0x" + std::string(40, 'b'), kC = "0x" + std::string(40, 'c');

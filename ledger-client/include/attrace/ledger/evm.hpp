@@ -1,0 +1,106 @@
+#pragma once
+// The EVM backend: JSON-RPC over HTTP (libcurl), EIP-1559 and legacy EIP-155 transactions signed
+// with secp256k1, nonce and receipt handling, and the AttributionLedger contract's ABI.
+#include <attrace/ledger/crypto.hpp>
+#include <attrace/ledger/ledger.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace attrace::ledger {
+
+/// A transaction before signing.
+struct TxRequest {
+  bool legacy = false;     ///< EIP-155 legacy transaction instead of EIP-1559 (type 2)
+  uint64_t chain_id = 0;
+  uint64_t nonce = 0;
+  U256 gas_price = 0;      ///< legacy only
+  U256 max_priority_fee = 0, max_fee = 0;  ///< EIP-1559 only
+  uint64_t gas = 0;
+  std::optional<Address> to;  ///< empty: contract creation
+  U256 value = 0;
+  Bytes data;
+};
+
+/// RLP encoding of the signed transaction (0x02-prefixed for EIP-1559), ready for
+/// eth_sendRawTransaction.
+Bytes sign_transaction(const TxRequest& tx, const PrivateKey& key);
+
+/// EIP-712 digest of an EpochCommitment receipt for the AttributionLedger domain.
+Bytes32 receipt_digest(uint64_t chain_id, const Address& contract, uint64_t epoch, const Bytes32& root,
+                       const Bytes32& manifest_hash, const U256& total_reward);
+
+/// A JSON-RPC error reply or transport failure (names the URL and method). For reverts,
+/// `revert_data` holds the hex-encoded revert payload when the node returned one.
+class RpcError : public InputError {
+ public:
+  explicit RpcError(const std::string& msg, std::string revert_data = "") : InputError(msg), revert_data_(std::move(revert_data)) {}
+  const std::string& revert_data() const { return revert_data_; }
+
+ private:
+  std::string revert_data_;
+};
+
+/// Minimal JSON-RPC 2.0 client over HTTP POST.
+class RpcClient {
+ public:
+  RpcClient(std::string url, std::chrono::milliseconds timeout);
+  /// Calls `method`; RpcError on transport failure, timeout or an error reply.
+  nlohmann::json call(const std::string& method, nlohmann::json params);
+  const std::string& url() const { return url_; }
+
+ private:
+  std::string url_;
+  std::chrono::milliseconds timeout_;
+  uint64_t next_id_ = 1;
+};
+
+/// Connection settings of the EVM backend.
+struct EvmOptions {
+  std::string rpc_url = "http://127.0.0.1:8545";
+  uint64_t chain_id = 0;           ///< must equal the node's eth_chainId
+  Address contract{};              ///< AttributionLedger address (not needed to deploy)
+  unsigned confirmations = 1;      ///< blocks a receipt must be buried under
+  std::chrono::milliseconds rpc_timeout{10000};
+  std::chrono::milliseconds receipt_timeout{120000};
+  bool legacy = false;             ///< send legacy EIP-155 transactions
+};
+
+/// The EVM ledger. `key` signs transactions; it may be absent for read-only use.
+class EvmLedger final : public Ledger {
+ public:
+  EvmLedger(EvmOptions options, std::optional<PrivateKey> key);
+  std::string kind() const override { return "evm"; }
+  CommitResult commit(const EpochCommitment& c, const std::string& uri) override;
+  EpochStatus status(uint64_t epoch) override;
+  std::string manifest(uint64_t) override { return ""; }
+  std::string dispute(uint64_t epoch, const Bytes32& reason_hash) override;
+  std::string resolve(uint64_t epoch, bool upheld) override;
+  std::string claim(const Leaf& leaf, const std::vector<Bytes32>& proof) override;
+  bool claimed(const Leaf& leaf) override;
+
+  /// Deploys AttributionLedger from a forge artifact (out/AttributionLedger.sol/...json) with
+  /// the given arbiter and challenge period; returns the contract address.
+  Address deploy(const std::string& artifact_path, const Address& arbiter, uint64_t challenge_period);
+  /// The contract's recovery of an EIP-712 receipt signature (eth_call of receiptSigner).
+  Address receipt_signer(uint64_t epoch, const Bytes32& root, const Bytes32& manifest_hash, const U256& total,
+                         const Bytes& signature);
+  /// Native-token balance of an account (smallest unit).
+  U256 balance(const Address& a);
+  /// The signer's address.
+  Address sender() const;
+  RpcClient& rpc() { return rpc_; }
+
+ private:
+  std::string transact(const Bytes& data, const U256& value, const std::optional<Address>& to, nlohmann::json* receipt = nullptr);
+  Bytes call(const Bytes& data);
+  EvmOptions opts_;
+  std::optional<PrivateKey> key_;
+  RpcClient rpc_;
+};
+
+}  // namespace attrace::ledger

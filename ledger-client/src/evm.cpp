@@ -1,0 +1,453 @@
+#include <attrace/error.hpp>
+#include <attrace/ledger/evm.hpp>
+#include <attrace/ledger/merkle.hpp>
+
+#include <curl/curl.h>
+
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <thread>
+
+namespace attrace::ledger {
+namespace {
+
+// ---- RLP ----
+Bytes be_minimal(const U256& v) {
+  Bytes out;
+  U256 x = v;
+  while (x > 0) {
+    out.insert(out.begin(), static_cast<uint8_t>(x & 0xff));
+    x >>= 8;
+  }
+  return out;
+}
+
+Bytes rlp_length_prefix(size_t len, uint8_t short_base, uint8_t long_base) {
+  if (len <= 55) return {static_cast<uint8_t>(short_base + len)};
+  const Bytes l = be_minimal(U256(len));
+  Bytes out{static_cast<uint8_t>(long_base + l.size())};
+  out.insert(out.end(), l.begin(), l.end());
+  return out;
+}
+
+Bytes rlp_bytes(const Bytes& b) {
+  if (b.size() == 1 && b[0] < 0x80) return b;
+  Bytes out = rlp_length_prefix(b.size(), 0x80, 0xb7);
+  out.insert(out.end(), b.begin(), b.end());
+  return out;
+}
+Bytes rlp_uint(const U256& v) { return rlp_bytes(be_minimal(v)); }
+
+Bytes rlp_list(const std::vector<Bytes>& items) {
+  Bytes payload;
+  for (const auto& i : items) payload.insert(payload.end(), i.begin(), i.end());
+  Bytes out = rlp_length_prefix(payload.size(), 0xc0, 0xf7);
+  out.insert(out.end(), payload.begin(), payload.end());
+  return out;
+}
+
+Bytes rlp_to(const std::optional<Address>& to) { return to ? rlp_bytes(Bytes(to->begin(), to->end())) : rlp_bytes({}); }
+
+// ---- ABI ----
+Bytes selector(const std::string& signature) {
+  const Bytes32 h = keccak256(signature);
+  return Bytes(h.begin(), h.begin() + 4);
+}
+void put_word(Bytes& out, const Bytes32& w) { out.insert(out.end(), w.begin(), w.end()); }
+void put_uint(Bytes& out, const U256& v) { put_word(out, to_word(v)); }
+void put_address(Bytes& out, const Address& a) {
+  Bytes32 w{};
+  std::copy(a.begin(), a.end(), w.begin() + 12);
+  put_word(out, w);
+}
+void put_bytes_tail(Bytes& out, const Bytes& b) {
+  put_uint(out, b.size());
+  out.insert(out.end(), b.begin(), b.end());
+  out.resize(out.size() + (32 - b.size() % 32) % 32, 0);
+}
+
+// Custom errors of AttributionLedger and the refusal each stands for.
+struct ErrorInfo {
+  std::string name;
+  std::optional<Refusal> refusal;
+};
+const std::map<std::string, ErrorInfo>& known_errors() {
+  static const std::map<std::string, ErrorInfo> m = [] {
+    std::map<std::string, ErrorInfo> r;
+    auto add = [&](const std::string& sig, std::optional<Refusal> ref) {
+      r[to_hex(selector(sig))] = {sig.substr(0, sig.find('(')), ref};
+    };
+    add("Unauthorized()", Refusal::unauthorized);
+    add("EpochExists(uint64)", Refusal::epoch_exists);
+    add("UnknownEpoch(uint64)", Refusal::unknown_epoch);
+    add("WrongValue(uint256,uint256)", std::nullopt);
+    add("NotFinal(uint64,uint64)", Refusal::not_final);
+    add("ChallengeClosed(uint64)", Refusal::window_closed);
+    add("Disputed(uint64)", Refusal::disputed);
+    add("NotDisputed(uint64)", Refusal::not_disputed);
+    add("Cancelled(uint64)", Refusal::cancelled);
+    add("AlreadyClaimed(uint64,bytes32)", Refusal::already_claimed);
+    add("InvalidProof()", Refusal::invalid_proof);
+    add("ExceedsTotal(uint64)", Refusal::over_budget);
+    add("TransferFailed()", std::nullopt);
+    return r;
+  }();
+  return m;
+}
+
+[[noreturn]] void throw_revert(const std::string& what, const RpcError& e) {
+  const std::string& data = e.revert_data();
+  if (data.size() >= 10) {
+    const auto it = known_errors().find(data.substr(0, 10));
+    if (it != known_errors().end()) {
+      if (it->second.refusal) throw LedgerRefusal(*it->second.refusal, what + " (contract reverted)");
+      throw InputError(what + ": contract reverted with " + it->second.name);
+    }
+  }
+  throw RpcError(what + ": " + e.what(), data);
+}
+
+std::string hex_quantity(const U256& v) {
+  if (v == 0) return "0x0";
+  std::ostringstream o;
+  o << std::hex << v;
+  return "0x" + o.str();
+}
+
+U256 parse_quantity(const nlohmann::json& j, const std::string& what) {
+  ATTRACE_CHECK(j.is_string(), RpcError, what + ": expected a hex quantity");
+  const std::string s = j.get<std::string>();
+  ATTRACE_CHECK(s.size() > 2 && s.rfind("0x", 0) == 0 && s.size() <= 66, RpcError, what + ": bad quantity '" + s + "'");
+  return U256(s);
+}
+
+size_t curl_write(char* p, size_t size, size_t n, void* user) {
+  static_cast<std::string*>(user)->append(p, size * n);
+  return size * n;
+}
+
+struct CurlGlobal {
+  CurlGlobal() { curl_global_init(CURL_GLOBAL_DEFAULT); }
+};
+
+}  // namespace
+
+Bytes sign_transaction(const TxRequest& tx, const PrivateKey& key) {
+  if (tx.legacy) {
+    std::vector<Bytes> f = {rlp_uint(tx.nonce), rlp_uint(tx.gas_price), rlp_uint(tx.gas), rlp_to(tx.to), rlp_uint(tx.value),
+                            rlp_bytes(tx.data)};
+    auto unsigned_fields = f;
+    unsigned_fields.push_back(rlp_uint(tx.chain_id));
+    unsigned_fields.push_back(rlp_uint(0));
+    unsigned_fields.push_back(rlp_uint(0));
+    const Signature sig = key.sign(keccak256(rlp_list(unsigned_fields)));
+    f.push_back(rlp_uint(U256(tx.chain_id) * 2 + 35 + sig.recid));
+    f.push_back(rlp_uint(from_word(sig.r.data())));
+    f.push_back(rlp_uint(from_word(sig.s.data())));
+    return rlp_list(f);
+  }
+  std::vector<Bytes> f = {rlp_uint(tx.chain_id), rlp_uint(tx.nonce), rlp_uint(tx.max_priority_fee), rlp_uint(tx.max_fee),
+                          rlp_uint(tx.gas),      rlp_to(tx.to),       rlp_uint(tx.value),            rlp_bytes(tx.data),
+                          rlp_list({})};
+  Bytes pre{0x02};
+  const Bytes body = rlp_list(f);
+  pre.insert(pre.end(), body.begin(), body.end());
+  const Signature sig = key.sign(keccak256(pre));
+  f.push_back(rlp_uint(sig.recid));
+  f.push_back(rlp_uint(from_word(sig.r.data())));
+  f.push_back(rlp_uint(from_word(sig.s.data())));
+  Bytes out{0x02};
+  const Bytes signed_body = rlp_list(f);
+  out.insert(out.end(), signed_body.begin(), signed_body.end());
+  return out;
+}
+
+Bytes32 receipt_digest(uint64_t chain_id, const Address& contract, uint64_t epoch, const Bytes32& root,
+                       const Bytes32& manifest_hash, const U256& total_reward) {
+  Bytes domain;
+  put_word(domain, keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"));
+  put_word(domain, keccak256("AttributionLedger"));
+  put_word(domain, keccak256("1"));
+  put_uint(domain, chain_id);
+  put_address(domain, contract);
+  Bytes st;
+  put_word(st, keccak256("EpochCommitment(uint64 epoch,bytes32 root,bytes32 manifestHash,uint256 totalReward)"));
+  put_uint(st, epoch);
+  put_word(st, root);
+  put_word(st, manifest_hash);
+  put_uint(st, total_reward);
+  Bytes msg{0x19, 0x01};
+  put_word(msg, keccak256(domain));
+  put_word(msg, keccak256(st));
+  return keccak256(msg);
+}
+
+RpcClient::RpcClient(std::string url, std::chrono::milliseconds timeout) : url_(std::move(url)), timeout_(timeout) {
+  static CurlGlobal init;
+}
+
+nlohmann::json RpcClient::call(const std::string& method, nlohmann::json params) {
+  const std::string body = nlohmann::json{{"jsonrpc", "2.0"}, {"id", next_id_++}, {"method", method}, {"params", std::move(params)}}.dump();
+  std::unique_ptr<CURL, void (*)(CURL*)> h(curl_easy_init(), curl_easy_cleanup);
+  ATTRACE_CHECK(h, RuntimeFailure, "libcurl initialisation failed");
+  std::string reply;
+  curl_slist* headers = curl_slist_append(nullptr, "Content-Type: application/json");
+  curl_easy_setopt(h.get(), CURLOPT_URL, url_.c_str());
+  curl_easy_setopt(h.get(), CURLOPT_HTTPHEADER, headers);
+  curl_easy_setopt(h.get(), CURLOPT_POSTFIELDS, body.c_str());
+  curl_easy_setopt(h.get(), CURLOPT_POSTFIELDSIZE, static_cast<long>(body.size()));
+  curl_easy_setopt(h.get(), CURLOPT_WRITEFUNCTION, curl_write);
+  curl_easy_setopt(h.get(), CURLOPT_WRITEDATA, &reply);
+  curl_easy_setopt(h.get(), CURLOPT_TIMEOUT_MS, static_cast<long>(timeout_.count()));
+  curl_easy_setopt(h.get(), CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(timeout_.count()));
+  curl_easy_setopt(h.get(), CURLOPT_NOSIGNAL, 1L);
+  const CURLcode rc = curl_easy_perform(h.get());
+  curl_slist_free_all(headers);
+  ATTRACE_CHECK(rc == CURLE_OK, RpcError, "RPC " + url_ + " " + method + ": " + curl_easy_strerror(rc));
+  long status = 0;
+  curl_easy_getinfo(h.get(), CURLINFO_RESPONSE_CODE, &status);
+  ATTRACE_CHECK(status == 200, RpcError, "RPC " + url_ + " " + method + ": HTTP status " + std::to_string(status));
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(reply);
+  } catch (const nlohmann::json::exception&) {
+    throw RpcError("RPC " + url_ + " " + method + ": reply is not JSON");
+  }
+  if (j.contains("error") && !j["error"].is_null()) {
+    const auto& e = j["error"];
+    std::string data;
+    if (e.contains("data") && e["data"].is_string()) data = e["data"].get<std::string>();
+    throw RpcError("RPC " + url_ + " " + method + ": " + e.value("message", std::string("error")), data);
+  }
+  ATTRACE_CHECK(j.contains("result"), RpcError, "RPC " + url_ + " " + method + ": reply has no result");
+  return j["result"];
+}
+
+EvmLedger::EvmLedger(EvmOptions options, std::optional<PrivateKey> key)
+    : opts_(std::move(options)), key_(std::move(key)), rpc_(opts_.rpc_url, opts_.rpc_timeout) {
+  const U256 node_chain = parse_quantity(rpc_.call("eth_chainId", nlohmann::json::array()), "eth_chainId");
+  ATTRACE_CHECK(node_chain == opts_.chain_id, InputError,
+                "wrong chain id: node " + opts_.rpc_url + " reports " + to_decimal(node_chain) + ", configuration says " +
+                    std::to_string(opts_.chain_id));
+}
+
+Address EvmLedger::sender() const {
+  ATTRACE_CHECK(key_.has_value(), InputError, "no private key configured (set ATTRACE_PRIVATE_KEY or a key file)");
+  return key_->address();
+}
+
+U256 EvmLedger::balance(const Address& a) {
+  return parse_quantity(rpc_.call("eth_getBalance", {to_hex(a), "latest"}), "eth_getBalance");
+}
+
+Bytes EvmLedger::call(const Bytes& data) {
+  const auto r = rpc_.call("eth_call", {{{"to", to_hex(opts_.contract)}, {"data", to_hex(data)}}, "latest"});
+  return from_hex(r.get<std::string>(), "eth_call result");
+}
+
+std::string EvmLedger::transact(const Bytes& data, const U256& value, const std::optional<Address>& to, nlohmann::json* receipt_out) {
+  const Address from = sender();
+  nlohmann::json call_obj = {{"from", to_hex(from)}, {"value", hex_quantity(value)}, {"data", to_hex(data)}};
+  if (to) call_obj["to"] = to_hex(*to);
+  const auto insufficient = [&](const U256& have, const U256& need) {
+    return "insufficient funds: " + checksum_address(from) + " holds " + to_decimal(have) +
+           " (smallest native units) but the transaction needs up to " + to_decimal(need);
+  };
+  const U256 have = balance(from);
+  ATTRACE_CHECK(have >= value, InputError, insufficient(have, value));
+  // Dry run first: a refused operation is reported without sending anything.
+  rpc_.call("eth_call", {call_obj, "latest"});
+  const U256 estimate = parse_quantity(rpc_.call("eth_estimateGas", {call_obj}), "eth_estimateGas");
+  TxRequest tx;
+  tx.legacy = opts_.legacy;
+  tx.chain_id = opts_.chain_id;
+  tx.nonce = static_cast<uint64_t>(parse_quantity(rpc_.call("eth_getTransactionCount", {to_hex(from), "pending"}), "nonce"));
+  tx.gas = static_cast<uint64_t>(estimate + estimate / 5 + 10000);
+  tx.to = to;
+  tx.value = value;
+  tx.data = data;
+  U256 fee_cap;
+  if (tx.legacy) {
+    tx.gas_price = parse_quantity(rpc_.call("eth_gasPrice", nlohmann::json::array()), "eth_gasPrice");
+    fee_cap = tx.gas_price;
+  } else {
+    const auto block = rpc_.call("eth_getBlockByNumber", {"latest", false});
+    const U256 base = parse_quantity(block.at("baseFeePerGas"), "baseFeePerGas");
+    U256 tip = 1'000'000'000;
+    try {
+      tip = parse_quantity(rpc_.call("eth_maxPriorityFeePerGas", nlohmann::json::array()), "eth_maxPriorityFeePerGas");
+    } catch (const RpcError&) {
+      // Nodes without the method: 1 gwei-equivalent tip.
+    }
+    tx.max_priority_fee = tip;
+    tx.max_fee = base * 2 + tip;
+    fee_cap = tx.max_fee;
+  }
+  const U256 needed = value + fee_cap * tx.gas;
+  ATTRACE_CHECK(have >= needed, InputError, insufficient(have, needed));
+  const std::string hash = rpc_.call("eth_sendRawTransaction", {to_hex(sign_transaction(tx, *key_))}).get<std::string>();
+  const auto deadline = std::chrono::steady_clock::now() + opts_.receipt_timeout;
+  while (true) {
+    const auto receipt = rpc_.call("eth_getTransactionReceipt", {hash});
+    if (!receipt.is_null()) {
+      const U256 mined = parse_quantity(receipt.at("blockNumber"), "receipt blockNumber");
+      const U256 head = parse_quantity(rpc_.call("eth_blockNumber", nlohmann::json::array()), "eth_blockNumber");
+      if (head + 1 >= mined + opts_.confirmations) {
+        ATTRACE_CHECK(receipt.at("status") == "0x1", InputError, "transaction " + hash + " reverted");
+        if (receipt_out) *receipt_out = receipt;
+        return hash;
+      }
+    }
+    ATTRACE_CHECK(std::chrono::steady_clock::now() < deadline, RuntimeFailure,
+                  "transaction " + hash + " not confirmed (" + std::to_string(opts_.confirmations) +
+                      " blocks) within the receipt timeout; re-running is safe: state is read before sending");
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+EpochStatus EvmLedger::status(uint64_t epoch) {
+  Bytes d = selector("epochs(uint64)");
+  put_uint(d, epoch);
+  const Bytes r = call(d);
+  ATTRACE_CHECK(r.size() >= 7 * 32, RpcError, "epochs(" + std::to_string(epoch) + "): short reply from " + opts_.rpc_url);
+  EpochStatus s;
+  s.epoch = epoch;
+  static const char* states[] = {"none", "committed", "disputed", "cancelled"};
+  const auto state = static_cast<unsigned>(from_word(r.data() + 6 * 32));
+  ATTRACE_CHECK(state < 4, RpcError, "epochs(): unknown state " + std::to_string(state));
+  s.exists = state != 0;
+  s.state = states[state];
+  std::copy(r.begin(), r.begin() + 32, s.root.begin());
+  std::copy(r.begin() + 32, r.begin() + 64, s.manifest_hash.begin());
+  s.total_reward = from_word(r.data() + 64);
+  s.claimed = from_word(r.data() + 96);
+  s.committed_at = static_cast<int64_t>(from_word(r.data() + 128));
+  s.challenge_ends = static_cast<int64_t>(from_word(r.data() + 160));
+  return s;
+}
+
+CommitResult EvmLedger::commit(const EpochCommitment& c, const std::string& uri) {
+  CommitResult r;
+  // Idempotence: the chain is read first, so a re-run after a crash never commits twice.
+  const EpochStatus live = status(c.epoch);
+  if (live.exists && live.state != "cancelled") {
+    if (live.root == c.root && live.manifest_hash == c.manifest_hash && live.total_reward == c.pool) {
+      r.already_committed = true;
+      r.status = live;
+      return r;
+    }
+    throw LedgerRefusal(Refusal::epoch_exists, "epoch " + std::to_string(c.epoch) + " already has root " + to_hex(live.root));
+  }
+  Bytes d = selector("commitEpoch(uint64,bytes32,bytes32,uint256,string)");
+  put_uint(d, c.epoch);
+  put_word(d, c.root);
+  put_word(d, c.manifest_hash);
+  put_uint(d, c.pool);
+  put_uint(d, 5 * 32);
+  put_bytes_tail(d, Bytes(uri.begin(), uri.end()));
+  try {
+    r.transaction = transact(d, c.pool, opts_.contract);
+  } catch (const RpcError& e) {
+    throw_revert("commitEpoch(" + std::to_string(c.epoch) + ")", e);
+  }
+  r.status = status(c.epoch);
+  r.status.uri = uri;
+  return r;
+}
+
+std::string EvmLedger::dispute(uint64_t epoch, const Bytes32& reason) {
+  Bytes d = selector("dispute(uint64,bytes32)");
+  put_uint(d, epoch);
+  put_word(d, reason);
+  try {
+    return transact(d, 0, opts_.contract);
+  } catch (const RpcError& e) {
+    throw_revert("dispute(" + std::to_string(epoch) + ")", e);
+  }
+}
+
+std::string EvmLedger::resolve(uint64_t epoch, bool upheld) {
+  Bytes d = selector("resolve(uint64,bool)");
+  put_uint(d, epoch);
+  put_uint(d, upheld ? 1 : 0);
+  try {
+    return transact(d, 0, opts_.contract);
+  } catch (const RpcError& e) {
+    throw_revert("resolve(" + std::to_string(epoch) + ")", e);
+  }
+}
+
+std::string EvmLedger::claim(const Leaf& leaf, const std::vector<Bytes32>& proof) {
+  Bytes d = selector("claim(uint64,bytes32,address,uint256,uint256,bytes32[])");
+  put_uint(d, leaf.epoch);
+  put_word(d, leaf.tranche_id);
+  put_address(d, leaf.account);
+  put_uint(d, leaf.score);
+  put_uint(d, leaf.amount);
+  put_uint(d, 6 * 32);
+  put_uint(d, proof.size());
+  for (const auto& p : proof) put_word(d, p);
+  try {
+    return transact(d, 0, opts_.contract);
+  } catch (const RpcError& e) {
+    throw_revert("claim(epoch " + std::to_string(leaf.epoch) + ", account " + checksum_address(leaf.account) + ")", e);
+  }
+}
+
+bool EvmLedger::claimed(const Leaf& leaf) {
+  Bytes d = selector("claimedLeaf(uint64,bytes32)");
+  put_uint(d, leaf.epoch);
+  put_word(d, leaf_hash(leaf));
+  const Bytes r = call(d);
+  ATTRACE_CHECK(r.size() >= 32, RpcError, "claimedLeaf(): short reply");
+  return from_word(r.data()) != 0;
+}
+
+Address EvmLedger::deploy(const std::string& artifact_path, const Address& arbiter, uint64_t challenge_period) {
+  std::ifstream in(artifact_path);
+  ATTRACE_CHECK(in.good(), InputError, "contract artifact '" + artifact_path + "': cannot open (run forge build)");
+  nlohmann::json art;
+  try {
+    art = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception&) {
+    throw InputError("contract artifact '" + artifact_path + "': malformed JSON");
+  }
+  ATTRACE_CHECK(art.contains("bytecode") && art["bytecode"].contains("object"), InputError,
+                "contract artifact '" + artifact_path + "': no bytecode.object");
+  Bytes code = from_hex(art["bytecode"]["object"].get<std::string>(), artifact_path + ": bytecode");
+  put_address(code, arbiter);
+  put_uint(code, challenge_period);
+  nlohmann::json receipt;
+  try {
+    transact(code, 0, std::nullopt, &receipt);
+  } catch (const RpcError& e) {
+    throw_revert("deploy", e);
+  }
+  const Address a = address_from_hex(receipt.at("contractAddress").get<std::string>(), "contractAddress");
+  opts_.contract = a;
+  return a;
+}
+
+Address EvmLedger::receipt_signer(uint64_t epoch, const Bytes32& root, const Bytes32& manifest_hash, const U256& total,
+                                  const Bytes& signature) {
+  Bytes d = selector("receiptSigner(uint64,bytes32,bytes32,uint256,bytes)");
+  put_uint(d, epoch);
+  put_word(d, root);
+  put_word(d, manifest_hash);
+  put_uint(d, total);
+  put_uint(d, 5 * 32);
+  put_bytes_tail(d, signature);
+  Bytes r;
+  try {
+    r = call(d);
+  } catch (const RpcError& e) {
+    throw_revert("receiptSigner", e);
+  }
+  ATTRACE_CHECK(r.size() >= 32, RpcError, "receiptSigner(): short reply");
+  Address a;
+  std::copy(r.begin() + 12, r.begin() + 32, a.begin());
+  return a;
+}
+
+}  // namespace attrace::ledger

@@ -1,0 +1,299 @@
+// The EVM backend against a real node: anvil (from npm) started per test on a free port, the
+// AttributionLedger contract compiled by forge. Transactions are signed here (secp256k1) and
+// sent as raw EIP-1559 or legacy EIP-155 transactions.
+#include "ledger_fixtures.hpp"
+
+#include <attrace/error.hpp>
+#include <attrace/ledger/evm.hpp>
+
+#include <gtest/gtest.h>
+
+#include <random>
+
+namespace al = attrace::ledger;
+using attrace::test::Anvil;
+using attrace::test::TempDir;
+using attrace::test::write_report;
+
+namespace {
+
+std::string artifact() {
+#ifdef ATTRACE_CONTRACT_ARTIFACT
+  return ATTRACE_CONTRACT_ARTIFACT;
+#else
+  return "";
+#endif
+}
+
+al::EvmOptions options_for(const Anvil& a) {
+  al::EvmOptions o;
+  o.rpc_url = a.url();
+  o.chain_id = 31337;
+  o.rpc_timeout = std::chrono::milliseconds(5000);
+  o.receipt_timeout = std::chrono::milliseconds(20000);
+  return o;
+}
+
+// Waits until the node answers (anvil needs a moment after exec).
+void wait_ready(const Anvil& a) {
+  al::RpcClient c(a.url(), std::chrono::milliseconds(500));
+  for (int i = 0; i < 100; ++i) {
+    try {
+      c.call("eth_chainId", nlohmann::json::array());
+      return;
+    } catch (const al::RpcError&) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+  FAIL() << "anvil did not start at " << a.url();
+}
+
+void advance(al::EvmLedger& l, int64_t seconds) {
+  l.rpc().call("evm_increaseTime", {seconds});
+  l.rpc().call("evm_mine", nlohmann::json::array());
+}
+
+size_t commit_events(al::EvmLedger& l, const al::Address& contract, uint64_t epoch) {
+  const auto topic = al::to_hex(al::keccak256("EpochCommitted(uint64,bytes32,bytes32,uint256,uint64,string)"));
+  const auto logs = l.rpc().call("eth_getLogs", {{{"address", al::to_hex(contract)},
+                                                  {"fromBlock", "0x0"},
+                                                  {"toBlock", "latest"},
+                                                  {"topics", {topic, al::to_hex(al::to_word(epoch))}}}});
+  return logs.size();
+}
+
+template <class F>
+al::Refusal refusal_of(F fn) {
+  try {
+    fn();
+  } catch (const al::LedgerRefusal& r) {
+    return r.refusal();
+  }
+  ADD_FAILURE() << "not refused";
+  return al::Refusal::unauthorized;
+}
+
+std::vector<std::tuple<std::string, std::string, double>> random_tranches(int n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<std::tuple<std::string, std::string, double>> t;
+  for (int i = 0; i < n; ++i) {
+    char acct[43];
+    std::snprintf(acct, sizeof acct, "0x%016llx%016llx%08x", static_cast<unsigned long long>(rng()),
+                  static_cast<unsigned long long>(rng()), static_cast<unsigned>(rng()));
+    t.emplace_back("tranche-" + std::to_string(i), acct, static_cast<double>(rng() % 1000) / 1000.0);
+  }
+  return t;
+}
+
+class Evm : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(std::filesystem::exists(artifact())) << "contract artifact missing: " << artifact();
+    anvil_ = std::make_unique<Anvil>();
+    wait_ready(*anvil_);
+    ledger_ = std::make_unique<al::EvmLedger>(options_for(*anvil_), al::PrivateKey::from_hex(attrace::test::kAnvilKey0));
+    arbiter_ = al::PrivateKey::from_hex(attrace::test::kAnvilKey1).address();
+    contract_ = ledger_->deploy(artifact(), arbiter_, 3600);
+  }
+  al::EvmLedger arbiter_ledger() {
+    auto o = options_for(*anvil_);
+    o.contract = contract_;
+    return al::EvmLedger(o, al::PrivateKey::from_hex(attrace::test::kAnvilKey1));
+  }
+  TempDir dir_;
+  std::unique_ptr<Anvil> anvil_;
+  std::unique_ptr<al::EvmLedger> ledger_;
+  al::Address arbiter_{}, contract_{};
+};
+
+TEST(EvmSigning, Eip155ExampleFromTheEip) {
+  // The worked example of EIP-155: nonce 9, gas price 20 gwei, gas 21000, to 0x3535...35,
+  // value 10^18, chain id 1, key 0x4646...46.
+  al::TxRequest tx;
+  tx.legacy = true;
+  tx.chain_id = 1;
+  tx.nonce = 9;
+  tx.gas_price = al::U256("20000000000");
+  tx.gas = 21000;
+  tx.to = al::address_from_hex("0x3535353535353535353535353535353535353535", "to");
+  tx.value = al::U256("1000000000000000000");
+  const auto signed_tx = al::sign_transaction(tx, al::PrivateKey::from_hex("0x4646464646464646464646464646464646464646464646464646464646464646"));
+  EXPECT_EQ(al::to_hex(signed_tx),
+            "0xf86c098504a817c800825208943535353535353535353535353535353535353535880de0b6b3a76400008025a028ef61340bd939bc2195fe5"
+            "37567866003e1a15d3c71ff63e1590620aa636276a067cbe9d8997f761aecb703304b3800ccf555c9f3dc64214b297fb1966a3b6d83");
+}
+
+TEST_F(Evm, CommitWaitClaimEveryLeafBalancesAddUp) {
+  write_report(dir_ / "r", random_tranches(12, 5));
+  const al::U256 pool("1000000000000000000000");  // 1000 units of an 18-decimal native token
+  const auto c = al::build_epoch(dir_ / "r", 1, pool);
+  const auto r = ledger_->commit(c, "file:///epoch-1.json");
+  EXPECT_FALSE(r.already_committed);
+  EXPECT_EQ(r.status.state, "committed");
+  EXPECT_EQ(r.status.root, c.root);
+  EXPECT_EQ(ledger_->balance(contract_), pool);
+  EXPECT_TRUE(ledger_->commit(c, "file:///epoch-1.json").already_committed);
+  EXPECT_EQ(commit_events(*ledger_, contract_, 1), 1u);
+
+  EXPECT_EQ(refusal_of([&] { ledger_->claim(c.leaves[0].leaf, c.proof(0)); }), al::Refusal::not_final);
+  advance(*ledger_, 3600);
+  // Tampered claims: changed amount, changed account, wrong sibling.
+  auto more = c.leaves[0].leaf;
+  more.amount += 1;
+  EXPECT_EQ(refusal_of([&] { ledger_->claim(more, c.proof(0)); }), al::Refusal::invalid_proof);
+  auto moved = c.leaves[0].leaf;
+  moved.account = c.leaves[1].leaf.account;
+  EXPECT_EQ(refusal_of([&] { ledger_->claim(moved, c.proof(0)); }), al::Refusal::invalid_proof);
+  auto wrong = c.proof(0);
+  wrong.back()[0] ^= 0x80;
+  EXPECT_EQ(refusal_of([&] { ledger_->claim(c.leaves[0].leaf, wrong); }), al::Refusal::invalid_proof);
+
+  al::U256 paid = 0;
+  for (size_t i = 0; i < c.leaves.size(); ++i) {
+    const al::U256 before = ledger_->balance(c.leaves[i].leaf.account);
+    ledger_->claim(c.leaves[i].leaf, c.proof(i));  // accepted: every proof verifies on chain
+    EXPECT_EQ(ledger_->balance(c.leaves[i].leaf.account), before + c.leaves[i].leaf.amount);
+    EXPECT_TRUE(ledger_->claimed(c.leaves[i].leaf));
+    paid += c.leaves[i].leaf.amount;
+  }
+  EXPECT_EQ(paid, pool);
+  EXPECT_EQ(ledger_->balance(contract_), al::U256(0));
+  EXPECT_EQ(ledger_->status(1).claimed, pool);
+  EXPECT_EQ(refusal_of([&] { ledger_->claim(c.leaves[3].leaf, c.proof(3)); }), al::Refusal::already_claimed);
+}
+
+TEST_F(Evm, DisputedEpochCannotBeClaimedArbiterCancels) {
+  write_report(dir_ / "r", random_tranches(3, 9));
+  const auto c = al::build_epoch(dir_ / "r", 2, al::U256(1000));
+  ledger_->commit(c, "");
+  ledger_->dispute(2, al::keccak256("recomputation differs"));
+  EXPECT_EQ(ledger_->status(2).state, "disputed");
+  advance(*ledger_, 7200);
+  EXPECT_EQ(refusal_of([&] { ledger_->claim(c.leaves[0].leaf, c.proof(0)); }), al::Refusal::disputed);
+  EXPECT_EQ(refusal_of([&] { ledger_->resolve(2, true); }), al::Refusal::unauthorized);
+  auto arbiter = arbiter_ledger();
+  arbiter.resolve(2, true);
+  EXPECT_EQ(ledger_->status(2).state, "cancelled");
+  EXPECT_EQ(refusal_of([&] { ledger_->claim(c.leaves[0].leaf, c.proof(0)); }), al::Refusal::cancelled);
+  const auto again = al::build_epoch(dir_ / "r", 2, al::U256(999));
+  EXPECT_FALSE(ledger_->commit(again, "").already_committed);  // cancelled epochs may be re-committed
+  EXPECT_EQ(ledger_->status(2).total_reward, al::U256(999));
+}
+
+TEST_F(Evm, Eip712ReceiptSignedInCppRecoversOnChain) {
+  const auto signer = al::PrivateKey::from_hex("0x" + std::string(63, '0') + "7");
+  const auto root = al::keccak256("root"), mh = al::keccak256("manifest");
+  const auto digest = al::receipt_digest(31337, contract_, 5, root, mh, al::U256(12345));
+  const auto sig = signer.sign(digest);
+  EXPECT_EQ(ledger_->receipt_signer(5, root, mh, al::U256(12345), sig.rsv()), signer.address());
+  EXPECT_NE(ledger_->receipt_signer(6, root, mh, al::U256(12345), sig.rsv()), signer.address());  // other content
+}
+
+TEST_F(Evm, LegacyTransactionsWorkToo) {
+  auto o = options_for(*anvil_);
+  o.contract = contract_;
+  o.legacy = true;
+  al::EvmLedger legacy(o, al::PrivateKey::from_hex(attrace::test::kAnvilKey0));
+  write_report(dir_ / "r", random_tranches(2, 3));
+  const auto c = al::build_epoch(dir_ / "r", 4, al::U256(77));
+  EXPECT_FALSE(legacy.commit(c, "").already_committed);
+  EXPECT_EQ(legacy.status(4).total_reward, al::U256(77));
+}
+
+TEST_F(Evm, InsufficientFundsCommitsNothing) {
+  auto o = options_for(*anvil_);
+  o.contract = contract_;
+  al::EvmLedger poor(o, al::PrivateKey::from_hex("0x" + std::string(63, '0') + "9"));
+  write_report(dir_ / "r", random_tranches(2, 4));
+  const auto c = al::build_epoch(dir_ / "r", 6, al::U256(10));
+  // Not the submitter and no funds: refused before anything is sent.
+  EXPECT_THROW(poor.commit(c, ""), attrace::InputError);
+  // The submitter committing more than it holds: "insufficient funds", nothing committed.
+  const auto huge = al::build_epoch(dir_ / "r", 6, al::U256("1000000000000000000000000000"));
+  try {
+    ledger_->commit(huge, "");
+    FAIL() << "no error";
+  } catch (const attrace::InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("insufficient funds"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(ledger_->status(6).exists);
+}
+
+TEST(EvmErrors, WrongChainIdUnreachableNodeAndTimeout) {
+  Anvil anvil;
+  wait_ready(anvil);
+  auto o = options_for(anvil);
+  o.chain_id = 1;
+  try {
+    al::EvmLedger l(o, std::nullopt);
+    FAIL();
+  } catch (const attrace::InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("wrong chain id"), std::string::npos) << e.what();
+  }
+  al::EvmOptions closed;
+  closed.rpc_url = "http://127.0.0.1:" + std::to_string(attrace::test::free_port());
+  closed.chain_id = 31337;
+  EXPECT_THROW(al::EvmLedger(closed, std::nullopt), al::RpcError);
+  // A server that accepts connections and never answers: the call times out.
+  const int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  ::listen(s, 4);
+  socklen_t len = sizeof a;
+  ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
+  al::EvmOptions silent;
+  silent.rpc_url = "http://127.0.0.1:" + std::to_string(ntohs(a.sin_port));
+  silent.chain_id = 31337;
+  silent.rpc_timeout = std::chrono::milliseconds(300);
+  try {
+    al::EvmLedger l(silent, std::nullopt);
+    FAIL();
+  } catch (const al::RpcError& e) {
+    EXPECT_NE(std::string(e.what()).find("Timeout"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(silent.rpc_url), std::string::npos) << e.what();
+  }
+  ::close(s);
+}
+
+TEST(EvmCrash, NodeKilledMidCommitThenRerunCommitsExactlyOnce) {
+  ASSERT_TRUE(std::filesystem::exists(artifact()));
+  TempDir d;
+  const std::string state = d / "anvil-state.json";
+  const int port = attrace::test::free_port();
+  write_report(d / "r", random_tranches(4, 11));
+  const auto c = al::build_epoch(d / "r", 8, al::U256(5000));
+  al::Address contract{};
+  {
+    // Automining off: the commit transaction is accepted but not mined when the node dies.
+    Anvil anvil({"--state", state, "--no-mining"}, port);
+    wait_ready(anvil);
+    auto o = options_for(anvil);
+    o.receipt_timeout = std::chrono::milliseconds(1500);
+    al::EvmLedger l(o, al::PrivateKey::from_hex(attrace::test::kAnvilKey0));
+    // Deploying needs a block: mine it by hand.
+    std::thread miner([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+      al::RpcClient(anvil.url(), std::chrono::milliseconds(2000)).call("evm_mine", nlohmann::json::array());
+    });
+    contract = l.deploy(artifact(), al::PrivateKey::from_hex(attrace::test::kAnvilKey1).address(), 60);
+    miner.join();
+    EXPECT_THROW(l.commit(c, ""), attrace::RuntimeFailure);  // sent, never confirmed
+    anvil.stop();                                            // killed mid-commit (state dumped)
+  }
+  Anvil anvil({"--state", state}, port);  // restarted with its state, mining again
+  wait_ready(anvil);
+  auto o = options_for(anvil);
+  o.contract = contract;
+  al::EvmLedger l(o, al::PrivateKey::from_hex(attrace::test::kAnvilKey0));
+  const auto first = l.commit(c, "");
+  const auto second = l.commit(c, "");  // and once more: nothing new
+  EXPECT_TRUE(second.already_committed);
+  EXPECT_EQ(l.status(8).root, c.root);
+  EXPECT_EQ(commit_events(l, contract, 8), 1u) << "exactly one commitment on chain";
+  EXPECT_EQ(l.balance(contract), al::U256(5000));
+  (void)first;
+}
+
+}  // namespace
