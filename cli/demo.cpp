@@ -3,6 +3,7 @@
 // LibTorch and saved as TorchScript checkpoints with their learning rates, then the same
 // attribution pipeline as `attrace attribute`.
 #include "demo.hpp"
+#include "ledger_cmd.hpp"
 
 #include <attrace/connectors/dataset.hpp>
 #include <attrace/connectors/fs.hpp>
@@ -10,6 +11,7 @@
 #include <attrace/engine/attribute.hpp>
 #include <attrace/engine/model_builder.hpp>
 #include <attrace/error.hpp>
+#include <attrace/ledger/embedded.hpp>
 
 #include <spdlog/spdlog.h>
 #include <torch/script.h>
@@ -255,12 +257,24 @@ int run_demo(const DemoOptions& options) {
   bool dup_flagged = false;
   for (const auto& d : summary.attribution.duplicates)
     dup_flagged |= d.flagged && static_cast<size_t>(d.a) == copied && static_cast<size_t>(d.b) == copy;
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("\n  lowest share: %s (%s)\n", ts[lowest].tranche.id.c_str(),
               lowest == noisy ? "the noisy tranche, as expected" : "NOT the noisy tranche");
   std::printf("  duplicated pair %s / %s: %s\n", specs[copied].id.c_str(), specs[copy].id.c_str(),
               dup_flagged ? "flagged" : "NOT flagged");
-  std::printf("  report: %s/report.json  manifest: %s/manifest.json  (%.1f s)\n", out_dir.c_str(), out_dir.c_str(), secs);
+
+  // The epoch goes to a fresh embedded ledger: integer scores, the exact split of the pool, the
+  // Merkle root and the manifest hash, ready for claims after the challenge window.
+  const std::string db = (fs::path(options.dir) / "ledger.db").string();
+  for (const char* suffix : {"", "-wal", "-shm"}) fs::remove(db + suffix);
+  const ledger::U256 pool(1'000'000'000);
+  const auto epoch = ledger::build_epoch(out_dir, 1, pool);
+  connectors::write_file_atomic((fs::path(out_dir) / "epoch-1.json").string(), epoch.manifest);
+  auto book = ledger::open_embedded_ledger(db, {});
+  const auto committed = book->commit(epoch, "file://" + fs::absolute(fs::path(out_dir) / "epoch-1.json").string());
+  std::printf("\n");
+  print_commitment(epoch, committed, "embedded ledger " + db);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("\n  report: %s/report.json  manifest: %s/manifest.json  (%.1f s)\n", out_dir.c_str(), out_dir.c_str(), secs);
   return lowest == noisy && dup_flagged ? 0 : 1;
 }
 

@@ -1,6 +1,7 @@
 // The attrace command line. Every subcommand has --help; errors print one line naming the
 // file/field/example at fault and exit non-zero.
 #include "demo.hpp"
+#include "ledger_cmd.hpp"
 
 #include <attrace/connectors/csv_import.hpp>
 #include <attrace/engine/attribute.hpp>
@@ -80,6 +81,8 @@ int main(int argc, char** argv) {
   csv->add_option("--id-column", co.id_column, "Column holding the example id (row number if absent)")->capture_default_str();
   csv->add_flag("--regression", co.regression, "Float regression targets instead of integer class labels");
 
+  auto* ledger = attrace::cli::add_ledger_commands(app);
+
   auto* ver = app.add_subcommand("version", "Print the engine version and git revision");
 
   try {
@@ -99,6 +102,7 @@ int main(int argc, char** argv) {
       demo_opts.quiet = quiet;
       return attrace::cli::run_demo(demo_opts);
     }
+    if (*ledger) return attrace::cli::run_ledger_command(ledger);
     if (*csv) {
       const long long n = attrace::connectors::import_csv(co);
       std::printf("wrote %lld examples to %s\n", n, co.output_h5.c_str());

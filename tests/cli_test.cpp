@@ -1,6 +1,6 @@
 // The attrace binary as a user runs it: exit codes, one-line errors, atomic outputs, byte-identical
 // reruns, the demo.
-#include "test_util.hpp"
+#include "ledger_fixtures.hpp"
 
 #include <attrace/connectors/hash.hpp>
 #include <attrace/connectors/scores_file.hpp>
@@ -12,6 +12,7 @@
 
 #include <array>
 #include <cstdio>
+#include <thread>
 #include <filesystem>
 
 namespace fs = std::filesystem;
@@ -231,6 +232,136 @@ TEST(Cli, DemoShowsNoisyTrancheLowestAndFlagsTheDuplicate) {
   EXPECT_TRUE(flagged);
   // Identical examples get identical attribution (batch-independent gradients).
   EXPECT_EQ(report["tranches"][0]["total_influence"], report["tranches"][5]["total_influence"]);
+  // The demo ends with the epoch on the embedded ledger; the printed amounts add up to the pool.
+  EXPECT_NE(r.out.find("epoch 1 committed to the embedded ledger"), std::string::npos) << r.out;
+  const auto st = run("ledger status 1 --json --db " + (d / "demo/ledger.db"));
+  ASSERT_EQ(st.code, 0) << st.out;
+  EXPECT_EQ(nlohmann::json::parse(st.out)["totalReward"], "1000000000");
+  const auto epoch = nlohmann::json::parse(read_text(d / "demo/report/epoch-1.json"));
+  long long sum = 0;
+  for (const auto& l : epoch["leaves"]) sum += std::stoll(l["amount"].get<std::string>());
+  EXPECT_EQ(sum, 1000000000);
+}
+
+// Runs `attribute` on the MLP fixture into DIR/out.
+void attribute_fixture(const TempDir& d) {
+  write_text(d / "c.toml", config_text("mlp", "vec"));
+  const auto r = run("attribute -q -c " + (d / "c.toml") + " -o " + (d / "out"));
+  ASSERT_EQ(r.code, 0) << r.out;
+}
+
+TEST(CliLedger, EmbeddedCommitProofClaimDisputeResolve) {
+  ATTRACE_REQUIRE_FIXTURES();
+  TempDir d;
+  attribute_fixture(d);
+  const std::string db = " --db " + (d / "l.db");
+  auto r = run("ledger commit " + (d / "out") + " --epoch 3 --pool 1000000 --challenge-period 0 --arbiter judge" + db);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("epoch 3 committed to the embedded ledger"), std::string::npos) << r.out;
+  r = run("ledger commit " + (d / "out") + " --epoch 3 --pool 1000000" + db);  // idempotent re-run
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("already committed"), std::string::npos) << r.out;
+  r = run("ledger commit " + (d / "out") + " --epoch 3 --pool 999" + db);  // another split for a live epoch
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("EpochExists"), std::string::npos) << r.out;
+
+  const auto epoch = nlohmann::json::parse(read_text(d / "out/epoch-3.json"));
+  const std::string account = epoch["leaves"][0]["account"];
+  r = run("ledger proof 3 " + account + " --json" + db);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["amount"], epoch["leaves"][0]["amount"]);
+  r = run("ledger claim 3 " + account + db);
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = run("ledger claim 3 " + account + db);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("AlreadyClaimed"), std::string::npos) << r.out;
+  ASSERT_EQ(run("ledger claim 3 --all" + db).code, 0);
+  r = run("ledger status 3 --json" + db);
+  EXPECT_EQ(nlohmann::json::parse(r.out)["claimed"], "1000000");
+
+  // A second epoch with a window: dispute, non-arbiter refused, arbiter upholds.
+  ASSERT_EQ(run("ledger commit " + (d / "out") + " --epoch 4 --pool 10" + db).code, 0);  // period fixed at creation: 0
+  write_text(d / "reason.txt", "recomputed shares differ by 3%");
+  r = run("ledger dispute 4 --reason " + (d / "reason.txt") + db);
+  EXPECT_EQ(r.code, 2) << "the database's challenge period is 0: the window is already closed";
+  EXPECT_NE(r.out.find("ChallengeClosed"), std::string::npos) << r.out;
+}
+
+TEST(CliLedger, DisputeAndResolveWithAWindow) {
+  ATTRACE_REQUIRE_FIXTURES();
+  TempDir d;
+  attribute_fixture(d);
+  const std::string db = " --db " + (d / "l.db");
+  ASSERT_EQ(run("ledger commit " + (d / "out") + " --epoch 1 --pool 100 --challenge-period 3600 --arbiter judge" + db).code, 0);
+  write_text(d / "reason.txt", "wrong checkpoint");
+  ASSERT_EQ(run("ledger dispute 1 --reason " + (d / "reason.txt") + db).code, 0);
+  auto r = run("ledger resolve 1 --upheld" + db);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("Unauthorized"), std::string::npos) << r.out;
+  r = run("ledger resolve 1 --upheld --as judge" + db);
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = run("ledger status 1 --json" + db);
+  EXPECT_EQ(nlohmann::json::parse(r.out)["state"], "cancelled");
+  EXPECT_EQ(run("ledger commit " + (d / "out") + " --epoch 1 --pool 100" + db).code, 0);  // re-commit after cancel
+}
+
+TEST(CliLedger, BadInputCommitsNothing) {
+  ATTRACE_REQUIRE_FIXTURES();
+  TempDir d;
+  attribute_fixture(d);
+  const std::string db = " --db " + (d / "l.db");
+  for (const std::string pool : {"0", "-5", "12abc"}) {
+    const auto r = run("ledger commit " + (d / "out") + " --epoch 1 --pool " + pool + db);
+    EXPECT_EQ(r.code, 2) << pool << ": " << r.out;
+  }
+  write_text(d / "out/report.json", "{broken");
+  const auto r = run("ledger commit " + (d / "out") + " --epoch 1 --pool 100" + db);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("report.json"), std::string::npos) << r.out;
+  const auto st = run("ledger status 1 --json" + db);
+  EXPECT_FALSE(nlohmann::json::parse(st.out)["exists"].get<bool>());
+}
+
+TEST(CliLedger, EvmDeployCommitClaimAgainstAnvil) {
+  ATTRACE_REQUIRE_FIXTURES();
+#ifndef ATTRACE_CONTRACT_ARTIFACT
+  FAIL() << "artifact path not configured";
+#else
+  TempDir d;
+  attribute_fixture(d);
+  attrace::test::Anvil anvil;
+  // Wait for the node through the CLI itself: status of epoch 0 needs a contract, so poll chain id via deploy retries.
+  write_text(d / "key", attrace::test::kAnvilKey0);
+  write_text(d / "evm.toml", "[evm]\nrpc_url = \"" + anvil.url() + "\"\nchain_id = 31337\nkey_file = \"key\"\n");
+  Result r;
+  for (int i = 0; i < 50; ++i) {
+    r = run("ledger deploy --backend evm --evm-config " + (d / "evm.toml") + " --artifact " + ATTRACE_CONTRACT_ARTIFACT +
+            " --challenge-period 0 --json");
+    if (r.code == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_EQ(r.code, 0) << r.out;
+  const std::string contract = nlohmann::json::parse(r.out)["contract"];
+  write_text(d / "evm.toml", "[evm]\nrpc_url = \"" + anvil.url() + "\"\nchain_id = 31337\nkey_file = \"key\"\ncontract = \"" +
+                                 contract + "\"\n");
+  const std::string evm = " --backend evm --evm-config " + (d / "evm.toml");
+  r = run("ledger commit " + (d / "out") + " --epoch 2 --pool 5000000" + evm);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("transaction 0x"), std::string::npos) << r.out;
+  r = run("ledger claim 2 --all --manifest " + (d / "out/epoch-2.json") + evm);
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = run("ledger status 2 --json" + evm);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["claimed"], "5000000");
+  r = run("ledger receipt 2 --json" + evm);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["signature"].get<std::string>().size(), 2u + 130u);
+  EXPECT_EQ(r.out.find(std::string(attrace::test::kAnvilKey0).substr(2)), std::string::npos) << "key material printed";
+  write_text(d / "evm-wrong.toml", "[evm]\nrpc_url = \"" + anvil.url() + "\"\nchain_id = 5\n");
+  r = run("ledger status 2 --backend evm --evm-config " + (d / "evm-wrong.toml"));
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("wrong chain id"), std::string::npos) << r.out;
+#endif
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 #pragma once
 // One interface over the two ledger backends (embedded SQLite, EVM contract), with the rules of
 // shared/specs/ledger.md ("Contract behaviour").
+#include <attrace/error.hpp>
 #include <attrace/ledger/epoch.hpp>
 #include <attrace/ledger/types.hpp>
 
