@@ -8,7 +8,9 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <random>
+#include <thread>
 
 namespace al = attrace::ledger;
 using attrace::test::Anvil;
@@ -162,6 +164,29 @@ TEST_F(Evm, CommitWaitClaimEveryLeafBalancesAddUp) {
   EXPECT_EQ(refusal_of([&] { ledger_->claim(c.leaves[3].leaf, c.proof(3)); }), al::Refusal::already_claimed);
 }
 
+TEST_F(Evm, ContractAcceptsEveryProofOfA1025LeafTreeAndRejectsTampered) {
+  write_report(dir_ / "r", random_tranches(1025, 77));
+  const auto c = al::build_epoch(dir_ / "r", 11, al::U256("1234567891234567891234"));
+  ledger_->commit(c, "");
+  advance(*ledger_, 3600);
+  for (size_t i = 0; i < c.leaves.size(); ++i) {
+    const auto proof = c.proof(i);
+    ASSERT_EQ(proof.size() >= 10, true);
+    ASSERT_NO_THROW(ledger_->check_claim(c.leaves[i].leaf, proof)) << "leaf " << i;
+    if (i % 97 == 0) {  // a sample of tampered variants, each must be refused
+      auto more = c.leaves[i].leaf;
+      more.amount += 1;
+      EXPECT_EQ(refusal_of([&] { ledger_->check_claim(more, proof); }), al::Refusal::invalid_proof);
+      auto moved = c.leaves[i].leaf;
+      moved.account = c.leaves[(i + 1) % c.leaves.size()].leaf.account;
+      EXPECT_EQ(refusal_of([&] { ledger_->check_claim(moved, proof); }), al::Refusal::invalid_proof);
+      auto wrong = proof;
+      wrong[i % wrong.size()][31] ^= 1;
+      EXPECT_EQ(refusal_of([&] { ledger_->check_claim(c.leaves[i].leaf, wrong); }), al::Refusal::invalid_proof);
+    }
+  }
+}
+
 TEST_F(Evm, DisputedEpochCannotBeClaimedArbiterCancels) {
   write_report(dir_ / "r", random_tranches(3, 9));
   const auto c = al::build_epoch(dir_ / "r", 2, al::U256(1000));
@@ -193,10 +218,22 @@ TEST_F(Evm, LegacyTransactionsWorkToo) {
   auto o = options_for(*anvil_);
   o.contract = contract_;
   o.legacy = true;
+  o.confirmations = 3;  // the receipt must be buried under two more blocks: mine them alongside
   al::EvmLedger legacy(o, al::PrivateKey::from_hex(attrace::test::kAnvilKey0));
   write_report(dir_ / "r", random_tranches(2, 3));
   const auto c = al::build_epoch(dir_ / "r", 4, al::U256(77));
-  EXPECT_FALSE(legacy.commit(c, "").already_committed);
+  std::atomic<bool> done{false};
+  std::thread miner([&] {
+    al::RpcClient rpc(anvil_->url(), std::chrono::milliseconds(2000));
+    while (!done) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(150));
+      rpc.call("evm_mine", nlohmann::json::array());
+    }
+  });
+  const auto r = legacy.commit(c, "");
+  done = true;
+  miner.join();
+  EXPECT_FALSE(r.already_committed);
   EXPECT_EQ(legacy.status(4).total_reward, al::U256(77));
 }
 

@@ -378,7 +378,8 @@ std::string EvmLedger::resolve(uint64_t epoch, bool upheld) {
   }
 }
 
-std::string EvmLedger::claim(const Leaf& leaf, const std::vector<Bytes32>& proof) {
+namespace {
+Bytes claim_call(const Leaf& leaf, const std::vector<Bytes32>& proof) {
   Bytes d = selector("claim(uint64,bytes32,address,uint256,uint256,bytes32[])");
   put_uint(d, leaf.epoch);
   put_word(d, leaf.tranche_id);
@@ -388,8 +389,21 @@ std::string EvmLedger::claim(const Leaf& leaf, const std::vector<Bytes32>& proof
   put_uint(d, 6 * 32);
   put_uint(d, proof.size());
   for (const auto& p : proof) put_word(d, p);
+  return d;
+}
+}  // namespace
+
+void EvmLedger::check_claim(const Leaf& leaf, const std::vector<Bytes32>& proof) {
   try {
-    return transact(d, 0, opts_.contract);
+    call(claim_call(leaf, proof));
+  } catch (const RpcError& e) {
+    throw_revert("claim(epoch " + std::to_string(leaf.epoch) + ", account " + checksum_address(leaf.account) + ")", e);
+  }
+}
+
+std::string EvmLedger::claim(const Leaf& leaf, const std::vector<Bytes32>& proof) {
+  try {
+    return transact(claim_call(leaf, proof), 0, opts_.contract);
   } catch (const RpcError& e) {
     throw_revert("claim(epoch " + std::to_string(leaf.epoch) + ", account " + checksum_address(leaf.account) + ")", e);
   }

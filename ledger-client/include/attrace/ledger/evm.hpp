@@ -89,6 +89,9 @@ class EvmLedger final : public Ledger {
   /// The contract's recovery of an EIP-712 receipt signature (eth_call of receiptSigner).
   Address receipt_signer(uint64_t epoch, const Bytes32& root, const Bytes32& manifest_hash, const U256& total,
                          const Bytes& signature);
+  /// Dry-runs claim() with eth_call: returns normally if the contract would pay this leaf now,
+  /// throws the refusal (InvalidProof, NotFinal, ...) otherwise. Sends nothing, costs no gas.
+  void check_claim(const Leaf& leaf, const std::vector<Bytes32>& proof);
   /// Native-token balance of an account (smallest unit).
   U256 balance(const Address& a);
   /// The signer's address.
