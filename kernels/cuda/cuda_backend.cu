@@ -1,14 +1,18 @@
 // CUDA backend. The scoring dot product runs on the GPU in the canonical order of
 // kernels/src/canonical_dot.hpp (lane q % 8, explicit __dmul_rn/__dadd_rn so nvcc cannot fuse
-// them), so it equals the CPU backend bit for bit. The epilogues (tranche sums, top-k) and the
-// squared norms use the CPU twins for now.
+// them), so it equals the CPU backend bit for bit. The dense projection runs on the GPU in the
+// CPU kernel's order (ascending rows of P, explicit __fmul_rn/__fadd_rn), so Rademacher
+// projections are bit-identical too. The epilogues (tranche sums, top-k), the squared norms and
+// the Kronecker outer-product sums use the CPU twins for now.
 #include "cuda_backend.hpp"
 #include "cuda_check.cuh"
 #include "../src/cpu_epilogues.hpp"
 #include "../src/canonical_dot.hpp"
+#include "../src/cpu_projection.hpp"
 
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <utility>
 
 namespace attrace::kernels::cuda {
@@ -76,6 +80,56 @@ __global__ void score_kernel(const T* __restrict__ a, const T* __restrict__ b, i
   }
 }
 
+__device__ __forceinline__ float load_float(float v) { return v; }
+__device__ __forceinline__ float load_float(BFloat16 v) { return __uint_as_float(static_cast<uint32_t>(v.bits) << 16); }
+__device__ __forceinline__ float load_float(Half v) {
+  const uint32_t sign = (v.bits & 0x8000u) << 16, exp = (v.bits >> 10) & 0x1Fu, man = v.bits & 0x3FFu;
+  if (exp == 0x1F) return __uint_as_float(sign | 0x7F800000u | (man << 13));
+  if (exp != 0) return __uint_as_float(sign | ((exp + 112) << 23) | (man << 13));
+  const float f = __fmul_rn(static_cast<float>(man), 5.9604644775390625e-8f);  // man * 2^-24, exact
+  return sign ? -f : f;
+}
+
+constexpr int kProjCols = 128;  // columns per block: one Rademacher sign block per row of P
+constexpr int kProjRows = 8;    // batch rows per block (accumulators per thread)
+constexpr int kProjDepth = 32;  // rows of P staged per step
+
+// out[b][j] = scale * sum_q g[b][q] * e[q][j], the sum in ascending q with unfused float ops:
+// the same order and roundings as kernels/src/cpu_projection.cpp.
+template <class T>
+__global__ void project_kernel(const T* __restrict__ g, int64_t rows, int64_t p, ProjectionSpec spec, float scale,
+                               float* __restrict__ out) {
+  __shared__ float gs[kProjRows][kProjDepth];
+  __shared__ Philox4 signs[kProjDepth];
+  const int c = threadIdx.x;
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * kProjCols + c;
+  const int64_t b0 = static_cast<int64_t>(blockIdx.y) * kProjRows;
+  float acc[kProjRows];
+#pragma unroll
+  for (int r = 0; r < kProjRows; ++r) acc[r] = 0.0f;
+  for (int64_t q0 = 0; q0 < p; q0 += kProjDepth) {
+    const int depth = static_cast<int>(p - q0 < kProjDepth ? p - q0 : kProjDepth);
+    for (int e = c; e < kProjRows * kProjDepth; e += kProjCols) {
+      const int r = e / kProjDepth, qq = e % kProjDepth;
+      gs[r][qq] = (b0 + r < rows && qq < depth) ? load_float(g[(b0 + r) * p + q0 + qq]) : 0.0f;
+    }
+    if (spec.kind == ProjectionKind::rademacher && c < depth) signs[c] = rademacher_block(spec, q0 + c, blockIdx.x);
+    __syncthreads();
+    if (j < spec.k) {
+      for (int qq = 0; qq < depth; ++qq) {
+        const float e = spec.kind == ProjectionKind::rademacher ? rademacher_sign(signs[qq], j)
+                                                                : static_cast<float>(gaussian_unscaled(spec, q0 + qq, j));
+#pragma unroll
+        for (int r = 0; r < kProjRows; ++r) acc[r] = __fadd_rn(acc[r], __fmul_rn(gs[r][qq], e));
+      }
+    }
+    __syncthreads();
+  }
+  if (j < spec.k)
+    for (int r = 0; r < kProjRows; ++r)
+      if (b0 + r < rows) out[(b0 + r) * spec.k + j] = __fmul_rn(acc[r], scale);
+}
+
 template <class T>
 void copy_in(DeviceBuffer<T>& dst, HostMatrix<T> src, cudaStream_t s) {
   ATTRACE_CUDA_TRY(cudaMemcpy2DAsync(dst.get(), src.cols * sizeof(T), src.data, src.ld * sizeof(T),
@@ -117,8 +171,36 @@ class CudaBackend final : public Backend {
   std::vector<TopK> column_topk(HostMatrix<double> x, int64_t k) override {
     return cpu::column_topk(x, k);
   }
+  void project_dense(HostMatrix<float> g, const ProjectionSpec& s, HostMatrixMut<float> out) override { project(g, s, out); }
+  void project_dense(HostMatrix<BFloat16> g, const ProjectionSpec& s, HostMatrixMut<float> out) override {
+    project(g, s, out);
+  }
+  void project_dense(HostMatrix<Half> g, const ProjectionSpec& s, HostMatrixMut<float> out) override { project(g, s, out); }
+  void project_kronecker(HostMatrix<float> x, HostMatrix<float> delta, int64_t positions, const ProjectionSpec& in,
+                         const ProjectionSpec& out_spec, HostMatrixMut<float> out) override {
+    cpu::project_kronecker(*this, x, delta, positions, in, out_spec, out);
+  }
 
  private:
+  template <class T>
+  void project(HostMatrix<T> g, const ProjectionSpec& s, HostMatrixMut<float> out) {
+    ATTRACE_CHECK(s.k > 0 && out.rows == g.rows && out.cols == s.k && g.cols >= 1, InputError,
+                  "project_dense: shapes do not match");
+    if (g.rows == 0) return;
+    ATTRACE_CUDA_TRY(cudaSetDevice(device_));
+    DeviceBuffer<T> dg(static_cast<size_t>(g.rows * g.cols));
+    DeviceBuffer<float> dout(static_cast<size_t>(out.rows * out.cols));
+    copy_in(dg, g, stream_);
+    const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(s.k)));
+    const dim3 grid(static_cast<unsigned>((s.k + kProjCols - 1) / kProjCols), static_cast<unsigned>((g.rows + kProjRows - 1) / kProjRows));
+    ATTRACE_CHECK(grid.y <= 65535u, InputError, "project_dense: batch too large for one launch");
+    project_kernel<T><<<grid, kProjCols, 0, stream_>>>(dg.get(), g.rows, g.cols, s, scale, dout.get());
+    ATTRACE_CUDA_LAUNCH_CHECK(stream_);
+    ATTRACE_CUDA_TRY(cudaMemcpy2DAsync(out.data, out.ld * sizeof(float), dout.get(), out.cols * sizeof(float),
+                                       out.cols * sizeof(float), out.rows, cudaMemcpyDeviceToHost, stream_));
+    ATTRACE_CUDA_TRY(cudaStreamSynchronize(stream_));
+  }
+
   template <class T>
   void score(HostMatrix<T> a, HostMatrix<T> b, double alpha, HostMatrixMut<double> out) {
     ATTRACE_CHECK(a.cols == b.cols && out.rows == a.rows && out.cols == b.rows, InputError,

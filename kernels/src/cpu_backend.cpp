@@ -2,6 +2,7 @@
 // element is computed by exactly one thread, so the thread count never changes a result).
 #include "canonical_dot.hpp"
 #include "cpu_epilogues.hpp"
+#include "cpu_projection.hpp"
 
 #include <attrace/error.hpp>
 #include <attrace/kernels/backend.hpp>
@@ -64,6 +65,19 @@ class CpuBackend final : public Backend {
   }
   std::vector<TopK> column_topk(HostMatrix<double> x, int64_t k) override {
     return cpu::column_topk(x, k);
+  }
+  void project_dense(HostMatrix<float> g, const ProjectionSpec& s, HostMatrixMut<float> out) override {
+    cpu::project_dense(g, s, out);
+  }
+  void project_dense(HostMatrix<BFloat16> g, const ProjectionSpec& s, HostMatrixMut<float> out) override {
+    cpu::project_dense(g, s, out);
+  }
+  void project_dense(HostMatrix<Half> g, const ProjectionSpec& s, HostMatrixMut<float> out) override {
+    cpu::project_dense(g, s, out);
+  }
+  void project_kronecker(HostMatrix<float> x, HostMatrix<float> delta, int64_t positions, const ProjectionSpec& in,
+                         const ProjectionSpec& out_spec, HostMatrixMut<float> out) override {
+    cpu::project_kronecker(*this, x, delta, positions, in, out_spec, out);
   }
 };
 

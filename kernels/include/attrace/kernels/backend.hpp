@@ -5,6 +5,7 @@
 // composition, and the CPU and CUDA versions of the scoring dot product use the same summation
 // order (docs/architecture.md, "Canonical dot product"), so they agree bit for bit.
 #include <attrace/kernels/matrix.hpp>
+#include <attrace/kernels/philox.hpp>
 
 #include <cstdint>
 #include <memory>
@@ -16,6 +17,15 @@ namespace attrace::kernels {
 /// Number of partial sums in the canonical dot product: element p goes to lane p % kDotLanes,
 /// lanes are combined pairwise ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)).
 inline constexpr int kDotLanes = 8;
+
+/// bfloat16 storage (the upper half of an IEEE float32).
+struct BFloat16 {
+  uint16_t bits = 0;
+};
+/// IEEE half-precision storage.
+struct Half {
+  uint16_t bits = 0;
+};
 
 /// One proponent/opponent entry of a top-k list.
 struct TopEntry {
@@ -57,6 +67,24 @@ class Backend {
 
   /// For each column j of x (n x m): the k largest and k smallest entries with their rows.
   virtual std::vector<TopK> column_topk(HostMatrix<double> x, int64_t k) = 0;
+
+  /// Dense random projection out (B x k) = g (B x p) P, with P (p x k) generated on the fly from
+  /// `spec` (never stored). Per output: float32 sum over rows q of P in ascending order of
+  /// g[b][q] * e[q][j] (e = +-1, or the unscaled Gaussian rounded to float32), then times the
+  /// 1/sqrt(k) scale. A row's output depends only on that row. out.cols must equal spec.k.
+  virtual void project_dense(HostMatrix<float> g, const ProjectionSpec& spec, HostMatrixMut<float> out) = 0;
+  /// Same for bfloat16 inputs (converted exactly to float32 on load).
+  virtual void project_dense(HostMatrix<BFloat16> g, const ProjectionSpec& spec, HostMatrixMut<float> out) = 0;
+  /// Same for float16 inputs (converted exactly to float32 on load).
+  virtual void project_dense(HostMatrix<Half> g, const ProjectionSpec& spec, HostMatrixMut<float> out) = 0;
+
+  /// Kronecker projection of a linear layer's per-example gradients without forming them:
+  /// x: (B*T) x d_in layer inputs, delta: (B*T) x d_out output gradients (T positions per
+  /// example), out: B x (k_out*k_in) with out[b][a*k_in + c] = sum_t (P_out^T delta_bt)[a] *
+  /// (P_in^T x_bt)[c], t ascending. Equals the dense projection of the flattened d_out x d_in
+  /// gradient with P = P_out (x) P_in.
+  virtual void project_kronecker(HostMatrix<float> x, HostMatrix<float> delta, int64_t positions, const ProjectionSpec& in,
+                                 const ProjectionSpec& out_spec, HostMatrixMut<float> out) = 0;
 };
 
 /// The CPU backend (always available).

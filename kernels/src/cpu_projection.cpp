@@ -1,0 +1,137 @@
+#include "cpu_projection.hpp"
+
+#include <attrace/error.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace attrace::kernels::cpu {
+
+float to_float(BFloat16 v) {
+  const uint32_t bits = static_cast<uint32_t>(v.bits) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+float to_float(Half v) {
+  const uint32_t sign = (v.bits & 0x8000u) << 16, exp = (v.bits >> 10) & 0x1Fu, man = v.bits & 0x3FFu;
+  uint32_t bits;
+  if (exp == 0x1F) {
+    bits = sign | 0x7F800000u | (man << 13);  // Inf / NaN
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112) << 23) | (man << 13);
+  } else if (man == 0) {
+    bits = sign;
+  } else {  // subnormal: exact as a float32 normal number
+    const float f = std::ldexp(static_cast<float>(man), -24);
+    std::memcpy(&bits, &f, 4);
+    bits |= sign;
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+namespace {
+
+constexpr int64_t kColumns = 256;  // output columns per task (multiple of 128: whole sign blocks)
+constexpr int64_t kRows = 32;      // rows of P generated at a time
+
+void check(int64_t rows, int64_t p, const ProjectionSpec& s, HostMatrixMut<float> out) {
+  ATTRACE_CHECK(s.k > 0, InputError, "projection: k must be >= 1, got " + std::to_string(s.k));
+  ATTRACE_CHECK(out.rows == rows && out.cols == s.k, InputError,
+                "projection: output is " + std::to_string(out.rows) + "x" + std::to_string(out.cols) + ", expected " +
+                    std::to_string(rows) + "x" + std::to_string(s.k));
+  ATTRACE_CHECK(p >= 1, InputError, "projection: input width must be >= 1");
+}
+
+// Fills e[r][c] (kRows x kColumns) with unscaled entries of rows q0.. and columns j0..
+void generate(const ProjectionSpec& s, int64_t q0, int64_t rows, int64_t j0, int64_t cols, float* e) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* er = e + r * kColumns;
+    if (s.kind == ProjectionKind::rademacher) {
+      for (int64_t c0 = 0; c0 < cols; c0 += 128) {
+        const Philox4 block = rademacher_block(s, q0 + r, (j0 + c0) >> 7);
+        const int64_t n = std::min<int64_t>(128, cols - c0);
+        for (int64_t c = 0; c < n; ++c) er[c0 + c] = rademacher_sign(block, j0 + c0 + c);
+      }
+    } else {
+      for (int64_t c = 0; c < cols; ++c) er[c] = static_cast<float>(gaussian_unscaled(s, q0 + r, j0 + c));
+    }
+  }
+}
+
+// acc[b][c] += g[b][q] * e[q][c] for one block of rows; vectorised over c only, so every
+// accumulator sees its terms in ascending q (AVX2 clone picked at load time, no FMA).
+template <class T>
+__attribute__((target_clones("avx2", "default"))) void accumulate(const HostMatrix<T>& g, int64_t q0, int64_t rows,
+                                                                    const float* e, int64_t cols, float* acc) {
+  for (int64_t b = 0; b < g.rows; ++b) {
+    const T* gb = g.row(b) + q0;
+    float* ab = acc + b * kColumns;
+    for (int64_t r = 0; r < rows; ++r) {
+      const float gv = to_float(gb[r]);
+      const float* er = e + r * kColumns;
+      for (int64_t c = 0; c < cols; ++c) ab[c] += gv * er[c];
+    }
+  }
+}
+
+template <class T>
+void dense(HostMatrix<T> g, const ProjectionSpec& s, HostMatrixMut<float> out) {
+  check(g.rows, g.cols, s, out);
+  const int64_t tasks = (s.k + kColumns - 1) / kColumns;
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(s.k)));
+#pragma omp parallel
+  {
+    std::vector<float> e(static_cast<size_t>(kRows * kColumns));
+    std::vector<float> acc(static_cast<size_t>(g.rows * kColumns));
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t j0 = t * kColumns, cols = std::min(kColumns, s.k - j0);
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int64_t q0 = 0; q0 < g.cols; q0 += kRows) {
+        const int64_t rows = std::min(kRows, g.cols - q0);
+        generate(s, q0, rows, j0, cols, e.data());
+        accumulate(g, q0, rows, e.data(), cols, acc.data());
+      }
+      for (int64_t b = 0; b < g.rows; ++b)
+        for (int64_t c = 0; c < cols; ++c) out.row(b)[j0 + c] = acc[static_cast<size_t>(b * kColumns + c)] * scale;
+    }
+  }
+}
+
+}  // namespace
+
+void project_dense(HostMatrix<float> g, const ProjectionSpec& s, HostMatrixMut<float> out) { dense(g, s, out); }
+void project_dense(HostMatrix<BFloat16> g, const ProjectionSpec& s, HostMatrixMut<float> out) { dense(g, s, out); }
+void project_dense(HostMatrix<Half> g, const ProjectionSpec& s, HostMatrixMut<float> out) { dense(g, s, out); }
+
+void project_kronecker(Backend& backend, HostMatrix<float> x, HostMatrix<float> delta, int64_t positions,
+                       const ProjectionSpec& in, const ProjectionSpec& out_spec, HostMatrixMut<float> out) {
+  ATTRACE_CHECK(positions >= 1 && x.rows == delta.rows && x.rows % positions == 0, InputError,
+                "kronecker projection: inputs have " + std::to_string(x.rows) + " and " + std::to_string(delta.rows) +
+                    " rows, not a whole number of examples of " + std::to_string(positions) + " positions");
+  const int64_t b = x.rows / positions, ki = in.k, ko = out_spec.k;
+  ATTRACE_CHECK(out.rows == b && out.cols == ki * ko, InputError,
+                "kronecker projection: output must be " + std::to_string(b) + "x" + std::to_string(ki * ko));
+  std::vector<float> xp(static_cast<size_t>(x.rows * ki)), dp(static_cast<size_t>(x.rows * ko));
+  backend.project_dense(x, in, view_mut(xp.data(), x.rows, ki));
+  backend.project_dense(delta, out_spec, view_mut(dp.data(), x.rows, ko));
+#pragma omp parallel for schedule(static)
+  for (int64_t e = 0; e < b; ++e) {
+    float* o = out.row(e);
+    std::fill(o, o + ki * ko, 0.0f);
+    for (int64_t t = 0; t < positions; ++t) {
+      const float* xr = xp.data() + (e * positions + t) * ki;
+      const float* dr = dp.data() + (e * positions + t) * ko;
+      for (int64_t a = 0; a < ko; ++a)
+        for (int64_t c = 0; c < ki; ++c) o[a * ki + c] += dr[a] * xr[c];
+    }
+  }
+}
+
+}  // namespace attrace::kernels::cpu
