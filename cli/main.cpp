@@ -58,6 +58,10 @@ int main(int argc, char** argv) {
   attr->add_option("--batch-size", batch_size, "Overrides gradients.batch_size")->check(CLI::PositiveNumber);
   attr->add_option("--top-k", top_k, "Overrides attribution.top_k")->check(CLI::NonNegativeNumber);
   attr->add_option("--scores", scores, "Overrides output.scores")->check(CLI::IsMember({"auto", "always", "never"}));
+  std::string projection;
+  long long proj_k = 0;
+  attr->add_option("--projection", projection, "Overrides projection.kind")->check(CLI::IsMember({"none", "dense", "kronecker"}));
+  attr->add_option("--k", proj_k, "Overrides projection.k")->check(CLI::PositiveNumber);
   attr->add_option("--set", sets, "Overrides any setting: section.key=value (TOML value), repeatable");
   attr->add_flag("-q,--quiet", quiet, "No progress or info messages on stderr");
 
@@ -118,6 +122,8 @@ int main(int argc, char** argv) {
       add("gradients.path", path);
       add("gradients.device", device);
       add("output.scores", scores);
+      add("projection.kind", projection);
+      if (proj_k > 0) overrides.push_back("projection.k=" + std::to_string(proj_k));
       if (batch_size > 0) overrides.push_back("gradients.batch_size=" + std::to_string(batch_size));
       if (top_k >= 0) overrides.push_back("attribution.top_k=" + std::to_string(top_k));
       const auto config = attrace::engine::load_config(config_path, overrides);

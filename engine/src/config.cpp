@@ -17,6 +17,9 @@ std::string to_string(GradPath v) {
 std::string to_string(NegativePolicy v) {
   return v == NegativePolicy::clip_per_query ? "clip_per_query" : "clip";
 }
+std::string to_string(Projection v) {
+  return v == Projection::dense ? "dense" : v == Projection::kronecker ? "kronecker" : "none";
+}
 std::string to_string(ScoresOutput v) {
   return v == ScoresOutput::always ? "always" : v == ScoresOutput::never ? "never" : "auto";
 }
@@ -122,10 +125,10 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   for (const auto& o : overrides) merge(doc, parse_override(o));
   for (auto&& [k, v] : doc) {
     (void)v;
-    static const std::set<std::string> sections = {"run", "data", "gradients", "attribution", "output"};
+    static const std::set<std::string> sections = {"run", "data", "gradients", "projection", "attribution", "output"};
     ATTRACE_CHECK(sections.count(std::string(k.str())), InputError,
                   path + ": unknown section or key '" + std::string(k.str()) +
-                      "' (sections: run, data, gradients, attribution, output)");
+                      "' (sections: run, data, gradients, projection, attribution, output)");
   }
   Reader r(doc, path);
   Config c;
@@ -152,6 +155,18 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.precision = parse_enum<Precision>(r.where("gradients", "precision"), s,
                                       {{"fp32", Precision::fp32}, {"fp64", Precision::fp64}});
   r.get(g, "gradients", "device", c.device);
+
+  const auto* pr = r.section("projection", {"kind", "k", "seed", "distribution"});
+  s = to_string(c.projection);
+  r.get(pr, "projection", "kind", s);
+  c.projection = parse_enum<Projection>(r.where("projection", "kind"), s,
+                                        {{"none", Projection::none}, {"dense", Projection::dense}, {"kronecker", Projection::kronecker}});
+  r.get(pr, "projection", "k", c.projection_k);
+  int64_t seed = static_cast<int64_t>(c.projection_seed);
+  r.get(pr, "projection", "seed", seed);
+  ATTRACE_CHECK(seed >= 0, InputError, r.where("projection", "seed") + " must be >= 0");
+  c.projection_seed = static_cast<uint64_t>(seed);
+  r.get(pr, "projection", "distribution", c.projection_distribution);
 
   const auto* a = r.section("attribution", {"top_k", "negative_policy", "duplicate_threshold", "tolerance"});
   r.get(a, "attribution", "top_k", c.top_k);
@@ -193,6 +208,10 @@ void validate(const Config& c) {
                 f + ": attribution.duplicate_threshold must be in (0, 1]");
   ATTRACE_CHECK(std::isfinite(c.tolerance) && c.tolerance >= 0, InputError,
                 f + ": attribution.tolerance must be >= 0");
+  ATTRACE_CHECK(c.projection_k >= 1 && c.projection_k <= (int64_t{1} << 31), InputError,
+                f + ": projection.k must be in [1, 2^31], got " + std::to_string(c.projection_k));
+  ATTRACE_CHECK(c.projection_distribution == "rademacher" || c.projection_distribution == "gaussian", InputError,
+                f + ": projection.distribution must be rademacher or gaussian, got '" + c.projection_distribution + "'");
   ATTRACE_CHECK(c.scores_max_entries >= 0, InputError, f + ": output.scores_max_entries must be >= 0");
 }
 
@@ -207,6 +226,11 @@ nlohmann::json to_json(const Config& c) {
         {"path", to_string(c.path)},
         {"precision", to_string(c.precision)},
         {"device", c.device}}},
+      {"projection",
+       {{"kind", to_string(c.projection)},
+        {"k", c.projection_k},
+        {"seed", std::to_string(c.projection_seed)},
+        {"distribution", c.projection_distribution}}},
       {"attribution",
        {{"top_k", c.top_k},
         {"negative_policy", to_string(c.negative_policy)},

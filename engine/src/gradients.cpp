@@ -9,6 +9,7 @@
 #include <ATen/Parallel.h>
 #include <fnmatch.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include <fstream>
@@ -299,8 +300,14 @@ struct CheckpointModel::Impl {
   // linear steps by the canonical kernel (delta W), other steps by autograd's vector-Jacobian
   // product of that step alone. Per-example weight gradients are outer products of a layer's
   // input rows and output-gradient rows (summed over positions for sequence inputs).
-  template <class T>
-  void chain_gradients(const Dataset& ds, int64_t begin, int64_t end, torch::Tensor& out, T* dst) {
+  // Linear steps with a selected parameter, visited from the output back: the layer's inputs
+  // (b x T x in) and output gradients (b x T x out) of rows [begin, end).
+  using LinearVisitor = std::function<void(const ChainStep&, const torch::Tensor& a, const torch::Tensor& d)>;
+
+  // One batched forward, then back-propagation of each row's output gradient through the chain:
+  // linear steps by the canonical kernel (delta W), other steps by autograd's vector-Jacobian
+  // product of that step alone.
+  void chain_backward(const Dataset& ds, int64_t begin, int64_t end, const LinearVisitor& visit) {
     const int64_t b = end - begin;
     Tape tape;
     const auto logits = chain_forward(inputs(ds, begin, end), &tape).requires_grad_(true);
@@ -321,9 +328,20 @@ struct CheckpointModel::Impl {
         continue;
       }
       const int64_t n_out = st.weight.size(0), n_in = st.weight.size(1);
-      const auto d = delta.reshape({b, -1, n_out});
+      if (st.weight_slot >= 0 || st.bias_slot >= 0)
+        visit(st, tape.inputs[static_cast<size_t>(k)].reshape({b, -1, n_in}), delta.reshape({b, -1, n_out}));
+      if (k > first_needed) delta = det_linear(delta, st.weight.t(), torch::Tensor());
+    }
+  }
+
+  // Per-example weight gradients are outer products of a layer's input rows and output-gradient
+  // rows (summed over positions for sequence inputs).
+  template <class T>
+  void chain_gradients(const Dataset& ds, int64_t begin, int64_t end, torch::Tensor& out, T* dst) {
+    const int64_t b = end - begin;
+    chain_backward(ds, begin, end, [&](const ChainStep& st, const torch::Tensor& a, const torch::Tensor& d) {
+      const int64_t n_out = st.weight.size(0), n_in = st.weight.size(1);
       if (st.weight_slot >= 0) {
-        const auto a = tape.inputs[static_cast<size_t>(k)].reshape({b, -1, n_in});
         const int64_t off = offsets[static_cast<size_t>(st.weight_slot)];
         if (d.size(1) == 1) {
           // One position: each entry is one exact product. A plain loop: this LibTorch's
@@ -347,8 +365,68 @@ struct CheckpointModel::Impl {
         }
       }
       if (st.bias_slot >= 0) out.narrow(1, offsets[static_cast<size_t>(st.bias_slot)], n_out).copy_(d.sum(1));
-      if (k > first_needed) delta = det_linear(delta, st.weight.t(), torch::Tensor());
+    });
+  }
+
+  // The Linear layers a Kronecker projection covers; InputError when the selection is not made
+  // of whole Linear layers on the chain path.
+  std::vector<KroneckerLayer> kronecker_layers() const {
+    ATTRACE_CHECK(path_decided, RuntimeFailure, "kronecker_layers(): prepare() was not called");
+    ATTRACE_CHECK(path_in_use == GradPath::chain, InputError,
+                  where() + ": Kronecker projection needs the chain path (a Sequential of Linear layers): " + chain_refusal);
+    std::vector<KroneckerLayer> layers;
+    int64_t covered = 0;
+    for (const auto& st : chain) {
+      if (!st.linear || (st.weight_slot < 0 && st.bias_slot < 0)) continue;
+      ATTRACE_CHECK(st.weight_slot >= 0, InputError,
+                    where() + ": Kronecker projection needs '" + st.name + ".weight' selected with its bias");
+      const bool bias = st.bias_slot >= 0;
+      layers.push_back({st.name, st.weight.size(1) + (bias ? 1 : 0), st.weight.size(0), bias});
+      covered += st.weight.numel() + (bias ? st.weight.size(0) : 0);
     }
+    ATTRACE_CHECK(covered == dim, InputError, where() + ": Kronecker projection covers Linear layers only");
+    return layers;
+  }
+
+  void factors(const Dataset& ds, int64_t begin, int64_t end, std::vector<LayerFactors>& out) {
+    const int64_t b = end - begin;
+    out.clear();
+    try {
+      chain_backward(ds, begin, end, [&](const ChainStep& st, const torch::Tensor& a, const torch::Tensor& d) {
+        LayerFactors f;
+        f.name = st.name;
+        f.positions = a.size(1);
+        const bool bias = st.bias_slot >= 0;
+        const int64_t n_in = a.size(2);
+        f.d_in = n_in + (bias ? 1 : 0);
+        f.d_out = d.size(2);
+        auto af = a.to(torch::kFloat).reshape({b * f.positions, n_in}).contiguous();
+        auto df = d.to(torch::kFloat).reshape({b * f.positions, f.d_out}).contiguous();
+        f.x.resize(static_cast<size_t>(b * f.positions * f.d_in));
+        for (int64_t r = 0; r < b * f.positions; ++r) {
+          std::copy(af.data_ptr<float>() + r * n_in, af.data_ptr<float>() + (r + 1) * n_in, f.x.begin() + r * f.d_in);
+          if (bias) f.x[static_cast<size_t>(r * f.d_in + n_in)] = 1.0f;  // [W b] acts on [x 1]
+        }
+        f.delta.assign(df.data_ptr<float>(), df.data_ptr<float>() + df.numel());
+        out.push_back(std::move(f));
+      });
+    } catch (const attrace::Error&) {
+      throw;
+    } catch (const std::exception& e) {
+      throw InputError("dataset '" + ds.path + "' rows " + std::to_string(begin) + ".." + std::to_string(end - 1) + ": " +
+                       where() + " failed: " + torch_message(e));
+    }
+    std::reverse(out.begin(), out.end());  // chain order
+    for (const auto& f : out)
+      for (const auto* v : {&f.x, &f.delta}) {
+        const int64_t width = v == &f.x ? f.d_in : f.d_out;
+        for (size_t q = 0; q < v->size(); ++q)
+          if (!std::isfinite((*v)[q])) {
+            const int64_t bad = begin + static_cast<int64_t>(q) / width / f.positions;
+            throw NumericError("non-finite gradient factor (NaN or Inf) for example '" + ds.ids[static_cast<size_t>(bad)] +
+                               "' (row " + std::to_string(bad) + " of '" + ds.path + "') in layer '" + f.name + "' at " + where());
+          }
+      }
   }
 
   void general_gradients(const Dataset& ds, int64_t begin, int64_t end, torch::Tensor& out) {
@@ -453,6 +531,10 @@ void CheckpointModel::prepare(const Dataset& ds) {
 }
 int64_t CheckpointModel::dim() const { return impl_->dim; }
 const std::vector<std::string>& CheckpointModel::parameter_names() const { return impl_->names; }
+std::vector<KroneckerLayer> CheckpointModel::kronecker_layers() const { return impl_->kronecker_layers(); }
+void CheckpointModel::layer_factors(const Dataset& ds, int64_t begin, int64_t end, std::vector<LayerFactors>& out) {
+  impl_->factors(ds, begin, end, out);
+}
 GradPath CheckpointModel::path_in_use() const { return impl_->path_in_use; }
 const std::string& CheckpointModel::chain_refusal() const { return impl_->chain_refusal; }
 void CheckpointModel::gradients(const Dataset& ds, int64_t begin, int64_t end, float* out) {

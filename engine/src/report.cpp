@@ -177,13 +177,14 @@ nlohmann::json report_json(const Config& config, const connectors::Dataset& trai
                            const TracinResult& r, const Attribution& a) {
   nlohmann::json j;
   j["format"] = "attrace.report/1";
-  j["method"] = "tracin_exact";
+  j["method"] = config.projection == Projection::none ? "tracin_exact" : "tracin_projected";
   j["negative_policy"] = to_string(config.negative_policy);
   j["counts"] = {{"train", r.n_train},
                  {"query", r.n_query},
                  {"checkpoints", r.checkpoints.size()},
                  {"tranches", a.tranches.size()},
-                 {"gradient_dim", r.checkpoints.empty() ? 0 : r.checkpoints.front().dim}};
+                 {"gradient_dim", r.checkpoints.empty() ? 0 : r.checkpoints.front().dim},
+                 {"feature_dim", r.checkpoints.empty() ? 0 : r.checkpoints.front().feature_dim}};
   j["total_positive_mass"] = a.total_positive_mass;
   j["self_influence_median"] = median_of(r.self_influence);
   j["attribution"] = nlohmann::json::array();
@@ -258,8 +259,33 @@ nlohmann::json manifest_json(const Config& config, const connectors::TrainingRun
   m["format"] = "attrace.manifest/1";
   m["engine"] = {{"name", "attrace"}, {"version", engine_version()}, {"git_revision", engine_git_revision()}};
   m["settings"] = to_json(config);
-  m["method"] = "tracin_exact";
-  m["projection"] = {{"kind", "none"}};
+  m["method"] = config.projection == Projection::none ? "tracin_exact" : "tracin_projected";
+  if (config.projection == Projection::none) {
+    m["projection"] = {{"kind", "none"}};
+  } else {
+    nlohmann::json p = {{"kind", to_string(config.projection)},
+                        {"k", config.projection_k},
+                        {"seed", std::to_string(config.projection_seed)},
+                        {"distribution", config.projection_distribution},
+                        {"generator", "philox4x32-10; entry (row, col) of (seed, stream); scale 1/sqrt(k)"},
+                        {"features", "sqrt(lr_c) * P_c g_c, float32"},
+                        {"feature_dim", r.checkpoints.empty() ? 0 : r.checkpoints.front().feature_dim}};
+    nlohmann::json per = nlohmann::json::array();
+    for (const auto& c : r.checkpoints) {
+      if (config.projection == Projection::dense) {
+        per.push_back({{"stream", c.dense_stream}});
+      } else {
+        nlohmann::json layers = nlohmann::json::array();
+        for (const auto& l : c.kronecker)
+          layers.push_back({{"layer", l.layer}, {"d_in", l.d_in}, {"d_out", l.d_out}, {"k_in", l.k_in}, {"k_out", l.k_out},
+                            {"stream_in", l.stream_in}, {"stream_out", l.stream_out},
+                            {"identity_in", l.k_in == l.d_in}, {"identity_out", l.k_out == l.d_out}});
+        per.push_back({{"layers", layers}});
+      }
+    }
+    p["checkpoints"] = per;
+    m["projection"] = p;
+  }
   m["math"] = {{"precision", to_string(config.precision)},
                {"score_accumulation", "fp64, canonical 8-lane order"},
                {"device", backend},

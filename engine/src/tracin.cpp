@@ -4,6 +4,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <cmath>
 #include <limits>
 
 namespace attrace::engine {
@@ -39,6 +40,114 @@ void accumulate_checkpoint(CheckpointModel& model, double lr, const connectors::
   }
 }
 
+// The projection of one checkpoint: dense (one matrix over the whole gradient) or Kronecker
+// (one pair of matrices per Linear layer). Streams keep every matrix independent:
+// dense: stream = checkpoint index; kronecker: 2 * (4096 * checkpoint + layer) (+1 for P_out).
+struct Projector {
+  Projection kind = Projection::none;
+  kernels::ProjectionSpec dense;
+  std::vector<KroneckerUse> layers;
+  std::vector<int64_t> offsets;  // feature column of each layer
+  int64_t width = 0;
+  float root_lr = 1;
+};
+
+Projector plan_projection(const Config& config, CheckpointModel& model, size_t checkpoint, double lr) {
+  Projector pr;
+  pr.kind = config.projection;
+  pr.root_lr = static_cast<float>(std::sqrt(lr));
+  const auto dist = config.projection_distribution == "gaussian" ? kernels::ProjectionKind::gaussian
+                                                                 : kernels::ProjectionKind::rademacher;
+  if (pr.kind == Projection::dense) {
+    pr.dense = {config.projection_seed, static_cast<uint32_t>(checkpoint), config.projection_k, dist};
+    pr.width = config.projection_k;
+  } else if (pr.kind == Projection::kronecker) {
+    // Per layer a budget of k features: a layer with d_in * d_out <= k is kept exact (identity
+    // factors); otherwise k_out = min(d_out, ceil(sqrt(k))) and k_in = min(d_in, k / k_out). A
+    // factor whose budget covers its width is passed through (identity), not projected.
+    const int64_t k = config.projection_k;
+    const auto side = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(k))));
+    const auto layers = model.kronecker_layers();
+    ATTRACE_CHECK(layers.size() < 4096, InputError, "Kronecker projection: at most 4095 layers");
+    for (size_t l = 0; l < layers.size(); ++l) {
+      KroneckerUse u;
+      u.layer = layers[l].name;
+      u.d_in = layers[l].d_in;
+      u.d_out = layers[l].d_out;
+      if (u.d_in * u.d_out <= k) {
+        u.k_in = u.d_in;
+        u.k_out = u.d_out;
+      } else {
+        u.k_out = std::min(u.d_out, side);
+        u.k_in = std::min(u.d_in, std::max<int64_t>(1, k / u.k_out));
+      }
+      u.stream_in = static_cast<uint32_t>(2 * (4096 * checkpoint + l));
+      u.stream_out = u.stream_in + 1;
+      pr.offsets.push_back(pr.width);
+      pr.width += u.k_in * u.k_out;
+      pr.layers.push_back(u);
+    }
+    pr.dense.seed = config.projection_seed;
+    pr.dense.kind = dist;
+  }
+  return pr;
+}
+
+// Features sqrt(lr) P g of rows [b0, b1) into f ((b1-b0) x width).
+void project_rows(CheckpointModel& model, const Projector& pr, const Config& config, const connectors::Dataset& ds,
+                  int64_t b0, int64_t b1, kernels::Backend& backend, std::vector<float>& scratch, std::vector<double>& scratch64,
+                  float* f) {
+  const int64_t rows = b1 - b0, p = model.dim();
+  const auto out = kernels::view_mut(f, rows, pr.width);
+  if (pr.kind == Projection::dense) {
+    scratch.resize(static_cast<size_t>(rows * p));
+    if (config.precision == Precision::fp64) {  // projection runs in float32
+      scratch64.resize(scratch.size());
+      model.gradients(ds, b0, b1, scratch64.data());
+      for (size_t i = 0; i < scratch.size(); ++i) scratch[i] = static_cast<float>(scratch64[i]);
+    } else {
+      model.gradients(ds, b0, b1, scratch.data());
+    }
+    backend.project_dense(kernels::view(scratch.data(), rows, p), pr.dense, out);
+  } else {
+    std::vector<LayerFactors> factors;
+    model.layer_factors(ds, b0, b1, factors);
+    for (size_t l = 0; l < factors.size(); ++l) {
+      const auto& u = pr.layers[l];
+      const auto& fa = factors[l];
+      const auto kind_for = [&](int64_t kk, int64_t d) { return kk == d ? kernels::ProjectionKind::identity : pr.dense.kind; };
+      kernels::ProjectionSpec in{pr.dense.seed, u.stream_in, u.k_in, kind_for(u.k_in, u.d_in)};
+      kernels::ProjectionSpec ou{pr.dense.seed, u.stream_out, u.k_out, kind_for(u.k_out, u.d_out)};
+      backend.project_kronecker(kernels::view(fa.x.data(), rows * fa.positions, fa.d_in),
+                                kernels::view(fa.delta.data(), rows * fa.positions, fa.d_out), fa.positions, in, ou,
+                                kernels::HostMatrixMut<float>{f + pr.offsets[l], rows, u.k_in * u.k_out, pr.width});
+    }
+  }
+  for (int64_t i = 0; i < rows * pr.width; ++i) f[i] *= pr.root_lr;
+}
+
+void accumulate_projected(CheckpointModel& model, const Projector& pr, const Config& config, const connectors::Dataset& train,
+                          const connectors::Dataset& query, kernels::Backend& backend, Progress& progress, TracinResult& r) {
+  const int64_t batch = config.batch_size, k = pr.width;
+  std::vector<float> scratch, q(static_cast<size_t>(checked_mul(query.size(), k, "query features")));
+  std::vector<double> scratch64;
+  for (int64_t b0 = 0; b0 < query.size(); b0 += batch) {
+    const int64_t b1 = std::min(query.size(), b0 + batch);
+    project_rows(model, pr, config, query, b0, b1, backend, scratch, scratch64, q.data() + b0 * k);
+    progress.advance(b1 - b0);
+  }
+  const auto qv = kernels::view<float>(q.data(), query.size(), k);
+  std::vector<float> f(static_cast<size_t>(checked_mul(std::min(batch, train.size()), k, "train features")));
+  for (int64_t b0 = 0; b0 < train.size(); b0 += batch) {
+    const int64_t b1 = std::min(train.size(), b0 + batch);
+    project_rows(model, pr, config, train, b0, b1, backend, scratch, scratch64, f.data());
+    const auto fv = kernels::view<float>(f.data(), b1 - b0, k);
+    backend.score_accumulate(fv, qv, 1.0, kernels::view_mut(r.scores.data() + b0 * r.n_query, b1 - b0, r.n_query));
+    backend.sqnorm_accumulate(fv, 1.0, r.self_influence.data() + b0);
+    progress.advance(b1 - b0);
+  }
+}
+
 }  // namespace
 
 TracinResult compute_tracin(const Config& config, const connectors::TrainingRun& run,
@@ -69,13 +178,24 @@ TracinResult compute_tracin(const Config& config, const connectors::TrainingRun&
                     InputError,
                     "checkpoint '" + ck.path + "': selected parameters differ from the first checkpoint's ('" +
                         run.checkpoints.front().path + "')");
-    r.checkpoints.push_back({model.dim(), model.path_in_use(), model.chain_refusal(), model.parameter_names()});
+    const Projector pr = plan_projection(config, model, c, ck.lr);
+    CheckpointUse use;
+    use.dim = model.dim();
+    use.feature_dim = pr.kind == Projection::none ? model.dim() : pr.width;
+    use.path = model.path_in_use();
+    use.chain_refusal = model.chain_refusal();
+    use.parameters = model.parameter_names();
+    use.dense_stream = pr.dense.stream;
+    use.kronecker = pr.layers;
+    r.checkpoints.push_back(use);
     spdlog::info("checkpoint {}/{} '{}' (step {}, lr {}): {} gradient dims, {} path{}", c + 1, n_ckpt, ck.file,
                  ck.step, ck.lr, model.dim(), to_string(model.path_in_use()),
                  model.chain_refusal().empty() ? "" : " (" + model.chain_refusal() + ")");
     progress.begin("checkpoint " + std::to_string(c + 1) + "/" + std::to_string(n_ckpt) + " gradients",
                    r.n_query + r.n_train);
-    if (config.precision == Precision::fp64)
+    if (pr.kind != Projection::none)
+      accumulate_projected(model, pr, config, train, query, backend, progress, r);
+    else if (config.precision == Precision::fp64)
       accumulate_checkpoint<double>(model, ck.lr, train, query, config.batch_size, backend, progress, r);
     else
       accumulate_checkpoint<float>(model, ck.lr, train, query, config.batch_size, backend, progress, r);

@@ -187,6 +187,7 @@ class CudaBackend final : public Backend {
     ATTRACE_CHECK(s.k > 0 && out.rows == g.rows && out.cols == s.k && g.cols >= 1, InputError,
                   "project_dense: shapes do not match");
     if (g.rows == 0) return;
+    if (s.kind == ProjectionKind::identity) return cpu::project_dense(g, s, out);  // a copy
     ATTRACE_CUDA_TRY(cudaSetDevice(device_));
     DeviceBuffer<T> dg(static_cast<size_t>(g.rows * g.cols));
     DeviceBuffer<float> dout(static_cast<size_t>(out.rows * out.cols));

@@ -83,6 +83,13 @@ __attribute__((target_clones("avx2", "default"))) void accumulate(const HostMatr
 template <class T>
 void dense(HostMatrix<T> g, const ProjectionSpec& s, HostMatrixMut<float> out) {
   check(g.rows, g.cols, s, out);
+  if (s.kind == ProjectionKind::identity) {
+    ATTRACE_CHECK(s.k == g.cols, InputError,
+                  "identity projection: k (" + std::to_string(s.k) + ") must equal the input width (" + std::to_string(g.cols) + ")");
+    for (int64_t b = 0; b < g.rows; ++b)
+      for (int64_t j = 0; j < s.k; ++j) out.row(b)[j] = to_float(g.row(b)[j]);
+    return;
+  }
   const int64_t tasks = (s.k + kColumns - 1) / kColumns;
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(s.k)));
 #pragma omp parallel

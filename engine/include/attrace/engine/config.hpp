@@ -17,6 +17,9 @@ enum class Precision { fp32, fp64 };
 enum class GradPath { automatic, chain, general };
 /// What happens to negative influence when tranche shares are formed.
 enum class NegativePolicy { clip, clip_per_query };
+/// How gradients become features: exactly, or randomly projected to k dimensions.
+enum class Projection { none, dense, kronecker };
+
 /// Whether the full score matrix is written to scores.h5.
 enum class ScoresOutput { automatic, always, never };
 
@@ -34,6 +37,11 @@ struct Config {
   GradPath path = GradPath::automatic;
   Precision precision = Precision::fp32;
   std::string device = "cpu";  ///< compute backend: cpu, cuda, auto
+  // [projection]
+  Projection projection = Projection::none;
+  int64_t projection_k = 4096;        ///< target feature dimension per checkpoint
+  uint64_t projection_seed = 0;       ///< seed of the counter-based generator
+  std::string projection_distribution = "rademacher";  ///< rademacher | gaussian
   // [attribution]
   int64_t top_k = 10;
   NegativePolicy negative_policy = NegativePolicy::clip;
@@ -60,5 +68,6 @@ std::string to_string(Precision v);
 std::string to_string(GradPath v);
 std::string to_string(NegativePolicy v);
 std::string to_string(ScoresOutput v);
+std::string to_string(Projection v);
 
 }  // namespace attrace::engine

@@ -27,6 +27,23 @@ struct GradientSettings {
   GradPath path = GradPath::automatic;
 };
 
+/// A Linear layer covered by Kronecker projection: its gradient is delta (x) [x, 1].
+struct KroneckerLayer {
+  std::string name;
+  int64_t d_in = 0;   ///< input width, plus one for the bias column when the bias is selected
+  int64_t d_out = 0;
+  bool bias = false;
+};
+
+/// One layer's Kronecker factors for rows [begin, end): per example `positions` rows of layer
+/// inputs (with a trailing 1 for the bias) and of output gradients, float32.
+struct LayerFactors {
+  std::string name;
+  int64_t d_in = 0, d_out = 0, positions = 1;
+  std::vector<float> x;      ///< (rows * positions) x d_in
+  std::vector<float> delta;  ///< (rows * positions) x d_out
+};
+
 /// One loaded checkpoint, able to produce per-example gradients of selected parameters.
 class CheckpointModel {
  public:
@@ -57,6 +74,13 @@ class CheckpointModel {
   void gradients(const connectors::Dataset& ds, int64_t begin, int64_t end, float* out);
   /// Same in float64 (precision = fp64).
   void gradients(const connectors::Dataset& ds, int64_t begin, int64_t end, double* out);
+
+  /// Layers for Kronecker projection (after prepare()). InputError unless the chain path is in
+  /// use and the selected parameters are whole Linear layers (weight, with or without bias).
+  std::vector<KroneckerLayer> kronecker_layers() const;
+  /// Kronecker factors of rows [begin, end) for those layers, in chain order (no per-example
+  /// gradient is formed). NumericError naming the example on NaN/Inf.
+  void layer_factors(const connectors::Dataset& ds, int64_t begin, int64_t end, std::vector<LayerFactors>& out);
 
  private:
   struct Impl;

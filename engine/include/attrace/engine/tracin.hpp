@@ -13,12 +13,22 @@
 
 namespace attrace::engine {
 
+/// One Linear layer's Kronecker projection sizes.
+struct KroneckerUse {
+  std::string layer;
+  int64_t d_in = 0, d_out = 0, k_in = 0, k_out = 0;
+  uint32_t stream_in = 0, stream_out = 0;
+};
+
 /// What was used at one checkpoint (for the manifest).
 struct CheckpointUse {
   int64_t dim = 0;                       ///< gradient dimension
+  int64_t feature_dim = 0;               ///< dimension scored (dim when not projected)
   GradPath path = GradPath::general;     ///< gradient path used
   std::string chain_refusal;             ///< why not chain (empty when chain)
   std::vector<std::string> parameters;  ///< selected parameter names
+  uint32_t dense_stream = 0;             ///< projection stream (dense)
+  std::vector<KroneckerUse> kronecker;   ///< per layer (kronecker)
 };
 
 /// Raw results of exact TracIn, before shares and reports.
@@ -31,7 +41,8 @@ struct TracinResult {
   std::vector<CheckpointUse> checkpoints;
 };
 
-/// Computes exact TracIn. Streams the training set through the backend in batches per
+/// Computes TracIn: exact (projection = none) or on projected features
+/// f_c(i) = sqrt(lr_c) P_c g_c(i), whose dot products estimate the exact scores. Streams the training set through the backend in batches per
 /// checkpoint (query gradients of one checkpoint stay in memory). Throws InputError/NumericError
 /// naming the checkpoint, file and example on bad input.
 TracinResult compute_tracin(const Config& config, const connectors::TrainingRun& run,

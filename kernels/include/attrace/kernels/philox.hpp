@@ -34,8 +34,9 @@ ATTRACE_HD Philox4 philox4x32_10(Philox4 ctr, uint32_t k0, uint32_t k1) {
   return ctr;
 }
 
-/// Distribution of projection entries.
-enum class ProjectionKind : int { rademacher = 0, gaussian = 1 };
+/// Distribution of projection entries. `identity` (k must equal the input width) passes the
+/// input through unscaled: used where a factor is already no wider than its budget.
+enum class ProjectionKind : int { rademacher = 0, gaussian = 1, identity = 2 };
 
 /// Identifies one projection matrix P (p rows = input dimension, k columns = output dimension).
 struct ProjectionSpec {
