@@ -11,6 +11,8 @@
 #include <sys/wait.h>
 
 #include <array>
+#include <cmath>
+#include <tuple>
 #include <cstdio>
 #include <thread>
 #include <filesystem>
@@ -241,6 +243,46 @@ TEST(Cli, DemoShowsNoisyTrancheLowestAndFlagsTheDuplicate) {
   long long sum = 0;
   for (const auto& l : epoch["leaves"]) sum += std::stoll(l["amount"].get<std::string>());
   EXPECT_EQ(sum, 1000000000);
+}
+
+double pearson(const std::vector<double>& a, const std::vector<double>& b) {
+  double ma = 0, mb = 0;
+  for (size_t i = 0; i < a.size(); ++i) ma += a[i], mb += b[i];
+  ma /= static_cast<double>(a.size());
+  mb /= static_cast<double>(b.size());
+  double sab = 0, saa = 0, sbb = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    sab += (a[i] - ma) * (b[i] - mb);
+    saa += (a[i] - ma) * (a[i] - ma);
+    sbb += (b[i] - mb) * (b[i] - mb);
+  }
+  return sab / std::sqrt(saa * sbb);
+}
+
+// On the demo, projected TracIn scores track the exact ones (k = 4096, dense and Kronecker;
+// Kronecker also at k = 1024, where its first layer is really projected).
+TEST(CliProjection, ProjectedScoresCorrelateWithExactOnTheDemo) {
+  TempDir d;
+  ASSERT_EQ(run("demo -q --dir " + (d / "demo")).code, 0);
+  int64_t n = 0, m = 0;
+  const auto exact = attrace::connectors::read_scores_h5(d / "demo/report/scores.h5", &n, &m);
+  for (const auto& [kind, k, floor] : std::vector<std::tuple<std::string, int, double>>{
+           {"dense", 4096, 0.95}, {"kronecker", 4096, 0.95}, {"kronecker", 1024, 0.95}}) {
+    const std::string out = d / (kind + std::to_string(k));
+    const auto r = run("attribute -q -c " + (d / "demo/attrace.toml") + " -o " + out + " --projection " + kind + " --k " +
+                       std::to_string(k) + " --scores always");
+    ASSERT_EQ(r.code, 0) << r.out;
+    int64_t n2 = 0, m2 = 0;
+    const auto approx = attrace::connectors::read_scores_h5(out + "/scores.h5", &n2, &m2);
+    ASSERT_EQ(n2 * m2, n * m);
+    const double rho = pearson(exact, approx);
+    EXPECT_GE(rho, floor) << kind << " k=" << k;
+    std::printf("[ pearson ] %s k=%d: %.4f\n", kind.c_str(), k, rho);
+    const auto manifest = nlohmann::json::parse(read_text(out + "/manifest.json"));
+    EXPECT_EQ(manifest["projection"]["kind"], kind);
+    EXPECT_EQ(manifest["method"], "tracin_projected");
+    EXPECT_EQ(manifest["projection"]["checkpoints"].size(), 3u);
+  }
 }
 
 // Runs `attribute` on the MLP fixture into DIR/out.

@@ -165,6 +165,16 @@ bool bit_equal(const std::vector<double>& a, const std::vector<double>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(double)) == 0;
 }
 
+template <class F>
+std::string error_of(F fn) {
+  try {
+    fn();
+  } catch (const attrace::InputError& e) {
+    return e.what();
+  }
+  return "<no InputError>";
+}
+
 class ReferenceAgreement : public ::testing::TestWithParam<std::tuple<Case, ae::Precision>> {};
 
 TEST_P(ReferenceAgreement, ScoresSelfInfluenceAndTrancheTotals) {
@@ -262,17 +272,45 @@ TEST(Engine, ParameterPatternsSelectASubset) {
   expect_close(got.scores, want.scores, 1e-9, "last-layer scores");
 }
 
-// ---- bad input ----
-
-template <class F>
-std::string error_of(F fn) {
-  try {
-    fn();
-  } catch (const attrace::InputError& e) {
-    return e.what();
+TEST(Engine, ProjectionIsDeterministicAndTracksExactScores) {
+  ATTRACE_REQUIRE_FIXTURES();
+  auto cfg = config_for(kCases[2], ae::Precision::fp32);  // nested Sequential, 3 Linear layers
+  const auto in = load(cfg);
+  const auto exact = tracin(cfg, in);
+  // Kronecker at k = 48 really projects every layer of this model (9x12, 12x10, 10x4 weights
+  // with biases exceed 48 features); dense at 8192 is the high-k regime.
+  for (const auto& [kind, k, tol] : {std::make_tuple(ae::Projection::dense, int64_t{8192}, 0.1),
+                                     std::make_tuple(ae::Projection::kronecker, int64_t{48}, 0.6)}) {
+    cfg.projection = kind;
+    cfg.projection_k = k;
+    const auto a = tracin(cfg, in);
+    EXPECT_TRUE(bit_equal(a.scores, tracin(cfg, in).scores));
+    cfg.batch_size = 5;
+    EXPECT_TRUE(bit_equal(a.scores, tracin(cfg, in).scores)) << "batch size changed a projected score";
+    cfg.batch_size = 8;
+    // Unbiased estimate with ~1/sqrt(k) noise: close to exact on aggregate.
+    double num = 0, den = 0;
+    for (size_t i = 0; i < exact.scores.size(); ++i) {
+      num += (a.scores[i] - exact.scores[i]) * (a.scores[i] - exact.scores[i]);
+      den += exact.scores[i] * exact.scores[i];
+    }
+    EXPECT_LT(std::sqrt(num / den), tol) << ae::to_string(kind);
+    cfg.projection_seed = 1;
+    EXPECT_FALSE(bit_equal(a.scores, tracin(cfg, in).scores)) << "the seed must change the projection";
+    cfg.projection_seed = 0;
   }
-  return "<no InputError>";
 }
+
+TEST(EngineErrors, KroneckerNeedsTheChainPath) {
+  ATTRACE_REQUIRE_FIXTURES();
+  auto cfg = config_for(kCases[3], ae::Precision::fp32);  // CNN: general path
+  cfg.projection = ae::Projection::kronecker;
+  const auto in = load(cfg);
+  const auto msg = error_of([&] { tracin(cfg, in); });
+  EXPECT_NE(msg.find("Kronecker projection needs the chain path"), std::string::npos) << msg;
+}
+
+// ---- bad input ----
 
 TEST(EngineErrors, MissingCheckpoint) {
   auto backend = attrace::kernels::make_cpu_backend();

@@ -178,7 +178,7 @@ class CudaBackend final : public Backend {
   void project_dense(HostMatrix<Half> g, const ProjectionSpec& s, HostMatrixMut<float> out) override { project(g, s, out); }
   void project_kronecker(HostMatrix<float> x, HostMatrix<float> delta, int64_t positions, const ProjectionSpec& in,
                          const ProjectionSpec& out_spec, HostMatrixMut<float> out) override {
-    cpu::project_kronecker(*this, x, delta, positions, in, out_spec, out);
+    cpu::project_kronecker(*this, x, delta, positions, in, out_spec, out, cpu::hardware_threads());
   }
 
  private:
@@ -187,7 +187,7 @@ class CudaBackend final : public Backend {
     ATTRACE_CHECK(s.k > 0 && out.rows == g.rows && out.cols == s.k && g.cols >= 1, InputError,
                   "project_dense: shapes do not match");
     if (g.rows == 0) return;
-    if (s.kind == ProjectionKind::identity) return cpu::project_dense(g, s, out);  // a copy
+    if (s.kind == ProjectionKind::identity) return cpu::project_dense(g, s, out, 1);  // a copy
     ATTRACE_CUDA_TRY(cudaSetDevice(device_));
     DeviceBuffer<T> dg(static_cast<size_t>(g.rows * g.cols));
     DeviceBuffer<float> dout(static_cast<size_t>(out.rows * out.cols));

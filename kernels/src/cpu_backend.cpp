@@ -30,34 +30,35 @@ __attribute__((target_clones("avx2", "default"))) void score_row(const T* ai, Ho
 }
 
 template <class T>
-void cpu_score(HostMatrix<T> a, HostMatrix<T> b, double alpha, HostMatrixMut<double> out) {
+void cpu_score(HostMatrix<T> a, HostMatrix<T> b, double alpha, HostMatrixMut<double> out, int threads) {
   check_score_shapes(a, b, out);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t i = 0; i < a.rows; ++i) score_row(a.row(i), b, alpha, out.row(i));
 }
 
 template <class T>
-void cpu_sqnorm(HostMatrix<T> a, double alpha, double* out) {
-#pragma omp parallel for schedule(static)
+void cpu_sqnorm(HostMatrix<T> a, double alpha, double* out, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t i = 0; i < a.rows; ++i) out[i] += alpha * canonical_dot(a.row(i), a.row(i), a.cols);
 }
 
 class CpuBackend final : public Backend {
  public:
+  explicit CpuBackend(int threads) : threads_(threads > 0 ? threads : cpu::hardware_threads()) {}
   std::string name() const override { return "cpu"; }
   void score_accumulate(HostMatrix<float> a, HostMatrix<float> b, double alpha,
                         HostMatrixMut<double> out) override {
-    cpu_score(a, b, alpha, out);
+    cpu_score(a, b, alpha, out, threads_);
   }
   void score_accumulate(HostMatrix<double> a, HostMatrix<double> b, double alpha,
                         HostMatrixMut<double> out) override {
-    cpu_score(a, b, alpha, out);
+    cpu_score(a, b, alpha, out, threads_);
   }
   void sqnorm_accumulate(HostMatrix<float> a, double alpha, double* out) override {
-    cpu_sqnorm(a, alpha, out);
+    cpu_sqnorm(a, alpha, out, threads_);
   }
   void sqnorm_accumulate(HostMatrix<double> a, double alpha, double* out) override {
-    cpu_sqnorm(a, alpha, out);
+    cpu_sqnorm(a, alpha, out, threads_);
   }
   void segmented_row_sum(HostMatrix<double> x, const int64_t* segment,
                          HostMatrixMut<double> out) override {
@@ -67,22 +68,25 @@ class CpuBackend final : public Backend {
     return cpu::column_topk(x, k);
   }
   void project_dense(HostMatrix<float> g, const ProjectionSpec& s, HostMatrixMut<float> out) override {
-    cpu::project_dense(g, s, out);
+    cpu::project_dense(g, s, out, threads_);
   }
   void project_dense(HostMatrix<BFloat16> g, const ProjectionSpec& s, HostMatrixMut<float> out) override {
-    cpu::project_dense(g, s, out);
+    cpu::project_dense(g, s, out, threads_);
   }
   void project_dense(HostMatrix<Half> g, const ProjectionSpec& s, HostMatrixMut<float> out) override {
-    cpu::project_dense(g, s, out);
+    cpu::project_dense(g, s, out, threads_);
   }
   void project_kronecker(HostMatrix<float> x, HostMatrix<float> delta, int64_t positions, const ProjectionSpec& in,
                          const ProjectionSpec& out_spec, HostMatrixMut<float> out) override {
-    cpu::project_kronecker(*this, x, delta, positions, in, out_spec, out);
+    cpu::project_kronecker(*this, x, delta, positions, in, out_spec, out, threads_);
   }
+
+ private:
+  int threads_;
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+std::unique_ptr<Backend> make_cpu_backend(int threads) { return std::make_unique<CpuBackend>(threads); }
 
 }  // namespace attrace::kernels

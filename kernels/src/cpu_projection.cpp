@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace attrace::kernels::cpu {
@@ -33,6 +34,11 @@ float to_float(Half v) {
   float f;
   std::memcpy(&f, &bits, 4);
   return f;
+}
+
+int hardware_threads() {
+  const unsigned n = std::thread::hardware_concurrency();
+  return n > 0 ? static_cast<int>(n) : 1;
 }
 
 namespace {
@@ -81,7 +87,7 @@ __attribute__((target_clones("avx2", "default"))) void accumulate(const HostMatr
 }
 
 template <class T>
-void dense(HostMatrix<T> g, const ProjectionSpec& s, HostMatrixMut<float> out) {
+void dense(HostMatrix<T> g, const ProjectionSpec& s, HostMatrixMut<float> out, int threads) {
   check(g.rows, g.cols, s, out);
   if (s.kind == ProjectionKind::identity) {
     ATTRACE_CHECK(s.k == g.cols, InputError,
@@ -92,7 +98,7 @@ void dense(HostMatrix<T> g, const ProjectionSpec& s, HostMatrixMut<float> out) {
   }
   const int64_t tasks = (s.k + kColumns - 1) / kColumns;
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(s.k)));
-#pragma omp parallel
+#pragma omp parallel num_threads(threads)
   {
     std::vector<float> e(static_cast<size_t>(kRows * kColumns));
     std::vector<float> acc(static_cast<size_t>(g.rows * kColumns));
@@ -113,12 +119,18 @@ void dense(HostMatrix<T> g, const ProjectionSpec& s, HostMatrixMut<float> out) {
 
 }  // namespace
 
-void project_dense(HostMatrix<float> g, const ProjectionSpec& s, HostMatrixMut<float> out) { dense(g, s, out); }
-void project_dense(HostMatrix<BFloat16> g, const ProjectionSpec& s, HostMatrixMut<float> out) { dense(g, s, out); }
-void project_dense(HostMatrix<Half> g, const ProjectionSpec& s, HostMatrixMut<float> out) { dense(g, s, out); }
+void project_dense(HostMatrix<float> g, const ProjectionSpec& s, HostMatrixMut<float> out, int threads) {
+  dense(g, s, out, threads);
+}
+void project_dense(HostMatrix<BFloat16> g, const ProjectionSpec& s, HostMatrixMut<float> out, int threads) {
+  dense(g, s, out, threads);
+}
+void project_dense(HostMatrix<Half> g, const ProjectionSpec& s, HostMatrixMut<float> out, int threads) {
+  dense(g, s, out, threads);
+}
 
 void project_kronecker(Backend& backend, HostMatrix<float> x, HostMatrix<float> delta, int64_t positions,
-                       const ProjectionSpec& in, const ProjectionSpec& out_spec, HostMatrixMut<float> out) {
+                       const ProjectionSpec& in, const ProjectionSpec& out_spec, HostMatrixMut<float> out, int threads) {
   ATTRACE_CHECK(positions >= 1 && x.rows == delta.rows && x.rows % positions == 0, InputError,
                 "kronecker projection: inputs have " + std::to_string(x.rows) + " and " + std::to_string(delta.rows) +
                     " rows, not a whole number of examples of " + std::to_string(positions) + " positions");
@@ -128,7 +140,7 @@ void project_kronecker(Backend& backend, HostMatrix<float> x, HostMatrix<float> 
   std::vector<float> xp(static_cast<size_t>(x.rows * ki)), dp(static_cast<size_t>(x.rows * ko));
   backend.project_dense(x, in, view_mut(xp.data(), x.rows, ki));
   backend.project_dense(delta, out_spec, view_mut(dp.data(), x.rows, ko));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t e = 0; e < b; ++e) {
     float* o = out.row(e);
     std::fill(o, o + ki * ko, 0.0f);

@@ -87,8 +87,10 @@ class Backend {
                                  const ProjectionSpec& out_spec, HostMatrixMut<float> out) = 0;
 };
 
-/// The CPU backend (always available).
-std::unique_ptr<Backend> make_cpu_backend();
+/// The CPU backend (always available), running its loops on `threads` OpenMP threads (0: one
+/// per hardware thread). The thread count changes speed only, never a result. It is explicit
+/// because LibTorch lowers the process-wide OpenMP default to its own intra-op setting.
+std::unique_ptr<Backend> make_cpu_backend(int threads = 0);
 
 /// True when this build includes the CUDA backend.
 bool cuda_compiled();
