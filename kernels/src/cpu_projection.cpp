@@ -55,14 +55,19 @@ void check(int64_t rows, int64_t p, const ProjectionSpec& s, HostMatrixMut<float
 }
 
 // Fills e[r][c] (kRows x kColumns) with unscaled entries of rows q0.. and columns j0..
-void generate(const ProjectionSpec& s, int64_t q0, int64_t rows, int64_t j0, int64_t cols, float* e) {
+__attribute__((target_clones("avx2", "default"))) void generate(const ProjectionSpec& s, int64_t q0, int64_t rows, int64_t j0,
+                                                                    int64_t cols, float* e) {
   for (int64_t r = 0; r < rows; ++r) {
     float* er = e + r * kColumns;
     if (s.kind == ProjectionKind::rademacher) {
       for (int64_t c0 = 0; c0 < cols; c0 += 128) {
         const Philox4 block = rademacher_block(s, q0 + r, (j0 + c0) >> 7);
-        const int64_t n = std::min<int64_t>(128, cols - c0);
-        for (int64_t c = 0; c < n; ++c) er[c0 + c] = rademacher_sign(block, j0 + c0 + c);
+        if (cols - c0 >= 128) {  // whole block: the same bits as rademacher_sign, in a vectorisable form
+          for (int w = 0; w < 4; ++w)
+            for (int i = 0; i < 32; ++i) er[c0 + 32 * w + i] = static_cast<float>(1 - 2 * static_cast<int>((block.v[w] >> i) & 1u));
+        } else {
+          for (int64_t c = 0; c < cols - c0; ++c) er[c0 + c] = rademacher_sign(block, j0 + c0 + c);
+        }
       }
     } else {
       for (int64_t c = 0; c < cols; ++c) er[c] = static_cast<float>(gaussian_unscaled(s, q0 + r, j0 + c));
@@ -70,19 +75,30 @@ void generate(const ProjectionSpec& s, int64_t q0, int64_t rows, int64_t j0, int
   }
 }
 
-// acc[b][c] += g[b][q] * e[q][c] for one block of rows; vectorised over c only, so every
-// accumulator sees its terms in ascending q (AVX2 clone picked at load time, no FMA).
+// acc[b][c] += g[b][q] * e[q][c] for one block of rows, q ascending for every accumulator.
+// Eight columns at a time stay in registers across the block's rows (one load of e and one
+// broadcast of g per multiply-add); vectorised over columns only, never across q, so the order
+// of every sum is fixed (AVX2 clone picked at load time, no FMA).
 template <class T>
 __attribute__((target_clones("avx2", "default"))) void accumulate(const HostMatrix<T>& g, int64_t q0, int64_t rows,
                                                                     const float* e, int64_t cols, float* acc) {
+  float gv[kRows];
   for (int64_t b = 0; b < g.rows; ++b) {
     const T* gb = g.row(b) + q0;
+    for (int64_t r = 0; r < rows; ++r) gv[r] = to_float(gb[r]);
     float* ab = acc + b * kColumns;
-    for (int64_t r = 0; r < rows; ++r) {
-      const float gv = to_float(gb[r]);
-      const float* er = e + r * kColumns;
-      for (int64_t c = 0; c < cols; ++c) ab[c] += gv * er[c];
+    int64_t c0 = 0;
+    for (; c0 + 8 <= cols; c0 += 8) {
+      float a[8];
+      for (int l = 0; l < 8; ++l) a[l] = ab[c0 + l];
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* er = e + r * kColumns + c0;
+        for (int l = 0; l < 8; ++l) a[l] += gv[r] * er[l];
+      }
+      for (int l = 0; l < 8; ++l) ab[c0 + l] = a[l];
     }
+    for (; c0 < cols; ++c0)
+      for (int64_t r = 0; r < rows; ++r) ab[c0] += gv[r] * e[r * kColumns + c0];
   }
 }
 
