@@ -301,6 +301,17 @@ TEST(Engine, ProjectionIsDeterministicAndTracksExactScores) {
   }
 }
 
+TEST(Engine, BlasScoringAgreesWithCanonical) {
+  ATTRACE_REQUIRE_FIXTURES();
+  auto cfg = config_for(kCases[0], ae::Precision::fp32);
+  const auto in = load(cfg);
+  const auto canonical = tracin(cfg, in);
+  cfg.scoring = "blas";
+  const auto blas = tracin(cfg, in);
+  expect_close(blas.scores, canonical.scores, 1e-4, "blas vs canonical scores");
+  EXPECT_TRUE(bit_equal(blas.scores, tracin(cfg, in).scores)) << "blas scoring must repeat exactly with the same settings";
+}
+
 TEST(EngineErrors, KroneckerNeedsTheChainPath) {
   ATTRACE_REQUIRE_FIXTURES();
   auto cfg = config_for(kCases[3], ae::Precision::fp32);  // CNN: general path

@@ -113,6 +113,25 @@ TEST(Kernels, CpuFollowsTheCanonicalOrderBitForBit) {
   }
 }
 
+TEST(Kernels, BlasScoringIsCloseAndRepeatable) {
+  if (!ak::blas_compiled()) GTEST_SKIP() << "this build has no BLAS";
+  const int64_t n = 37, m = 11, p = 1000;
+  const auto a = random_matrix<float>(n, p, 1), b = random_matrix<float>(m, p, 2);
+  std::vector<double> want(static_cast<size_t>(n * m), 0.0), got(want.size(), 0.0), again(want.size(), 0.0);
+  ak::reference::score_accumulate(ak::view(a.data(), n, p), ak::view(b.data(), m, p), 2.0, ak::view_mut(want.data(), n, m));
+  auto cpu = ak::make_cpu_backend();
+  cpu->score_accumulate_blas(ak::view(a.data(), n, p), ak::view(b.data(), m, p), 2.0, ak::view_mut(got.data(), n, m));
+  cpu->score_accumulate_blas(ak::view(a.data(), n, p), ak::view(b.data(), m, p), 2.0, ak::view_mut(again.data(), n, m));
+  expect_close(got, want, 2e-4, std::sqrt(static_cast<double>(p)));  // float32 accumulation
+  EXPECT_TRUE(bit_equal(got, again));
+  const auto ad = random_matrix<double>(n, p, 3), bd = random_matrix<double>(m, p, 4);
+  std::fill(want.begin(), want.end(), 0.0);
+  std::fill(got.begin(), got.end(), 0.0);
+  ak::reference::score_accumulate(ak::view(ad.data(), n, p), ak::view(bd.data(), m, p), 1.0, ak::view_mut(want.data(), n, m));
+  cpu->score_accumulate_blas(ak::view(ad.data(), n, p), ak::view(bd.data(), m, p), 1.0, ak::view_mut(got.data(), n, m));
+  expect_close(got, want, 1e-12, std::sqrt(static_cast<double>(p)));
+}
+
 TEST(Kernels, SqnormEqualsSelfScore) {
   const int64_t n = 9, p = 301;
   const auto a = random_matrix<float>(n, p, 3);

@@ -17,6 +17,8 @@ RunSummary run_attribute(const Config& config, const RunOptions& options) {
   // Fail on an unusable output location before any computation.
   connectors::StagedDir out(options.out_dir, options.replace);
   const auto backend = kernels::make_backend(config.device);
+  ATTRACE_CHECK(config.scoring != "blas" || kernels::blas_compiled(), InputError,
+                "attribution.scoring = \"blas\" but this build has no BLAS");
 
   const auto run = connectors::read_run_file(config.run_file);
   const auto train = connectors::read_dataset(config.train_file, true);

@@ -168,8 +168,9 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.projection_seed = static_cast<uint64_t>(seed);
   r.get(pr, "projection", "distribution", c.projection_distribution);
 
-  const auto* a = r.section("attribution", {"top_k", "negative_policy", "duplicate_threshold", "tolerance"});
+  const auto* a = r.section("attribution", {"top_k", "scoring", "negative_policy", "duplicate_threshold", "tolerance"});
   r.get(a, "attribution", "top_k", c.top_k);
+  r.get(a, "attribution", "scoring", c.scoring);
   s = to_string(c.negative_policy);
   r.get(a, "attribution", "negative_policy", s);
   c.negative_policy = parse_enum<NegativePolicy>(
@@ -204,6 +205,8 @@ void validate(const Config& c) {
   ATTRACE_CHECK(c.device == "cpu" || c.device == "cuda" || c.device == "auto", InputError,
                 f + ": gradients.device must be cpu, cuda or auto, got '" + c.device + "'");
   ATTRACE_CHECK(c.top_k >= 0, InputError, f + ": attribution.top_k must be >= 0, got " + std::to_string(c.top_k));
+  ATTRACE_CHECK(c.scoring == "canonical" || c.scoring == "blas", InputError,
+                f + ": attribution.scoring must be canonical or blas, got '" + c.scoring + "'");
   ATTRACE_CHECK(c.duplicate_threshold > 0 && c.duplicate_threshold <= 1, InputError,
                 f + ": attribution.duplicate_threshold must be in (0, 1]");
   ATTRACE_CHECK(std::isfinite(c.tolerance) && c.tolerance >= 0, InputError,
@@ -233,6 +236,7 @@ nlohmann::json to_json(const Config& c) {
         {"distribution", c.projection_distribution}}},
       {"attribution",
        {{"top_k", c.top_k},
+        {"scoring", c.scoring},
         {"negative_policy", to_string(c.negative_policy)},
         {"duplicate_threshold", c.duplicate_threshold},
         {"tolerance", c.tolerance}}},

@@ -287,7 +287,10 @@ nlohmann::json manifest_json(const Config& config, const connectors::TrainingRun
     m["projection"] = p;
   }
   m["math"] = {{"precision", to_string(config.precision)},
-               {"score_accumulation", "fp64, canonical 8-lane order"},
+               {"score_accumulation", config.scoring == "blas"
+                                          ? std::string(config.precision == Precision::fp64 ? "fp64" : "fp32") +
+                                                " BLAS GEMM (library order; batch-size dependent in the last bits)"
+                                          : "fp64, canonical 8-lane order"},
                {"device", backend},
                {"fp_contract", "off"}};
   m["negative_policy"] = to_string(config.negative_policy);

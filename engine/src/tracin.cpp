@@ -19,7 +19,7 @@ int64_t checked_mul(int64_t a, int64_t b, const char* what) {
 
 template <class T>
 void accumulate_checkpoint(CheckpointModel& model, double lr, const connectors::Dataset& train,
-                           const connectors::Dataset& query, int64_t batch, kernels::Backend& backend,
+                           const connectors::Dataset& query, int64_t batch, bool blas, kernels::Backend& backend,
                            Progress& progress, TracinResult& r) {
   const int64_t p = model.dim();
   std::vector<T> q(static_cast<size_t>(checked_mul(query.size(), p, "query gradients")));
@@ -34,7 +34,11 @@ void accumulate_checkpoint(CheckpointModel& model, double lr, const connectors::
     const int64_t b1 = std::min(train.size(), b0 + batch);
     model.gradients(train, b0, b1, g.data());
     const auto gv = kernels::view<T>(g.data(), b1 - b0, p);
-    backend.score_accumulate(gv, qv, lr, kernels::view_mut(r.scores.data() + b0 * r.n_query, b1 - b0, r.n_query));
+    const auto sv = kernels::view_mut(r.scores.data() + b0 * r.n_query, b1 - b0, r.n_query);
+    if (blas)
+      backend.score_accumulate_blas(gv, qv, lr, sv);
+    else
+      backend.score_accumulate(gv, qv, lr, sv);
     backend.sqnorm_accumulate(gv, lr, r.self_influence.data() + b0);
     progress.advance(b1 - b0);
   }
@@ -142,7 +146,11 @@ void accumulate_projected(CheckpointModel& model, const Projector& pr, const Con
     const int64_t b1 = std::min(train.size(), b0 + batch);
     project_rows(model, pr, config, train, b0, b1, backend, scratch, scratch64, f.data());
     const auto fv = kernels::view<float>(f.data(), b1 - b0, k);
-    backend.score_accumulate(fv, qv, 1.0, kernels::view_mut(r.scores.data() + b0 * r.n_query, b1 - b0, r.n_query));
+    const auto sv = kernels::view_mut(r.scores.data() + b0 * r.n_query, b1 - b0, r.n_query);
+    if (config.scoring == "blas")
+      backend.score_accumulate_blas(fv, qv, 1.0, sv);
+    else
+      backend.score_accumulate(fv, qv, 1.0, sv);
     backend.sqnorm_accumulate(fv, 1.0, r.self_influence.data() + b0);
     progress.advance(b1 - b0);
   }
@@ -196,9 +204,9 @@ TracinResult compute_tracin(const Config& config, const connectors::TrainingRun&
     if (pr.kind != Projection::none)
       accumulate_projected(model, pr, config, train, query, backend, progress, r);
     else if (config.precision == Precision::fp64)
-      accumulate_checkpoint<double>(model, ck.lr, train, query, config.batch_size, backend, progress, r);
+      accumulate_checkpoint<double>(model, ck.lr, train, query, config.batch_size, config.scoring == "blas", backend, progress, r);
     else
-      accumulate_checkpoint<float>(model, ck.lr, train, query, config.batch_size, backend, progress, r);
+      accumulate_checkpoint<float>(model, ck.lr, train, query, config.batch_size, config.scoring == "blas", backend, progress, r);
     progress.end();
   }
 

@@ -158,6 +158,12 @@ class CudaBackend final : public Backend {
                         HostMatrixMut<double> out) override {
     score(a, b, alpha, out);
   }
+  void score_accumulate_blas(HostMatrix<float> a, HostMatrix<float> b, double alpha, HostMatrixMut<double> out) override {
+    cpu::score_blas(a, b, alpha, out);
+  }
+  void score_accumulate_blas(HostMatrix<double> a, HostMatrix<double> b, double alpha, HostMatrixMut<double> out) override {
+    cpu::score_blas(a, b, alpha, out);
+  }
   void sqnorm_accumulate(HostMatrix<float> a, double alpha, double* out) override {
     for (int64_t i = 0; i < a.rows; ++i) out[i] += alpha * canonical_dot(a.row(i), a.row(i), a.cols);
   }

@@ -54,6 +54,12 @@ class CpuBackend final : public Backend {
                         HostMatrixMut<double> out) override {
     cpu_score(a, b, alpha, out, threads_);
   }
+  void score_accumulate_blas(HostMatrix<float> a, HostMatrix<float> b, double alpha, HostMatrixMut<double> out) override {
+    cpu::score_blas(a, b, alpha, out);
+  }
+  void score_accumulate_blas(HostMatrix<double> a, HostMatrix<double> b, double alpha, HostMatrixMut<double> out) override {
+    cpu::score_blas(a, b, alpha, out);
+  }
   void sqnorm_accumulate(HostMatrix<float> a, double alpha, double* out) override {
     cpu_sqnorm(a, alpha, out, threads_);
   }

@@ -3,7 +3,13 @@
 #include <attrace/error.hpp>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
+#include <vector>
+
+#ifdef ATTRACE_WITH_BLAS
+#include <cblas.h>
+#endif
 
 namespace attrace::kernels::cpu {
 
@@ -18,6 +24,38 @@ void segmented_row_sum(HostMatrix<double> x, const int64_t* segment, HostMatrixM
     double* os = out.row(s);
     for (int64_t j = 0; j < x.cols; ++j) os[j] += xi[j];
   }
+}
+
+namespace {
+
+template <class T>
+void score_blas_impl(HostMatrix<T> a, HostMatrix<T> b, double alpha, HostMatrixMut<double> out) {
+  ATTRACE_CHECK(a.cols == b.cols && out.rows == a.rows && out.cols == b.rows, InputError, "score_accumulate_blas: shapes do not match");
+#ifdef ATTRACE_WITH_BLAS
+  if (a.rows == 0 || b.rows == 0) return;
+  ATTRACE_CHECK(a.rows < INT_MAX && b.rows < INT_MAX && a.cols < INT_MAX && a.ld < INT_MAX && b.ld < INT_MAX, InputError,
+                "score_accumulate_blas: dimensions exceed the BLAS interface's 32-bit sizes");
+  std::vector<T> tile(static_cast<size_t>(a.rows * b.rows));
+  const int m = static_cast<int>(a.rows), n = static_cast<int>(b.rows), k = static_cast<int>(a.cols);
+  if constexpr (std::is_same_v<T, float>)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, a.data, static_cast<int>(a.ld), b.data,
+                static_cast<int>(b.ld), 0.0f, tile.data(), n);
+  else
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0, a.data, static_cast<int>(a.ld), b.data,
+                static_cast<int>(b.ld), 0.0, tile.data(), n);
+  for (int64_t i = 0; i < a.rows; ++i)
+    for (int64_t j = 0; j < b.rows; ++j) out.row(i)[j] += alpha * static_cast<double>(tile[static_cast<size_t>(i * n + j)]);
+#else
+  (void)alpha;
+  throw InputError("scoring = \"blas\" requested but this build has no BLAS");
+#endif
+}
+
+}  // namespace
+
+void score_blas(HostMatrix<float> a, HostMatrix<float> b, double alpha, HostMatrixMut<double> out) { score_blas_impl(a, b, alpha, out); }
+void score_blas(HostMatrix<double> a, HostMatrix<double> b, double alpha, HostMatrixMut<double> out) {
+  score_blas_impl(a, b, alpha, out);
 }
 
 namespace {

@@ -8,6 +8,14 @@
 
 namespace attrace::kernels {
 
+bool blas_compiled() {
+#ifdef ATTRACE_WITH_BLAS
+  return true;
+#else
+  return false;
+#endif
+}
+
 bool cuda_compiled() {
 #ifdef ATTRACE_WITH_CUDA
   return true;

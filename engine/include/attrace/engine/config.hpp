@@ -44,6 +44,7 @@ struct Config {
   std::string projection_distribution = "rademacher";  ///< rademacher | gaussian
   // [attribution]
   int64_t top_k = 10;
+  std::string scoring = "canonical";  ///< canonical (fixed-order fp64, default) | blas (fast GEMM)
   NegativePolicy negative_policy = NegativePolicy::clip;
   double duplicate_threshold = 0.5;  ///< flag tranche pairs sharing at least this fraction
   double tolerance = 1e-6;           ///< declared verification tolerance on tranche shares

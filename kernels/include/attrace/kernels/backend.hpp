@@ -55,6 +55,14 @@ class Backend {
   virtual void score_accumulate(HostMatrix<double> a, HostMatrix<double> b, double alpha,
                                 HostMatrixMut<double> out) = 0;
 
+  /// Fast scoring through a BLAS GEMM (OpenBLAS on CPU): out[i][j] += alpha * (a b^T)[i][j] with
+  /// float32 (a, b float) or float64 accumulation in the library's order. Repeatable for the same
+  /// shapes and thread count, but a row's result may change in the last bits with the number of
+  /// rows in the call, so the canonical kernel stays the default for reports. InputError when
+  /// this build has no BLAS.
+  virtual void score_accumulate_blas(HostMatrix<float> a, HostMatrix<float> b, double alpha, HostMatrixMut<double> out) = 0;
+  virtual void score_accumulate_blas(HostMatrix<double> a, HostMatrix<double> b, double alpha, HostMatrixMut<double> out) = 0;
+
   /// out[i] += alpha * dot(a[i], a[i]) in the canonical order (self-influence).
   virtual void sqnorm_accumulate(HostMatrix<float> a, double alpha, double* out) = 0;
   /// Same, for float64 features.
@@ -91,6 +99,9 @@ class Backend {
 /// per hardware thread). The thread count changes speed only, never a result. It is explicit
 /// because LibTorch lowers the process-wide OpenMP default to its own intra-op setting.
 std::unique_ptr<Backend> make_cpu_backend(int threads = 0);
+
+/// True when this build has a BLAS for score_accumulate_blas.
+bool blas_compiled();
 
 /// True when this build includes the CUDA backend.
 bool cuda_compiled();
