@@ -244,12 +244,23 @@ int cmd_resolve() {
   return 0;
 }
 
-int cmd_deploy() {
-  ATTRACE_CHECK(opts.backend == "evm", InputError, "deploy: only for --backend evm");
+// EVM settings and a signing key that `command` cannot do without.
+struct EvmSigner {
+  al::EvmOptions options;
+  al::PrivateKey key;
+};
+EvmSigner evm_signer(const std::string& command) {
+  ATTRACE_CHECK(opts.backend == "evm", InputError, command + ": only for --backend evm");
   std::string key_file = opts.key_file;
-  const al::EvmOptions o = evm_options(&key_file);
+  al::EvmOptions o = evm_options(&key_file);
   auto key = load_key(key_file);
-  ATTRACE_CHECK(key.has_value(), InputError, "deploy: no private key (set ATTRACE_PRIVATE_KEY, --key-file or evm.key_file)");
+  ATTRACE_CHECK(key.has_value(), InputError, command + ": no private key (set ATTRACE_PRIVATE_KEY, --key-file or evm.key_file)");
+  return {std::move(o), *key};
+}
+
+int cmd_deploy() {
+  const auto [o, signer] = evm_signer("deploy");
+  const auto key = std::optional<al::PrivateKey>(signer);
   al::EvmLedger l(o, key);
   const al::Address arbiter = opts.evm_arbiter.empty() ? key->address() : al::address_from_hex(opts.evm_arbiter, "--arbiter");
   const al::Address a = l.deploy(opts.artifact, arbiter, static_cast<uint64_t>(opts.challenge_period));
@@ -263,11 +274,8 @@ int cmd_deploy() {
 }
 
 int cmd_receipt() {
-  ATTRACE_CHECK(opts.backend == "evm", InputError, "receipt: only for --backend evm (the domain names a contract)");
-  std::string key_file = opts.key_file;
-  const al::EvmOptions o = evm_options(&key_file);
-  auto key = load_key(key_file);
-  ATTRACE_CHECK(key.has_value(), InputError, "receipt: no private key (set ATTRACE_PRIVATE_KEY, --key-file or evm.key_file)");
+  const auto [o, signer] = evm_signer("receipt");
+  const auto key = std::optional<al::PrivateKey>(signer);
   al::EvmLedger l(o, key);
   const auto s = l.status(parse_epoch(opts.epoch));
   ATTRACE_CHECK(s.exists, InputError, "epoch " + opts.epoch + " is not on the ledger");

@@ -14,6 +14,7 @@
 
 namespace al = attrace::ledger;
 using attrace::test::Anvil;
+using attrace::test::refusal_of;
 using attrace::test::TempDir;
 using attrace::test::write_report;
 
@@ -62,17 +63,6 @@ size_t commit_events(al::EvmLedger& l, const al::Address& contract, uint64_t epo
                                                   {"toBlock", "latest"},
                                                   {"topics", {topic, al::to_hex(al::to_word(epoch))}}}});
   return logs.size();
-}
-
-template <class F>
-al::Refusal refusal_of(F fn) {
-  try {
-    fn();
-  } catch (const al::LedgerRefusal& r) {
-    return r.refusal();
-  }
-  ADD_FAILURE() << "not refused";
-  return al::Refusal::unauthorized;
 }
 
 std::vector<std::tuple<std::string, std::string, double>> random_tranches(int n, uint64_t seed) {

@@ -3,6 +3,7 @@
 #include "test_util.hpp"
 
 #include <attrace/connectors/hash.hpp>
+#include <attrace/ledger/ledger.hpp>
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -31,6 +32,18 @@ inline void write_report(const std::string& dir, const std::vector<std::tuple<st
   write_text(dir + "/report.json", bytes);
   write_text(dir + "/manifest.json",
              nlohmann::json{{"format", "attrace.manifest/1"}, {"outputs", {{"report.json", connectors::sha256_hex(bytes)}}}}.dump());
+}
+
+/// The refusal `fn` raises (a test failure if it raises none).
+template <class F>
+ledger::Refusal refusal_of(F fn) {
+  try {
+    fn();
+  } catch (const ledger::LedgerRefusal& r) {
+    return r.refusal();
+  }
+  ADD_FAILURE() << "not refused";
+  return ledger::Refusal::unauthorized;
 }
 
 /// The folder with the contract, its npm packages and tools.

@@ -22,6 +22,7 @@
 
 namespace al = attrace::ledger;
 using attrace::test::read_text;
+using attrace::test::refusal_of;
 using attrace::test::TempDir;
 using attrace::test::contracts_dir;
 using attrace::test::write_report;
@@ -224,17 +225,6 @@ TEST(Epoch, BadReportsAreRefused) {
   EXPECT_THROW(al::build_epoch(d / "bad", 1, 100), attrace::InputError);
   write_report(d / "acct", {{"alpha", "0x1234", 1.0}});
   EXPECT_THROW(al::build_epoch(d / "acct", 1, 100), attrace::InputError);
-}
-
-template <class F>
-al::Refusal refusal_of(F fn) {
-  try {
-    fn();
-  } catch (const al::LedgerRefusal& r) {
-    return r.refusal();
-  }
-  ADD_FAILURE() << "not refused";
-  return al::Refusal::unauthorized;
 }
 
 TEST(EmbeddedLedger, FullEpochLifecycle) {
