@@ -17,6 +17,18 @@ int64_t checked_mul(int64_t a, int64_t b, const char* what) {
   return a * b;
 }
 
+// Scores and self-influence of one batch of train rows [b0, b0 + f.rows) against all queries.
+template <class T>
+void score_batch(kernels::Backend& backend, bool blas, kernels::HostMatrix<T> f, kernels::HostMatrix<T> q, double alpha,
+                 int64_t b0, TracinResult& r) {
+  const auto sv = kernels::view_mut(r.scores.data() + b0 * r.n_query, f.rows, r.n_query);
+  if (blas)
+    backend.score_accumulate_blas(f, q, alpha, sv);
+  else
+    backend.score_accumulate(f, q, alpha, sv);
+  backend.sqnorm_accumulate(f, alpha, r.self_influence.data() + b0);
+}
+
 template <class T>
 void accumulate_checkpoint(CheckpointModel& model, double lr, const connectors::Dataset& train,
                            const connectors::Dataset& query, int64_t batch, bool blas, kernels::Backend& backend,
@@ -33,13 +45,7 @@ void accumulate_checkpoint(CheckpointModel& model, double lr, const connectors::
   for (int64_t b0 = 0; b0 < train.size(); b0 += batch) {
     const int64_t b1 = std::min(train.size(), b0 + batch);
     model.gradients(train, b0, b1, g.data());
-    const auto gv = kernels::view<T>(g.data(), b1 - b0, p);
-    const auto sv = kernels::view_mut(r.scores.data() + b0 * r.n_query, b1 - b0, r.n_query);
-    if (blas)
-      backend.score_accumulate_blas(gv, qv, lr, sv);
-    else
-      backend.score_accumulate(gv, qv, lr, sv);
-    backend.sqnorm_accumulate(gv, lr, r.self_influence.data() + b0);
+    score_batch(backend, blas, kernels::view<T>(g.data(), b1 - b0, p), qv, lr, b0, r);
     progress.advance(b1 - b0);
   }
 }
@@ -145,13 +151,7 @@ void accumulate_projected(CheckpointModel& model, const Projector& pr, const Con
   for (int64_t b0 = 0; b0 < train.size(); b0 += batch) {
     const int64_t b1 = std::min(train.size(), b0 + batch);
     project_rows(model, pr, config, train, b0, b1, backend, scratch, scratch64, f.data());
-    const auto fv = kernels::view<float>(f.data(), b1 - b0, k);
-    const auto sv = kernels::view_mut(r.scores.data() + b0 * r.n_query, b1 - b0, r.n_query);
-    if (config.scoring == "blas")
-      backend.score_accumulate_blas(fv, qv, 1.0, sv);
-    else
-      backend.score_accumulate(fv, qv, 1.0, sv);
-    backend.sqnorm_accumulate(fv, 1.0, r.self_influence.data() + b0);
+    score_batch(backend, config.scoring == "blas", kernels::view<float>(f.data(), b1 - b0, k), qv, 1.0, b0, r);
     progress.advance(b1 - b0);
   }
 }
