@@ -316,6 +316,14 @@ CLI::App* add_ledger_commands(CLI::App& app) {
     c->add_option("--key-file", opts.key_file, "File holding the signing key (hex); default: $ATTRACE_PRIVATE_KEY");
     c->add_flag("--json", opts.json, "Machine-readable output");
   };
+  // EPOCH ACCOUNT [--tranche] [--manifest]: which leaf `proof` and `claim` act on. Returns ACCOUNT.
+  auto leaf_selector = [](CLI::App* c) {
+    c->add_option("EPOCH", opts.epoch, "Epoch number")->required();
+    auto* account = c->add_option("ACCOUNT", opts.account, "Contributor account (0x...)");
+    c->add_option("--tranche", opts.tranche, "Tranche id, when the account holds several");
+    c->add_option("--manifest", opts.manifest_file, "Epoch manifest file (evm; embedded keeps its own)");
+    return account;
+  };
   auto* commit = ledger->add_subcommand("commit", "Commit an attribution output directory as an epoch");
   commit->add_option("REPORT_DIR", opts.report_dir, "Output directory of `attrace attribute`")->required()->check(CLI::ExistingDirectory);
   commit->add_option("--epoch", opts.epoch, "Epoch number (uint64)")->required();
@@ -326,17 +334,11 @@ CLI::App* add_ledger_commands(CLI::App& app) {
   status->add_option("EPOCH", opts.epoch, "Epoch number")->required();
   common(status);
   auto* proof = ledger->add_subcommand("proof", "Print an account's leaf and Merkle proof");
-  proof->add_option("EPOCH", opts.epoch, "Epoch number")->required();
-  proof->add_option("ACCOUNT", opts.account, "Contributor account (0x...)")->required();
-  proof->add_option("--tranche", opts.tranche, "Tranche id, when the account holds several");
-  proof->add_option("--manifest", opts.manifest_file, "Epoch manifest file (evm; embedded keeps its own)");
+  leaf_selector(proof)->required();
   common(proof);
   auto* claim = ledger->add_subcommand("claim", "Claim an account's reward (or every unclaimed leaf with --all)");
-  claim->add_option("EPOCH", opts.epoch, "Epoch number")->required();
-  claim->add_option("ACCOUNT", opts.account, "Contributor account (0x...)");
-  claim->add_option("--tranche", opts.tranche, "Tranche id, when the account holds several");
+  leaf_selector(claim);
   claim->add_flag("--all", opts.all, "Claim every unclaimed leaf");
-  claim->add_option("--manifest", opts.manifest_file, "Epoch manifest file (evm; embedded keeps its own)");
   common(claim);
   auto* dispute = ledger->add_subcommand("dispute", "Dispute an epoch within its challenge window");
   dispute->add_option("EPOCH", opts.epoch, "Epoch number")->required();

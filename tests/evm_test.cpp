@@ -20,14 +20,6 @@ using attrace::test::write_report;
 
 namespace {
 
-std::string artifact() {
-#ifdef ATTRACE_CONTRACT_ARTIFACT
-  return ATTRACE_CONTRACT_ARTIFACT;
-#else
-  return "";
-#endif
-}
-
 al::EvmOptions options_for(const Anvil& a) {
   al::EvmOptions o;
   o.rpc_url = a.url();
@@ -80,12 +72,12 @@ std::vector<std::tuple<std::string, std::string, double>> random_tranches(int n,
 class Evm : public ::testing::Test {
  protected:
   void SetUp() override {
-    ASSERT_TRUE(std::filesystem::exists(artifact())) << "contract artifact missing: " << artifact();
+    ASSERT_TRUE(std::filesystem::exists(attrace::test::contract_artifact())) << "contract artifact missing: " << attrace::test::contract_artifact();
     anvil_ = std::make_unique<Anvil>();
     wait_ready(*anvil_);
     ledger_ = std::make_unique<al::EvmLedger>(options_for(*anvil_), al::PrivateKey::from_hex(attrace::test::kAnvilKey0));
     arbiter_ = al::PrivateKey::from_hex(attrace::test::kAnvilKey1).address();
-    contract_ = ledger_->deploy(artifact(), arbiter_, 3600);
+    contract_ = ledger_->deploy(attrace::test::contract_artifact(), arbiter_, 3600);
   }
   al::EvmLedger arbiter_ledger() {
     auto o = options_for(*anvil_);
@@ -285,7 +277,7 @@ TEST(EvmErrors, WrongChainIdUnreachableNodeAndTimeout) {
 }
 
 TEST(EvmCrash, NodeKilledMidCommitThenRerunCommitsExactlyOnce) {
-  ASSERT_TRUE(std::filesystem::exists(artifact()));
+  ASSERT_TRUE(std::filesystem::exists(attrace::test::contract_artifact()));
   TempDir d;
   const std::string state = d / "anvil-state.json";
   const int port = attrace::test::free_port();
@@ -304,7 +296,7 @@ TEST(EvmCrash, NodeKilledMidCommitThenRerunCommitsExactlyOnce) {
       std::this_thread::sleep_for(std::chrono::milliseconds(500));
       al::RpcClient(anvil.url(), std::chrono::milliseconds(2000)).call("evm_mine", nlohmann::json::array());
     });
-    contract = l.deploy(artifact(), al::PrivateKey::from_hex(attrace::test::kAnvilKey1).address(), 60);
+    contract = l.deploy(attrace::test::contract_artifact(), al::PrivateKey::from_hex(attrace::test::kAnvilKey1).address(), 60);
     miner.join();
     EXPECT_THROW(l.commit(c, ""), attrace::RuntimeFailure);  // sent, never confirmed
     anvil.stop();                                            // killed mid-commit (state dumped)

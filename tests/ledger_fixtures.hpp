@@ -55,6 +55,15 @@ inline std::string contracts_dir() {
 #endif
 }
 
+/// The AttributionLedger artifact that the forge_build ctest fixture writes.
+inline std::string contract_artifact() {
+#ifdef ATTRACE_CONTRACT_ARTIFACT
+  return ATTRACE_CONTRACT_ARTIFACT;
+#else
+  return "";
+#endif
+}
+
 /// A TCP port nobody listens on right now.
 inline int free_port() {
   const int s = ::socket(AF_INET, SOCK_STREAM, 0);

@@ -122,7 +122,7 @@ CREATE TABLE IF NOT EXISTS history(
 class EmbeddedLedger final : public Ledger {
  public:
   EmbeddedLedger(const std::string& path, EmbeddedOptions opts, std::string actor)
-      : path_(path), opts_(std::move(opts)), actor_(std::move(actor)) {
+      : opts_(std::move(opts)), actor_(std::move(actor)) {
     const int rc = sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr);
     if (rc != SQLITE_OK) {
       const std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
@@ -308,7 +308,6 @@ class EmbeddedLedger final : public Ledger {
     h.bind(1, t).bind(2, actor_).bind(3, std::string(event)).bind(4, epoch).bind(5, detail).step();
   }
 
-  std::string path_;
   EmbeddedOptions opts_;
   std::string actor_;
   sqlite3* db_ = nullptr;
