@@ -285,6 +285,41 @@ TEST(CliProjection, ProjectedScoresCorrelateWithExactOnTheDemo) {
   }
 }
 
+// GEMM scoring in reduced precision: recorded in the manifest, close to the canonical scores,
+// and refused where it would mean nothing.
+TEST(CliProjection, GemmMathIsRecordedAndValidated) {
+  ATTRACE_REQUIRE_FIXTURES();
+  TempDir d;
+  write_text(d / "c.toml", config_text("mlp", "vec"));
+  ASSERT_EQ(run("attribute -q -c " + (d / "c.toml") + " -o " + (d / "exact") + " --scores always").code, 0);
+  int64_t n = 0, m = 0;
+  const auto exact = attrace::connectors::read_scores_h5(d / "exact/scores.h5", &n, &m);
+  for (const std::string math : {"tf32", "bf16"}) {
+    const auto r = run("attribute -q -c " + (d / "c.toml") + " -o " + (d / math) +
+                       " --scores always --set 'attribution.scoring=\"blas\"' --set 'attribution.gemm_math=\"" + math + "\"'");
+    ASSERT_EQ(r.code, 0) << r.out;
+    const auto manifest = nlohmann::json::parse(read_text(d / (math + "/manifest.json")));
+    EXPECT_EQ(manifest["settings"]["attribution"]["gemm_math"], math);
+    EXPECT_NE(manifest["math"]["score_accumulation"].get<std::string>().find(math == "tf32" ? "TF32" : "bf16"), std::string::npos);
+    int64_t n2 = 0, m2 = 0;
+    const auto approx = attrace::connectors::read_scores_h5(d / (math + "/scores.h5"), &n2, &m2);
+    ASSERT_EQ(n2 * m2, n * m);
+    EXPECT_NE(approx, exact) << math << " scores should carry the input rounding";
+    EXPECT_GE(pearson(exact, approx), 0.999) << math;
+  }
+  const auto no_blas = run("attribute -q -c " + (d / "c.toml") + " -o " + (d / "x") + " --set 'attribution.gemm_math=\"tf32\"'");
+  EXPECT_EQ(no_blas.code, 2);
+  EXPECT_NE(no_blas.out.find("needs attribution.scoring = \"blas\""), std::string::npos) << no_blas.out;
+  const auto bad = run("attribute -q -c " + (d / "c.toml") + " -o " + (d / "x") + " --set 'attribution.gemm_math=\"fp8\"'");
+  EXPECT_EQ(bad.code, 2);
+  EXPECT_NE(bad.out.find("attribution.gemm_math must be ieee, tf32 or bf16, got 'fp8'"), std::string::npos) << bad.out;
+  const auto fp64 = run("attribute -q -c " + (d / "c.toml") + " -o " + (d / "x") +
+                        " --precision fp64 --set 'attribution.scoring=\"blas\"' --set 'attribution.gemm_math=\"bf16\"'");
+  EXPECT_EQ(fp64.code, 2);
+  EXPECT_NE(fp64.out.find("needs float32 features"), std::string::npos) << fp64.out;
+  expect_no_output(d, "x");
+}
+
 // Runs `attribute` on the MLP fixture into DIR/out.
 void attribute_fixture(const TempDir& d) {
   write_text(d / "c.toml", config_text("mlp", "vec"));

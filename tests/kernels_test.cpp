@@ -2,6 +2,7 @@
 #include <attrace/error.hpp>
 #include <attrace/kernels/backend.hpp>
 #include <attrace/kernels/reference.hpp>
+#include <attrace/kernels/rounding.hpp>
 
 #include <gtest/gtest.h>
 
@@ -120,8 +121,8 @@ TEST(Kernels, BlasScoringIsCloseAndRepeatable) {
   std::vector<double> want(static_cast<size_t>(n * m), 0.0), got(want.size(), 0.0), again(want.size(), 0.0);
   ak::reference::score_accumulate(ak::view(a.data(), n, p), ak::view(b.data(), m, p), 2.0, ak::view_mut(want.data(), n, m));
   auto cpu = ak::make_cpu_backend();
-  cpu->score_accumulate_blas(ak::view(a.data(), n, p), ak::view(b.data(), m, p), 2.0, ak::view_mut(got.data(), n, m));
-  cpu->score_accumulate_blas(ak::view(a.data(), n, p), ak::view(b.data(), m, p), 2.0, ak::view_mut(again.data(), n, m));
+  cpu->score_accumulate_blas(ak::view(a.data(), n, p), ak::view(b.data(), m, p), 2.0, ak::GemmMath::ieee, ak::view_mut(got.data(), n, m));
+  cpu->score_accumulate_blas(ak::view(a.data(), n, p), ak::view(b.data(), m, p), 2.0, ak::GemmMath::ieee, ak::view_mut(again.data(), n, m));
   expect_close(got, want, 2e-4, std::sqrt(static_cast<double>(p)));  // float32 accumulation
   EXPECT_TRUE(bit_equal(got, again));
   const auto ad = random_matrix<double>(n, p, 3), bd = random_matrix<double>(m, p, 4);
@@ -130,6 +131,97 @@ TEST(Kernels, BlasScoringIsCloseAndRepeatable) {
   ak::reference::score_accumulate(ak::view(ad.data(), n, p), ak::view(bd.data(), m, p), 1.0, ak::view_mut(want.data(), n, m));
   cpu->score_accumulate_blas(ak::view(ad.data(), n, p), ak::view(bd.data(), m, p), 1.0, ak::view_mut(got.data(), n, m));
   expect_close(got, want, 1e-12, std::sqrt(static_cast<double>(p)));
+}
+
+// Independent reference for the GEMM input roundings: keep `keep` stored significand bits by
+// comparing the distances to the two neighbouring representable values (not by adding half an
+// ulp and masking, as the kernels do). Ties go to the even neighbour or away from zero.
+float round_by_distance(float x, int keep, bool ties_even) {
+  if (!std::isfinite(x)) return x;
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  const uint32_t sign = u & 0x80000000u, mag = u & 0x7FFFFFFFu, step = 1u << (23 - keep);
+  const uint32_t lo = mag & ~(step - 1), hi = lo + step;
+  float flo, fhi;
+  std::memcpy(&flo, &lo, 4);
+  std::memcpy(&fhi, &hi, 4);
+  const double a = std::fabs(static_cast<double>(x));
+  // Past the largest finite value the upper neighbour is 2^128 (which rounds to infinity).
+  const double hi_value = (hi >= 0x7F800000u) ? std::ldexp(1.0, 128) : static_cast<double>(fhi);
+  const double dlo = a - static_cast<double>(flo), dhi = hi_value - a;
+  bool up = dhi < dlo;
+  if (dhi == dlo) up = ties_even ? ((lo / step) & 1u) != 0 : true;
+  uint32_t r = (up ? std::min(hi, 0x7F800000u) : lo) | sign;
+  float f;
+  std::memcpy(&f, &r, 4);
+  return f;
+}
+
+TEST(GemmMath, RoundingsMatchAnIndependentReference) {
+  std::vector<uint32_t> cases = {0x00000000u, 0x80000000u, 0x3F800000u, 0x3F801000u, 0x3F803000u, 0x3F808000u, 0x3F818000u,
+                                 0x3F80FFFFu, 0x7F7FFFFFu, 0xFF7FFFFFu, 0x7F7FEFFFu, 0x00000001u, 0x00001000u, 0x00008000u,
+                                 0x007FFFFFu, 0x80018000u, 0x7F800000u, 0xFF800000u};
+  std::mt19937_64 rng(5);
+  for (int i = 0; i < 200000; ++i) cases.push_back(static_cast<uint32_t>(rng()));
+  for (const uint32_t u : cases) {
+    float x;
+    std::memcpy(&x, &u, 4);
+    if (std::isnan(x)) {
+      EXPECT_TRUE(std::isnan(ak::round_tf32(x)));
+      EXPECT_TRUE(std::isnan(ak::round_bf16(x))) << std::hex << u;
+      continue;
+    }
+    const float t = ak::round_tf32(x), want_t = round_by_distance(x, 10, false);
+    const float b = ak::round_bf16(x), want_b = round_by_distance(x, 7, true);
+    ASSERT_EQ(std::memcmp(&t, &want_t, 4), 0) << "tf32 of 0x" << std::hex << u << ": " << t << " vs " << want_t;
+    ASSERT_EQ(std::memcmp(&b, &want_b, 4), 0) << "bf16 of 0x" << std::hex << u << ": " << b << " vs " << want_b;
+  }
+  // A few values worked by hand: 1 + 2^-11 is a TF32 tie (away: 1 + 2^-10); 1 + 2^-8 a bf16 tie
+  // (even: 1); 1 + 3 * 2^-8 a bf16 tie (even: 1 + 2^-6).
+  EXPECT_EQ(ak::round_tf32(1.0f + std::ldexp(1.0f, -11)), 1.0f + std::ldexp(1.0f, -10));
+  EXPECT_EQ(ak::round_bf16(1.0f + std::ldexp(1.0f, -8)), 1.0f);
+  EXPECT_EQ(ak::round_bf16(1.0f + 3 * std::ldexp(1.0f, -8)), 1.0f + std::ldexp(1.0f, -6));
+  EXPECT_TRUE(std::isinf(ak::round_bf16(std::numeric_limits<float>::max())));
+}
+
+// tf32 / bf16 GEMM scoring: equal to float64 sums over the rounded inputs up to float32
+// summation error, visibly different from IEEE float32 scoring, and within the rounding's own
+// error of the exact scores.
+TEST(GemmMath, ReducedPrecisionScoringOnCpu) {
+  if (!ak::blas_compiled()) GTEST_SKIP() << "this build has no BLAS";
+  const int64_t n = 2100, m = 7, p = 300;  // n > the 2048-row GEMM tile
+  const auto a = random_matrix<float>(n, p, 31), b = random_matrix<float>(m, p, 32);
+  auto cpu = ak::make_cpu_backend();
+  std::vector<double> ieee(static_cast<size_t>(n * m), 0.0);
+  cpu->score_accumulate_blas(ak::view(a.data(), n, p), ak::view(b.data(), m, p), 1.0, ak::GemmMath::ieee, ak::view_mut(ieee.data(), n, m));
+  for (const auto math : {ak::GemmMath::tf32, ak::GemmMath::bf16}) {
+    const auto round = [&](float v) { return math == ak::GemmMath::tf32 ? ak::round_tf32(v) : ak::round_bf16(v); };
+    const double unit = math == ak::GemmMath::tf32 ? std::ldexp(1.0, -11) : std::ldexp(1.0, -8);  // input rounding
+    std::vector<double> got(static_cast<size_t>(n * m), 0.0);
+    cpu->score_accumulate_blas(ak::view(a.data(), n, p), ak::view(b.data(), m, p), 1.0, math, ak::view_mut(got.data(), n, m));
+    size_t differs = 0;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < m; ++j) {
+        double rounded = 0, exact = 0, mass = 0;
+        for (int64_t q = 0; q < p; ++q) {
+          const float x = a[static_cast<size_t>(i * p + q)], y = b[static_cast<size_t>(j * p + q)];
+          rounded += static_cast<double>(round(x)) * round(y);
+          exact += static_cast<double>(x) * y;
+          mass += std::fabs(static_cast<double>(x) * y);
+        }
+        const double g = got[static_cast<size_t>(i * m + j)];
+        ASSERT_LE(std::fabs(g - rounded), static_cast<double>(p) * std::ldexp(1.0, -24) * mass) << ak::to_string(math) << " " << i << "," << j;
+        ASSERT_LE(std::fabs(g - exact), (2.0 * unit + static_cast<double>(p) * std::ldexp(1.0, -24)) * mass);
+        differs += g != ieee[static_cast<size_t>(i * m + j)];
+      }
+    EXPECT_GT(differs, static_cast<size_t>(n * m / 2)) << ak::to_string(math) << ": the inputs were not rounded";
+  }
+  std::vector<double> out(static_cast<size_t>(n * m), 0.0);
+  const auto ad = random_matrix<double>(n, p, 1);
+  EXPECT_THROW(cpu->score_accumulate_blas(ak::view(ad.data(), n, p), ak::view(ad.data(), n, p), 1.0, ak::view_mut(out.data(), n, m)),
+               attrace::InputError);  // shapes
+  EXPECT_EQ(ak::parse_gemm_math("bf16"), ak::GemmMath::bf16);
+  EXPECT_THROW(ak::parse_gemm_math("fp8"), attrace::InputError);
 }
 
 TEST(Kernels, SqnormEqualsSelfScore) {

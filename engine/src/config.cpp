@@ -168,9 +168,10 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.projection_seed = static_cast<uint64_t>(seed);
   r.get(pr, "projection", "distribution", c.projection_distribution);
 
-  const auto* a = r.section("attribution", {"top_k", "scoring", "negative_policy", "duplicate_threshold", "tolerance"});
+  const auto* a = r.section("attribution", {"top_k", "scoring", "gemm_math", "negative_policy", "duplicate_threshold", "tolerance"});
   r.get(a, "attribution", "top_k", c.top_k);
   r.get(a, "attribution", "scoring", c.scoring);
+  r.get(a, "attribution", "gemm_math", c.gemm_math);
   s = to_string(c.negative_policy);
   r.get(a, "attribution", "negative_policy", s);
   c.negative_policy = parse_enum<NegativePolicy>(
@@ -207,6 +208,12 @@ void validate(const Config& c) {
   ATTRACE_CHECK(c.top_k >= 0, InputError, f + ": attribution.top_k must be >= 0, got " + std::to_string(c.top_k));
   ATTRACE_CHECK(c.scoring == "canonical" || c.scoring == "blas", InputError,
                 f + ": attribution.scoring must be canonical or blas, got '" + c.scoring + "'");
+  ATTRACE_CHECK(c.gemm_math == "ieee" || c.gemm_math == "tf32" || c.gemm_math == "bf16", InputError,
+                f + ": attribution.gemm_math must be ieee, tf32 or bf16, got '" + c.gemm_math + "'");
+  ATTRACE_CHECK(c.gemm_math == "ieee" || c.scoring == "blas", InputError,
+                f + ": attribution.gemm_math = '" + c.gemm_math + "' needs attribution.scoring = \"blas\"");
+  ATTRACE_CHECK(c.gemm_math == "ieee" || c.precision == Precision::fp32 || c.projection != Projection::none, InputError,
+                f + ": attribution.gemm_math = '" + c.gemm_math + "' needs float32 features (gradients.precision = \"fp32\" or a projection)");
   ATTRACE_CHECK(c.duplicate_threshold > 0 && c.duplicate_threshold <= 1, InputError,
                 f + ": attribution.duplicate_threshold must be in (0, 1]");
   ATTRACE_CHECK(std::isfinite(c.tolerance) && c.tolerance >= 0, InputError,
@@ -237,6 +244,7 @@ nlohmann::json to_json(const Config& c) {
       {"attribution",
        {{"top_k", c.top_k},
         {"scoring", c.scoring},
+        {"gemm_math", c.gemm_math},
         {"negative_policy", to_string(c.negative_policy)},
         {"duplicate_threshold", c.duplicate_threshold},
         {"tolerance", c.tolerance}}},

@@ -227,6 +227,15 @@ nlohmann::json report_json(const Config& config, const connectors::Dataset& trai
 }
 
 namespace {
+// The manifest's description of how scores were summed (determinism spec, point 1).
+std::string score_accumulation(const Config& config) {
+  if (config.scoring != "blas") return "fp64, canonical 8-lane order";
+  if (config.gemm_math == "tf32") return "TF32 GEMM (inputs rounded to TF32 ties-away, fp32 sums in library order)";
+  if (config.gemm_math == "bf16") return "bf16 GEMM (inputs rounded to bfloat16 nearest-even, fp32 sums in library order)";
+  const bool fp64 = config.precision == Precision::fp64 && config.projection == Projection::none;
+  return std::string(fp64 ? "fp64" : "fp32") + " BLAS GEMM (library order; batch-size dependent in the last bits)";
+}
+
 std::string csv_field(const std::string& s) {
   if (s.find_first_of(",\"\n") == std::string::npos) return s;
   std::string o = "\"";
@@ -287,10 +296,7 @@ nlohmann::json manifest_json(const Config& config, const connectors::TrainingRun
     m["projection"] = p;
   }
   m["math"] = {{"precision", to_string(config.precision)},
-               {"score_accumulation", config.scoring == "blas"
-                                          ? std::string(config.precision == Precision::fp64 ? "fp64" : "fp32") +
-                                                " BLAS GEMM (library order; batch-size dependent in the last bits)"
-                                          : "fp64, canonical 8-lane order"},
+               {"score_accumulation", score_accumulation(config)},
                {"device", backend},
                {"fp_contract", "off"}};
   m["negative_policy"] = to_string(config.negative_policy);

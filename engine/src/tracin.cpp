@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 namespace attrace::engine {
 namespace {
@@ -18,20 +19,34 @@ int64_t checked_mul(int64_t a, int64_t b, const char* what) {
 }
 
 // Scores and self-influence of one batch of train rows [b0, b0 + f.rows) against all queries.
+// How train x query scores are accumulated: the canonical kernel, or a GEMM with `math`.
+struct Scoring {
+  bool blas = false;
+  kernels::GemmMath math = kernels::GemmMath::ieee;
+};
+
+Scoring scoring_of(const Config& config) {
+  return {config.scoring == "blas", kernels::parse_gemm_math(config.gemm_math)};
+}
+
 template <class T>
-void score_batch(kernels::Backend& backend, bool blas, kernels::HostMatrix<T> f, kernels::HostMatrix<T> q, double alpha,
+void score_batch(kernels::Backend& backend, Scoring scoring, kernels::HostMatrix<T> f, kernels::HostMatrix<T> q, double alpha,
                  int64_t b0, TracinResult& r) {
   const auto sv = kernels::view_mut(r.scores.data() + b0 * r.n_query, f.rows, r.n_query);
-  if (blas)
-    backend.score_accumulate_blas(f, q, alpha, sv);
-  else
+  if (scoring.blas) {
+    if constexpr (std::is_same_v<T, float>)
+      backend.score_accumulate_blas(f, q, alpha, scoring.math, sv);
+    else
+      backend.score_accumulate_blas(f, q, alpha, sv);  // float64 features: gemm_math is ieee (validated)
+  } else {
     backend.score_accumulate(f, q, alpha, sv);
+  }
   backend.sqnorm_accumulate(f, alpha, r.self_influence.data() + b0);
 }
 
 template <class T>
 void accumulate_checkpoint(CheckpointModel& model, double lr, const connectors::Dataset& train,
-                           const connectors::Dataset& query, int64_t batch, bool blas, kernels::Backend& backend,
+                           const connectors::Dataset& query, int64_t batch, Scoring scoring, kernels::Backend& backend,
                            Progress& progress, TracinResult& r) {
   const int64_t p = model.dim();
   std::vector<T> q(static_cast<size_t>(checked_mul(query.size(), p, "query gradients")));
@@ -45,7 +60,7 @@ void accumulate_checkpoint(CheckpointModel& model, double lr, const connectors::
   for (int64_t b0 = 0; b0 < train.size(); b0 += batch) {
     const int64_t b1 = std::min(train.size(), b0 + batch);
     model.gradients(train, b0, b1, g.data());
-    score_batch(backend, blas, kernels::view<T>(g.data(), b1 - b0, p), qv, lr, b0, r);
+    score_batch(backend, scoring, kernels::view<T>(g.data(), b1 - b0, p), qv, lr, b0, r);
     progress.advance(b1 - b0);
   }
 }
@@ -151,7 +166,7 @@ void accumulate_projected(CheckpointModel& model, const Projector& pr, const Con
   for (int64_t b0 = 0; b0 < train.size(); b0 += batch) {
     const int64_t b1 = std::min(train.size(), b0 + batch);
     project_rows(model, pr, config, train, b0, b1, backend, scratch, scratch64, f.data());
-    score_batch(backend, config.scoring == "blas", kernels::view<float>(f.data(), b1 - b0, k), qv, 1.0, b0, r);
+    score_batch(backend, scoring_of(config), kernels::view<float>(f.data(), b1 - b0, k), qv, 1.0, b0, r);
     progress.advance(b1 - b0);
   }
 }
@@ -204,9 +219,9 @@ TracinResult compute_tracin(const Config& config, const connectors::TrainingRun&
     if (pr.kind != Projection::none)
       accumulate_projected(model, pr, config, train, query, backend, progress, r);
     else if (config.precision == Precision::fp64)
-      accumulate_checkpoint<double>(model, ck.lr, train, query, config.batch_size, config.scoring == "blas", backend, progress, r);
+      accumulate_checkpoint<double>(model, ck.lr, train, query, config.batch_size, scoring_of(config), backend, progress, r);
     else
-      accumulate_checkpoint<float>(model, ck.lr, train, query, config.batch_size, config.scoring == "blas", backend, progress, r);
+      accumulate_checkpoint<float>(model, ck.lr, train, query, config.batch_size, scoring_of(config), backend, progress, r);
     progress.end();
   }
 

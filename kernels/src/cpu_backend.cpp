@@ -54,8 +54,9 @@ class CpuBackend final : public Backend {
                         HostMatrixMut<double> out) override {
     cpu_score(a, b, alpha, out, threads_);
   }
-  void score_accumulate_blas(HostMatrix<float> a, HostMatrix<float> b, double alpha, HostMatrixMut<double> out) override {
-    cpu::score_blas(a, b, alpha, out);
+  void score_accumulate_blas(HostMatrix<float> a, HostMatrix<float> b, double alpha, GemmMath math,
+                             HostMatrixMut<double> out) override {
+    cpu::score_blas(a, b, alpha, math, out);
   }
   void score_accumulate_blas(HostMatrix<double> a, HostMatrix<double> b, double alpha, HostMatrixMut<double> out) override {
     cpu::score_blas(a, b, alpha, out);

@@ -1,10 +1,13 @@
 #include "cpu_epilogues.hpp"
 
 #include <attrace/error.hpp>
+#include <attrace/kernels/rounding.hpp>
 
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 #ifdef ATTRACE_WITH_BLAS
@@ -28,23 +31,61 @@ void segmented_row_sum(HostMatrix<double> x, const int64_t* segment, HostMatrixM
 
 namespace {
 
+// Rows of a (and of b) per GEMM call: bounds the scratch tile at 2048 x 2048 float32 (16 MiB)
+// whatever the matrix sizes.
+constexpr int64_t kGemmTile = 2048;
+
+// Copy of rows [r0, r0 + rows) of m, each entry passed through `round`.
+template <class Round>
+std::vector<float> rounded_rows(HostMatrix<float> m, int64_t r0, int64_t rows, Round round) {
+  std::vector<float> v(static_cast<size_t>(rows * m.cols));
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t q = 0; q < m.cols; ++q) v[static_cast<size_t>(i * m.cols + q)] = round(m.row(r0 + i)[q]);
+  return v;
+}
+
 template <class T>
-void score_blas_impl(HostMatrix<T> a, HostMatrix<T> b, double alpha, HostMatrixMut<double> out) {
+void score_blas_impl(HostMatrix<T> a, HostMatrix<T> b, double alpha, GemmMath math, HostMatrixMut<double> out) {
   ATTRACE_CHECK(a.cols == b.cols && out.rows == a.rows && out.cols == b.rows, InputError, "score_accumulate_blas: shapes do not match");
+  ATTRACE_CHECK((std::is_same_v<T, float> || math == GemmMath::ieee), InputError,
+                std::string("score_accumulate_blas: gemm_math '") + to_string(math) + "' needs float32 features");
 #ifdef ATTRACE_WITH_BLAS
   if (a.rows == 0 || b.rows == 0) return;
-  ATTRACE_CHECK(a.rows < INT_MAX && b.rows < INT_MAX && a.cols < INT_MAX && a.ld < INT_MAX && b.ld < INT_MAX, InputError,
-                "score_accumulate_blas: dimensions exceed the BLAS interface's 32-bit sizes");
-  std::vector<T> tile(static_cast<size_t>(a.rows * b.rows));
-  const int m = static_cast<int>(a.rows), n = static_cast<int>(b.rows), k = static_cast<int>(a.cols);
-  if constexpr (std::is_same_v<T, float>)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, a.data, static_cast<int>(a.ld), b.data,
-                static_cast<int>(b.ld), 0.0f, tile.data(), n);
-  else
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0, a.data, static_cast<int>(a.ld), b.data,
-                static_cast<int>(b.ld), 0.0, tile.data(), n);
-  for (int64_t i = 0; i < a.rows; ++i)
-    for (int64_t j = 0; j < b.rows; ++j) out.row(i)[j] += alpha * static_cast<double>(tile[static_cast<size_t>(i * n + j)]);
+  ATTRACE_CHECK(a.cols < INT_MAX && a.ld < INT_MAX && b.ld < INT_MAX, InputError,
+                "score_accumulate_blas: feature width exceeds the BLAS interface's 32-bit sizes");
+  const int k = static_cast<int>(a.cols);
+  std::vector<T> tile(static_cast<size_t>(std::min(kGemmTile, a.rows) * std::min(kGemmTile, b.rows)));
+  for (int64_t i0 = 0; i0 < a.rows; i0 += kGemmTile) {
+    const int64_t ni = std::min(kGemmTile, a.rows - i0);
+    std::vector<float> ar;  // rounded copy of this row tile (tf32 / bf16 only)
+    const T* ap = a.row(i0);
+    int lda = static_cast<int>(a.ld);
+    if constexpr (std::is_same_v<T, float>) {
+      if (math == GemmMath::tf32) ar = rounded_rows(a, i0, ni, round_tf32);
+      if (math == GemmMath::bf16) ar = rounded_rows(a, i0, ni, round_bf16);
+      if (!ar.empty()) ap = ar.data(), lda = k;
+    }
+    for (int64_t j0 = 0; j0 < b.rows; j0 += kGemmTile) {
+      const int64_t nj = std::min(kGemmTile, b.rows - j0);
+      std::vector<float> br;
+      const T* bp = b.row(j0);
+      int ldb = static_cast<int>(b.ld);
+      if constexpr (std::is_same_v<T, float>) {
+        if (math == GemmMath::tf32) br = rounded_rows(b, j0, nj, round_tf32);
+        if (math == GemmMath::bf16) br = rounded_rows(b, j0, nj, round_bf16);
+        if (!br.empty()) bp = br.data(), ldb = k;
+      }
+      const int m = static_cast<int>(ni), n = static_cast<int>(nj);
+      if constexpr (std::is_same_v<T, float>)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, ap, lda, bp, ldb, 0.0f, tile.data(), n);
+      else
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0, ap, lda, bp, ldb, 0.0, tile.data(), n);
+      for (int64_t i = 0; i < ni; ++i) {
+        double* o = out.row(i0 + i) + j0;
+        for (int64_t j = 0; j < nj; ++j) o[j] += alpha * static_cast<double>(tile[static_cast<size_t>(i * n + j)]);
+      }
+    }
+  }
 #else
   (void)alpha;
   throw InputError("scoring = \"blas\" requested but this build has no BLAS");
@@ -53,9 +94,11 @@ void score_blas_impl(HostMatrix<T> a, HostMatrix<T> b, double alpha, HostMatrixM
 
 }  // namespace
 
-void score_blas(HostMatrix<float> a, HostMatrix<float> b, double alpha, HostMatrixMut<double> out) { score_blas_impl(a, b, alpha, out); }
+void score_blas(HostMatrix<float> a, HostMatrix<float> b, double alpha, GemmMath math, HostMatrixMut<double> out) {
+  score_blas_impl(a, b, alpha, math, out);
+}
 void score_blas(HostMatrix<double> a, HostMatrix<double> b, double alpha, HostMatrixMut<double> out) {
-  score_blas_impl(a, b, alpha, out);
+  score_blas_impl(a, b, alpha, GemmMath::ieee, out);
 }
 
 namespace {

@@ -8,8 +8,9 @@ namespace attrace::kernels::cpu {
 /// out[segment[i]][j] += x[i][j] for i ascending.
 void segmented_row_sum(HostMatrix<double> x, const int64_t* segment, HostMatrixMut<double> out);
 
-/// out += alpha * a b^T through BLAS (sgemm/dgemm into a scratch tile, then added in float64).
-void score_blas(HostMatrix<float> a, HostMatrix<float> b, double alpha, HostMatrixMut<double> out);
+/// out += alpha * a b^T through BLAS (sgemm/dgemm into a scratch tile, then added in float64);
+/// tf32/bf16 round the inputs first (rounding.hpp).
+void score_blas(HostMatrix<float> a, HostMatrix<float> b, double alpha, GemmMath math, HostMatrixMut<double> out);
 void score_blas(HostMatrix<double> a, HostMatrix<double> b, double alpha, HostMatrixMut<double> out);
 
 /// Streaming bounded selection of the k largest / k smallest entries of each column.

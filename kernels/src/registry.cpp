@@ -8,6 +8,22 @@
 
 namespace attrace::kernels {
 
+const char* to_string(GemmMath m) {
+  switch (m) {
+    case GemmMath::ieee: return "ieee";
+    case GemmMath::tf32: return "tf32";
+    case GemmMath::bf16: return "bf16";
+  }
+  return "?";
+}
+
+GemmMath parse_gemm_math(const std::string& name) {
+  if (name == "ieee") return GemmMath::ieee;
+  if (name == "tf32") return GemmMath::tf32;
+  if (name == "bf16") return GemmMath::bf16;
+  throw InputError("unknown gemm_math '" + name + "' (expected ieee, tf32 or bf16)");
+}
+
 bool blas_compiled() {
 #ifdef ATTRACE_WITH_BLAS
   return true;

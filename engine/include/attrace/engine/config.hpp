@@ -45,6 +45,7 @@ struct Config {
   // [attribution]
   int64_t top_k = 10;
   std::string scoring = "canonical";  ///< canonical (fixed-order fp64, default) | blas (fast GEMM)
+  std::string gemm_math = "ieee";     ///< blas scoring arithmetic: ieee | tf32 | bf16 (fp32 features only)
   NegativePolicy negative_policy = NegativePolicy::clip;
   double duplicate_threshold = 0.5;  ///< flag tranche pairs sharing at least this fraction
   double tolerance = 1e-6;           ///< declared verification tolerance on tranche shares

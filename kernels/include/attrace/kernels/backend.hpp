@@ -27,6 +27,14 @@ struct Half {
   uint16_t bits = 0;
 };
 
+/// Arithmetic of the GEMM scoring path (attribution.gemm_math).
+enum class GemmMath : int { ieee = 0, tf32 = 1, bf16 = 2 };
+
+/// "ieee", "tf32", "bf16".
+const char* to_string(GemmMath m);
+/// Parses a GemmMath name; InputError naming the value otherwise.
+GemmMath parse_gemm_math(const std::string& name);
+
 /// One proponent/opponent entry of a top-k list.
 struct TopEntry {
   int64_t row = -1;  ///< training example index
@@ -55,12 +63,16 @@ class Backend {
   virtual void score_accumulate(HostMatrix<double> a, HostMatrix<double> b, double alpha,
                                 HostMatrixMut<double> out) = 0;
 
-  /// Fast scoring through a BLAS GEMM (OpenBLAS on CPU): out[i][j] += alpha * (a b^T)[i][j] with
-  /// float32 (a, b float) or float64 accumulation in the library's order. Repeatable for the same
-  /// shapes and thread count, but a row's result may change in the last bits with the number of
-  /// rows in the call, so the canonical kernel stays the default for reports. InputError when
-  /// this build has no BLAS.
-  virtual void score_accumulate_blas(HostMatrix<float> a, HostMatrix<float> b, double alpha, HostMatrixMut<double> out) = 0;
+  /// Fast scoring through a GEMM library (OpenBLAS on CPU, cuBLAS on CUDA), one call per tile:
+  /// out[i][j] += alpha * (a b^T)[i][j] with float32 sums in the library's order, added to out in
+  /// float64. `math` picks the arithmetic: ieee (float32 products and sums), tf32 or bf16 (each
+  /// input first rounded with rounding.hpp, products exact, float32 sums; on CUDA the tensor
+  /// cores). Repeatable for the same shapes on the same backend, but a row's result may change in
+  /// the last bits with the number of rows in the call and differs slightly across backends, so
+  /// the canonical kernel stays the default for reports. InputError when this build has no BLAS.
+  virtual void score_accumulate_blas(HostMatrix<float> a, HostMatrix<float> b, double alpha, GemmMath math,
+                                     HostMatrixMut<double> out) = 0;
+  /// Same for float64 features (dgemm; math must be ieee).
   virtual void score_accumulate_blas(HostMatrix<double> a, HostMatrix<double> b, double alpha, HostMatrixMut<double> out) = 0;
 
   /// out[i] += alpha * dot(a[i], a[i]) in the canonical order (self-influence).

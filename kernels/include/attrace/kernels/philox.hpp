@@ -3,14 +3,10 @@
 // projection for (seed, stream) is a pure function of those integers, computed with
 // Philox-4x32-10 (Salmon et al., SC'11). Host and device share this header, so the CPU and CUDA
 // backends produce the same Rademacher matrices bit for bit.
+#include <attrace/kernels/hd.hpp>
+
 #include <cmath>
 #include <cstdint>
-
-#if defined(__CUDACC__)
-#define ATTRACE_HD __host__ __device__ __forceinline__
-#else
-#define ATTRACE_HD inline
-#endif
 
 namespace attrace::kernels {
 
