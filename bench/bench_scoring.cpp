@@ -66,11 +66,28 @@ void BM_OpenBlasDgemm(benchmark::State& state) {
   set_counters(state, n, m, p, sizeof(double));
 }
 
+// attrace's GEMM scoring path (attribution.scoring = "blas") with each gemm_math: tiles of 2048
+// rows, inputs rounded first for tf32/bf16, float32 tile added into the float64 score matrix.
+void BM_GemmScoring(benchmark::State& state, ak::GemmMath math) {
+  const int64_t n = state.range(0), m = state.range(1), p = state.range(2);
+  const auto a = random_matrix<float>(n, p, 1), b = random_matrix<float>(m, p, 2);
+  std::vector<double> out(static_cast<size_t>(n * m), 0.0);
+  auto cpu = ak::make_cpu_backend();
+  for (auto _ : state) {
+    cpu->score_accumulate_blas(ak::view(a.data(), n, p), ak::view(b.data(), m, p), 1.0, math, ak::view_mut(out.data(), n, m));
+    benchmark::DoNotOptimize(out.data());
+  }
+  set_counters(state, n, m, p, sizeof(float));
+}
+
 // The demo's shape (1800 x 297 x 2410) and a wider one.
 #define ATTRACE_SCORE_SHAPES ->Args({1800, 297, 2410})->Args({512, 256, 16384})->Unit(benchmark::kMillisecond)
 BENCHMARK(BM_CanonicalScoreF32) ATTRACE_SCORE_SHAPES;
 BENCHMARK(BM_OpenBlasSgemm) ATTRACE_SCORE_SHAPES;
 BENCHMARK(BM_OpenBlasDgemm) ATTRACE_SCORE_SHAPES;
+BENCHMARK_CAPTURE(BM_GemmScoring, ieee, ak::GemmMath::ieee) ATTRACE_SCORE_SHAPES;
+BENCHMARK_CAPTURE(BM_GemmScoring, tf32, ak::GemmMath::tf32) ATTRACE_SCORE_SHAPES;
+BENCHMARK_CAPTURE(BM_GemmScoring, bf16, ak::GemmMath::bf16) ATTRACE_SCORE_SHAPES;
 
 }  // namespace
 

@@ -35,13 +35,24 @@ namespace {
 // whatever the matrix sizes.
 constexpr int64_t kGemmTile = 2048;
 
-// Copy of rows [r0, r0 + rows) of m, each entry passed through `round`.
+// Scratch buffers kept per thread across calls: a fresh multi-megabyte allocation per call costs
+// more in zero-filling and page faults than the GEMM itself at engine batch sizes.
+template <class T>
+std::vector<T>& scratch(int slot) {
+  thread_local std::vector<T> buffers[3];
+  return buffers[slot];
+}
+
+// Rows [r0, r0 + rows) of m, each entry passed through `round`, into `v` (dense).
 template <class Round>
-std::vector<float> rounded_rows(HostMatrix<float> m, int64_t r0, int64_t rows, Round round) {
-  std::vector<float> v(static_cast<size_t>(rows * m.cols));
-  for (int64_t i = 0; i < rows; ++i)
-    for (int64_t q = 0; q < m.cols; ++q) v[static_cast<size_t>(i * m.cols + q)] = round(m.row(r0 + i)[q]);
-  return v;
+const float* rounded_rows(HostMatrix<float> m, int64_t r0, int64_t rows, Round round, std::vector<float>& v) {
+  if (v.size() < static_cast<size_t>(rows * m.cols)) v.resize(static_cast<size_t>(rows * m.cols));
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* src = m.row(r0 + i);
+    float* dst = v.data() + i * m.cols;
+    for (int64_t q = 0; q < m.cols; ++q) dst[q] = round(src[q]);
+  }
+  return v.data();
 }
 
 template <class T>
@@ -54,26 +65,24 @@ void score_blas_impl(HostMatrix<T> a, HostMatrix<T> b, double alpha, GemmMath ma
   ATTRACE_CHECK(a.cols < INT_MAX && a.ld < INT_MAX && b.ld < INT_MAX, InputError,
                 "score_accumulate_blas: feature width exceeds the BLAS interface's 32-bit sizes");
   const int k = static_cast<int>(a.cols);
-  std::vector<T> tile(static_cast<size_t>(std::min(kGemmTile, a.rows) * std::min(kGemmTile, b.rows)));
+  std::vector<T>& tile = scratch<T>(0);
+  const auto tile_size = static_cast<size_t>(std::min(kGemmTile, a.rows) * std::min(kGemmTile, b.rows));
+  if (tile.size() < tile_size) tile.resize(tile_size);
   for (int64_t i0 = 0; i0 < a.rows; i0 += kGemmTile) {
     const int64_t ni = std::min(kGemmTile, a.rows - i0);
-    std::vector<float> ar;  // rounded copy of this row tile (tf32 / bf16 only)
-    const T* ap = a.row(i0);
+    const T* ap = a.row(i0);  // tf32 / bf16: a rounded copy of this row tile
     int lda = static_cast<int>(a.ld);
     if constexpr (std::is_same_v<T, float>) {
-      if (math == GemmMath::tf32) ar = rounded_rows(a, i0, ni, round_tf32);
-      if (math == GemmMath::bf16) ar = rounded_rows(a, i0, ni, round_bf16);
-      if (!ar.empty()) ap = ar.data(), lda = k;
+      if (math == GemmMath::tf32) ap = rounded_rows(a, i0, ni, round_tf32, scratch<float>(1)), lda = k;
+      if (math == GemmMath::bf16) ap = rounded_rows(a, i0, ni, round_bf16, scratch<float>(1)), lda = k;
     }
     for (int64_t j0 = 0; j0 < b.rows; j0 += kGemmTile) {
       const int64_t nj = std::min(kGemmTile, b.rows - j0);
-      std::vector<float> br;
       const T* bp = b.row(j0);
       int ldb = static_cast<int>(b.ld);
       if constexpr (std::is_same_v<T, float>) {
-        if (math == GemmMath::tf32) br = rounded_rows(b, j0, nj, round_tf32);
-        if (math == GemmMath::bf16) br = rounded_rows(b, j0, nj, round_bf16);
-        if (!br.empty()) bp = br.data(), ldb = k;
+        if (math == GemmMath::tf32) bp = rounded_rows(b, j0, nj, round_tf32, scratch<float>(2)), ldb = k;
+        if (math == GemmMath::bf16) bp = rounded_rows(b, j0, nj, round_bf16, scratch<float>(2)), ldb = k;
       }
       const int m = static_cast<int>(ni), n = static_cast<int>(nj);
       if constexpr (std::is_same_v<T, float>)
