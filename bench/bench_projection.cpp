@@ -8,6 +8,8 @@
 #include <benchmark/benchmark.h>
 #include <cblas.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <map>
 #include <random>
@@ -82,6 +84,46 @@ __attribute__((target_clones("avx2", "default"))) void BM_DenseMaterializeThenSg
 BENCHMARK(BM_DenseOnTheFly) ATTRACE_PROJECTION_GRID;
 BENCHMARK(BM_DenseMaterializeThenSgemm) ATTRACE_PROJECTION_GRID;
 
+// Kronecker projection of one linear layer (B examples x T positions, budget k as the engine
+// splits it) against that layer's own backward pass on the same data: dX = dY W and dW = dY^T X,
+// two OpenBLAS sgemms. Args: B, T, d_in, d_out, k.
+void BM_KroneckerLayer(benchmark::State& state) {
+  const int64_t b = state.range(0), t = state.range(1), d_in = state.range(2), d_out = state.range(3), k = state.range(4);
+  const auto side = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(k))));
+  const int64_t k_out = std::min(d_out, side), k_in = std::min(d_in, std::max<int64_t>(1, k / k_out));
+  const auto x = random_input(b * t * d_in, 1), dy = random_input(b * t * d_out, 2);
+  std::vector<float> out(static_cast<size_t>(b * k_in * k_out));
+  auto cpu = ak::make_cpu_backend();
+  const ak::ProjectionSpec in{7, 0, k_in, ak::ProjectionKind::rademacher}, ou{7, 1, k_out, ak::ProjectionKind::rademacher};
+  for (auto _ : state) {
+    cpu->project_kronecker(ak::view(x.data(), b * t, d_in), ak::view(dy.data(), b * t, d_out), t, in, ou,
+                           ak::view_mut(out.data(), b, k_in * k_out));
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetLabel("k_in " + std::to_string(k_in) + " x k_out " + std::to_string(k_out));
+  state.counters["examples/s"] = benchmark::Counter(static_cast<double>(b * state.iterations()), benchmark::Counter::kIsRate);
+}
+
+void BM_LayerBackward(benchmark::State& state) {
+  const int64_t b = state.range(0), t = state.range(1), d_in = state.range(2), d_out = state.range(3);
+  const int rows = static_cast<int>(b * t), di = static_cast<int>(d_in), dout = static_cast<int>(d_out);
+  const auto x = random_input(b * t * d_in, 1), dy = random_input(b * t * d_out, 2), w = random_input(d_out * d_in, 3);
+  std::vector<float> dx(static_cast<size_t>(b * t * d_in)), dw(static_cast<size_t>(d_out * d_in));
+  for (auto _ : state) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, di, dout, 1.0f, dy.data(), dout, w.data(), di, 0.0f, dx.data(), di);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, dout, di, rows, 1.0f, dy.data(), dout, x.data(), di, 0.0f, dw.data(), di);
+    benchmark::DoNotOptimize(dx.data());
+    benchmark::DoNotOptimize(dw.data());
+  }
+  state.counters["examples/s"] = benchmark::Counter(static_cast<double>(b * state.iterations()), benchmark::Counter::kIsRate);
+}
+
+#define ATTRACE_LAYER_GRID                                                                                  \
+  ->Args({256, 1, 784, 256, 4096})->Args({32, 16, 1024, 1024, 1024})->Args({8, 128, 1024, 4096, 4096}) \
+      ->Unit(benchmark::kMillisecond)->MinTime(0.5)
+BENCHMARK(BM_KroneckerLayer) ATTRACE_LAYER_GRID;
+BENCHMARK(BM_LayerBackward) ATTRACE_LAYER_GRID;
+
 // Console output plus a ratio table at the end.
 class RatioReporter : public benchmark::ConsoleReporter {
  public:
@@ -100,6 +142,14 @@ class RatioReporter : public benchmark::ConsoleReporter {
       const auto a = t.find("BM_DenseOnTheFly"), b = t.find("BM_DenseMaterializeThenSgemm");
       if (a == t.end() || b == t.end()) continue;
       std::printf("%-22s %14.1f %14.1f %7.2fx\n", shape.c_str(), a->second, b->second, b->second / a->second);
+    }
+    std::printf("\n%-26s %14s %14s %15s\n", "B/T/d_in/d_out/k", "kronecker ms", "backward ms", "kron/backward");
+    for (const auto& [shape, t] : times_) {
+      const auto a = t.find("BM_KroneckerLayer"), b = t.find("BM_LayerBackward");
+      if (a == t.end()) continue;
+      // Both take the same args (the backward ignores k), so their names match.
+      const double back = b != t.end() ? b->second : -1;
+      std::printf("%-26s %14.2f %14.2f %15.3f\n", shape.c_str(), a->second, back, back > 0 ? a->second / back : 0.0);
     }
   }
 
