@@ -18,7 +18,6 @@ int64_t checked_mul(int64_t a, int64_t b, const char* what) {
   return a * b;
 }
 
-// Scores and self-influence of one batch of train rows [b0, b0 + f.rows) against all queries.
 // How train x query scores are accumulated: the canonical kernel, or a GEMM with `math`.
 struct Scoring {
   bool blas = false;
@@ -29,6 +28,7 @@ Scoring scoring_of(const Config& config) {
   return {config.scoring == "blas", kernels::parse_gemm_math(config.gemm_math)};
 }
 
+// Scores and self-influence of one batch of train rows [b0, b0 + f.rows) against all queries.
 template <class T>
 void score_batch(kernels::Backend& backend, Scoring scoring, kernels::HostMatrix<T> f, kernels::HostMatrix<T> q, double alpha,
                  int64_t b0, TracinResult& r) {
