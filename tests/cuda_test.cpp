@@ -8,6 +8,8 @@
 #include <attrace/kernels/philox.hpp>
 #include <attrace/kernels/rounding.hpp>
 
+#include "kernel_test_util.hpp"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -31,34 +33,9 @@ class Cuda : public ::testing::Test {
   std::unique_ptr<ak::Backend> gpu, cpu;
 };
 
-template <class T>
-std::vector<T> random_matrix(int64_t rows, int64_t cols, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<T> v(static_cast<size_t>(rows * cols));
-  for (auto& x : v) x = static_cast<T>(static_cast<double>(rng() >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-  return v;
-}
-
-template <class T>
-bool bit_equal(const std::vector<T>& a, const std::vector<T>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
-}
-
-void expect_same_topk(const std::vector<ak::TopK>& a, const std::vector<ak::TopK>& b) {
-  ASSERT_EQ(a.size(), b.size());
-  for (size_t j = 0; j < a.size(); ++j) {
-    ASSERT_EQ(a[j].proponents.size(), b[j].proponents.size()) << "column " << j;
-    ASSERT_EQ(a[j].opponents.size(), b[j].opponents.size()) << "column " << j;
-    for (size_t r = 0; r < a[j].proponents.size(); ++r) {
-      EXPECT_EQ(a[j].proponents[r].row, b[j].proponents[r].row) << "column " << j << " rank " << r;
-      EXPECT_EQ(a[j].proponents[r].score, b[j].proponents[r].score);
-    }
-    for (size_t r = 0; r < a[j].opponents.size(); ++r) {
-      EXPECT_EQ(a[j].opponents[r].row, b[j].opponents[r].row) << "column " << j << " rank " << r;
-      EXPECT_EQ(a[j].opponents[r].score, b[j].opponents[r].score);
-    }
-  }
-}
+using attrace::test::bit_equal;
+using attrace::test::expect_same_topk;
+using attrace::test::random_matrix;
 
 using Shape = std::tuple<int64_t, int64_t, int64_t>;
 

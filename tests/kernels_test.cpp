@@ -4,6 +4,8 @@
 #include <attrace/kernels/reference.hpp>
 #include <attrace/kernels/rounding.hpp>
 
+#include "kernel_test_util.hpp"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -16,17 +18,8 @@ namespace ak = attrace::kernels;
 
 namespace {
 
-template <class T>
-std::vector<T> random_matrix(int64_t rows, int64_t cols, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<T> v(static_cast<size_t>(rows * cols));
-  for (auto& x : v) x = static_cast<T>(static_cast<double>(rng() >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-  return v;
-}
-
-bool bit_equal(const std::vector<double>& a, const std::vector<double>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(double)) == 0;
-}
+using attrace::test::bit_equal;
+using attrace::test::random_matrix;
 
 // Mixed tolerance: |got - want| <= rtol * max(|want|, floor), floor guarding near-zero entries.
 void expect_close(const std::vector<double>& got, const std::vector<double>& want, double rtol, double floor) {
@@ -265,20 +258,7 @@ TEST_P(TopkGrid, MatchesFullSortWithTies) {
   std::vector<double> x(static_cast<size_t>(n * m));
   for (auto& v : x) v = static_cast<double>(static_cast<int64_t>(rng() % 7) - 3);  // many ties
   const auto got = ak::make_cpu_backend()->column_topk(ak::view(x.data(), n, m), k);
-  const auto want = ak::reference::column_topk(ak::view(x.data(), n, m), k);
-  ASSERT_EQ(got.size(), want.size());
-  for (size_t j = 0; j < got.size(); ++j) {
-    ASSERT_EQ(got[j].proponents.size(), want[j].proponents.size());
-    ASSERT_EQ(got[j].opponents.size(), want[j].opponents.size());
-    for (size_t r = 0; r < got[j].proponents.size(); ++r) {
-      EXPECT_EQ(got[j].proponents[r].row, want[j].proponents[r].row) << "column " << j << " rank " << r;
-      EXPECT_EQ(got[j].proponents[r].score, want[j].proponents[r].score);
-    }
-    for (size_t r = 0; r < got[j].opponents.size(); ++r) {
-      EXPECT_EQ(got[j].opponents[r].row, want[j].opponents[r].row) << "column " << j << " rank " << r;
-      EXPECT_EQ(got[j].opponents[r].score, want[j].opponents[r].score);
-    }
-  }
+  attrace::test::expect_same_topk(got, ak::reference::column_topk(ak::view(x.data(), n, m), k));
 }
 
 INSTANTIATE_TEST_SUITE_P(Sizes, TopkGrid,

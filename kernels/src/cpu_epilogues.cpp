@@ -65,25 +65,29 @@ void score_blas_impl(HostMatrix<T> a, HostMatrix<T> b, double alpha, GemmMath ma
   ATTRACE_CHECK(a.cols < INT_MAX && a.ld < INT_MAX && b.ld < INT_MAX, InputError,
                 "score_accumulate_blas: feature width exceeds the BLAS interface's 32-bit sizes");
   const int k = static_cast<int>(a.cols);
+  // Rows [r0, r0 + rows) of m as the GEMM reads them: in place (ieee), or a rounded copy in
+  // scratch slot `slot` (tf32 / bf16). Sets ld to the operand's leading dimension.
+  const auto operand = [&](HostMatrix<T> m, int64_t r0, int64_t rows, int slot, int& ld) -> const T* {
+    ld = static_cast<int>(m.ld);
+    if constexpr (std::is_same_v<T, float>) {
+      if (math == GemmMath::ieee) return m.row(r0);
+      ld = k;
+      return math == GemmMath::tf32 ? rounded_rows(m, r0, rows, round_tf32, scratch<float>(slot))
+                                    : rounded_rows(m, r0, rows, round_bf16, scratch<float>(slot));
+    }
+    return m.row(r0);
+  };
   std::vector<T>& tile = scratch<T>(0);
   const auto tile_size = static_cast<size_t>(std::min(kGemmTile, a.rows) * std::min(kGemmTile, b.rows));
   if (tile.size() < tile_size) tile.resize(tile_size);
   for (int64_t i0 = 0; i0 < a.rows; i0 += kGemmTile) {
     const int64_t ni = std::min(kGemmTile, a.rows - i0);
-    const T* ap = a.row(i0);  // tf32 / bf16: a rounded copy of this row tile
-    int lda = static_cast<int>(a.ld);
-    if constexpr (std::is_same_v<T, float>) {
-      if (math == GemmMath::tf32) ap = rounded_rows(a, i0, ni, round_tf32, scratch<float>(1)), lda = k;
-      if (math == GemmMath::bf16) ap = rounded_rows(a, i0, ni, round_bf16, scratch<float>(1)), lda = k;
-    }
+    int lda = 0;
+    const T* ap = operand(a, i0, ni, 1, lda);
     for (int64_t j0 = 0; j0 < b.rows; j0 += kGemmTile) {
       const int64_t nj = std::min(kGemmTile, b.rows - j0);
-      const T* bp = b.row(j0);
-      int ldb = static_cast<int>(b.ld);
-      if constexpr (std::is_same_v<T, float>) {
-        if (math == GemmMath::tf32) bp = rounded_rows(b, j0, nj, round_tf32, scratch<float>(2)), ldb = k;
-        if (math == GemmMath::bf16) bp = rounded_rows(b, j0, nj, round_bf16, scratch<float>(2)), ldb = k;
-      }
+      int ldb = 0;
+      const T* bp = operand(b, j0, nj, 2, ldb);
       const int m = static_cast<int>(ni), n = static_cast<int>(nj);
       if constexpr (std::is_same_v<T, float>)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, ap, lda, bp, ldb, 0.0f, tile.data(), n);
