@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -263,6 +264,73 @@ TEST(ProjectionCuda, RademacherBitIdenticalToCpu) {
     gpu->project_dense(ak::HostMatrix<ak::BFloat16>{gb.data(), rows, p, p}, s, ak::view_mut(b.data(), rows, k));
     EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * 4), 0) << "bf16 " << rows << "x" << p << "x" << k;
   }
+}
+
+// The documented summation order written out plainly, one output at a time: within each chunk of
+// kProjectionChunk rows of P, products g * e added in ascending row order to a float32 sum that
+// starts at 0.0f (unfused: tests build with -ffp-contract=off); the chunk sums added in ascending
+// chunk order to an accumulator that starts at the first one; the scale last.
+template <class T>
+std::vector<float> documented_order(const std::vector<T>& g, int64_t rows, int64_t p, const ak::ProjectionSpec& s, int64_t chunk) {
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(s.k)));
+  std::vector<float> out(static_cast<size_t>(rows * s.k));
+  std::vector<float> e(static_cast<size_t>(p));
+  for (int64_t j = 0; j < s.k; ++j) {
+    for (int64_t q = 0; q < p; ++q)
+      e[static_cast<size_t>(q)] = s.kind == ak::ProjectionKind::rademacher ? ak::rademacher_sign(ak::rademacher_block(s, q, j / 128), j)
+                                                                          : static_cast<float>(ak::gaussian_unscaled(s, q, j));
+    for (int64_t b = 0; b < rows; ++b) {
+      float acc = 0.0f;
+      for (int64_t c = 0; c * chunk < p; ++c) {
+        float part = 0.0f;
+        for (int64_t q = c * chunk; q < std::min(p, (c + 1) * chunk); ++q) {
+          const float term = as_float(g[static_cast<size_t>(b * p + q)]) * e[static_cast<size_t>(q)];
+          part = part + term;
+        }
+        acc = c == 0 ? part : acc + part;
+      }
+      out[static_cast<size_t>(b * s.k + j)] = acc * scale;
+    }
+  }
+  return out;
+}
+
+// Full-mantissa inputs over several binades, so that sums in any other order round differently.
+std::vector<float> rough_input(int64_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (auto& x : v)
+    x = std::ldexp(static_cast<float>(static_cast<double>(rng() >> 40) / 16777216.0 - 0.5), static_cast<int>(rng() % 9) - 4);
+  return v;
+}
+
+template <class T>
+void expect_documented_order(int64_t rows, int64_t p, int64_t k, ak::ProjectionKind kind) {
+  const ak::ProjectionSpec s{0xC0FFEE, 3, k, kind};
+  const auto raw = rough_input(rows * p, static_cast<uint64_t>(p * 7 + rows));
+  std::vector<T> g(raw.size());
+  for (size_t i = 0; i < raw.size(); ++i) g[i] = from_float<T>(raw[i]);
+  const auto want = documented_order(g, rows, p, s, ak::kProjectionChunk);
+  for (const int threads : {1, 2, 3}) {
+    std::vector<float> got(want.size() + 8, std::numeric_limits<float>::quiet_NaN());
+    ak::make_cpu_backend(threads)->project_dense(ak::HostMatrix<T>{g.data(), rows, p, p}, s, ak::view_mut(got.data(), rows, k));
+    EXPECT_EQ(std::memcmp(got.data(), want.data(), want.size() * 4), 0)
+        << rows << "x" << p << "x" << k << " with " << threads << " threads";
+    for (size_t i = want.size(); i < got.size(); ++i) ASSERT_TRUE(std::isnan(got[i])) << "wrote past the end";
+  }
+  if (p > ak::kProjectionChunk) {  // the inputs can tell the orders apart: one unchunked sum differs
+    const auto plain = documented_order(g, rows, p, s, p);
+    EXPECT_NE(std::memcmp(plain.data(), want.data(), want.size() * 4), 0) << "inputs too tame to test the order";
+  }
+}
+
+TEST(Dense, ChunkedOrderEqualsTheDocumentedScalarOrder) {
+  const int64_t c = ak::kProjectionChunk;
+  expect_documented_order<float>(3, 3 * c + 17, 300, ak::ProjectionKind::rademacher);
+  expect_documented_order<float>(2, 2 * c, 129, ak::ProjectionKind::rademacher);  // chunk-aligned end
+  expect_documented_order<float>(5, c - 1, 40, ak::ProjectionKind::rademacher);   // one chunk: the plain order
+  expect_documented_order<ak::BFloat16>(4, c + 100, 257, ak::ProjectionKind::rademacher);
+  expect_documented_order<float>(2, 2 * c + 3, 70, ak::ProjectionKind::gaussian);
 }
 
 }  // namespace

@@ -2,8 +2,8 @@
 // round-to-nearest intrinsics (__dmul_rn/__dadd_rn/__fmul_rn/__fadd_rn, which nvcc never fuses
 // into FMAs), so results are bit-identical to the CPU backend:
 //   - canonical scoring and squared norms: kernels/src/canonical_dot.hpp (lane q % 8);
-//   - dense projection: ascending rows of P, float32 (Gaussian entries excepted: CUDA's and
-//     libm's sin/cos/log may differ in the last bit, docs/architecture.md);
+//   - dense projection (projection.cu): chunks of rows of P, float32 (Gaussian entries excepted:
+//     CUDA's and libm's sin/cos/log may differ in the last bit, docs/architecture.md);
 //   - Kronecker outer-product sums: positions t ascending;
 //   - tranche sums: rows ascending per (tranche, query);
 //   - top-k: a unique answer under the total order (score, then row), however it is searched.
@@ -144,65 +144,7 @@ __global__ void sqnorm_kernel(const T* __restrict__ a, int64_t n, int64_t p, dou
   if (lane == 0 && i < n) out[i] = __dadd_rn(out[i], __dmul_rn(alpha, combine_lanes(part[r])));
 }
 
-// ---------------------------------------------------------------------------------------------
-// Projection.
-
-__device__ __forceinline__ float load_float(float v) { return v; }
-__device__ __forceinline__ float load_float(BFloat16 v) { return __uint_as_float(static_cast<uint32_t>(v.bits) << 16); }
-__device__ __forceinline__ float load_float(Half v) {
-  const uint32_t sign = (v.bits & 0x8000u) << 16, exp = (v.bits >> 10) & 0x1Fu, man = v.bits & 0x3FFu;
-  if (exp == 0x1F) return __uint_as_float(sign | 0x7F800000u | (man << 13));
-  if (exp != 0) return __uint_as_float(sign | ((exp + 112) << 23) | (man << 13));
-  const float f = __fmul_rn(static_cast<float>(man), 5.9604644775390625e-8f);  // man * 2^-24, exact
-  return sign ? -f : f;
-}
-
-constexpr int kProjCols = 128;  // columns per block: one Rademacher sign block per row of P
-constexpr int kProjRows = 8;    // batch rows per block (accumulators per thread)
-constexpr int kProjDepth = 32;  // rows of P staged per step
-
-// out[b][j] = scale * sum_q g[b][q] * e[q][j], the sum in ascending q with unfused float ops:
-// the same order and roundings as kernels/src/cpu_projection.cpp.
-template <class T>
-__global__ void project_kernel(const T* __restrict__ g, int64_t rows, int64_t p, ProjectionSpec spec, float scale,
-                               float* __restrict__ out) {
-  __shared__ float gs[kProjRows][kProjDepth];
-  __shared__ Philox4 signs[kProjDepth];
-  const int c = threadIdx.x;
-  const int64_t j = static_cast<int64_t>(blockIdx.x) * kProjCols + c;
-  const int64_t b0 = static_cast<int64_t>(blockIdx.y) * kProjRows;
-  float acc[kProjRows];
-#pragma unroll
-  for (int r = 0; r < kProjRows; ++r) acc[r] = 0.0f;
-  for (int64_t q0 = 0; q0 < p; q0 += kProjDepth) {
-    const int depth = static_cast<int>(p - q0 < kProjDepth ? p - q0 : kProjDepth);
-    for (int e = c; e < kProjRows * kProjDepth; e += kProjCols) {
-      const int r = e / kProjDepth, qq = e % kProjDepth;
-      gs[r][qq] = (b0 + r < rows && qq < depth) ? load_float(g[(b0 + r) * p + q0 + qq]) : 0.0f;
-    }
-    if (spec.kind == ProjectionKind::rademacher && c < depth) signs[c] = rademacher_block(spec, q0 + c, blockIdx.x);
-    __syncthreads();
-    if (j < spec.k) {
-      for (int qq = 0; qq < depth; ++qq) {
-        const float e = spec.kind == ProjectionKind::rademacher ? rademacher_sign(signs[qq], j)
-                                                                : static_cast<float>(gaussian_unscaled(spec, q0 + qq, j));
-#pragma unroll
-        for (int r = 0; r < kProjRows; ++r) acc[r] = __fadd_rn(acc[r], __fmul_rn(gs[r][qq], e));
-      }
-    }
-    __syncthreads();
-  }
-  if (j < spec.k)
-    for (int r = 0; r < kProjRows; ++r)
-      if (b0 + r < rows) out[(b0 + r) * spec.k + j] = __fmul_rn(acc[r], scale);
-}
-
-template <class T>
-__global__ void widen_kernel(const T* __restrict__ g, int64_t count, float* __restrict__ out) {
-  for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < count;
-       t += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    out[t] = load_float(g[t]);
-}
+// Dense projection kernels: projection.cu.
 
 __global__ void kron_outer_kernel(const float* __restrict__ xp, const float* __restrict__ dp, int64_t examples,
                                   int64_t positions, int64_t ki, int64_t ko, float* __restrict__ out) {
@@ -637,34 +579,7 @@ void CudaBackend::project_kronecker(HostMatrix<float> x, HostMatrix<float> delta
 
 }  // namespace
 
-template <class T>
-void project_dense_device(const T* g, int64_t rows, int64_t p, const ProjectionSpec& spec, float* out, void* stream) {
-  ATTRACE_CHECK(spec.k > 0 && p >= 1, InputError, "project_dense: k and the input width must be >= 1");
-  const cudaStream_t s = as_stream(stream);
-  if (rows == 0) return;
-  if (spec.kind == ProjectionKind::identity) {
-    ATTRACE_CHECK(spec.k == p, InputError,
-                  "identity projection: k (" + std::to_string(spec.k) + ") must equal the input width (" + std::to_string(p) + ")");
-    widen_kernel<T><<<grid_for(rows * p, 256), 256, 0, s>>>(g, rows * p, out);
-    ATTRACE_CUDA_LAUNCH_CHECK(s);
-    return;
-  }
-  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(spec.k)));
-  const auto col_blocks = static_cast<unsigned>((spec.k + kProjCols - 1) / kProjCols);
-  // grid.y is limited to 65535 blocks: launch over chunks of rows (a row's result never
-  // depends on its chunk).
-  constexpr int64_t kRowsPerLaunch = int64_t{65535} * kProjRows;
-  for (int64_t r0 = 0; r0 < rows; r0 += kRowsPerLaunch) {
-    const int64_t n = std::min(kRowsPerLaunch, rows - r0);
-    const dim3 grid(col_blocks, static_cast<unsigned>((n + kProjRows - 1) / kProjRows));
-    project_kernel<T><<<grid, kProjCols, 0, s>>>(g + r0 * p, n, p, spec, scale, out + r0 * spec.k);
-    ATTRACE_CUDA_LAUNCH_CHECK(s);
-  }
-}
-
-template void project_dense_device<float>(const float*, int64_t, int64_t, const ProjectionSpec&, float*, void*);
-template void project_dense_device<BFloat16>(const BFloat16*, int64_t, int64_t, const ProjectionSpec&, float*, void*);
-template void project_dense_device<Half>(const Half*, int64_t, int64_t, const ProjectionSpec&, float*, void*);
+// project_dense_device: projection.cu.
 
 void kronecker_outer_device(const float* xp, const float* dp, int64_t examples, int64_t positions, int64_t k_in,
                             int64_t k_out, float* out, void* stream) {

@@ -46,6 +46,7 @@ namespace {
 constexpr int64_t kColumns = 256;  // output columns per task (multiple of 128: whole sign blocks)
 constexpr int64_t kRows = 32;      // rows of P generated at a time
 constexpr int64_t kRowBlock = 64;  // batch rows per work item
+static_assert(kProjectionChunk % kRows == 0, "a generated block of rows never straddles two chunks");
 
 void check(int64_t rows, int64_t p, const ProjectionSpec& s, HostMatrixMut<float> out) {
   ATTRACE_CHECK(s.k > 0, InputError, "projection: k must be >= 1, got " + std::to_string(s.k));
@@ -114,27 +115,37 @@ void dense(HostMatrix<T> g, const ProjectionSpec& s, HostMatrixMut<float> out, i
     return;
   }
   // Work items: (256-column task, block of up to 64 batch rows). Rows are independent and each
-  // output is summed by one item in ascending q, so the split changes speed, never a bit; it lets
-  // narrow projections (Kronecker factors, k <= 256) use every thread on large batches.
+  // output is summed by one item in the canonical order (kProjectionChunk: rows of P ascending
+  // within a chunk from 0.0f, chunk sums added in ascending order, scale last), so the split
+  // changes speed, never a bit; it lets narrow projections (Kronecker factors, k <= 256) use
+  // every thread on large batches. The chunks exist for the GPU, which sums them in parallel
+  // (kernels/cuda/projection.cu); here they cost one extra add per output per 1024 rows.
   const int64_t tasks = (s.k + kColumns - 1) / kColumns, row_blocks = (g.rows + kRowBlock - 1) / kRowBlock;
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(s.k)));
 #pragma omp parallel num_threads(threads)
   {
     std::vector<float> e(static_cast<size_t>(kRows * kColumns));
-    std::vector<float> acc(static_cast<size_t>(std::min(kRowBlock, g.rows) * kColumns));
+    std::vector<float> acc(static_cast<size_t>(std::min(kRowBlock, g.rows) * kColumns)), total(acc.size());
 #pragma omp for schedule(static)
     for (int64_t w = 0; w < tasks * row_blocks; ++w) {
       const int64_t t = w / row_blocks, b0 = (w % row_blocks) * kRowBlock, nb = std::min(kRowBlock, g.rows - b0);
       const int64_t j0 = t * kColumns, cols = std::min(kColumns, s.k - j0);
       const HostMatrix<T> gb{g.row(b0), nb, g.cols, g.ld};
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      for (int64_t q0 = 0; q0 < g.cols; q0 += kRows) {
-        const int64_t rows = std::min(kRows, g.cols - q0);
-        generate(s, q0, rows, j0, cols, e.data());
-        accumulate(gb, q0, rows, e.data(), cols, acc.data());
+      for (int64_t c0 = 0; c0 < g.cols; c0 += kProjectionChunk) {
+        const int64_t c1 = std::min(c0 + kProjectionChunk, g.cols);
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        for (int64_t q0 = c0; q0 < c1; q0 += kRows) {
+          const int64_t rows = std::min(kRows, c1 - q0);
+          generate(s, q0, rows, j0, cols, e.data());
+          accumulate(gb, q0, rows, e.data(), cols, acc.data());
+        }
+        if (c0 == 0)
+          total.swap(acc);  // the fold starts at the first chunk's sum (a swap, no copy)
+        else
+          for (size_t i = 0; i < total.size(); ++i) total[i] = total[i] + acc[i];
       }
       for (int64_t b = 0; b < nb; ++b)
-        for (int64_t c = 0; c < cols; ++c) out.row(b0 + b)[j0 + c] = acc[static_cast<size_t>(b * kColumns + c)] * scale;
+        for (int64_t c = 0; c < cols; ++c) out.row(b0 + b)[j0 + c] = total[static_cast<size_t>(b * kColumns + c)] * scale;
     }
   }
 }

@@ -42,6 +42,11 @@ struct ProjectionSpec {
   ProjectionKind kind = ProjectionKind::rademacher;
 };
 
+/// Rows of P per partial sum in the dense projection's canonical order: each output sums the rows
+/// of one chunk in ascending order from 0.0f, then adds the chunk sums in ascending chunk order
+/// (docs/architecture.md). A fixed constant, never derived from the device or the batch.
+inline constexpr int64_t kProjectionChunk = 1024;
+
 /// 128 Rademacher signs: bit b of the block for (row, col / 128) gives column col's sign.
 ATTRACE_HD Philox4 rademacher_block(const ProjectionSpec& s, int64_t row, int64_t col_block) {
   return philox4x32_10(Philox4{{static_cast<uint32_t>(col_block), static_cast<uint32_t>(static_cast<uint64_t>(row)),
