@@ -43,7 +43,8 @@ int main(int argc, char** argv) {
   app.add_flag("-q,--quiet", quiet, "No progress or info messages on stderr");
 
   // attribute
-  auto* attr = app.add_subcommand("attribute", "Exact TracIn attribution of a query set to training tranches");
+  auto* attr = app.add_subcommand("attribute",
+                                  "TracIn attribution (exact or projected) of a query set to training tranches: featurize + score in one call");
   std::string config_path, out_dir, precision, loss, path, device, scores;
   long long batch_size = 0, top_k = -1;
   bool force = false;
@@ -64,6 +65,36 @@ int main(int argc, char** argv) {
   attr->add_option("--k", proj_k, "Overrides projection.k")->check(CLI::PositiveNumber);
   attr->add_option("--set", sets, "Overrides any setting: section.key=value (TOML value), repeatable");
   attr->add_flag("-q,--quiet", quiet, "No progress or info messages on stderr");
+  std::string memory_limit;
+  attr->add_option("--memory-limit", memory_limit, "Overrides attribution.memory_limit (e.g. 8GiB; speed only, never a result)");
+
+  // featurize
+  auto* feat = app.add_subcommand("featurize", "Per-example features of every checkpoint into a feature store (resumable)");
+  std::string feat_config, feat_store;
+  bool feat_query = false, feat_force = false;
+  std::vector<std::string> feat_sets;
+  feat->add_option("-c,--config", feat_config, "Run configuration (TOML)")->required()->check(CLI::ExistingFile);
+  feat->add_option("-o,--out", feat_store, "Feature store to create, or to resume if interrupted (.h5)")->required();
+  feat->add_flag("--query", feat_query, "Featurize data.query instead of data.train (a query store)");
+  feat->add_flag("--force", feat_force, "Replace a store that was made with other settings or inputs");
+  feat->add_option("--set", feat_sets, "Overrides any setting: section.key=value (TOML value), repeatable");
+  feat->add_flag("-q,--quiet", quiet, "No progress or info messages on stderr");
+
+  // score
+  auto* sc = app.add_subcommand("score", "Score a query set against a training-set feature store; same outputs as attribute");
+  std::string sc_config, sc_store, sc_query_store, sc_out, sc_memory;
+  bool sc_force = false;
+  std::vector<std::string> sc_sets;
+  sc->add_option("-c,--config", sc_config, "Run configuration (TOML); its featurization settings must match the store's")
+      ->required()
+      ->check(CLI::ExistingFile);
+  sc->add_option("--store", sc_store, "Training-set feature store (from attrace featurize)")->required();
+  sc->add_option("--query-store", sc_query_store, "Query feature store (attrace featurize --query); default: featurize data.query now");
+  sc->add_option("-o,--out", sc_out, "Output directory to create (written atomically)")->required();
+  sc->add_flag("--force", sc_force, "Replace the output directory if it exists");
+  sc->add_option("--memory-limit", sc_memory, "Overrides attribution.memory_limit (e.g. 8GiB; speed only, never a result)");
+  sc->add_option("--set", sc_sets, "Overrides any setting: section.key=value (TOML value), repeatable");
+  sc->add_flag("-q,--quiet", quiet, "No progress or info messages on stderr");
 
   // demo
   auto* demo = app.add_subcommand("demo", "Build a scenario from real data, train, attribute, print the vector");
@@ -112,6 +143,24 @@ int main(int argc, char** argv) {
       std::printf("wrote %lld examples to %s\n", n, co.output_h5.c_str());
       return 0;
     }
+    if (*feat) {
+      const auto config = attrace::engine::load_config(feat_config, feat_sets);
+      const auto r = attrace::engine::run_featurize(config, {feat_store, feat_query, feat_force, quiet});
+      std::printf("%s %s: %lld examples x %zu checkpoints (%lld rows featurized by this run%s)\n",
+                  r.rows_written == 0 ? "complete:" : "wrote", feat_store.c_str(), static_cast<long long>(r.rows),
+                  r.checkpoints, static_cast<long long>(r.rows_written), r.resumed ? ", resumed" : "");
+      return 0;
+    }
+    if (*sc) {
+      std::vector<std::string> overrides = sc_sets;
+      if (!sc_memory.empty()) overrides.push_back("attribution.memory_limit=\"" + sc_memory + "\"");
+      const auto config = attrace::engine::load_config(sc_config, overrides);
+      const auto summary = attrace::engine::run_score(config, sc_store, sc_query_store, {sc_out, sc_force, quiet});
+      print_vector(summary);
+      std::printf("wrote %s (report.json, report.html, attribution.csv, manifest.json%s)\n", sc_out.c_str(),
+                  summary.wrote_scores ? ", scores.h5" : "");
+      return 0;
+    }
     if (*attr) {
       std::vector<std::string> overrides = sets;
       auto add = [&](const char* key, const std::string& v) {
@@ -123,13 +172,14 @@ int main(int argc, char** argv) {
       add("gradients.device", device);
       add("output.scores", scores);
       add("projection.kind", projection);
+      add("attribution.memory_limit", memory_limit);
       if (proj_k > 0) overrides.push_back("projection.k=" + std::to_string(proj_k));
       if (batch_size > 0) overrides.push_back("gradients.batch_size=" + std::to_string(batch_size));
       if (top_k >= 0) overrides.push_back("attribution.top_k=" + std::to_string(top_k));
       const auto config = attrace::engine::load_config(config_path, overrides);
       const auto summary = attrace::engine::run_attribute(config, {out_dir, force, quiet});
       print_vector(summary);
-      std::printf("wrote %s (report.json, attribution.csv, manifest.json%s)\n", out_dir.c_str(),
+      std::printf("wrote %s (report.json, report.html, attribution.csv, manifest.json%s)\n", out_dir.c_str(),
                   summary.wrote_scores ? ", scores.h5" : "");
       return 0;
     }

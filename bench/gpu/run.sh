@@ -9,7 +9,7 @@
 # Logs (configure, build, ctest, cuda_test, bench_gpu JSON, table) are written to OUTDIR.
 # Without a GPU it still builds and runs the tests (GPU tests skip) and says so; exit code is
 # non-zero if the build or any test fails.
-set -euo pipefail
+set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${1:-${OUT:-$root/build-gpu/out}}
 build=${ATTRACE_GPU_BUILD:-$root/build-gpu}
@@ -47,10 +47,24 @@ grep -E "tests passed|tests failed|\(Failed\)|\(Skipped\)" "$out/ctest.log" | se
 "$build/tests/cuda_test" > "$out/cuda_test.log" 2>&1 || status=1
 grep -E "^\[ (gemm|entries)|PASSED|FAILED|SKIPPED" "$out/cuda_test.log" | sed 's/^/   /' | head -30
 
+# compute-sanitizer over the parity tests (small shapes): out-of-bounds accesses (memcheck) and
+# shared-memory races (racecheck) in every kernel. ATTRACE_GPU_SANITIZE=0 skips it.
+if [ "$gpu" = yes ] && [ "${ATTRACE_GPU_SANITIZE:-1}" = 1 ] && command -v compute-sanitizer > /dev/null; then
+  echo "== compute-sanitizer"
+  small='Cuda.SqnormBitIdentical:Cuda.SegmentedRowSumBitIdentical:Cuda.CanonicalScoreBitIdentical:Cuda.KroneckerBitIdentical'
+  for tool in memcheck racecheck; do
+    timeout "${ATTRACE_GPU_SANITIZE_TIMEOUT:-120}" compute-sanitizer --tool "$tool" --error-exitcode 9 \
+      "$build/tests/cuda_test" --gtest_filter="$small" > "$out/sanitizer-$tool.log" 2>&1
+    rc=$?
+    echo "   $tool: exit $rc; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer-$tool.log" | tail -1)"
+    [ $rc -eq 0 ] || [ $rc -eq 124 ] || status=1
+  done
+fi
+
 if [ "$gpu" = yes ]; then
-  echo "== benchmarks"
-  "$build/bench/bench_gpu" --benchmark_out="$out/bench_gpu.json" --benchmark_out_format=json > "$out/bench_gpu.log" 2>&1 ||
-    { tail -20 "$out/bench_gpu.log"; status=1; }
+  echo "== benchmarks (cells over ATTRACE_GPU_BENCH_MAX_TFLOP=${ATTRACE_GPU_BENCH_MAX_TFLOP:-250} TFLOP skipped; stops after ${ATTRACE_GPU_BENCH_TIMEOUT:-300} s)"
+  timeout "${ATTRACE_GPU_BENCH_TIMEOUT:-300}" "$build/bench/bench_gpu" --benchmark_out="$out/bench_gpu.json" \
+    --benchmark_out_format=json > "$out/bench_gpu.log" 2>&1 || { tail -20 "$out/bench_gpu.log"; status=1; }
   python3 "$root/bench/gpu/table.py" "$out/bench_gpu.json" | tee "$out/table.txt"
 else
   echo "== no GPU on this machine: GPU tests skipped, benchmarks not run"

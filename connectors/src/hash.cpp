@@ -1,3 +1,4 @@
+#include <attrace/connectors/dataset.hpp>
 #include <attrace/connectors/hash.hpp>
 #include <attrace/error.hpp>
 
@@ -35,6 +36,10 @@ class Sha256 {
   void update(const void* p, size_t n) {
     ATTRACE_CHECK(EVP_DigestUpdate(ctx_.get(), p, n) == 1, RuntimeFailure, "SHA-256 update failed");
   }
+  void digest(unsigned char* out32) {
+    unsigned n = 0;
+    ATTRACE_CHECK(EVP_DigestFinal_ex(ctx_.get(), out32, &n) == 1 && n == 32, RuntimeFailure, "SHA-256 final failed");
+  }
   std::string hex() {
     unsigned char d[EVP_MAX_MD_SIZE];
     unsigned n = 0;
@@ -65,6 +70,21 @@ std::string sha256_hex(std::string_view bytes) {
   Sha256 h;
   h.update(bytes.data(), bytes.size());
   return h.hex();
+}
+
+std::vector<uint8_t> example_digests(const Dataset& ds) {
+  const int64_t n = ds.size(), w = ds.example_width(), tw = ds.target_width();
+  std::vector<uint8_t> out(static_cast<size_t>(n) * 32);
+  for (int64_t i = 0; i < n; ++i) {
+    Sha256 h;
+    h.update(ds.inputs.data() + i * w, static_cast<size_t>(w) * sizeof(float));
+    if (ds.target_kind == TargetKind::class_index)
+      h.update(&ds.class_targets[static_cast<size_t>(i)], sizeof(int64_t));
+    else
+      h.update(ds.regression_targets.data() + i * tw, static_cast<size_t>(tw) * sizeof(float));
+    h.digest(out.data() + static_cast<size_t>(i) * 32);
+  }
+  return out;
 }
 
 }  // namespace attrace::connectors

@@ -1,34 +1,151 @@
+// The pipeline's entry points (docs/architecture.md): attribute = featurize + score in one call;
+// featurize = features to a store; score = store -> outputs. All three end in the same writers,
+// so featurize + score gives the same bytes as attribute.
 #include <attrace/connectors/dataset.hpp>
+#include <attrace/connectors/feature_store.hpp>
 #include <attrace/connectors/fs.hpp>
 #include <attrace/connectors/hash.hpp>
 #include <attrace/connectors/run.hpp>
 #include <attrace/connectors/scores_file.hpp>
 #include <attrace/engine/attribute.hpp>
+#include <attrace/engine/quality.hpp>
+#include <attrace/engine/report_html.hpp>
 #include <attrace/engine/tracin.hpp>
 #include <attrace/error.hpp>
 #include <attrace/kernels/backend.hpp>
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 namespace attrace::engine {
+namespace {
 
-RunSummary run_attribute(const Config& config, const RunOptions& options) {
-  validate(config);
-  // Fail on an unusable output location before any computation.
-  connectors::StagedDir out(options.out_dir, options.replace);
-  const auto backend = kernels::make_backend(config.device);
-  ATTRACE_CHECK(config.scoring != "blas" || kernels::blas_compiled(), InputError,
+// Near-duplicate sketches: the last checkpoint's features through a dense Rademacher projection
+// of this many columns, on a stream no checkpoint uses.
+constexpr int64_t kSketchDim = 128;
+constexpr uint32_t kSketchStream = 0xFFFFFF00u;
+// Quality flag: a tranche holding this many times its expected share of the top self-influence
+// examples is flagged `self_influence_outliers`.
+constexpr double kOutlierFlagRatio = 2.0;
+
+std::unique_ptr<kernels::Backend> backend_for(const Config& config) {
+  auto backend = kernels::make_backend(to_string(config.device));
+  ATTRACE_CHECK(config.scoring != Scoring::blas || kernels::blas_compiled(), InputError,
                 "attribution.scoring = \"blas\" but this build has no BLAS");
+  return backend;
+}
 
-  const auto run = connectors::read_run_file(config.run_file);
-  const auto train = connectors::read_dataset(config.train_file, true);
-  const auto query = connectors::read_dataset(config.query_file, false);
-  spdlog::info("run '{}': {} checkpoints; train '{}': {} examples in {} tranches; query '{}': {} examples",
-               run.path, run.checkpoints.size(), train.path, train.size(), train.tranches.size(), query.path,
-               query.size());
+// Rows per HDF5 chunk and per durable write: about 1 MiB of features, whole rows, at most 4096.
+int64_t chunk_rows_for(int64_t width, int64_t bytes) {
+  const int64_t row = std::max<int64_t>(1, width * bytes);
+  return std::clamp<int64_t>((int64_t{1} << 20) / row, 1, 4096);
+}
 
-  Progress progress(!options.quiet);
-  const TracinResult r = compute_tracin(config, run, train, query, *backend, progress);
+CheckpointUse use_from_json(const nlohmann::json& j, const std::string& what) {
+  try {
+    CheckpointUse u;
+    const std::string path = j.at("gradient_path").get<std::string>();
+    u.path = path == "chain" ? GradPath::chain : GradPath::general;
+    u.dim = j.at("gradient_dim").get<int64_t>();
+    u.feature_dim = j.at("feature_dim").get<int64_t>();
+    u.parameters = j.at("parameters").get<std::vector<std::string>>();
+    if (j.contains("stream")) u.dense_stream = j.at("stream").get<uint32_t>();
+    if (j.contains("layers"))
+      for (const auto& l : j.at("layers"))
+        u.kronecker.push_back({l.at("layer").get<std::string>(), l.at("d_in").get<int64_t>(), l.at("d_out").get<int64_t>(),
+                               l.at("k_in").get<int64_t>(), l.at("k_out").get<int64_t>(), l.at("stream_in").get<uint32_t>(),
+                               l.at("stream_out").get<uint32_t>()});
+    return u;
+  } catch (const nlohmann::json::exception& e) {
+    throw InputError(what + ": checkpoint meta is not what attrace writes: " + e.what());
+  }
+}
+
+// A dataset rebuilt from a feature store: ids, tranches and content digests, no inputs.
+connectors::Dataset dataset_from_store(const connectors::FeatureStoreReader& store) {
+  const auto& l = store.layout();
+  const auto spec = nlohmann::json::parse(l.spec);
+  connectors::Dataset d;
+  d.path = spec.at("dataset").at("file").get<std::string>();
+  d.sha256 = spec.at("dataset").at("sha256").get<std::string>();
+  d.input_shape = {l.rows};
+  d.ids = l.ids;
+  d.tranche = l.tranche;
+  d.digests = l.digests;
+  for (const auto& t : spec.at("tranches"))
+    d.tranches.push_back({t.at("id").get<std::string>(), t.at("account").get<std::string>(), t.at("name").get<std::string>(),
+                          t.at("license").get<std::string>()});
+  return d;
+}
+
+// Per-example sketches of the training set for the near-duplicate signal.
+std::vector<float> sketches(const FeatureSource& f, uint64_t seed, kernels::Backend& backend) {
+  const size_t c = f.checkpoints() - 1;
+  const int64_t n = f.rows(), w = f.width(c), tile = 4096;
+  std::vector<float> out(static_cast<size_t>(n * kSketchDim)), rows;
+  std::vector<double> rows64;
+  const kernels::ProjectionSpec spec{seed, kSketchStream, kSketchDim, kernels::ProjectionKind::rademacher};
+  for (int64_t b0 = 0; b0 < n; b0 += tile) {
+    const int64_t b1 = std::min(n, b0 + tile);
+    rows.resize(static_cast<size_t>((b1 - b0) * w));
+    if (f.fp64()) {
+      rows64.resize(rows.size());
+      f.read(c, b0, b1, rows64.data());
+      std::transform(rows64.begin(), rows64.end(), rows.begin(), [](double v) { return static_cast<float>(v); });
+    } else {
+      f.read(c, b0, b1, rows.data());
+    }
+    backend.project_dense(kernels::view(rows.data(), b1 - b0, w), spec,
+                          kernels::view_mut(out.data() + b0 * kSketchDim, b1 - b0, kSketchDim));
+  }
+  return out;
+}
+
+nlohmann::json quality_json(const QualityReport& q, const Attribution& a) {
+  nlohmann::json pairs = nlohmann::json::array();
+  for (const auto& p : q.pairs)
+    pairs.push_back({{"tranches", {a.tranches[static_cast<size_t>(p.a)].tranche.id, a.tranches[static_cast<size_t>(p.b)].tranche.id}},
+                     {"examples", {p.examples_a, p.examples_b}},
+                     {"fractions", {p.fraction_a, p.fraction_b}}});
+  return {{"near_duplicates",
+           {{"cosine_threshold", q.settings.near_duplicate_cosine},
+            {"sketch_dim", kSketchDim},
+            {"sketch", "last checkpoint's features x dense Rademacher projection (stream " + std::to_string(kSketchStream) + ")"},
+            {"pairs", q.pairs_found},
+            {"exact_copy_examples", q.exact_copy_examples},
+            {"lists", q.lists_used},
+            {"probes", q.settings.probes},
+            {"tranche_pairs", pairs}}},
+          {"outliers",
+           {{"top_fraction", q.settings.outlier_top_fraction},
+            {"examples", q.outliers},
+            {"self_influence_threshold", q.self_influence_threshold},
+            {"flag_ratio", kOutlierFlagRatio}}}};
+}
+
+// Quality flags into the attribution (before any writer runs).
+void flag_quality(const Config& config, const QualityReport& q, Attribution& a) {
+  for (const auto& p : q.pairs) {
+    if (std::max(p.fraction_a, p.fraction_b) < config.duplicate_threshold) continue;
+    auto& ta = a.tranches[static_cast<size_t>(p.a)];
+    auto& tb = a.tranches[static_cast<size_t>(p.b)];
+    const auto has = [](const TrancheSummary& t, const std::string& f) {
+      return std::find(t.flags.begin(), t.flags.end(), f) != t.flags.end();
+    };
+    if (has(ta, "duplicates:" + tb.tranche.id)) continue;  // exact copies are flagged already
+    ta.flags.push_back("near_duplicates:" + tb.tranche.id);
+    tb.flags.push_back("near_duplicates:" + ta.tranche.id);
+  }
+  for (size_t t = 0; t < q.tranches.size(); ++t)
+    if (q.tranches[t].outlier_share > kOutlierFlagRatio * q.settings.outlier_top_fraction)
+      a.tranches[t].flags.push_back("self_influence_outliers");
+}
+
+// The writers: shared by attribute and score, so both produce the same bytes.
+RunSummary write_outputs(const Config& config, const connectors::TrainingRun& run, const connectors::Dataset& train,
+                         const connectors::Dataset& query, const TracinResult& r, const FeatureSource& train_features,
+                         kernels::Backend& backend, connectors::StagedDir& out) {
   RunSummary summary;
   summary.attribution = summarize(config, train, r);
   summary.n_train = r.n_train;
@@ -36,28 +153,240 @@ RunSummary run_attribute(const Config& config, const RunOptions& options) {
   summary.dim = r.checkpoints.front().dim;
   summary.path_used = to_string(r.checkpoints.front().path);
 
-  const std::string report = report_json(config, train, query, r, summary.attribution).dump(2) + "\n";
+  const auto sk = sketches(train_features, config.projection_seed, backend);
+  QualityInput qi;
+  qi.sketch = sk.data();
+  qi.n = r.n_train;
+  qi.dim = kSketchDim;
+  qi.tranche = train.tranche.data();
+  qi.n_tranches = static_cast<int64_t>(train.tranches.size());
+  qi.self_influence = r.self_influence.data();
+  const QualityReport quality = quality_signals(qi, QualitySettings{});
+  flag_quality(config, quality, summary.attribution);
+
+  nlohmann::json report = report_json(config, train, query, r, summary.attribution);
+  report["quality"] = quality_json(quality, summary.attribution);
+  for (size_t t = 0; t < quality.tranches.size(); ++t) {
+    const auto& tq = quality.tranches[t];
+    report["tranches"][t]["quality"] = {{"near_duplicate_examples", tq.near_duplicate_examples},
+                                        {"near_duplicate_rate", tq.near_duplicate_rate},
+                                        {"cross_duplicate_examples", tq.cross_duplicate_examples},
+                                        {"outlier_examples", tq.outlier_examples},
+                                        {"outlier_share", tq.outlier_share}};
+  }
+  const std::string report_text = report.dump(2) + "\n";
   const std::string csv = attribution_csv(summary.attribution);
-  nlohmann::json manifest = manifest_json(config, run, train, query, r, backend->name());
-  connectors::write_file_atomic(out.file("report.json"), report);
+  nlohmann::json manifest = manifest_json(config, run, train, query, r, backend.name());
+  manifest["quality"] = {{"near_duplicate_cosine", quality.settings.near_duplicate_cosine},
+                         {"outlier_top_fraction", quality.settings.outlier_top_fraction},
+                         {"probes", quality.settings.probes},
+                         {"lists", quality.settings.lists},
+                         {"kmeans_iterations", quality.settings.kmeans_iterations},
+                         {"kmeans_sample_per_list", quality.settings.kmeans_sample_per_list},
+                         {"seed", std::to_string(quality.settings.seed)},
+                         {"sketch_dim", kSketchDim},
+                         {"sketch_stream", kSketchStream}};
+  connectors::write_file_atomic(out.file("report.json"), report_text);
   connectors::write_file_atomic(out.file("attribution.csv"), csv);
-  nlohmann::json outputs = {{"report.json", connectors::sha256_hex(report)},
-                            {"attribution.csv", connectors::sha256_hex(csv)}};
-  const int64_t entries = r.n_train * r.n_query;
-  summary.wrote_scores = config.scores == ScoresOutput::always ||
-                         (config.scores == ScoresOutput::automatic && entries <= config.scores_max_entries);
+  nlohmann::json outputs = {{"report.json", connectors::sha256_hex(report_text)}, {"attribution.csv", connectors::sha256_hex(csv)}};
+  summary.wrote_scores = !r.scores.empty();
   if (summary.wrote_scores) {
     connectors::write_scores_h5(out.file("scores.h5"), r.scores, r.self_influence, train.ids, query.ids);
     outputs["scores.h5"] = connectors::sha256_file(out.file("scores.h5"));
   } else {
-    spdlog::info("scores.h5 not written ({} entries; output.scores = {}, limit {})", entries, to_string(config.scores),
-                 config.scores_max_entries);
+    spdlog::info("scores.h5 not written ({} entries; output.scores = {}, limit {})", r.n_train * r.n_query,
+                 to_string(config.scores), config.scores_max_entries);
   }
   manifest["outputs"] = outputs;
+  const std::string manifest_text = canonical(manifest);
+  // report.html is made from the two documents; the manifest pins report.json, which pins the page's content.
+  connectors::write_file_atomic(out.file("report.html"), report_html(report, manifest));
   // The manifest goes last: a directory with a manifest names every other file by hash.
-  connectors::write_file_atomic(out.file("manifest.json"), canonical(manifest));
+  connectors::write_file_atomic(out.file("manifest.json"), manifest_text);
   out.commit();
   return summary;
+}
+
+bool keep_scores(const Config& config, int64_t n, int64_t m) {
+  return config.scores == ScoresOutput::always || (config.scores == ScoresOutput::automatic && n * m <= config.scores_max_entries);
+}
+
+TracinResult to_result(ScoreResult&& s, std::vector<CheckpointUse> uses) {
+  TracinResult r;
+  r.n_train = s.n_train;
+  r.n_query = s.n_query;
+  r.scores = std::move(s.scores);
+  r.self_influence = std::move(s.self_influence);
+  r.tranche_query = std::move(s.tranche_query);
+  r.topk = std::move(s.topk);
+  r.checkpoints = std::move(uses);
+  r.plan = s.plan;
+  return r;
+}
+
+// The parts of a spec that featurization settings decide (not which dataset was featurized).
+nlohmann::json settings_part(nlohmann::json spec) {
+  spec.erase("dataset");
+  spec.erase("tranches");
+  spec.erase("role");
+  return spec;
+}
+
+}  // namespace
+
+nlohmann::json feature_spec(const Config& config, const connectors::TrainingRun& run, const connectors::Dataset& ds, bool query) {
+  nlohmann::json ckpts = nlohmann::json::array();
+  for (const auto& ck : run.checkpoints)
+    ckpts.push_back({{"file", ck.file}, {"sha256", ck.sha256}, {"step", std::to_string(ck.step)}, {"lr", ck.lr}});
+  nlohmann::json tranches = nlohmann::json::array();
+  for (const auto& t : ds.tranches)
+    tranches.push_back({{"id", t.id}, {"account", t.account}, {"name", t.name}, {"license", t.license}});
+  const nlohmann::json settings = to_json(config);
+  return {{"format", "attrace.features/1"},
+          {"engine_version", engine_version()},
+          {"role", query ? "query" : "train"},
+          {"dataset", {{"file", ds.path}, {"sha256", ds.sha256}, {"examples", ds.size()}}},
+          {"tranches", tranches},
+          {"run", {{"file", run.path}, {"sha256", run.sha256}, {"checkpoints", ckpts}}},
+          {"gradients",
+           {{"loss", settings["gradients"]["loss"]},
+            {"parameters", settings["gradients"]["parameters"]},
+            {"path", settings["gradients"]["path"]},
+            {"precision", settings["gradients"]["precision"]}}},
+          {"projection", settings["projection"]},
+          {"features", {{"dtype", connectors::to_string(feature_dtype_of(config))}}}};
+}
+
+RunSummary run_attribute(const Config& config, const RunOptions& options) {
+  validate(config);
+  // Fail on an unusable output location before any computation.
+  connectors::StagedDir out(options.out_dir, options.replace);
+  const auto backend = backend_for(config);
+  const auto run = connectors::read_run_file(config.run_file);
+  const auto train = connectors::read_dataset(config.train_file, true);
+  const auto query = connectors::read_dataset(config.query_file, false);
+  spdlog::info("run '{}': {} checkpoints; train '{}': {} examples in {} tranches; query '{}': {} examples", run.path,
+               run.checkpoints.size(), train.path, train.size(), train.tranches.size(), query.path, query.size());
+  Progress progress(!options.quiet);
+  std::vector<CheckpointUse> uses;
+  const MemoryFeatures tf = featurize_in_memory(config, run, train, {&train}, *backend, progress, "train features", &uses);
+  const MemoryFeatures qf = featurize_in_memory(config, run, query, {&query}, *backend, progress, "query features", nullptr);
+  ScoreResult s = score_all(tf, qf, *backend, score_settings(config, train, query, keep_scores(config, train.size(), query.size())),
+                            progress);
+  const TracinResult r = to_result(std::move(s), uses);
+  return write_outputs(config, run, train, query, r, tf, *backend, out);
+}
+
+FeaturizeSummary run_featurize(const Config& config, const FeaturizeOptions& options) {
+  validate(config);
+  const auto backend = backend_for(config);
+  const auto run = connectors::read_run_file(config.run_file);
+  const auto ds = connectors::read_dataset(options.query ? config.query_file : config.train_file, !options.query);
+  const auto dtype = feature_dtype_of(config);
+  // Plan every checkpoint first (widths, paths, streams): the store is laid out completely up front.
+  connectors::StoreLayout layout;
+  layout.spec = canonical(feature_spec(config, run, ds, options.query));
+  layout.dtype = dtype;
+  layout.rows = ds.size();
+  layout.ids = ds.ids;
+  layout.tranche = ds.tranche;
+  layout.digests = connectors::example_digests(ds);
+  int64_t max_width = 0;
+  for (size_t c = 0; c < run.checkpoints.size(); ++c) {
+    Featurizer fz(config, run, c, {&ds}, *backend);
+    layout.checkpoints.push_back({fz.width(), fz.weight(), canonical(checkpoint_use_json(config, fz.use()))});
+    max_width = std::max(max_width, fz.width());
+  }
+  layout.chunk_rows = chunk_rows_for(max_width, connectors::dtype_bytes(dtype));
+  connectors::FeatureStoreWriter writer(options.store, layout, options.replace);
+  FeaturizeSummary summary;
+  summary.rows = ds.size();
+  summary.checkpoints = run.checkpoints.size();
+  summary.resumed = writer.resumed();
+  Progress progress(!options.quiet);
+  std::vector<float> buf;
+  std::vector<double> buf64;
+  for (size_t c = 0; c < run.checkpoints.size(); ++c) {
+    const int64_t start = writer.rows_done(c);
+    if (start == ds.size()) continue;
+    if (start > 0) spdlog::info("checkpoint {}: resuming at row {} of {}", c + 1, start, ds.size());
+    Featurizer fz(config, run, c, {&ds}, *backend);
+    const int64_t w = fz.width();
+    progress.begin("checkpoint " + std::to_string(c + 1) + "/" + std::to_string(run.checkpoints.size()) + " features",
+                   ds.size() - start);
+    for (int64_t b0 = start; b0 < ds.size(); b0 += layout.chunk_rows) {
+      const int64_t b1 = std::min(ds.size(), b0 + layout.chunk_rows);
+      if (fz.fp64()) buf64.resize(static_cast<size_t>((b1 - b0) * w));
+      else buf.resize(static_cast<size_t>((b1 - b0) * w));
+      for (int64_t r0 = b0; r0 < b1; r0 += config.batch_size) {
+        const int64_t r1 = std::min(b1, r0 + config.batch_size);
+        if (fz.fp64())
+          fz.features(ds, r0, r1, buf64.data() + (r0 - b0) * w);
+        else
+          fz.features(ds, r0, r1, buf.data() + (r0 - b0) * w);
+      }
+      if (fz.fp64())
+        writer.write(c, b0, b1, buf64.data());
+      else
+        writer.write(c, b0, b1, buf.data());
+      summary.rows_written += b1 - b0;
+      progress.advance(b1 - b0);
+    }
+    progress.end();
+  }
+  return summary;
+}
+
+RunSummary run_score(const Config& config, const std::string& store_path, const std::string& query_store_path,
+                     const RunOptions& options) {
+  validate(config);
+  connectors::StagedDir out(options.out_dir, options.replace);
+  const auto backend = backend_for(config);
+  const connectors::FeatureStoreReader store(store_path);
+  const auto run = connectors::read_run_file(config.run_file);
+  const connectors::Dataset train = dataset_from_store(store);
+  ATTRACE_CHECK(!train.tranche.empty() && !train.tranches.empty(), InputError,
+                store_path + ": this store holds a query set (no tranches); --store takes a training-set store");
+  // The config's featurization settings must be the store's: never mix features made differently.
+  const auto stored = nlohmann::json::parse(store.layout().spec);
+  const auto wanted = settings_part(feature_spec(config, run, train, false));
+  for (const auto& [key, value] : wanted.items())
+    ATTRACE_CHECK(stored.contains(key) && stored.at(key) == value, InputError,
+                  store_path + ": the store's '" + key + "' (" + (stored.contains(key) ? stored.at(key).dump() : "absent") +
+                      ") differs from the config's (" + value.dump() + "); featurize again or use a matching config");
+  ATTRACE_CHECK(train.path == config.train_file, InputError,
+                store_path + ": the store was made from '" + train.path + "' but the config's data.train is '" +
+                    config.train_file + "'");
+  std::vector<CheckpointUse> uses;
+  for (size_t c = 0; c < store.layout().checkpoints.size(); ++c)
+    uses.push_back(use_from_json(nlohmann::json::parse(store.layout().checkpoints[c].meta), store_path));
+  const StoreFeatures tf(store);
+  Progress progress(!options.quiet);
+  std::unique_ptr<connectors::FeatureStoreReader> qstore;
+  connectors::Dataset query;
+  std::unique_ptr<FeatureSource> qf;
+  MemoryFeatures qmem(0, false);
+  if (!query_store_path.empty()) {
+    qstore = std::make_unique<connectors::FeatureStoreReader>(query_store_path);
+    query = dataset_from_store(*qstore);
+    const auto qspec = nlohmann::json::parse(qstore->layout().spec);
+    ATTRACE_CHECK(settings_part(qspec) == settings_part(stored), InputError,
+                  query_store_path + ": the query store was featurized with other settings or another run than " + store_path);
+    ATTRACE_CHECK(query.path == config.query_file, InputError,
+                  query_store_path + ": the query store was made from '" + query.path + "' but the config's data.query is '" +
+                      config.query_file + "'");
+    qf = std::make_unique<StoreFeatures>(*qstore);
+  } else {
+    query = connectors::read_dataset(config.query_file, false);
+    qmem = featurize_in_memory(config, run, query, {&query}, *backend, progress, "query features", nullptr);
+  }
+  const FeatureSource& qsrc = qf ? *qf : static_cast<const FeatureSource&>(qmem);
+  spdlog::info("store '{}': {} examples x {} checkpoints; query '{}': {} examples", store_path, train.size(),
+               store.layout().checkpoints.size(), query.path, query.size());
+  ScoreResult s = score_all(tf, qsrc, *backend, score_settings(config, train, query, keep_scores(config, train.size(), query.size())),
+                            progress);
+  const TracinResult r = to_result(std::move(s), uses);
+  return write_outputs(config, run, train, query, r, tf, *backend, out);
 }
 
 }  // namespace attrace::engine

@@ -23,6 +23,39 @@ std::string to_string(Projection v) {
 std::string to_string(ScoresOutput v) {
   return v == ScoresOutput::always ? "always" : v == ScoresOutput::never ? "never" : "auto";
 }
+std::string to_string(Device v) { return v == Device::cuda ? "cuda" : v == Device::automatic ? "auto" : "cpu"; }
+std::string to_string(Scoring v) { return v == Scoring::blas ? "blas" : "canonical"; }
+std::string to_string(Distribution v) { return v == Distribution::gaussian ? "gaussian" : "rademacher"; }
+std::string to_string(FeatureType v) {
+  switch (v) {
+    case FeatureType::f32:
+      return "f32";
+    case FeatureType::f64:
+      return "f64";
+    case FeatureType::bf16:
+      return "bf16";
+    case FeatureType::f16:
+      return "f16";
+    default:
+      return "auto";
+  }
+}
+
+connectors::FeatureDtype feature_dtype_of(const Config& c) {
+  switch (c.feature_dtype) {
+    case FeatureType::f32:
+      return connectors::FeatureDtype::f32;
+    case FeatureType::f64:
+      return connectors::FeatureDtype::f64;
+    case FeatureType::bf16:
+      return connectors::FeatureDtype::bf16;
+    case FeatureType::f16:
+      return connectors::FeatureDtype::f16;
+    default:
+      return c.precision == Precision::fp64 && c.projection == Projection::none ? connectors::FeatureDtype::f64
+                                                                                 : connectors::FeatureDtype::f32;
+  }
+}
 
 namespace {
 
@@ -113,6 +146,28 @@ class Reader {
   std::string file_;
 };
 
+// "8GiB", "512MiB", "2G", "1000000" or an integer: bytes. 0 or "auto": the default.
+int64_t parse_size(const std::string& where, const std::string& text) {
+  if (text == "auto" || text.empty()) return 0;
+  size_t pos = 0;
+  double v = 0;
+  try {
+    v = std::stod(text, &pos);
+  } catch (const std::exception&) {
+    throw InputError(where + ": '" + text + "' is not a size (e.g. 8GiB, 512MiB, 1000000)");
+  }
+  std::string unit = text.substr(pos);
+  while (!unit.empty() && unit.front() == ' ') unit.erase(unit.begin());
+  static const std::map<std::string, double> units = {
+      {"", 1},          {"B", 1},          {"K", 1024.0},        {"KB", 1e3},  {"KiB", 1024.0},
+      {"M", 1048576.0}, {"MB", 1e6},       {"MiB", 1048576.0},   {"G", 1073741824.0},
+      {"GB", 1e9},      {"GiB", 1073741824.0}, {"T", 1099511627776.0}, {"TB", 1e12}, {"TiB", 1099511627776.0}};
+  const auto it = units.find(unit);
+  ATTRACE_CHECK(it != units.end() && std::isfinite(v) && v >= 0 && v * it->second < 9.0e18, InputError,
+                where + ": '" + text + "' is not a size (e.g. 8GiB, 512MiB, 1000000)");
+  return static_cast<int64_t>(v * it->second);
+}
+
 std::string resolve(const std::string& base, const std::string& p) {
   if (p.empty() || std::filesystem::path(p).is_absolute()) return p;
   return (std::filesystem::path(base) / p).lexically_normal().string();
@@ -120,15 +175,15 @@ std::string resolve(const std::string& base, const std::string& p) {
 
 }  // namespace
 
-Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
-  toml::table doc = connectors::parse_toml_file(path);
-  for (const auto& o : overrides) merge(doc, parse_override(o));
+namespace {
+
+Config config_from_table(const toml::table& doc, const std::string& path) {
   for (auto&& [k, v] : doc) {
     (void)v;
-    static const std::set<std::string> sections = {"run", "data", "gradients", "projection", "attribution", "output"};
+    static const std::set<std::string> sections = {"run", "data", "gradients", "projection", "features", "attribution", "output"};
     ATTRACE_CHECK(sections.count(std::string(k.str())), InputError,
                   path + ": unknown section or key '" + std::string(k.str()) +
-                      "' (sections: run, data, gradients, projection, attribution, output)");
+                      "' (sections: run, data, gradients, projection, features, attribution, output)");
   }
   Reader r(doc, path);
   Config c;
@@ -154,7 +209,10 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   r.get(g, "gradients", "precision", s);
   c.precision = parse_enum<Precision>(r.where("gradients", "precision"), s,
                                       {{"fp32", Precision::fp32}, {"fp64", Precision::fp64}});
-  r.get(g, "gradients", "device", c.device);
+  s = to_string(c.device);
+  r.get(g, "gradients", "device", s);
+  c.device = parse_enum<Device>(r.where("gradients", "device"), s,
+                                {{"cpu", Device::cpu}, {"cuda", Device::cuda}, {"auto", Device::automatic}});
 
   const auto* pr = r.section("projection", {"kind", "k", "seed", "distribution"});
   s = to_string(c.projection);
@@ -162,16 +220,56 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.projection = parse_enum<Projection>(r.where("projection", "kind"), s,
                                         {{"none", Projection::none}, {"dense", Projection::dense}, {"kronecker", Projection::kronecker}});
   r.get(pr, "projection", "k", c.projection_k);
-  int64_t seed = static_cast<int64_t>(c.projection_seed);
-  r.get(pr, "projection", "seed", seed);
-  ATTRACE_CHECK(seed >= 0, InputError, r.where("projection", "seed") + " must be >= 0");
-  c.projection_seed = static_cast<uint64_t>(seed);
-  r.get(pr, "projection", "distribution", c.projection_distribution);
+  if (pr && pr->contains("seed") && pr->get("seed")->is_string()) {  // manifests write the seed as a decimal string
+    std::string text;
+    r.get(pr, "projection", "seed", text);
+    try {
+      size_t used = 0;
+      c.projection_seed = std::stoull(text, &used);
+      ATTRACE_CHECK(used == text.size(), InputError, "");
+    } catch (const std::exception&) {
+      throw InputError(r.where("projection", "seed") + ": '" + text + "' is not a non-negative integer");
+    }
+  } else {
+    int64_t seed = static_cast<int64_t>(c.projection_seed);
+    r.get(pr, "projection", "seed", seed);
+    ATTRACE_CHECK(seed >= 0, InputError, r.where("projection", "seed") + " must be >= 0");
+    c.projection_seed = static_cast<uint64_t>(seed);
+  }
+  s = to_string(c.projection_distribution);
+  r.get(pr, "projection", "distribution", s);
+  c.projection_distribution = parse_enum<Distribution>(r.where("projection", "distribution"), s,
+                                                       {{"rademacher", Distribution::rademacher}, {"gaussian", Distribution::gaussian}});
 
-  const auto* a = r.section("attribution", {"top_k", "scoring", "gemm_math", "negative_policy", "duplicate_threshold", "tolerance"});
+  const auto* fe = r.section("features", {"dtype"});
+  s = to_string(c.feature_dtype);
+  r.get(fe, "features", "dtype", s);
+  c.feature_dtype = parse_enum<FeatureType>(r.where("features", "dtype"), s,
+                                            {{"auto", FeatureType::automatic}, {"f32", FeatureType::f32}, {"f64", FeatureType::f64},
+                                             {"bf16", FeatureType::bf16}, {"f16", FeatureType::f16}});
+
+  const auto* a = r.section("attribution", {"top_k", "scoring", "gemm_math", "negative_policy", "duplicate_threshold",
+                                             "tolerance", "memory_limit"});
   r.get(a, "attribution", "top_k", c.top_k);
-  r.get(a, "attribution", "scoring", c.scoring);
-  r.get(a, "attribution", "gemm_math", c.gemm_math);
+  s = to_string(c.scoring);
+  r.get(a, "attribution", "scoring", s);
+  c.scoring = parse_enum<Scoring>(r.where("attribution", "scoring"), s, {{"canonical", Scoring::canonical}, {"blas", Scoring::blas}});
+  s = kernels::to_string(c.gemm_math);
+  r.get(a, "attribution", "gemm_math", s);
+  c.gemm_math = parse_enum<kernels::GemmMath>(
+      r.where("attribution", "gemm_math"), s,
+      {{"ieee", kernels::GemmMath::ieee}, {"tf32", kernels::GemmMath::tf32}, {"bf16", kernels::GemmMath::bf16}});
+  if (a && a->contains("memory_limit")) {
+    const toml::node& n = *a->get("memory_limit");
+    if (n.is_integer()) {
+      c.memory_limit = *n.value<int64_t>();
+      ATTRACE_CHECK(c.memory_limit >= 0, InputError, r.where("attribution", "memory_limit") + " must be >= 0");
+    } else {
+      std::string text;
+      r.get(a, "attribution", "memory_limit", text);
+      c.memory_limit = parse_size(r.where("attribution", "memory_limit"), text);
+    }
+  }
   s = to_string(c.negative_policy);
   r.get(a, "attribution", "negative_policy", s);
   c.negative_policy = parse_enum<NegativePolicy>(
@@ -187,10 +285,54 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
                                       {{"auto", ScoresOutput::automatic}, {"always", ScoresOutput::always}, {"never", ScoresOutput::never}});
   r.get(o, "output", "scores_max_entries", c.scores_max_entries);
 
+  return c;
+}
+
+// JSON (the manifest's settings object) to the same TOML document a config file would give.
+toml::table table_from_json(const nlohmann::json& j, const std::string& what) {
+  toml::table t;
+  for (const auto& [key, v] : j.items()) {
+    if (v.is_object()) {
+      t.insert_or_assign(key, table_from_json(v, what));
+    } else if (v.is_string()) {
+      t.insert_or_assign(key, v.get<std::string>());
+    } else if (v.is_boolean()) {
+      t.insert_or_assign(key, v.get<bool>());
+    } else if (v.is_number_integer()) {
+      t.insert_or_assign(key, v.get<int64_t>());
+    } else if (v.is_number()) {
+      t.insert_or_assign(key, v.get<double>());
+    } else if (v.is_array()) {
+      toml::array a;
+      for (const auto& e : v) {
+        ATTRACE_CHECK(e.is_string(), InputError, what + ": settings." + key + " must be an array of strings");
+        a.push_back(e.get<std::string>());
+      }
+      t.insert_or_assign(key, std::move(a));
+    } else {
+      throw InputError(what + ": settings." + key + " has an unsupported value");
+    }
+  }
+  return t;
+}
+
+}  // namespace
+
+Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  toml::table doc = connectors::parse_toml_file(path);
+  for (const auto& o : overrides) merge(doc, parse_override(o));
+  Config c = config_from_table(doc, path);
   const std::string base = std::filesystem::path(path).parent_path().string();
   c.run_file = resolve(base, c.run_file);
   c.train_file = resolve(base, c.train_file);
   c.query_file = resolve(base, c.query_file);
+  validate(c);
+  return c;
+}
+
+Config config_from_json(const nlohmann::json& settings, const std::string& what) {
+  ATTRACE_CHECK(settings.is_object(), InputError, what + ": settings must be an object");
+  Config c = config_from_table(table_from_json(settings, what), what);
   validate(c);
   return c;
 }
@@ -203,25 +345,24 @@ void validate(const Config& c) {
   ATTRACE_CHECK(!c.parameters.empty(), InputError, f + ": gradients.parameters is empty");
   ATTRACE_CHECK(c.batch_size > 0, InputError,
                 f + ": gradients.batch_size must be > 0, got " + std::to_string(c.batch_size));
-  ATTRACE_CHECK(c.device == "cpu" || c.device == "cuda" || c.device == "auto", InputError,
-                f + ": gradients.device must be cpu, cuda or auto, got '" + c.device + "'");
   ATTRACE_CHECK(c.top_k >= 0, InputError, f + ": attribution.top_k must be >= 0, got " + std::to_string(c.top_k));
-  ATTRACE_CHECK(c.scoring == "canonical" || c.scoring == "blas", InputError,
-                f + ": attribution.scoring must be canonical or blas, got '" + c.scoring + "'");
-  ATTRACE_CHECK(c.gemm_math == "ieee" || c.gemm_math == "tf32" || c.gemm_math == "bf16", InputError,
-                f + ": attribution.gemm_math must be ieee, tf32 or bf16, got '" + c.gemm_math + "'");
-  ATTRACE_CHECK(c.gemm_math == "ieee" || c.scoring == "blas", InputError,
-                f + ": attribution.gemm_math = '" + c.gemm_math + "' needs attribution.scoring = \"blas\"");
-  ATTRACE_CHECK(c.gemm_math == "ieee" || c.precision == Precision::fp32 || c.projection != Projection::none, InputError,
-                f + ": attribution.gemm_math = '" + c.gemm_math + "' needs float32 features (gradients.precision = \"fp32\" or a projection)");
+  const std::string gm = kernels::to_string(c.gemm_math);
+  ATTRACE_CHECK(c.gemm_math == kernels::GemmMath::ieee || c.scoring == Scoring::blas, InputError,
+                f + ": attribution.gemm_math = '" + gm + "' needs attribution.scoring = \"blas\"");
+  ATTRACE_CHECK(c.gemm_math == kernels::GemmMath::ieee || feature_dtype_of(c) != connectors::FeatureDtype::f64, InputError,
+                f + ": attribution.gemm_math = '" + gm + "' needs float32 features (gradients.precision = \"fp32\" or a projection)");
+  ATTRACE_CHECK(c.feature_dtype == FeatureType::automatic || c.feature_dtype == FeatureType::f64 ||
+                    c.precision == Precision::fp32 || c.projection != Projection::none,
+                InputError, f + ": features.dtype = '" + to_string(c.feature_dtype) + "' with gradients.precision = \"fp64\" and no projection: exact float64 gradients are stored as f64");
+  ATTRACE_CHECK(c.feature_dtype != FeatureType::f64 || (c.precision == Precision::fp64 && c.projection == Projection::none),
+                InputError, f + ": features.dtype = 'f64' needs exact float64 gradients (gradients.precision = \"fp64\", projection.kind = \"none\")");
+  ATTRACE_CHECK(c.memory_limit >= 0, InputError, f + ": attribution.memory_limit must be >= 0");
   ATTRACE_CHECK(c.duplicate_threshold > 0 && c.duplicate_threshold <= 1, InputError,
                 f + ": attribution.duplicate_threshold must be in (0, 1]");
   ATTRACE_CHECK(std::isfinite(c.tolerance) && c.tolerance >= 0, InputError,
                 f + ": attribution.tolerance must be >= 0");
   ATTRACE_CHECK(c.projection_k >= 1 && c.projection_k <= (int64_t{1} << 31), InputError,
                 f + ": projection.k must be in [1, 2^31], got " + std::to_string(c.projection_k));
-  ATTRACE_CHECK(c.projection_distribution == "rademacher" || c.projection_distribution == "gaussian", InputError,
-                f + ": projection.distribution must be rademacher or gaussian, got '" + c.projection_distribution + "'");
   ATTRACE_CHECK(c.scores_max_entries >= 0, InputError, f + ": output.scores_max_entries must be >= 0");
 }
 
@@ -235,16 +376,17 @@ nlohmann::json to_json(const Config& c) {
         {"batch_size", c.batch_size},
         {"path", to_string(c.path)},
         {"precision", to_string(c.precision)},
-        {"device", c.device}}},
+        {"device", to_string(c.device)}}},
       {"projection",
        {{"kind", to_string(c.projection)},
         {"k", c.projection_k},
         {"seed", std::to_string(c.projection_seed)},
-        {"distribution", c.projection_distribution}}},
+        {"distribution", to_string(c.projection_distribution)}}},
+      {"features", {{"dtype", to_string(c.feature_dtype)}}},
       {"attribution",
        {{"top_k", c.top_k},
-        {"scoring", c.scoring},
-        {"gemm_math", c.gemm_math},
+        {"scoring", to_string(c.scoring)},
+        {"gemm_math", kernels::to_string(c.gemm_math)},
         {"negative_policy", to_string(c.negative_policy)},
         {"duplicate_threshold", c.duplicate_threshold},
         {"tolerance", c.tolerance}}},

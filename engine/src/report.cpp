@@ -1,4 +1,5 @@
 #include <attrace/engine/report.hpp>
+#include <attrace/engine/score.hpp>
 #include <attrace/error.hpp>
 
 #include <algorithm>
@@ -48,6 +49,8 @@ uint64_t fnv1a(const void* p, size_t n, uint64_t h = 1469598103934665603ull) {
 
 // True when examples i and j have identical inputs and targets (bitwise).
 bool same_example(const connectors::Dataset& ds, int64_t i, int64_t j) {
+  if (ds.inputs.empty() && !ds.digests.empty())  // rebuilt from a feature store: content digests
+    return std::memcmp(ds.digests.data() + i * 32, ds.digests.data() + j * 32, 32) == 0;
   const int64_t w = ds.example_width();
   if (std::memcmp(ds.inputs.data() + i * w, ds.inputs.data() + j * w, static_cast<size_t>(w) * sizeof(float)) != 0)
     return false;
@@ -62,7 +65,12 @@ bool same_example(const connectors::Dataset& ds, int64_t i, int64_t j) {
 std::vector<std::vector<int64_t>> identical_groups(const connectors::Dataset& ds) {
   std::map<uint64_t, std::vector<int64_t>> buckets;
   const int64_t w = ds.example_width(), tw = ds.target_width();
+  const bool by_digest = ds.inputs.empty() && !ds.digests.empty();
   for (int64_t i = 0; i < ds.size(); ++i) {
+    if (by_digest) {
+      buckets[fnv1a(ds.digests.data() + i * 32, 32)].push_back(i);
+      continue;
+    }
     uint64_t h = fnv1a(ds.inputs.data() + i * w, static_cast<size_t>(w) * sizeof(float));
     if (ds.target_kind == connectors::TargetKind::class_index)
       h = fnv1a(&ds.class_targets[static_cast<size_t>(i)], sizeof(int64_t), h);
@@ -229,9 +237,9 @@ nlohmann::json report_json(const Config& config, const connectors::Dataset& trai
 namespace {
 // The manifest's description of how scores were summed (determinism spec, point 1).
 std::string score_accumulation(const Config& config) {
-  if (config.scoring != "blas") return "fp64, canonical 8-lane order";
-  if (config.gemm_math == "tf32") return "TF32 GEMM (inputs rounded to TF32 ties-away, fp32 sums in library order)";
-  if (config.gemm_math == "bf16") return "bf16 GEMM (inputs rounded to bfloat16 nearest-even, fp32 sums in library order)";
+  if (config.scoring != Scoring::blas) return "fp64, canonical 8-lane order";
+  if (config.gemm_math == kernels::GemmMath::tf32) return "TF32 GEMM (inputs rounded to TF32 ties-away, fp32 sums in library order)";
+  if (config.gemm_math == kernels::GemmMath::bf16) return "bf16 GEMM (inputs rounded to bfloat16 nearest-even, fp32 sums in library order)";
   const bool fp64 = config.precision == Precision::fp64 && config.projection == Projection::none;
   return std::string(fp64 ? "fp64" : "fp32") + " BLAS GEMM (library order; batch-size dependent in the last bits)";
 }
@@ -275,9 +283,9 @@ nlohmann::json manifest_json(const Config& config, const connectors::TrainingRun
     nlohmann::json p = {{"kind", to_string(config.projection)},
                         {"k", config.projection_k},
                         {"seed", std::to_string(config.projection_seed)},
-                        {"distribution", config.projection_distribution},
+                        {"distribution", to_string(config.projection_distribution)},
                         {"generator", "philox4x32-10; entry (row, col) of (seed, stream); scale 1/sqrt(k)"},
-                        {"features", "sqrt(lr_c) * P_c g_c, float32"},
+                        {"features", "sqrt(lr_c) * P_c g_c, float32, stored as " + connectors::to_string(feature_dtype_of(config))},
                         {"feature_dim", r.checkpoints.empty() ? 0 : r.checkpoints.front().feature_dim}};
     nlohmann::json per = nlohmann::json::array();
     for (const auto& c : r.checkpoints) {
@@ -297,6 +305,10 @@ nlohmann::json manifest_json(const Config& config, const connectors::TrainingRun
   }
   m["math"] = {{"precision", to_string(config.precision)},
                {"score_accumulation", score_accumulation(config)},
+               {"score_checkpoint_order", "score(i, j) = sum over checkpoints in run order of weight_c <f_c(i), f_c(j)>"},
+               {"tranche_sum_order", "blocks of " + std::to_string(kTrancheBlock) +
+                                         " training rows; rows ascending within a block; block partials added in ascending block order"},
+               {"feature_dtype", connectors::to_string(feature_dtype_of(config))},
                {"device", backend},
                {"fp_contract", "off"}};
   m["negative_policy"] = to_string(config.negative_policy);

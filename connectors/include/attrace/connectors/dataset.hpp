@@ -31,6 +31,8 @@ struct Dataset {
   std::vector<std::string> ids;       ///< N unique example ids
   std::vector<int64_t> tranche;       ///< N tranche indices into `tranches` (empty: none)
   std::vector<Tranche> tranches;      ///< tranche table (empty for query sets without one)
+  std::vector<uint8_t> digests;       ///< 32-byte content digest per example when the inputs are
+                                      ///< not at hand (a dataset rebuilt from a feature store)
 
   /// Number of examples N.
   int64_t size() const { return input_shape.empty() ? 0 : input_shape[0]; }

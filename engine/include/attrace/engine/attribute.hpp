@@ -2,7 +2,11 @@
 // The `attrace attribute` pipeline: read inputs, compute exact TracIn, write the outputs
 // atomically (nothing appears under the output name unless every file is complete).
 #include <attrace/engine/config.hpp>
+#include <attrace/connectors/dataset.hpp>
+#include <attrace/connectors/run.hpp>
 #include <attrace/engine/report.hpp>
+
+#include <nlohmann/json.hpp>
 
 #include <string>
 
@@ -23,7 +27,38 @@ struct RunSummary {
   std::string path_used;
 };
 
-/// Runs attribution end to end. Checks the output location before computing anything.
+/// Runs attribution end to end (featurize both sets in memory, then score). Checks the output
+/// location before computing anything. Gives the same bytes as run_featurize + run_score.
 RunSummary run_attribute(const Config& config, const RunOptions& options);
+
+/// Options of `attrace featurize`.
+struct FeaturizeOptions {
+  std::string store;     ///< feature store to create or resume
+  bool query = false;    ///< featurize data.query instead of data.train
+  bool replace = false;  ///< replace a store made with other settings
+  bool quiet = false;
+};
+
+/// What a featurize run did.
+struct FeaturizeSummary {
+  int64_t rows = 0;
+  size_t checkpoints = 0;
+  bool resumed = false;       ///< continued an interrupted store
+  int64_t rows_written = 0;   ///< rows featurized by this run (summed over checkpoints)
+};
+
+/// Featurizes the training (or query) set into a feature store, resuming an interrupted one.
+FeaturizeSummary run_featurize(const Config& config, const FeaturizeOptions& options);
+
+/// Scores from a training-set feature store: queries from `query_store` when given, else
+/// featurized on the fly from the config's data.query. Featurization settings must match the
+/// store's (InputError naming the difference). Same outputs as run_attribute.
+RunSummary run_score(const Config& config, const std::string& store, const std::string& query_store,
+                     const RunOptions& options);
+
+/// The canonical JSON that identifies a set of features: engine version, dataset, run,
+/// gradient, projection and storage settings (the store's /spec; compared on resume and score).
+nlohmann::json feature_spec(const Config& config, const connectors::TrainingRun& run, const connectors::Dataset& ds,
+                            bool query);
 
 }  // namespace attrace::engine

@@ -1,6 +1,9 @@
 #pragma once
 // Every setting of an attribution run: read from a human-written TOML file, overridden by CLI
 // flags, echoed in full into the output manifest. Reference: docs/formats.md#config.
+#include <attrace/connectors/feature_store.hpp>
+#include <attrace/kernels/backend.hpp>
+
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
@@ -22,6 +25,14 @@ enum class Projection { none, dense, kronecker };
 
 /// Whether the full score matrix is written to scores.h5.
 enum class ScoresOutput { automatic, always, never };
+/// Compute backend (kernels::make_backend).
+enum class Device { cpu, cuda, automatic };
+/// How train x query scores are accumulated.
+enum class Scoring { canonical, blas };
+/// Distribution of the projection entries.
+enum class Distribution { rademacher, gaussian };
+/// Storage type of features: auto = f32, or f64 for exact float64 gradients.
+enum class FeatureType { automatic, f32, f64, bf16, f16 };
 
 /// All settings of `attrace attribute`. Paths are resolved relative to the config file.
 struct Config {
@@ -36,16 +47,19 @@ struct Config {
   int64_t batch_size = 64;
   GradPath path = GradPath::automatic;
   Precision precision = Precision::fp32;
-  std::string device = "cpu";  ///< compute backend: cpu, cuda, auto
+  Device device = Device::cpu;  ///< compute backend
   // [projection]
   Projection projection = Projection::none;
   int64_t projection_k = 4096;        ///< target feature dimension per checkpoint
   uint64_t projection_seed = 0;       ///< seed of the counter-based generator
-  std::string projection_distribution = "rademacher";  ///< rademacher | gaussian
+  Distribution projection_distribution = Distribution::rademacher;
+  // [features]
+  FeatureType feature_dtype = FeatureType::automatic;  ///< storage type of features (store and memory)
   // [attribution]
   int64_t top_k = 10;
-  std::string scoring = "canonical";  ///< canonical (fixed-order fp64, default) | blas (fast GEMM)
-  std::string gemm_math = "ieee";     ///< blas scoring arithmetic: ieee | tf32 | bf16 (fp32 features only)
+  Scoring scoring = Scoring::canonical;                ///< canonical (fixed-order fp64) | blas (fast GEMM)
+  kernels::GemmMath gemm_math = kernels::GemmMath::ieee;  ///< blas arithmetic: ieee | tf32 | bf16 (fp32 features only)
+  int64_t memory_limit = 0;  ///< bytes the scorer may hold (0: half of physical memory); changes speed only
   NegativePolicy negative_policy = NegativePolicy::clip;
   double duplicate_threshold = 0.5;  ///< flag tranche pairs sharing at least this fraction
   double tolerance = 1e-6;           ///< declared verification tolerance on tranche shares
@@ -57,6 +71,13 @@ struct Config {
 /// Reads a config file, applies `overrides` ("section.key=value" TOML fragments, in order) and
 /// validates every value. InputError naming the file, key and value on any problem.
 Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+
+/// Rebuilds a config from the `settings` object of a manifest (the output of to_json), e.g. for
+/// an auditor's recomputation. Paths are taken as written. InputError naming `what` otherwise.
+Config config_from_json(const nlohmann::json& settings, const std::string& what);
+
+/// The storage type features get under this config (resolves `auto`).
+connectors::FeatureDtype feature_dtype_of(const Config& c);
 
 /// Validates values and relations (batch size > 0, k >= 0, files named). InputError otherwise.
 void validate(const Config& c);
@@ -71,5 +92,9 @@ std::string to_string(GradPath v);
 std::string to_string(NegativePolicy v);
 std::string to_string(ScoresOutput v);
 std::string to_string(Projection v);
+std::string to_string(Device v);
+std::string to_string(Scoring v);
+std::string to_string(Distribution v);
+std::string to_string(FeatureType v);
 
 }  // namespace attrace::engine

@@ -1,0 +1,220 @@
+#include <attrace/engine/score.hpp>
+#include <attrace/error.hpp>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace attrace::engine {
+
+size_t MemoryFeatures::add_checkpoint(int64_t width, double weight) {
+  ATTRACE_CHECK(width >= 0 && (width == 0 || rows_ <= std::numeric_limits<int64_t>::max() / width), InputError,
+                "size overflow holding features in memory");
+  widths_.push_back(width);
+  weights_.push_back(weight);
+  if (fp64_)
+    f64_.emplace_back(static_cast<size_t>(rows_ * width));
+  else
+    f32_.emplace_back(static_cast<size_t>(rows_ * width));
+  return widths_.size() - 1;
+}
+
+void MemoryFeatures::read(size_t c, int64_t b0, int64_t b1, float* out) const {
+  ATTRACE_CHECK(!fp64_, RuntimeFailure, "float32 read of float64 features");
+  std::copy(f32_[c].begin() + b0 * widths_[c], f32_[c].begin() + b1 * widths_[c], out);
+}
+void MemoryFeatures::read(size_t c, int64_t b0, int64_t b1, double* out) const {
+  ATTRACE_CHECK(fp64_, RuntimeFailure, "float64 read of float32 features");
+  std::copy(f64_[c].begin() + b0 * widths_[c], f64_[c].begin() + b1 * widths_[c], out);
+}
+
+int64_t physical_memory() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES), size = ::sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && size > 0 ? static_cast<int64_t>(pages) * size : 0;
+}
+
+namespace {
+
+std::string gib(double bytes) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.3g GiB", bytes / 1073741824.0);
+  return buf;
+}
+
+// "a ranks before b": larger (proponents) or smaller (opponents) score first, then lower row.
+bool ranks_before(const kernels::TopEntry& a, const kernels::TopEntry& b, bool high) {
+  if (a.score != b.score) return high ? a.score > b.score : a.score < b.score;
+  return a.row < b.row;
+}
+
+// Merges two best-first lists into the best k (the answer is unique under the total order).
+void merge_into(std::vector<kernels::TopEntry>& acc, const std::vector<kernels::TopEntry>& add, int64_t k, bool high) {
+  std::vector<kernels::TopEntry> out;
+  out.reserve(static_cast<size_t>(std::min<int64_t>(k, static_cast<int64_t>(acc.size() + add.size()))));
+  size_t a = 0, b = 0;
+  while (static_cast<int64_t>(out.size()) < k && (a < acc.size() || b < add.size())) {
+    if (b >= add.size() || (a < acc.size() && ranks_before(acc[a], add[b], high)))
+      out.push_back(acc[a++]);
+    else
+      out.push_back(add[b++]);
+  }
+  acc.swap(out);
+}
+
+// Features of one checkpoint for a range of rows, in the source's precision.
+struct Tile {
+  std::vector<float> f32;
+  std::vector<double> f64;
+};
+
+}  // namespace
+
+ScorePlan plan_scoring(const FeatureSource& train, const FeatureSource& query, const ScoreSettings& s) {
+  ScorePlan plan;
+  const int64_t phys = physical_memory();
+  plan.budget = s.memory_limit > 0 ? s.memory_limit : (phys > 0 ? phys / 2 : int64_t{8} << 30);
+  const int64_t n = train.rows(), m = query.rows(), eb = train.element_bytes();
+  int64_t all_width = 0, max_width = 0;
+  for (size_t c = 0; c < query.checkpoints(); ++c) all_width += query.width(c);
+  for (size_t c = 0; c < train.checkpoints(); ++c) max_width = std::max(max_width, train.width(c));
+  const double kept = s.keep_scores ? 8.0 * static_cast<double>(n) * static_cast<double>(m) : 0.0;
+  // Fixed costs: the results (self-influence, tranche sums, top-k lists) and the kept matrix.
+  const double fixed = 8.0 * n + 16.0 * s.n_tranches * m + 2.0 * 16.0 * std::max<int64_t>(s.top_k, 0) * m + kept;
+  const double free_bytes = static_cast<double>(plan.budget) - fixed;
+  // Per query row: its features at every checkpoint, its tranche partials; per train row: one
+  // checkpoint's features and a row of the score tile (plus the top-k scratch of one tile).
+  const double per_query = static_cast<double>(all_width) * eb + 16.0 * s.n_tranches + 64.0 * std::max<int64_t>(s.top_k, 1);
+  const int64_t min_train = std::min<int64_t>(std::max<int64_t>(n, 1), kTrancheBlock);
+  const auto need = [&](int64_t qt, int64_t tt) {
+    return per_query * static_cast<double>(qt) + static_cast<double>(tt) * (static_cast<double>(max_width) * eb + 8.0 * qt);
+  };
+  ATTRACE_CHECK(free_bytes > 0 && need(std::min<int64_t>(std::max<int64_t>(m, 1), 1), min_train) <= free_bytes, InputError,
+                "attribution.memory_limit = " + gib(static_cast<double>(plan.budget)) + " is too small: scoring needs at least " +
+                    gib(fixed + need(1, min_train)) + (s.keep_scores ? " (including the full score matrix for scores.h5)" : ""));
+  // Query tile: as many rows as half the free memory holds (all of them when they fit).
+  int64_t qt = std::max<int64_t>(1, std::min<int64_t>(m, static_cast<int64_t>(0.5 * free_bytes / per_query)));
+  // Train tile: whole tranche blocks in the rest; shrink the query tile if not even one fits.
+  while (qt > 1 && need(qt, min_train) > free_bytes) qt = qt / 2;
+  const double per_train = static_cast<double>(max_width) * eb + 8.0 * qt;
+  int64_t tt = static_cast<int64_t>((free_bytes - per_query * static_cast<double>(qt)) / per_train);
+  tt = std::min<int64_t>(tt, std::max<int64_t>(n, 1));
+  if (tt < n) tt = std::max<int64_t>(kTrancheBlock, tt / kTrancheBlock * kTrancheBlock);
+  plan.query_tile = std::max<int64_t>(qt, 1);
+  plan.train_tile = std::max<int64_t>(tt, 1);
+  return plan;
+}
+
+ScoreResult score_all(const FeatureSource& train, const FeatureSource& query, kernels::Backend& backend,
+                      const ScoreSettings& s, Progress& progress) {
+  const int64_t n = train.rows(), m = query.rows();
+  ATTRACE_CHECK(train.checkpoints() == query.checkpoints() && train.fp64() == query.fp64(), InputError,
+                "training and query features were made differently (" + std::to_string(train.checkpoints()) + " vs " +
+                    std::to_string(query.checkpoints()) + " checkpoints)");
+  for (size_t c = 0; c < train.checkpoints(); ++c)
+    ATTRACE_CHECK(train.width(c) == query.width(c) && train.weight(c) == query.weight(c), InputError,
+                  "checkpoint " + std::to_string(c) + ": training and query features differ in width or weight (" +
+                      std::to_string(train.width(c)) + " vs " + std::to_string(query.width(c)) + ")");
+  ATTRACE_CHECK(static_cast<int64_t>(s.tranche.size()) == n, RuntimeFailure, "score_all: tranche index size mismatch");
+  ScoreResult r;
+  r.n_train = n;
+  r.n_query = m;
+  r.plan = plan_scoring(train, query, s);
+  r.self_influence.assign(static_cast<size_t>(n), 0.0);
+  r.tranche_query.assign(static_cast<size_t>(s.n_tranches * m), 0.0);
+  r.topk.resize(static_cast<size_t>(m));
+  if (s.keep_scores) r.scores.assign(static_cast<size_t>(n * m), 0.0);
+  const size_t n_ckpt = train.checkpoints();
+  const bool f64 = train.fp64();
+  const int64_t qt = r.plan.query_tile, tt = r.plan.train_tile;
+
+  std::vector<Tile> qtiles(n_ckpt);
+  Tile ttile;
+  std::vector<double> scores, partial;
+  const auto blas = s.scoring == Scoring::blas;
+  const int64_t query_tiles = (m + qt - 1) / qt;
+  progress.begin("scoring (" + std::to_string(query_tiles) + " query tile" + (query_tiles == 1 ? "" : "s") + ")", n * query_tiles);
+  for (int64_t q0 = 0; q0 < m; q0 += qt) {
+    const int64_t q1 = std::min(m, q0 + qt), nq = q1 - q0;
+    for (size_t c = 0; c < n_ckpt; ++c) {
+      const auto count = static_cast<size_t>(nq * query.width(c));
+      if (f64) {
+        qtiles[c].f64.resize(count);
+        query.read(c, q0, q1, qtiles[c].f64.data());
+      } else {
+        qtiles[c].f32.resize(count);
+        query.read(c, q0, q1, qtiles[c].f32.data());
+      }
+    }
+    std::vector<double> acc(static_cast<size_t>(s.n_tranches * nq), 0.0);
+    for (int64_t t0 = 0; t0 < n; t0 += tt) {
+      const int64_t t1 = std::min(n, t0 + tt), nt = t1 - t0;
+      scores.assign(static_cast<size_t>(nt * nq), 0.0);
+      const auto sv = kernels::view_mut(scores.data(), nt, nq);
+      for (size_t c = 0; c < n_ckpt; ++c) {
+        const int64_t w = train.width(c);
+        const double alpha = train.weight(c);
+        if (f64) {
+          ttile.f64.resize(static_cast<size_t>(nt * w));
+          train.read(c, t0, t1, ttile.f64.data());
+          const auto a = kernels::view<double>(ttile.f64.data(), nt, w);
+          const auto b = kernels::view<double>(qtiles[c].f64.data(), nq, w);
+          if (blas)
+            backend.score_accumulate_blas(a, b, alpha, sv);
+          else
+            backend.score_accumulate(a, b, alpha, sv);
+          if (q0 == 0) backend.sqnorm_accumulate(a, alpha, r.self_influence.data() + t0);
+        } else {
+          ttile.f32.resize(static_cast<size_t>(nt * w));
+          train.read(c, t0, t1, ttile.f32.data());
+          const auto a = kernels::view<float>(ttile.f32.data(), nt, w);
+          const auto b = kernels::view<float>(qtiles[c].f32.data(), nq, w);
+          if (blas)
+            backend.score_accumulate_blas(a, b, alpha, s.gemm_math, sv);
+          else
+            backend.score_accumulate(a, b, alpha, sv);
+          if (q0 == 0) backend.sqnorm_accumulate(a, alpha, r.self_influence.data() + t0);
+        }
+      }
+      // A non-finite score is an error that names the examples (before any sink sees it).
+      for (int64_t i = 0; i < nt; ++i)
+        for (int64_t j = 0; j < nq; ++j)
+          if (!std::isfinite(scores[static_cast<size_t>(i * nq + j)]))
+            throw NumericError("non-finite TracIn score for training example '" +
+                               (s.train_ids.empty() ? std::to_string(t0 + i) : s.train_ids[static_cast<size_t>(t0 + i)]) +
+                               "' and query '" +
+                               (s.query_ids.empty() ? std::to_string(q0 + j) : s.query_ids[static_cast<size_t>(q0 + j)]) + "'");
+      // Tranche sums: block by block (tiles hold whole blocks), rows ascending within a block.
+      for (int64_t b0 = t0; b0 < t1; b0 += kTrancheBlock) {
+        const int64_t b1 = std::min(t1, b0 + kTrancheBlock);
+        partial.assign(static_cast<size_t>(s.n_tranches * nq), 0.0);
+        backend.segmented_row_sum(kernels::view<double>(scores.data() + (b0 - t0) * nq, b1 - b0, nq), s.tranche.data() + b0,
+                                  kernels::view_mut(partial.data(), s.n_tranches, nq));
+        for (size_t e = 0; e < acc.size(); ++e) acc[e] += partial[e];
+      }
+      // Top-k of this tile, merged into the running lists.
+      if (s.top_k > 0) {
+        auto tile_top = backend.column_topk(kernels::view<double>(scores.data(), nt, nq), s.top_k);
+        for (int64_t j = 0; j < nq; ++j) {
+          auto& tk = tile_top[static_cast<size_t>(j)];
+          for (auto& e : tk.proponents) e.row += t0;
+          for (auto& e : tk.opponents) e.row += t0;
+          auto& dst = r.topk[static_cast<size_t>(q0 + j)];
+          merge_into(dst.proponents, tk.proponents, s.top_k, true);
+          merge_into(dst.opponents, tk.opponents, s.top_k, false);
+        }
+      }
+      if (s.keep_scores)
+        for (int64_t i = 0; i < nt; ++i)
+          std::copy(scores.begin() + i * nq, scores.begin() + (i + 1) * nq, r.scores.begin() + (t0 + i) * m + q0);
+      progress.advance(nt);
+    }
+    for (int64_t t = 0; t < s.n_tranches; ++t)
+      std::copy(acc.begin() + t * nq, acc.begin() + (t + 1) * nq, r.tranche_query.begin() + t * m + q0);
+  }
+  progress.end();
+  return r;
+}
+
+}  // namespace attrace::engine

@@ -1,0 +1,242 @@
+// Feature stores as a user meets them: featurize + score give the same bytes as attribute,
+// streamed scoring equals in-memory scoring, a featurize killed at random points resumes to the
+// same bytes, a second writer is refused, stores made otherwise are never mixed, truncated or
+// foreign files are refused without being touched, and h5py reads a store as docs/formats.md says.
+#include "test_util.hpp"
+
+#include <attrace/connectors/hash.hpp>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <random>
+#include <thread>
+
+namespace fs = std::filesystem;
+using attrace::connectors::sha256_file;
+using attrace::test::read_text;
+using attrace::test::TempDir;
+using attrace::test::write_text;
+
+namespace {
+
+struct Result {
+  int code = -1;
+  std::string out;
+};
+
+Result shell(const std::string& command) {
+  Result r;
+  FILE* p = ::popen((command + " 2>&1").c_str(), "r");
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int status = ::pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+Result run(const std::string& args) {
+  const std::string bin = attrace::test::attrace_bin();
+  EXPECT_FALSE(bin.empty());
+  return shell(bin + " " + args);
+}
+
+// The demo's scenario (real digits, six tranches, three checkpoints), made once per test binary.
+const std::string& demo_dir() {
+  static const std::string dir = [] {
+    const std::string d = (fs::temp_directory_path() / ("attrace-store-test-" + std::to_string(::getpid()))).string();
+    fs::remove_all(d);
+    const auto r = run("demo -q --dir " + d);
+    EXPECT_EQ(r.code, 0) << r.out;
+    return d;
+  }();
+  return dir;
+}
+
+std::string cfg() { return demo_dir() + "/attrace.toml"; }
+
+bool same_file(const std::string& a, const std::string& b) {
+  return fs::exists(a) && fs::exists(b) && sha256_file(a) == sha256_file(b);
+}
+
+TEST(Store, FeaturizeThenScoreEqualsAttributeByteForByte) {
+  TempDir d;
+  ASSERT_EQ(run("attribute -q -c " + cfg() + " -o " + (d / "one")).code, 0);
+  const auto f = run("featurize -q -c " + cfg() + " -o " + (d / "train.h5"));
+  ASSERT_EQ(f.code, 0) << f.out;
+  const auto s = run("score -q -c " + cfg() + " --store " + (d / "train.h5") + " -o " + (d / "two"));
+  ASSERT_EQ(s.code, 0) << s.out;
+  ASSERT_EQ(run("featurize -q --query -c " + cfg() + " -o " + (d / "query.h5")).code, 0);
+  const auto s3 = run("score -q -c " + cfg() + " --store " + (d / "train.h5") + " --query-store " + (d / "query.h5") + " -o " +
+                      (d / "three"));
+  ASSERT_EQ(s3.code, 0) << s3.out;
+  for (const char* file : {"report.json", "attribution.csv", "manifest.json", "report.html", "scores.h5"}) {
+    EXPECT_TRUE(same_file(d / ("one/" + std::string(file)), d / ("two/" + std::string(file)))) << file;
+    EXPECT_TRUE(same_file(d / ("one/" + std::string(file)), d / ("three/" + std::string(file)))) << file;
+  }
+  // A second featurize of a complete store does nothing and changes no byte.
+  const std::string before = sha256_file(d / "train.h5");
+  const auto again = run("featurize -c " + cfg() + " -o " + (d / "train.h5"));
+  EXPECT_EQ(again.code, 0) << again.out;
+  EXPECT_NE(again.out.find("complete:"), std::string::npos) << again.out;
+  EXPECT_EQ(sha256_file(d / "train.h5"), before);
+}
+
+TEST(Store, StreamedScoringEqualsInMemoryScoring) {
+  TempDir d;
+  ASSERT_EQ(run("featurize -q -c " + cfg() + " -o " + (d / "s.h5")).code, 0);
+  // 20 MiB forces several query tiles on the demo (features of one query: 3 x 2410 floats).
+  const auto small = run("score -c " + cfg() + " --store " + (d / "s.h5") + " -o " + (d / "small") +
+                         " --memory-limit 20MiB --set output.scores=never");
+  ASSERT_EQ(small.code, 0) << small.out;
+  EXPECT_NE(small.out.find("query tiles"), std::string::npos) << "expected several query tiles:\n" << small.out;
+  ASSERT_EQ(run("score -q -c " + cfg() + " --store " + (d / "s.h5") + " -o " + (d / "big") + " --set output.scores=never").code, 0);
+  for (const char* file : {"report.json", "attribution.csv", "manifest.json", "report.html"})
+    EXPECT_TRUE(same_file(d / ("small/" + std::string(file)), d / ("big/" + std::string(file)))) << file;
+  const auto tiny = run("score -q -c " + cfg() + " --store " + (d / "s.h5") + " -o " + (d / "tiny") + " --memory-limit 1MiB");
+  EXPECT_EQ(tiny.code, 2) << tiny.out;
+  EXPECT_NE(tiny.out.find("is too small"), std::string::npos) << tiny.out;
+  EXPECT_FALSE(fs::exists(d / "tiny"));
+}
+
+TEST(Store, KilledFeaturizeResumesToTheSameBytes) {
+  TempDir d;
+  ASSERT_EQ(run("featurize -q -c " + cfg() + " -o " + (d / "ref.h5")).code, 0);
+  const std::string ref = sha256_file(d / "ref.h5");
+  const std::string bin = attrace::test::attrace_bin();
+  std::mt19937_64 rng(2026);
+  int mid_run = 0;
+  for (int k = 0; k < 8; ++k) {
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      const int null = ::open("/dev/null", O_WRONLY);
+      ::dup2(null, 1);
+      ::dup2(null, 2);
+      ::execl(bin.c_str(), bin.c_str(), "featurize", "-q", "-c", cfg().c_str(), "-o", (d / "s.h5").c_str(), nullptr);
+      ::_exit(127);
+    }
+    // Start-up (loading LibTorch) takes ~0.8 s; featurizing the demo ~4 s on 2 cores.
+    const auto delay = std::chrono::milliseconds(700 + static_cast<int>(rng() % 3300));
+    std::this_thread::sleep_for(delay);
+    ::kill(pid, SIGKILL);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    if (fs::exists(d / "s.h5") && sha256_file(d / "s.h5") == ref) {
+      fs::remove(d / "s.h5");  // finished before the kill: start over so the next kill lands mid-run
+      continue;
+    }
+    if (WIFSIGNALED(status) && fs::exists(d / "s.h5")) {
+      // Killed with a store in place: it must not pass for a complete one.
+      const auto sc = run("score -q -c " + cfg() + " --store " + (d / "s.h5") + " -o " + (d / "x"));
+      if (sc.code == 2 && sc.out.find("incomplete feature store") != std::string::npos) ++mid_run;
+      EXPECT_FALSE(sc.code == 0 && sha256_file(d / "s.h5") != ref) << "an incomplete store was scored";
+      fs::remove_all(d / "x");
+    }
+  }
+  std::printf("[ kills ] %d of 8 kills left a partial store, each resumed by the next run\n", mid_run);
+  EXPECT_GE(mid_run, 5) << "too few kills landed while features were being written; the test proves little";
+  const auto fin = run("featurize -c " + cfg() + " -o " + (d / "s.h5"));
+  ASSERT_EQ(fin.code, 0) << fin.out;
+  EXPECT_EQ(sha256_file(d / "s.h5"), ref) << "resumed store differs from an uninterrupted one";
+  for (const auto& e : fs::directory_iterator(d.str()))
+    EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << "leftover " << e.path();
+}
+
+TEST(Store, SecondWriterOtherSettingsAndBadFilesAreRefused) {
+  TempDir d;
+  ASSERT_EQ(run("featurize -q -c " + cfg() + " -o " + (d / "s.h5")).code, 0);
+  const std::string sha = sha256_file(d / "s.h5");
+  // Another process holds the writer's lock.
+  const int fd = ::open((d / ".s.h5.lock").c_str(), O_RDWR | O_CREAT, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::flock(fd, LOCK_EX | LOCK_NB), 0);
+  const auto locked = run("featurize -q -c " + cfg() + " -o " + (d / "s.h5"));
+  EXPECT_EQ(locked.code, 2) << locked.out;
+  EXPECT_NE(locked.out.find("another attrace process is writing"), std::string::npos) << locked.out;
+  ::close(fd);
+  // Other settings: refused, naming the difference; the store is untouched.
+  const auto other = run("featurize -q -c " + cfg() + " -o " + (d / "s.h5") + " --set projection.kind=dense --set projection.k=64");
+  EXPECT_EQ(other.code, 2) << other.out;
+  EXPECT_NE(other.out.find("refusing to mix"), std::string::npos) << other.out;
+  EXPECT_EQ(sha256_file(d / "s.h5"), sha);
+  // Scoring with a config whose featurization differs from the store's.
+  const auto mism = run("score -q -c " + cfg() + " --store " + (d / "s.h5") + " -o " + (d / "o") + " --set projection.kind=dense");
+  EXPECT_EQ(mism.code, 2) << mism.out;
+  EXPECT_NE(mism.out.find("the store's 'projection'"), std::string::npos) << mism.out;
+  EXPECT_FALSE(fs::exists(d / "o"));
+  // A truncated store: refused by both commands, never overwritten.
+  {
+    const std::string bytes = read_text(d / "s.h5");
+    write_text(d / "cut.h5", bytes.substr(0, bytes.size() / 3));
+  }
+  const std::string cut = sha256_file(d / "cut.h5");
+  const auto fc = run("featurize -q -c " + cfg() + " -o " + (d / "cut.h5"));
+  EXPECT_EQ(fc.code, 2) << fc.out;
+  EXPECT_NE(fc.out.find("not overwriting"), std::string::npos) << fc.out;
+  EXPECT_EQ(sha256_file(d / "cut.h5"), cut);
+  const auto sc = run("score -q -c " + cfg() + " --store " + (d / "cut.h5") + " -o " + (d / "o"));
+  EXPECT_EQ(sc.code, 2) << sc.out;
+  // A foreign HDF5 file (a dataset) as a store.
+  const auto foreign = run("score -q -c " + cfg() + " --store " + demo_dir() + "/train.h5 -o " + (d / "o"));
+  EXPECT_EQ(foreign.code, 2) << foreign.out;
+  EXPECT_NE(foreign.out.find("not an attrace feature store"), std::string::npos) << foreign.out;
+  EXPECT_FALSE(fs::exists(d / "o"));
+}
+
+// docs/formats.md#feature-store, read with h5py and numpy only: the scores recomputed from the
+// stores equal scores.h5.
+TEST(Store, H5pyReadsTheDocumentedLayout) {
+  TempDir d;
+  ASSERT_EQ(run("featurize -q -c " + cfg() + " -o " + (d / "t.h5")).code, 0);
+  ASSERT_EQ(run("featurize -q --query -c " + cfg() + " -o " + (d / "q.h5")).code, 0);
+  ASSERT_EQ(run("score -q -c " + cfg() + " --store " + (d / "t.h5") + " --query-store " + (d / "q.h5") + " -o " + (d / "o")).code,
+            0);
+  write_text(d / "read.py", R"PY(
+import json, sys
+import h5py, numpy as np
+t, q, s = sys.argv[1], sys.argv[2], sys.argv[3]
+def load(path):
+    f = h5py.File(path, "r")
+    fmt = f.attrs["format"]
+    assert (fmt.decode() if isinstance(fmt, bytes) else fmt) == "attrace.features/1", fmt
+    spec = json.loads(f["spec"][0])
+    n = len(f["ids"])
+    assert list(f["progress"][:]) == [n] * len(f["progress"]), "store not complete"
+    assert f["digest"].shape == (n, 32)
+    ckpts = []
+    for c in range(len(f["progress"])):
+        g = f["checkpoint_%06d" % c]
+        meta = json.loads(g["meta"][0])
+        feats = g["features"][:]
+        assert feats.shape == (n, meta["feature_dim"]), (feats.shape, meta)
+        ckpts.append((float(g.attrs["weight"]), feats.astype(np.float64)))
+    return f, spec, ckpts
+ft, st, ct = load(t)
+fq, sq, cq = load(q)
+assert st["role"] == "train" and sq["role"] == "query"
+assert "tranche" in ft and "tranche" not in fq
+lrs = [c["lr"] for c in st["run"]["checkpoints"]]
+assert [w for w, _ in ct] == lrs, "exact features: weight = lr"
+scores = h5py.File(s, "r")["scores"][:]
+mine = sum(w * a @ b.T for (w, a), (_, b) in zip(ct, cq))
+err = np.abs(mine - scores).max() / np.abs(scores).max()
+print("max rel diff", err)
+assert err < 1e-9, err
+)PY");
+  const auto r = shell("/usr/bin/python3 " + (d / "read.py") + " " + (d / "t.h5") + " " + (d / "q.h5") + " " + (d / "o/scores.h5"));
+  EXPECT_EQ(r.code, 0) << r.out;
+}
+
+}  // namespace
