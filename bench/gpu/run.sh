@@ -51,7 +51,7 @@ grep -E "^\[ (gemm|entries)|PASSED|FAILED|SKIPPED" "$out/cuda_test.log" | sed 's
 # shared-memory races (racecheck) in every kernel. ATTRACE_GPU_SANITIZE=0 skips it.
 if [ "$gpu" = yes ] && [ "${ATTRACE_GPU_SANITIZE:-1}" = 1 ] && command -v compute-sanitizer > /dev/null; then
   echo "== compute-sanitizer"
-  small='Cuda.SqnormBitIdentical:Cuda.SegmentedRowSumBitIdentical:Cuda.CanonicalScoreBitIdentical:Cuda.KroneckerBitIdentical'
+  small='Cuda.SqnormBitIdentical:Cuda.SegmentedRowSumBitIdentical:Cuda.CanonicalScoreBitIdentical:Cuda.KroneckerBitIdentical:Cuda.ChunkedProjectionBitIdentical'
   for tool in memcheck racecheck; do
     timeout "${ATTRACE_GPU_SANITIZE_TIMEOUT:-120}" compute-sanitizer --tool "$tool" --error-exitcode 9 \
       "$build/tests/cuda_test" --gtest_filter="$small" > "$out/sanitizer-$tool.log" 2>&1
@@ -63,7 +63,7 @@ fi
 
 if [ "$gpu" = yes ]; then
   echo "== benchmarks (cells over ATTRACE_GPU_BENCH_MAX_TFLOP=${ATTRACE_GPU_BENCH_MAX_TFLOP:-250} TFLOP skipped; stops after ${ATTRACE_GPU_BENCH_TIMEOUT:-300} s)"
-  timeout "${ATTRACE_GPU_BENCH_TIMEOUT:-300}" "$build/bench/bench_gpu" --benchmark_out="$out/bench_gpu.json" \
+  timeout "${ATTRACE_GPU_BENCH_TIMEOUT:-300}" "$build/bench/bench_gpu" --benchmark_filter="${ATTRACE_GPU_BENCH_FILTER:-.}" --benchmark_out="$out/bench_gpu.json" \
     --benchmark_out_format=json > "$out/bench_gpu.log" 2>&1 || { tail -20 "$out/bench_gpu.log"; status=1; }
   python3 "$root/bench/gpu/table.py" "$out/bench_gpu.json" | tee "$out/table.txt"
 else
