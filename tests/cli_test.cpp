@@ -438,4 +438,16 @@ TEST(CliLedger, EvmDeployCommitClaimAgainstAnvil) {
   EXPECT_NE(r.out.find("wrong chain id"), std::string::npos) << r.out;
 }
 
+// A node that cannot be reached is a failure of the environment (exit 1, "failure:"), not bad
+// input (exit 2): the same configuration works once the node is up.
+TEST(CliLedger, UnreachableEvmNodeExitsOne) {
+  TempDir d;
+  const std::string url = "http://127.0.0.1:" + std::to_string(attrace::test::free_port());
+  write_text(d / "evm.toml", "[evm]\nrpc_url = \"" + url + "\"\nchain_id = 31337\n");
+  const auto r = run("ledger status 1 --backend evm --evm-config " + (d / "evm.toml"));
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("attrace: failure:"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(url), std::string::npos) << "the message names the node: " << r.out;
+}
+
 }  // namespace

@@ -252,7 +252,15 @@ TEST(EvmErrors, WrongChainIdUnreachableNodeAndTimeout) {
   al::EvmOptions closed;
   closed.rpc_url = "http://127.0.0.1:" + std::to_string(attrace::test::free_port());
   closed.chain_id = 31337;
-  EXPECT_THROW(al::EvmLedger(closed, std::nullopt), al::RpcError);
+  try {
+    al::EvmLedger l(closed, std::nullopt);
+    FAIL() << "no error from a closed port";
+  } catch (const attrace::InputError& e) {
+    FAIL() << "an unreachable node is not bad input: " << e.what();
+  } catch (const attrace::RuntimeFailure& e) {
+    EXPECT_NE(dynamic_cast<const al::RpcError*>(&e), nullptr) << e.what();
+    EXPECT_NE(std::string(e.what()).find(closed.rpc_url), std::string::npos) << e.what();
+  }
   // A server that accepts connections and never answers: the call times out.
   const int s = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};

@@ -104,6 +104,9 @@ const std::map<std::string, ErrorInfo>& known_errors() {
       if (it->second.refusal) throw LedgerRefusal(*it->second.refusal, what + " (contract reverted)");
       throw InputError(what + ": contract reverted with " + it->second.name);
     }
+    // The contract refused the call with an error this client does not know: still a refusal of
+    // the request, not a failure of the node.
+    throw InputError(what + ": contract reverted with unknown error " + data.substr(0, 10) + " (" + e.what() + ")");
   }
   throw RpcError(what + ": " + e.what(), data);
 }

@@ -35,10 +35,14 @@ Bytes32 receipt_digest(uint64_t chain_id, const Address& contract, uint64_t epoc
                        const Bytes32& manifest_hash, const U256& total_reward);
 
 /// A JSON-RPC error reply or transport failure (names the URL and method). For reverts,
-/// `revert_data` holds the hex-encoded revert payload when the node returned one.
-class RpcError : public InputError {
+/// `revert_data` holds the hex-encoded revert payload when the node returned one. An environment
+/// failure (the CLI exits 1), not bad input: an unreachable, slow or misbehaving node says nothing
+/// about the user's files. Contract refusals are turned into InputError/LedgerRefusal where the
+/// revert payload is recognized.
+class RpcError : public RuntimeFailure {
  public:
-  explicit RpcError(const std::string& msg, std::string revert_data = "") : InputError(msg), revert_data_(std::move(revert_data)) {}
+  explicit RpcError(const std::string& msg, std::string revert_data = "")
+      : RuntimeFailure(msg), revert_data_(std::move(revert_data)) {}
   const std::string& revert_data() const { return revert_data_; }
 
  private:
