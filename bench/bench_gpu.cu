@@ -10,7 +10,8 @@
 //   kron/...            Kronecker projection of one linear layer (B examples x T positions)
 //   backward/...        that layer's own backward pass: dX = dY W and dW = dY^T X, two float32
 //                       cuBLAS GEMMs.
-// Times come from CUDA events around each launch (manual time). Cells whose work exceeds
+// Everything runs on one cuda::Resources stream (the one the backend uses); times come from CUDA
+// events recorded on that stream around each launch (manual time). Cells whose work exceeds
 // ATTRACE_GPU_BENCH_MAX_TFLOP (default 250 TFLOP per iteration) or whose buffers exceed 70% of
 // free GPU memory are skipped with a message, never silently. bench/gpu/run.sh builds and runs
 // this binary and prints the side-by-side table; results: bench/RESULTS.md.
@@ -29,6 +30,7 @@
 #include <vector>
 
 namespace ak = attrace::kernels;
+namespace kc = attrace::kernels::cuda;
 
 namespace {
 
@@ -42,6 +44,10 @@ void cuda_ok(cudaError_t e, const char* what) {
 void blas_ok(cublasStatus_t s, const char* what) {
   if (s != CUBLAS_STATUS_SUCCESS) throw Failure(std::string(what) + ": " + cublasGetStatusString(s));
 }
+
+// The resources every benchmark runs on (created in main once a device is known to exist).
+kc::Resources* g_res = nullptr;
+cudaStream_t stream() { return static_cast<cudaStream_t>(g_res->stream()); }
 
 template <class T>
 struct Device {
@@ -69,7 +75,7 @@ __global__ void fill_kernel(ak::BFloat16* x, int64_t n) {
 }
 template <class T>
 void fill(T* x, int64_t n) {
-  fill_kernel<<<4096, 256>>>(x, n);
+  fill_kernel<<<4096, 256, 0, stream()>>>(x, n);
   cuda_ok(cudaGetLastError(), "fill");
 }
 
@@ -80,11 +86,11 @@ void timed(benchmark::State& state, F&& launch, bool warm_up = true) {
   cuda_ok(cudaEventCreate(&a), "event");
   cuda_ok(cudaEventCreate(&b), "event");
   if (warm_up) launch();
-  cuda_ok(cudaDeviceSynchronize(), "warm-up");
+  cuda_ok(cudaStreamSynchronize(stream()), "warm-up");
   for (auto _ : state) {
-    cuda_ok(cudaEventRecord(a), "record");
+    cuda_ok(cudaEventRecord(a, stream()), "record");
     launch();
-    cuda_ok(cudaEventRecord(b), "record");
+    cuda_ok(cudaEventRecord(b, stream()), "record");
     cuda_ok(cudaEventSynchronize(b), "sync");
     float ms = 0;
     cuda_ok(cudaEventElapsedTime(&ms, a, b), "elapsed");
@@ -125,10 +131,14 @@ void rates(benchmark::State& state, double flop, double bytes, double examples) 
   state.counters["ex/s"] = C(examples, C::kIsIterationInvariantRate);
 }
 
+// The baseline GEMMs' handle: on the resources' stream, plain float32 arithmetic (no TF32) set
+// explicitly, as the backend does.
 cublasHandle_t blas() {
   static cublasHandle_t h = [] {
     cublasHandle_t x = nullptr;
     blas_ok(cublasCreate(&x), "cublasCreate");
+    blas_ok(cublasSetStream(x, stream()), "cublasSetStream");
+    blas_ok(cublasSetMathMode(x, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
     return x;
   }();
   return h;
@@ -142,7 +152,8 @@ void BM_Project(benchmark::State& state, int64_t batch, int64_t p, int64_t k) tr
   Device<float> out(static_cast<size_t>(batch * k));
   fill(g.p, batch * p);
   const ak::ProjectionSpec spec{7, 0, k, ak::ProjectionKind::rademacher};
-  timed(state, [&] { ak::cuda::project_dense_device(g.p, batch, p, spec, out.p, nullptr); }, flop < kLong);
+  timed(state, [&] { kc::project_dense_device(*g_res, kc::device_view(g.p, batch, p), spec, kc::device_view_mut(out.p, batch, k)); },
+        flop < kLong);
   rates(state, flop, in_bytes, static_cast<double>(batch));
 } catch (const std::exception& e) {
   state.SkipWithError(e.what());
@@ -178,7 +189,7 @@ void BM_Copy(benchmark::State& state, int64_t batch, int64_t p) try {
   const double bytes = static_cast<double>(batch) * p * sizeof(T);
   if (!fits(state, 2 * bytes, 0)) return;
   Device<T> src(static_cast<size_t>(batch * p)), dst(static_cast<size_t>(batch * p));
-  timed(state, [&] { cuda_ok(cudaMemcpyAsync(dst.p, src.p, static_cast<size_t>(bytes), cudaMemcpyDeviceToDevice), "copy"); });
+  timed(state, [&] { cuda_ok(cudaMemcpyAsync(dst.p, src.p, static_cast<size_t>(bytes), cudaMemcpyDeviceToDevice, stream()), "copy"); });
   rates(state, 0, 2 * bytes, static_cast<double>(batch));
 } catch (const std::exception& e) {
   state.SkipWithError(e.what());
@@ -202,7 +213,9 @@ void BM_Kronecker(benchmark::State& state, Layer l) try {
   const ak::ProjectionSpec ou{7, 1, k_out, k_out == l.d_out ? ak::ProjectionKind::identity : ak::ProjectionKind::rademacher};
   state.SetLabel("k_in " + std::to_string(k_in) + ", k_out " + std::to_string(k_out));
   timed(state, [&] {
-    ak::cuda::project_kronecker_device(x.p, d.p, l.batch, l.positions, l.d_in, l.d_out, in, ou, xp.p, dp.p, out.p, nullptr);
+    kc::project_kronecker_device(*g_res, kc::device_view(x.p, rows, l.d_in), kc::device_view(d.p, rows, l.d_out), l.positions, in, ou,
+                                 kc::device_view_mut(xp.p, rows, k_in), kc::device_view_mut(dp.p, rows, k_out),
+                                 kc::device_view_mut(out.p, l.batch, k_in * k_out));
   });
   rates(state, flop, 4.0 * rows * (l.d_in + l.d_out), static_cast<double>(l.batch));
 } catch (const std::exception& e) {
@@ -286,6 +299,8 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("gpu", prop.name);
   benchmark::AddCustomContext("gpu_sms", std::to_string(prop.multiProcessorCount));
   benchmark::AddCustomContext("gpu_memory_GiB", std::to_string(static_cast<double>(prop.totalGlobalMem) / (1u << 30)));
+  kc::Resources res(0);
+  g_res = &res;
   register_all();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

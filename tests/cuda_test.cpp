@@ -1,17 +1,27 @@
-// CUDA backend against the CPU backend, kernel by kernel. Each test skips on a machine without a
-// GPU (this project's CI) and must pass on one: bench/gpu/run.sh builds and runs this binary on a
+// CUDA backend against the CPU backend, kernel by kernel. Each GPU test skips on a machine without
+// a GPU (this project's CI) and must pass on one: bench/gpu/run.sh builds and runs this binary on a
 // fresh CUDA machine. Where the CPU and CUDA kernels share an order of operations the results
 // must be bit-identical; the GEMM path (library order) and Gaussian entries (libm vs CUDA
-// transcendental functions) are compared within stated bounds.
+// transcendental functions) are compared within stated bounds. The host/device headers both
+// backends compile (float_formats.hpp, topk_order.hpp) are checked here on the CPU too, so they run
+// in every build.
 #include <attrace/error.hpp>
 #include <attrace/kernels/backend.hpp>
+#include <attrace/kernels/float_formats.hpp>
 #include <attrace/kernels/philox.hpp>
 #include <attrace/kernels/rounding.hpp>
+#include <attrace/kernels/topk_order.hpp>
+#ifdef ATTRACE_KERNELS_CUDA_DEVICE_API
+#include <attrace/kernels/cuda_device.hpp>
+
+#include <cuda_runtime.h>
+#endif
 
 #include "kernel_test_util.hpp"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -38,6 +48,73 @@ using attrace::test::expect_same_topk;
 using attrace::test::random_matrix;
 
 using Shape = std::tuple<int64_t, int64_t, int64_t>;
+
+uint32_t bits_of(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+
+// Every half bit pattern against the value its fields define, computed in float64 (exact for
+// every half): sign, zero/subnormal/normal scaling, infinities, and NaN payloads kept.
+TEST(SharedHostDevice, HalfWideningExactForEveryBitPattern) {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float got = ak::to_float(ak::Half{static_cast<uint16_t>(h)});
+    const uint32_t sign = h >> 15, exp = (h >> 10) & 0x1F, man = h & 0x3FF;
+    if (exp == 0x1F) {
+      EXPECT_EQ(bits_of(got), (sign << 31) | 0x7F800000u | (man << 13)) << std::hex << h;  // inf, or NaN with its payload
+      continue;
+    }
+    const double magnitude = exp == 0 ? std::ldexp(static_cast<double>(man), -24) : std::ldexp(1024.0 + man, static_cast<int>(exp) - 25);
+    const float want = static_cast<float>(sign ? -magnitude : magnitude);
+    ASSERT_EQ(bits_of(got), bits_of(want)) << "half 0x" << std::hex << h;  // bit equality keeps -0 apart from +0
+#if defined(__FLT16_MANT_DIG__)
+    _Float16 f16;
+    const auto bits16 = static_cast<uint16_t>(h);
+    std::memcpy(&f16, &bits16, 2);
+    ASSERT_EQ(bits_of(got), bits_of(static_cast<float>(f16))) << "half 0x" << std::hex << h << " vs the compiler's _Float16";
+#endif
+  }
+}
+
+// Every bfloat16 widens to a float32 that rounds back to itself (non-NaN), and NaNs stay NaN.
+TEST(SharedHostDevice, BFloat16WideningRoundTrips) {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float got = ak::to_float(ak::BFloat16{static_cast<uint16_t>(h)});
+    if (std::isnan(got)) {
+      EXPECT_EQ((h & 0x7F80u), 0x7F80u) << std::hex << h;
+      EXPECT_NE((h & 0x7Fu), 0u) << std::hex << h;
+      continue;
+    }
+    ASSERT_EQ(ak::bf16_bits_rne(got), h) << "bfloat16 0x" << std::hex << h;
+    ASSERT_EQ(bits_of(got) & 0xFFFFu, 0u);
+  }
+}
+
+// The top-k order is a strict total order on (score, row) with distinct rows: larger (or smaller)
+// score first, +0 and -0 tie and fall to the row; the same function ranks on both backends.
+TEST(SharedHostDevice, TopkOrderIsStrictAndBreaksTiesByRow) {
+  EXPECT_TRUE(ak::ranks_before(2.0, 9, 1.0, 0, true));
+  EXPECT_FALSE(ak::ranks_before(1.0, 0, 2.0, 9, true));
+  EXPECT_TRUE(ak::ranks_before(1.0, 9, 2.0, 0, false));
+  EXPECT_TRUE(ak::ranks_before(-0.0, 3, 0.0, 4, true));
+  EXPECT_TRUE(ak::ranks_before(0.0, 3, -0.0, 4, false));
+  EXPECT_FALSE(ak::ranks_before(0.0, 4, -0.0, 3, true));
+  std::mt19937_64 rng(17);
+  std::vector<std::pair<double, int64_t>> e(200);
+  for (size_t i = 0; i < e.size(); ++i) e[i] = {static_cast<double>(static_cast<int64_t>(rng() % 7) - 3), static_cast<int64_t>(i)};
+  for (const bool high : {true, false})
+    for (const auto& x : e) {
+      EXPECT_FALSE(ak::ranks_before(x.first, x.second, x.first, x.second, high));
+      for (const auto& y : e) {
+        if (x.second == y.second) continue;
+        const bool xy = ak::ranks_before(x.first, x.second, y.first, y.second, high);
+        ASSERT_NE(xy, ak::ranks_before(y.first, y.second, x.first, x.second, high)) << "not total/asymmetric";
+        const bool by_score = high ? x.first > y.first : x.first < y.first;
+        ASSERT_EQ(xy, x.first != y.first ? by_score : x.second < y.second);
+      }
+    }
+}
 
 TEST_F(Cuda, SqnormBitIdentical) {
   for (const auto& [n, p] : {std::pair<int64_t, int64_t>{1, 1}, {33, 7}, {100, 4097}, {1000, 129}}) {
@@ -176,6 +253,124 @@ TEST_F(Cuda, DenseProjectionInputsAndShapes) {
   gpu->project_dense(ak::view(y.data(), 5, 7), id, ak::view_mut(out.data(), 5, 7));
   EXPECT_TRUE(bit_equal(out, y));
 }
+
+// The device widens half and bfloat16 inputs to the CPU's bits, for every bit pattern (NaN
+// payloads included): the identity projection copies them through the shared to_float.
+TEST_F(Cuda, HalfAndBFloat16WideningIdenticalForEveryBitPattern) {
+  const int64_t rows = 256, p = 256;
+  const ak::ProjectionSpec id{0, 0, p, ak::ProjectionKind::identity};
+  std::vector<ak::Half> h(static_cast<size_t>(rows * p));
+  std::vector<ak::BFloat16> bf(h.size());
+  for (size_t i = 0; i < h.size(); ++i) h[i].bits = bf[i].bits = static_cast<uint16_t>(i);
+  std::vector<float> c(h.size()), g(h.size(), -1.0f);
+  cpu->project_dense(ak::HostMatrix<ak::Half>{h.data(), rows, p, p}, id, ak::view_mut(c.data(), rows, p));
+  gpu->project_dense(ak::HostMatrix<ak::Half>{h.data(), rows, p, p}, id, ak::view_mut(g.data(), rows, p));
+  EXPECT_TRUE(bit_equal(c, g)) << "half";
+  std::fill(g.begin(), g.end(), -1.0f);
+  cpu->project_dense(ak::HostMatrix<ak::BFloat16>{bf.data(), rows, p, p}, id, ak::view_mut(c.data(), rows, p));
+  gpu->project_dense(ak::HostMatrix<ak::BFloat16>{bf.data(), rows, p, p}, id, ak::view_mut(g.data(), rows, p));
+  EXPECT_TRUE(bit_equal(c, g)) << "bfloat16";
+}
+
+// More rows than one launch of the scoring kernel covers (65535 tiles of 16 rows): the launches
+// are tiled over rows and each output keeps its bits.
+TEST_F(Cuda, CanonicalScoreBeyondOneLaunchOfRows) {
+  const int64_t n = 65535 * 16 + 21, m = 3, p = 11;
+  const auto a = random_matrix<float>(n, p, 5), b = random_matrix<float>(m, p, 6);
+  std::vector<double> c(static_cast<size_t>(n * m), 0.5), g(c);
+  cpu->score_accumulate(ak::view(a.data(), n, p), ak::view(b.data(), m, p), 0.75, ak::view_mut(c.data(), n, m));
+  gpu->score_accumulate(ak::view(a.data(), n, p), ak::view(b.data(), m, p), 0.75, ak::view_mut(g.data(), n, m));
+  EXPECT_TRUE(bit_equal(c, g));
+  std::vector<double> sc(static_cast<size_t>(n), 0.25), sg(sc);
+  cpu->sqnorm_accumulate(ak::view(a.data(), n, p), 2.0, sc.data());
+  gpu->sqnorm_accumulate(ak::view(a.data(), n, p), 2.0, sg.data());
+  EXPECT_TRUE(bit_equal(sc, sg)) << "sqnorm";
+}
+
+// One backend serves calls of growing, shrinking and repeated shapes from its reused scratch:
+// every result matches the CPU, whatever the previous call left in the arena.
+TEST_F(Cuda, ReusedScratchAcrossShapes) {
+  for (const auto& [n, m, p] : {Shape{5, 3, 7}, Shape{700, 40, 300}, Shape{2, 1, 1}, Shape{700, 40, 300}, Shape{33, 9, 65}}) {
+    const auto a = random_matrix<float>(n, p, 50 + n), b = random_matrix<float>(m, p, 60 + m);
+    std::vector<double> c(static_cast<size_t>(n * m), 1.0), g(c);
+    cpu->score_accumulate(ak::view(a.data(), n, p), ak::view(b.data(), m, p), 1.5, ak::view_mut(c.data(), n, m));
+    gpu->score_accumulate(ak::view(a.data(), n, p), ak::view(b.data(), m, p), 1.5, ak::view_mut(g.data(), n, m));
+    EXPECT_TRUE(bit_equal(c, g)) << n << "x" << m << "x" << p;
+    const ak::ProjectionSpec s{3, 1, m * 5, ak::ProjectionKind::rademacher};
+    std::vector<float> pc(static_cast<size_t>(n * s.k)), pg(pc.size(), std::numeric_limits<float>::quiet_NaN());
+    cpu->project_dense(ak::view(a.data(), n, p), s, ak::view_mut(pc.data(), n, s.k));
+    gpu->project_dense(ak::view(a.data(), n, p), s, ak::view_mut(pg.data(), n, s.k));
+    EXPECT_TRUE(bit_equal(pc, pg)) << "projection " << n << "x" << p << "x" << s.k;
+  }
+}
+
+#ifdef ATTRACE_KERNELS_CUDA_DEVICE_API
+// The device entry points on device views: scoring on strided views (guard values in the padding
+// of every row and after the last row stay untouched), projection on dense views (a strided one is
+// refused), results equal to the CPU's.
+TEST_F(Cuda, DeviceEntryPointsWriteOnlyTheirOutputs) {
+  namespace kc = ak::cuda;
+  const int64_t n = 37, m = 11, p = 70, pad = 3, k = 130;
+  const auto a = random_matrix<float>(n, p, 71), b = random_matrix<float>(m, p, 72);
+  const double guard = -12345.5;
+  const auto strided = [](const std::vector<float>& v, int64_t rows, int64_t cols, int64_t ld) {
+    std::vector<float> s(static_cast<size_t>(rows * ld + 1), 777.0f);
+    for (int64_t i = 0; i < rows; ++i) std::copy_n(v.begin() + i * cols, cols, s.begin() + i * ld);
+    return s;
+  };
+  const auto hs_a = strided(a, n, p, p + pad), hs_b = strided(b, m, p, p + pad);
+  std::vector<double> hs_out(static_cast<size_t>(n * (m + pad) + 1), guard);
+  for (int64_t i = 0; i < n; ++i) std::fill_n(hs_out.begin() + i * (m + pad), m, 0.5);
+  std::vector<float> hs_proj(static_cast<size_t>(n * k + 1), -3.0f);
+  const auto bytes = [](const auto& v) { return v.size() * sizeof(v[0]); };
+  void *da = nullptr, *db = nullptr, *da_dense = nullptr, *dout = nullptr, *dproj = nullptr;
+  ASSERT_EQ(cudaMalloc(&da, bytes(hs_a)), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&db, bytes(hs_b)), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&da_dense, bytes(a)), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dout, bytes(hs_out)), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dproj, bytes(hs_proj)), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(da, hs_a.data(), bytes(hs_a), cudaMemcpyHostToDevice), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(db, hs_b.data(), bytes(hs_b), cudaMemcpyHostToDevice), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(da_dense, a.data(), bytes(a), cudaMemcpyHostToDevice), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(dout, hs_out.data(), bytes(hs_out), cudaMemcpyHostToDevice), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(dproj, hs_proj.data(), bytes(hs_proj), cudaMemcpyHostToDevice), cudaSuccess);
+  const ak::ProjectionSpec s{8, 2, k, ak::ProjectionKind::rademacher};
+  {
+    kc::Resources res(0);
+    const kc::DeviceMatrix<float> va{static_cast<const float*>(da), n, p, p + pad}, vb{static_cast<const float*>(db), m, p, p + pad};
+    kc::score_accumulate_device(res, va, vb, 0.5, kc::DeviceMatrixMut<double>{static_cast<double*>(dout), n, m, m + pad});
+    const auto proj = kc::device_view_mut(static_cast<float*>(dproj), n, k);
+    kc::project_dense_device(res, kc::device_view(static_cast<const float*>(da_dense), n, p), s, proj);
+    EXPECT_THROW(kc::project_dense_device(res, va, s, proj), attrace::InputError) << "strided input";
+    EXPECT_THROW(kc::project_dense_device(res, kc::device_view(static_cast<const float*>(da_dense), n, p), s,
+                                          kc::device_view_mut(static_cast<float*>(dproj), n, k + 1)),
+                 attrace::InputError)
+        << "wrong output width";
+    res.synchronize();
+  }
+  std::vector<double> got_out(hs_out.size());
+  std::vector<float> got_proj(hs_proj.size());
+  ASSERT_EQ(cudaMemcpy(got_out.data(), dout, bytes(got_out), cudaMemcpyDeviceToHost), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(got_proj.data(), dproj, bytes(got_proj), cudaMemcpyDeviceToHost), cudaSuccess);
+  for (void* d : {da, db, da_dense, dout, dproj}) cudaFree(d);
+  std::vector<double> want(static_cast<size_t>(n * m), 0.5);
+  cpu->score_accumulate(ak::view(a.data(), n, p), ak::view(b.data(), m, p), 0.5, ak::view_mut(want.data(), n, m));
+  std::vector<float> want_proj(static_cast<size_t>(n * k));
+  cpu->project_dense(ak::view(a.data(), n, p), s, ak::view_mut(want_proj.data(), n, k));
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < m + pad; ++j) {
+      const double v = got_out[static_cast<size_t>(i * (m + pad) + j)];
+      if (j < m)
+        ASSERT_EQ(std::memcmp(&v, &want[static_cast<size_t>(i * m + j)], 8), 0) << i << "," << j;
+      else
+        ASSERT_EQ(v, guard) << "padding written at " << i << "," << j;
+    }
+  EXPECT_EQ(got_out.back(), guard);
+  EXPECT_EQ(got_proj.back(), -3.0f) << "written past the projection";
+  got_proj.pop_back();
+  EXPECT_TRUE(bit_equal(got_proj, want_proj)) << "projection";
+}
+#endif
 
 // Entries of P read off by projecting unit vectors (one non-zero product per output, so the
 // output is the scaled entry itself): Rademacher bit-identical, Gaussian within 1 float32 ulp.

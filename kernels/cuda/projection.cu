@@ -7,9 +7,9 @@
 // The chunks are what make the GPU fast: a launch computes the partials of a group of chunks in
 // parallel (grid = column blocks x row blocks x chunks), then a fold kernel adds them in chunk
 // order into `out`. Groups keep the scratch under kScratchFloats for any p, k and batch.
-#include "cuda_check.cuh"
+#include "resources.cuh"
 
-#include <attrace/kernels/cuda_device.hpp>
+#include <attrace/kernels/float_formats.hpp>
 #include <attrace/kernels/philox.hpp>
 
 #include <cuda_runtime.h>
@@ -30,16 +30,6 @@ constexpr int kGsStride = kMaxRowGroups * kRowsPerThread + 4;  // padded against
 constexpr int64_t kScratchFloats = int64_t{1} << 24;           // 64 MiB of chunk partials at most
 static_assert(kProjectionChunk % kDepth == 0, "a staged step never straddles two chunks");
 static_assert(kColsPerThread * 16 == 128, "16 threads cover one Philox block of 128 columns");
-
-__device__ __forceinline__ float decode(float v) { return v; }
-__device__ __forceinline__ float decode(BFloat16 v) { return __uint_as_float(static_cast<uint32_t>(v.bits) << 16); }
-__device__ __forceinline__ float decode(Half v) {  // exact, as cpu::to_float
-  const uint32_t sign = (v.bits & 0x8000u) << 16, exp = (v.bits >> 10) & 0x1Fu, man = v.bits & 0x3FFu;
-  if (exp == 0x1F) return __uint_as_float(sign | 0x7F800000u | (man << 13));
-  if (exp != 0) return __uint_as_float(sign | ((exp + 112) << 23) | (man << 13));
-  const float f = __fmul_rn(static_cast<float>(man), 5.9604644775390625e-8f);  // man * 2^-24, exact
-  return sign ? -f : f;
-}
 
 // Out of line: eight inlined float64 Box-Muller evaluations per step would crowd the registers.
 __device__ __noinline__ float gaussian_entry(ProjectionSpec spec, int64_t q, int64_t j) {
@@ -85,7 +75,7 @@ __global__ void __launch_bounds__(256) project_chunks_kernel(const T* __restrict
     for (int i = tid; i < block_rows * kDepth; i += nthreads) {
       const int r = i / kDepth, qq = i % kDepth;
       const int64_t b = row0 + r;
-      gs[qq][r] = (b < rows && qq < depth) ? decode(g[b * p + q0 + qq]) : 0.0f;
+      gs[qq][r] = (b < rows && qq < depth) ? to_float(g[b * p + q0 + qq]) : 0.0f;
     }
     if (kRademacher)
       for (int i = tid; i < depth * sign_blocks; i += nthreads) {
@@ -172,7 +162,7 @@ template <class T>
 __global__ void widen_kernel(const T* __restrict__ g, int64_t count, float* __restrict__ out) {
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < count;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    out[t] = decode(g[t]);
+    out[t] = to_float(g[t]);  // float_formats.hpp: the CPU's widening, the same source
 }
 
 /// Stream-ordered scratch: freed on the stream when the call returns or throws.
@@ -203,10 +193,21 @@ void launch_chunks(dim3 grid, dim3 block, cudaStream_t s, const T* g, int64_t ro
 }  // namespace
 
 template <class T>
-void project_dense_device(const T* g, int64_t rows, int64_t p, const ProjectionSpec& spec, float* out, void* stream) {
+void project_dense_device(const Resources& res, DeviceMatrix<T> gv, const ProjectionSpec& spec, DeviceMatrixMut<float> outv) {
+  check_view(gv, "project_dense");
+  check_view(outv, "project_dense");
+  const int64_t rows = gv.rows, p = gv.cols;
   ATTRACE_CHECK(spec.k > 0 && p >= 1, InputError, "project_dense: k and the input width must be >= 1");
-  const auto s = static_cast<cudaStream_t>(stream);
+  ATTRACE_CHECK(outv.rows == rows && outv.cols == spec.k, InputError,
+                "project_dense: output is " + std::to_string(outv.rows) + "x" + std::to_string(outv.cols) + ", expected " +
+                    std::to_string(rows) + "x" + std::to_string(spec.k));
+  // The kernels index dense rows (the fold runs over rows x k as one vector).
+  ATTRACE_CHECK(gv.ld == p && outv.ld == spec.k, InputError, "project_dense: device views must be dense (ld == cols)");
   if (rows == 0) return;
+  res.impl().activate();
+  const cudaStream_t s = res.impl().stream;
+  const T* const g = gv.data;
+  float* const out = outv.data;
   if (spec.kind == ProjectionKind::identity) {
     ATTRACE_CHECK(spec.k == p, InputError,
                   "identity projection: k (" + std::to_string(spec.k) + ") must equal the input width (" + std::to_string(p) + ")");
@@ -255,8 +256,9 @@ void project_dense_device(const T* g, int64_t rows, int64_t p, const ProjectionS
   }
 }
 
-template void project_dense_device<float>(const float*, int64_t, int64_t, const ProjectionSpec&, float*, void*);
-template void project_dense_device<BFloat16>(const BFloat16*, int64_t, int64_t, const ProjectionSpec&, float*, void*);
-template void project_dense_device<Half>(const Half*, int64_t, int64_t, const ProjectionSpec&, float*, void*);
+template void project_dense_device<float>(const Resources&, DeviceMatrix<float>, const ProjectionSpec&, DeviceMatrixMut<float>);
+template void project_dense_device<BFloat16>(const Resources&, DeviceMatrix<BFloat16>, const ProjectionSpec&,
+                                             DeviceMatrixMut<float>);
+template void project_dense_device<Half>(const Resources&, DeviceMatrix<Half>, const ProjectionSpec&, DeviceMatrixMut<float>);
 
 }  // namespace attrace::kernels::cuda

@@ -2,6 +2,7 @@
 
 #include <attrace/error.hpp>
 #include <attrace/kernels/rounding.hpp>
+#include <attrace/kernels/topk_order.hpp>
 
 #include <algorithm>
 #include <climits>
@@ -116,13 +117,9 @@ void score_blas(HostMatrix<double> a, HostMatrix<double> b, double alpha, HostMa
 
 namespace {
 
-// "a ranks before b" for proponents: larger score first, then lower row.
-bool better_high(const TopEntry& a, const TopEntry& b) {
-  return a.score > b.score || (a.score == b.score && a.row < b.row);
-}
-bool better_low(const TopEntry& a, const TopEntry& b) {
-  return a.score < b.score || (a.score == b.score && a.row < b.row);
-}
+// "a ranks before b" (topk_order.hpp, the order the CUDA backend uses too): proponents, then opponents.
+bool better_high(const TopEntry& a, const TopEntry& b) { return ranks_before(a.score, a.row, b.score, b.row, true); }
+bool better_low(const TopEntry& a, const TopEntry& b) { return ranks_before(a.score, a.row, b.score, b.row, false); }
 
 // Keeps the best k entries under `better` in a heap whose top is the worst kept entry.
 template <class Better>

@@ -3,38 +3,11 @@
 #include <attrace/error.hpp>
 
 #include <cmath>
-#include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
 
 namespace attrace::kernels::cpu {
-
-float to_float(BFloat16 v) {
-  const uint32_t bits = static_cast<uint32_t>(v.bits) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-float to_float(Half v) {
-  const uint32_t sign = (v.bits & 0x8000u) << 16, exp = (v.bits >> 10) & 0x1Fu, man = v.bits & 0x3FFu;
-  uint32_t bits;
-  if (exp == 0x1F) {
-    bits = sign | 0x7F800000u | (man << 13);  // Inf / NaN
-  } else if (exp != 0) {
-    bits = sign | ((exp + 112) << 23) | (man << 13);
-  } else if (man == 0) {
-    bits = sign;
-  } else {  // subnormal: exact as a float32 normal number
-    const float f = std::ldexp(static_cast<float>(man), -24);
-    std::memcpy(&bits, &f, 4);
-    bits |= sign;
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
 
 int hardware_threads() {
   const unsigned n = std::thread::hardware_concurrency();

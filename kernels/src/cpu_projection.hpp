@@ -2,13 +2,9 @@
 // CPU projection kernels (dense on-the-fly random projection, Kronecker per-layer projection),
 // shared by the CPU backend and the CUDA backend's host-side paths.
 #include <attrace/kernels/backend.hpp>
+#include <attrace/kernels/float_formats.hpp>  // to_float: the inputs' widening, shared with CUDA
 
 namespace attrace::kernels::cpu {
-
-/// float32 value of a bfloat16 / half / float input.
-inline float to_float(float v) { return v; }
-float to_float(BFloat16 v);
-float to_float(Half v);
 
 /// Hardware threads of this machine (at least 1).
 int hardware_threads();
