@@ -13,6 +13,7 @@ PKGS=(
   python3-sklearn                       # ships the handwritten-digits data used by `attrace demo`
   libsqlite3-dev libcurl4-openssl-dev   # embedded ledger; JSON-RPC to EVM nodes
   libcrypto++-dev libsecp256k1-dev libboost-dev   # keccak-256, secp256k1 signing, 256/512-bit integers
+  chromium                              # headless browser: tests load report.html and screenshot it
 )
 missing=()
 for p in "${PKGS[@]}"; do
