@@ -1,7 +1,8 @@
-// `attrace demo`: real handwritten digits (shipped by Debian's python3-sklearn), six contributor
-// tranches (one with 35% flipped labels, one an exact copy of another), a small MLP trained with
-// LibTorch and saved as TorchScript checkpoints with their learning rates, then the same
-// attribution pipeline as `attrace attribute`.
+// `attrace demo`: real handwritten digits (shipped by Debian's python3-sklearn), seven contributor
+// tranches (one with 35% flipped labels, one an exact copy of another, one a copy of another with
+// pixel noise that exact matching cannot see), a small MLP trained with LibTorch and saved as
+// TorchScript checkpoints with their learning rates, then the same attribution pipeline as
+// `attrace attribute`.
 #include "demo.hpp"
 #include "ledger_cmd.hpp"
 
@@ -18,6 +19,7 @@
 #include <torch/torch.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -135,7 +137,8 @@ int run_demo(const DemoOptions& options) {
   Examples ex = load_digits();
   if (ex.x.empty()) ex = synthetic_digits(rng);
 
-  // Shuffle (Fisher-Yates on raw draws), hold out a query set, split the rest in five tranches.
+  // Shuffle (Fisher-Yates on raw draws), hold out a query set, split the rest in five tranches;
+  // two more re-upload one of them, exactly and with pixel noise.
   std::vector<size_t> order(ex.x.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
   for (size_t i = order.size() - 1; i > 0; --i) std::swap(order[i], order[draw_below(rng, i + 1)]);
@@ -149,8 +152,9 @@ int run_demo(const DemoOptions& options) {
       {"archive-scan", "Archive scans", "CC-BY-SA-4.0", "clean"},
       {"crowd-labels", "Crowd-labelled batch", "CC-BY-4.0", "35% labels flipped"},
       {"mirror-north", "Re-upload of North clinic", "CC-BY-4.0", "exact copy of clinic-north"},
+      {"school-rescan", "Re-scan of the school survey", "CC-BY-4.0", "school-survey + pixel noise"},
   };
-  const size_t noisy = 4, copy = 5, copied = 0;
+  const size_t noisy = 4, copy = 5, copied = 0, rescan = 6, rescanned = 1;
   std::vector<std::vector<size_t>> members(specs.size());
   for (size_t t = 0; t < 5; ++t)
     members[t].assign(order.begin() + static_cast<long>(n_query + t * per_tranche),
@@ -164,6 +168,21 @@ int run_demo(const DemoOptions& options) {
       labels[i] = (labels[i] + 1 + static_cast<int64_t>(draw_below(rng, kClasses - 1))) % kClasses;
       ++flipped;
     }
+  }
+  // The re-scan: every pixel of each school-survey image plus uniform noise in [-0.04, 0.04]
+  // (under one of the 16 grey levels, 0.0625), clipped to [0, 1], with the original label. No
+  // image may come out bit-identical to its source, or exact matching would see the copy.
+  for (const size_t i : members[rescanned]) {
+    std::vector<float> x = ex.x[i];
+    for (float& v : x) {
+      const double u = static_cast<double>(rng() >> 11) / 9007199254740992.0;  // [0, 1)
+      v = std::min(1.0f, std::max(0.0f, v + static_cast<float>(0.08 * u - 0.04)));
+    }
+    if (x == ex.x[i]) throw RuntimeFailure("demo: the re-scanned copy of digit " + std::to_string(i) + " is unchanged");
+    members[rescan].push_back(ex.x.size());
+    ex.x.push_back(std::move(x));
+    ex.y.push_back(ex.y[i]);
+    labels.push_back(labels[i]);
   }
   Dataset train = make_dataset(ex, members, specs, labels, "train-");
   Dataset query = make_dataset(ex, {query_idx}, {}, ex.y, "query-");
@@ -261,6 +280,14 @@ int run_demo(const DemoOptions& options) {
               lowest == noisy ? "the noisy tranche, as expected" : "NOT the noisy tranche");
   std::printf("  duplicated pair %s / %s: %s\n", specs[copied].id.c_str(), specs[copy].id.c_str(),
               dup_flagged ? "flagged" : "NOT flagged");
+  bool rescan_exact = false;
+  for (const auto& d : summary.attribution.duplicates)
+    rescan_exact |= static_cast<size_t>(d.a) == rescanned && static_cast<size_t>(d.b) == rescan && d.shared_b > 0;
+  const auto& rescan_flags = ts[rescanned].flags;
+  const bool rescan_near = std::find(rescan_flags.begin(), rescan_flags.end(), "near_duplicates:" + specs[rescan].id) != rescan_flags.end();
+  std::printf("  noisy copy %s / %s: %s, %s\n", specs[rescanned].id.c_str(), specs[rescan].id.c_str(),
+              rescan_exact ? "matched exactly (unexpected: the noise should hide it)" : "invisible to exact matching",
+              rescan_near ? "flagged as near-duplicates" : "NOT flagged as near-duplicates");
 
   // The epoch goes to a fresh embedded ledger: integer scores, the exact split of the pool, the
   // Merkle root and the manifest hash, ready for claims after the challenge window.
@@ -275,6 +302,8 @@ int run_demo(const DemoOptions& options) {
   print_commitment(epoch, committed, "embedded ledger " + db);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("\n  report: %s/report.json  manifest: %s/manifest.json  (%.1f s)\n", out_dir.c_str(), out_dir.c_str(), secs);
+  const fs::path html = fs::path(out_dir) / "report.html";
+  if (fs::exists(html)) std::printf("  open in a browser: %s\n", fs::absolute(html).string().c_str());
   return lowest == noisy && dup_flagged ? 0 : 1;
 }
 
