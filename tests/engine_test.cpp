@@ -306,7 +306,7 @@ TEST(Engine, BlasScoringAgreesWithCanonical) {
   auto cfg = config_for(kCases[0], ae::Precision::fp32);
   const auto in = load(cfg);
   const auto canonical = tracin(cfg, in);
-  cfg.scoring = "blas";
+  cfg.scoring = ae::Scoring::blas;
   const auto blas = tracin(cfg, in);
   expect_close(blas.scores, canonical.scores, 1e-4, "blas vs canonical scores");
   EXPECT_TRUE(bit_equal(blas.scores, tracin(cfg, in).scores)) << "blas scoring must repeat exactly with the same settings";
@@ -420,3 +420,35 @@ TEST(EngineErrors, NoParameterMatches) {
 }
 
 }  // namespace
+
+// The typed config survives the manifest: an auditor rebuilds exactly the settings of a run.
+TEST(EngineConfig, RebuiltFromManifestSettings) {
+  TempDir d;
+  attrace::test::write_text(d / "c.toml",
+                            "[run]\ncheckpoints = \"r.toml\"\n[data]\ntrain = \"t.h5\"\nquery = \"q.h5\"\n"
+                            "[gradients]\nloss = \"mse\"\nparameters = [\"fc2.*\", \"fc1.weight\"]\nbatch_size = 7\n"
+                            "path = \"general\"\nprecision = \"fp64\"\ndevice = \"auto\"\n"
+                            "[projection]\nkind = \"kronecker\"\nk = 333\nseed = 18446744073709551\ndistribution = \"gaussian\"\n"
+                            "[features]\ndtype = \"bf16\"\n"
+                            "[attribution]\ntop_k = 3\nscoring = \"blas\"\ngemm_math = \"tf32\"\nnegative_policy = \"clip_per_query\"\n"
+                            "duplicate_threshold = 0.25\ntolerance = 1e-9\nmemory_limit = \"3GiB\"\n"
+                            "[output]\nscores = \"never\"\nscores_max_entries = 5\n");
+  const ae::Config c = ae::load_config(d / "c.toml");
+  EXPECT_EQ(c.memory_limit, int64_t{3} << 30);
+  EXPECT_EQ(c.projection_seed, 18446744073709551ull);
+  const nlohmann::json j = ae::to_json(c);
+  const ae::Config back = ae::config_from_json(j, "manifest.json");
+  EXPECT_EQ(ae::to_json(back).dump(), j.dump());
+  EXPECT_EQ(back.feature_dtype, ae::FeatureType::bf16);
+  EXPECT_EQ(back.gemm_math, attrace::kernels::GemmMath::tf32);
+  EXPECT_EQ(back.projection_distribution, ae::Distribution::gaussian);
+  // A manifest whose settings were edited by hand is refused with the field named.
+  nlohmann::json bad = j;
+  bad["attribution"]["scoring"] = "fast";
+  try {
+    ae::config_from_json(bad, "manifest.json");
+    ADD_FAILURE() << "accepted scoring = fast";
+  } catch (const attrace::InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("manifest.json: attribution.scoring"), std::string::npos) << e.what();
+  }
+}

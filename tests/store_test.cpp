@@ -4,6 +4,7 @@
 // foreign files are refused without being touched, and h5py reads a store as docs/formats.md says.
 #include "test_util.hpp"
 
+#include <attrace/connectors/feature_store.hpp>
 #include <attrace/connectors/hash.hpp>
 
 #include <gtest/gtest.h>
@@ -16,6 +17,8 @@
 #include <unistd.h>
 
 #include <array>
+#include <cmath>
+#include <cstring>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -239,4 +242,32 @@ assert err < 1e-9, err
   EXPECT_EQ(r.code, 0) << r.out;
 }
 
+}  // namespace
+
+namespace {
+// The store's half-precision encoder against the compiler's _Float16 (round to nearest even).
+TEST(StoreFormats, HalfAndBFloat16RoundingMatchReferences) {
+  using attrace::connectors::FeatureDtype;
+  using attrace::connectors::round_to_dtype;
+  std::mt19937_64 rng(7);
+  for (int i = 0; i < 2000000; ++i) {
+    uint32_t u = static_cast<uint32_t>(rng());
+    if (i % 3 == 0) u = (u & 0x80000000u) | (0x30000000u + (u % 0x18000000u));  // around half's range
+    float x;
+    std::memcpy(&x, &u, 4);
+    if (std::isnan(x)) continue;
+    const float want = static_cast<float>(static_cast<_Float16>(x));
+    const float got = round_to_dtype(x, FeatureDtype::f16);
+    uint32_t a, b;
+    std::memcpy(&a, &want, 4);
+    std::memcpy(&b, &got, 4);
+    ASSERT_EQ(a, b) << "x bits " << std::hex << u;
+    // bfloat16: the nearest-even value with 8 significant bits, by an independent formula.
+    const double m = std::ldexp(1.0, std::ilogb(x) - 7);
+    if (std::isfinite(x) && x != 0 && std::fabs(x) < 3e38 && std::fabs(x) > 1e-37) {
+      const double q = static_cast<double>(x) / m, r = std::nearbyint(q);
+      EXPECT_EQ(static_cast<double>(round_to_dtype(x, FeatureDtype::bf16)), r * m) << x;
+    }
+  }
+}
 }  // namespace

@@ -105,6 +105,11 @@ long long import_csv(const CsvImportOptions& o) {
   if (with_tranches)
     ATTRACE_CHECK(tranche_col >= 0, InputError,
                   o.examples_csv + ": no column '" + o.tranche_column + "' (the tranche column)");
+  // Without a tranche table a tranche column would silently become an input feature.
+  ATTRACE_CHECK(with_tranches || find_column(ex, o.tranche_column) < 0, InputError,
+                o.examples_csv + ": has a '" + o.tranche_column +
+                    "' column but no --tranches table was given; pass --tranches TR.csv for a training set, or drop "
+                    "the column for a query set (it would otherwise be read as an input feature)");
   std::vector<int> feature_cols;
   for (int c = 0; c < static_cast<int>(ex.header.size()); ++c)
     if (c != target_col && c != id_col && c != tranche_col) feature_cols.push_back(c);

@@ -3,6 +3,8 @@
 #include <attrace/connectors/fs.hpp>
 #include <attrace/connectors/feature_store.hpp>
 #include <attrace/error.hpp>
+#include <attrace/kernels/float_formats.hpp>
+#include <attrace/kernels/rounding.hpp>
 
 #include <fcntl.h>
 #include <sys/file.h>
@@ -23,24 +25,12 @@ namespace {
 
 constexpr const char* kFormat = "attrace.features/1";
 
-uint32_t bits_of(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  return u;
-}
-float float_of(uint32_t u) {
-  float x;
-  std::memcpy(&x, &u, 4);
-  return x;
-}
+uint32_t bits_of(float x) { return kernels::float_bits(x); }
 
-// Round to nearest even; NaN stays a quiet NaN.
-uint16_t to_bf16(float x) {
-  const uint32_t u = bits_of(x);
-  if ((u & 0x7F800000u) == 0x7F800000u && (u & 0x007FFFFFu) != 0) return static_cast<uint16_t>((u >> 16) | 0x0040u);
-  return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
-float from_bf16(uint16_t b) { return float_of(static_cast<uint32_t>(b) << 16); }
+// bfloat16 and half widening, and bfloat16 rounding, are the kernels' own (one definition,
+// shared by CPU and CUDA code): features read from a store equal those the kernels would decode.
+uint16_t to_bf16(float x) { return kernels::bf16_bits_rne(x); }
+float from_bf16(uint16_t b) { return kernels::to_float(kernels::BFloat16{b}); }
 
 // IEEE binary16, round to nearest even, overflow to infinity, subnormals kept.
 uint16_t to_f16(float x) {
@@ -61,13 +51,7 @@ uint16_t to_f16(float x) {
   if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;  // a carry into the exponent is correct
   return static_cast<uint16_t>(sign | h);
 }
-float from_f16(uint16_t v) {
-  const uint32_t sign = (v & 0x8000u) << 16, exp = (v >> 10) & 0x1Fu, man = v & 0x3FFu;
-  if (exp == 0x1F) return float_of(sign | 0x7F800000u | (man << 13));
-  if (exp != 0) return float_of(sign | ((exp + 112) << 23) | (man << 13));
-  const float f = static_cast<float>(man) * 5.9604644775390625e-8f;  // man * 2^-24, exact
-  return sign ? -f : f;
-}
+float from_f16(uint16_t v) { return kernels::to_float(kernels::Half{v}); }
 
 hid_t file_type_of(FeatureDtype d) {
   switch (d) {

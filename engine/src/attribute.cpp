@@ -28,12 +28,32 @@ constexpr uint32_t kSketchStream = 0xFFFFFF00u;
 // Quality flag: a tranche holding this many times its expected share of the top self-influence
 // examples is flagged `self_influence_outliers`.
 constexpr double kOutlierFlagRatio = 2.0;
+// ... and at least this many of them: in a tiny tranche one outlier is chance, not a signal.
+constexpr int64_t kOutlierFlagMinExamples = 5;
 
 std::unique_ptr<kernels::Backend> backend_for(const Config& config) {
   auto backend = kernels::make_backend(to_string(config.device));
   ATTRACE_CHECK(config.scoring != Scoring::blas || kernels::blas_compiled(), InputError,
                 "attribution.scoring = \"blas\" but this build has no BLAS");
   return backend;
+}
+
+std::string gib(double bytes) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.3g GiB", bytes / 1073741824.0);
+  return buf;
+}
+
+// Exact features are the whole gradient per example and checkpoint: refused above the limit.
+void check_exact_size(const Config& config, int64_t rows, int64_t dim, size_t checkpoints, const std::string& what) {
+  if (config.projection != Projection::none) return;
+  const double bytes = static_cast<double>(rows) * static_cast<double>(dim) * static_cast<double>(checkpoints) *
+                       static_cast<double>(connectors::dtype_bytes(feature_dtype_of(config)));
+  ATTRACE_CHECK(bytes <= static_cast<double>(config.exact_limit), InputError,
+                what + ": exact features would take " + gib(bytes) + " (" + std::to_string(rows) + " examples x " +
+                    std::to_string(dim) + " gradient dims x " + std::to_string(checkpoints) + " checkpoints), above " +
+                    "features.exact_limit = " + gib(static_cast<double>(config.exact_limit)) +
+                    "; use a projection ([projection] kind = \"dense\" or \"kronecker\") or raise the limit");
 }
 
 // Rows per HDF5 chunk and per durable write: about 1 MiB of features, whole rows, at most 4096.
@@ -121,7 +141,8 @@ nlohmann::json quality_json(const QualityReport& q, const Attribution& a) {
            {{"top_fraction", q.settings.outlier_top_fraction},
             {"examples", q.outliers},
             {"self_influence_threshold", q.self_influence_threshold},
-            {"flag_ratio", kOutlierFlagRatio}}}};
+            {"flag_ratio", kOutlierFlagRatio},
+            {"flag_min_examples", kOutlierFlagMinExamples}}}};
 }
 
 // Quality flags into the attribution (before any writer runs).
@@ -138,7 +159,8 @@ void flag_quality(const Config& config, const QualityReport& q, Attribution& a) 
     tb.flags.push_back("near_duplicates:" + ta.tranche.id);
   }
   for (size_t t = 0; t < q.tranches.size(); ++t)
-    if (q.tranches[t].outlier_share > kOutlierFlagRatio * q.settings.outlier_top_fraction)
+    if (q.tranches[t].outlier_share > kOutlierFlagRatio * q.settings.outlier_top_fraction &&
+        q.tranches[t].outlier_examples >= kOutlierFlagMinExamples)
       a.tranches[t].flags.push_back("self_influence_outliers");
 }
 
@@ -267,6 +289,19 @@ RunSummary run_attribute(const Config& config, const RunOptions& options) {
   const auto query = connectors::read_dataset(config.query_file, false);
   spdlog::info("run '{}': {} checkpoints; train '{}': {} examples in {} tranches; query '{}': {} examples", run.path,
                run.checkpoints.size(), train.path, train.size(), train.tranches.size(), query.path, query.size());
+  {
+    // attribute holds both sets' features in memory: check the size before computing them.
+    Featurizer probe(config, run, 0, {&train}, *backend);
+    check_exact_size(config, train.size() + query.size(), probe.width(), run.checkpoints.size(), config.train_file);
+    const double bytes = static_cast<double>(train.size() + query.size()) * static_cast<double>(probe.width()) *
+                         static_cast<double>(run.checkpoints.size()) * (probe.fp64() ? 8.0 : 4.0);
+    const int64_t phys = physical_memory();
+    const double budget = config.memory_limit > 0 ? static_cast<double>(config.memory_limit) : 0.5 * static_cast<double>(phys);
+    ATTRACE_CHECK(budget <= 0 || bytes <= budget, InputError,
+                  "attribute holds every feature in memory: " + gib(bytes) + " for " + std::to_string(train.size() + query.size()) +
+                      " examples, above the memory limit of " + gib(budget) +
+                      "; use attrace featurize + attrace score (features on disk, scored in tiles)");
+  }
   Progress progress(!options.quiet);
   std::vector<CheckpointUse> uses;
   const MemoryFeatures tf = featurize_in_memory(config, run, train, {&train}, *backend, progress, "train features", &uses);
@@ -297,6 +332,7 @@ FeaturizeSummary run_featurize(const Config& config, const FeaturizeOptions& opt
     layout.checkpoints.push_back({fz.width(), fz.weight(), canonical(checkpoint_use_json(config, fz.use()))});
     max_width = std::max(max_width, fz.width());
   }
+  check_exact_size(config, ds.size(), max_width, run.checkpoints.size(), options.store);
   layout.chunk_rows = chunk_rows_for(max_width, connectors::dtype_bytes(dtype));
   connectors::FeatureStoreWriter writer(options.store, layout, options.replace);
   FeaturizeSummary summary;

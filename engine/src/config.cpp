@@ -241,7 +241,18 @@ Config config_from_table(const toml::table& doc, const std::string& path) {
   c.projection_distribution = parse_enum<Distribution>(r.where("projection", "distribution"), s,
                                                        {{"rademacher", Distribution::rademacher}, {"gaussian", Distribution::gaussian}});
 
-  const auto* fe = r.section("features", {"dtype"});
+  const auto* fe = r.section("features", {"dtype", "exact_limit"});
+  if (fe && fe->contains("exact_limit")) {
+    const toml::node& n = *fe->get("exact_limit");
+    if (n.is_integer()) {
+      c.exact_limit = *n.value<int64_t>();
+    } else {
+      std::string text;
+      r.get(fe, "features", "exact_limit", text);
+      c.exact_limit = parse_size(r.where("features", "exact_limit"), text);
+    }
+    ATTRACE_CHECK(c.exact_limit > 0, InputError, r.where("features", "exact_limit") + " must be > 0");
+  }
   s = to_string(c.feature_dtype);
   r.get(fe, "features", "dtype", s);
   c.feature_dtype = parse_enum<FeatureType>(r.where("features", "dtype"), s,

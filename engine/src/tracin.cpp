@@ -43,6 +43,7 @@ MemoryFeatures featurize_in_memory(const Config& config, const connectors::Train
   for (size_t c = 0; c < run.checkpoints.size(); ++c) {
     Featurizer fz(config, run, c, prepare_for, backend);
     check_same_parameters(local, fz.use(), run, c);
+    log_checkpoint(run, c, fz.use());
     local.push_back(fz.use());
     mem.add_checkpoint(fz.width(), fz.weight());
     progress.begin("checkpoint " + std::to_string(c + 1) + "/" + std::to_string(run.checkpoints.size()) + " " + label, ds.size());

@@ -55,6 +55,7 @@ struct Config {
   Distribution projection_distribution = Distribution::rademacher;
   // [features]
   FeatureType feature_dtype = FeatureType::automatic;  ///< storage type of features (store and memory)
+  int64_t exact_limit = int64_t{64} << 30;  ///< largest exact (unprojected) feature set in bytes
   // [attribution]
   int64_t top_k = 10;
   Scoring scoring = Scoring::canonical;                ///< canonical (fixed-order fp64) | blas (fast GEMM)
