@@ -55,7 +55,7 @@ Result run(const std::string& args) {
   return shell(bin + " " + args);
 }
 
-// The demo's scenario (real digits, six tranches, three checkpoints), made once per test binary.
+// The demo's scenario (real digits, seven tranches, three checkpoints), made once per test binary.
 const std::string& demo_dir() {
   static const std::string dir = [] {
     const std::string d = (fs::temp_directory_path() / ("attrace-store-test-" + std::to_string(::getpid()))).string();
