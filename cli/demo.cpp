@@ -296,7 +296,8 @@ int run_demo(const DemoOptions& options) {
   const ledger::U256 pool(1'000'000'000);
   const auto epoch = ledger::build_epoch(out_dir, 1, pool);
   connectors::write_file_atomic((fs::path(out_dir) / "epoch-1.json").string(), epoch.manifest);
-  auto book = ledger::open_embedded_ledger(db, {});
+  ledger::create_embedded_ledger(db, {});  // opening never creates a ledger
+  auto book = ledger::open_embedded_ledger(db);
   const auto committed = book->commit(epoch, "file://" + fs::absolute(fs::path(out_dir) / "epoch-1.json").string());
   std::printf("\n");
   print_commitment(epoch, committed, "embedded ledger " + db);

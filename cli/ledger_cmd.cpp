@@ -6,14 +6,13 @@
 #include <attrace/ledger/crypto.hpp>
 #include <attrace/ledger/embedded.hpp>
 #include <attrace/ledger/evm.hpp>
+#include <attrace/ledger/files.hpp>
 
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <set>
-#include <sstream>
 
 namespace attrace::cli {
 namespace {
@@ -40,14 +39,6 @@ uint64_t parse_epoch(const std::string& s) {
   const al::U256 v = al::u256_from_decimal(s, "epoch");
   ATTRACE_CHECK(v <= al::U256(std::numeric_limits<uint64_t>::max()), InputError, "epoch: '" + s + "' exceeds uint64");
   return static_cast<uint64_t>(v);
-}
-
-std::string read_file(const std::string& path, const std::string& what) {
-  std::ifstream in(path, std::ios::binary);
-  ATTRACE_CHECK(in.good(), InputError, what + " '" + path + "': cannot open");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 std::optional<al::PrivateKey> load_key(const std::string& key_file) {
@@ -89,10 +80,8 @@ al::EvmOptions evm_options(std::string* key_file) {
 
 std::unique_ptr<al::Ledger> open_ledger() {
   if (opts.backend == "embedded") {
-    al::EmbeddedOptions e;
-    e.challenge_period = opts.challenge_period;
-    e.arbiter = opts.arbiter;
-    return al::open_embedded_ledger(opts.db, e, opts.actor);
+    // Only `ledger init` creates a database: every other command needs an existing, intact one.
+    return al::open_embedded_ledger(opts.db, {}, opts.actor);
   }
   std::string key_file = opts.key_file;
   const al::EvmOptions o = evm_options(&key_file);
@@ -123,7 +112,7 @@ void print_status(const al::EpochStatus& s) {
 // The epoch's manifest: from --manifest, else from the ledger (embedded keeps it). It must hash
 // to what the ledger recorded.
 al::EpochCommitment epoch_manifest(al::Ledger& l, uint64_t epoch) {
-  std::string bytes = opts.manifest_file.empty() ? l.manifest(epoch) : read_file(opts.manifest_file, "epoch manifest");
+  std::string bytes = opts.manifest_file.empty() ? l.manifest(epoch) : al::read_input_file(opts.manifest_file, "epoch manifest");
   ATTRACE_CHECK(!bytes.empty(), InputError,
                 "epoch " + std::to_string(epoch) + ": this ledger keeps only the manifest hash; pass --manifest FILE");
   const auto c = al::load_epoch_manifest(bytes, opts.manifest_file.empty() ? "stored manifest" : opts.manifest_file);
@@ -142,6 +131,20 @@ nlohmann::json leaf_json(const al::EpochCommitment& c, size_t i) {
   return {{"epoch", std::to_string(c.epoch)}, {"tranche", l.tranche}, {"trancheId", al::to_hex(l.leaf.tranche_id)},
           {"account", al::checksum_address(l.leaf.account)}, {"score", al::to_decimal(l.leaf.score)},
           {"amount", al::to_decimal(l.leaf.amount)}, {"leaf", al::to_hex(l.hash)}, {"proof", proof}};
+}
+
+int cmd_init() {
+  al::EmbeddedSettings s;
+  s.challenge_period = opts.challenge_period;
+  s.arbiter = opts.arbiter;
+  al::create_embedded_ledger(opts.db, s);
+  if (opts.json)
+    std::printf("%s\n", nlohmann::json{{"db", opts.db}, {"challengePeriod", s.challenge_period}, {"arbiter", s.arbiter},
+                                       {"schema", al::kEmbeddedSchemaVersion}}.dump(2).c_str());
+  else
+    std::printf("created embedded ledger %s (challenge period %lld s, arbiter '%s')\n", opts.db.c_str(),
+                static_cast<long long>(s.challenge_period), s.arbiter.c_str());
+  return 0;
 }
 
 int cmd_commit() {
@@ -221,7 +224,9 @@ int cmd_claim() {
 }
 
 int cmd_dispute() {
-  const std::string reason = read_file(opts.reason_file, "--reason");
+  // A directory, an empty file or a FIFO is refused here: its "content" would be hashed as empty
+  // input and freeze the epoch for no stated reason.
+  const std::string reason = al::read_input_file(opts.reason_file, "--reason");
   const al::Bytes32 h = al::keccak256(reason);
   auto l = open_ledger();
   const std::string tx = l->dispute(parse_epoch(opts.epoch), h);
@@ -309,9 +314,6 @@ CLI::App* add_ledger_commands(CLI::App& app) {
     c->add_option("--backend", opts.backend, "embedded (SQLite, default) or evm")->check(CLI::IsMember({"embedded", "evm"}));
     c->add_option("--db", opts.db, "Embedded ledger database")->capture_default_str();
     c->add_option("--as", opts.actor, "Embedded ledger: who acts (the arbiter resolves)")->capture_default_str();
-    c->add_option("--challenge-period", opts.challenge_period, "Seconds until an epoch is final (new embedded db; evm deploy)")
-        ->capture_default_str();
-    c->add_option("--arbiter", opts.arbiter, "Embedded: arbiter identity of a new database");
     c->add_option("--evm-config", opts.evm_config, "TOML with [evm] rpc_url, chain_id, contract, ... (docs/cli.md)");
     c->add_option("--key-file", opts.key_file, "File holding the signing key (hex); default: $ATTRACE_PRIVATE_KEY");
     c->add_flag("--json", opts.json, "Machine-readable output");
@@ -324,6 +326,12 @@ CLI::App* add_ledger_commands(CLI::App& app) {
     c->add_option("--manifest", opts.manifest_file, "Epoch manifest file (evm; embedded keeps its own)");
     return account;
   };
+  auto* init = ledger->add_subcommand("init", "Create a new embedded ledger database (its settings are fixed then)");
+  init->add_option("--db", opts.db, "Database file to create (must not exist)")->capture_default_str();
+  init->add_option("--challenge-period", opts.challenge_period, "Seconds from commit until an epoch is final")
+      ->capture_default_str();
+  init->add_option("--arbiter", opts.arbiter, "Identity (`--as NAME`) allowed to resolve disputes")->capture_default_str();
+  init->add_flag("--json", opts.json, "Machine-readable output");
   auto* commit = ledger->add_subcommand("commit", "Commit an attribution output directory as an epoch");
   commit->add_option("REPORT_DIR", opts.report_dir, "Output directory of `attrace attribute`")->required()->check(CLI::ExistingDirectory);
   commit->add_option("--epoch", opts.epoch, "Epoch number (uint64)")->required();
@@ -352,6 +360,8 @@ CLI::App* add_ledger_commands(CLI::App& app) {
   auto* deploy = ledger->add_subcommand("deploy", "Deploy the AttributionLedger contract (evm)");
   deploy->add_option("--artifact", opts.artifact, "forge artifact: out/AttributionLedger.sol/AttributionLedger.json")->required();
   deploy->add_option("--arbiter-address", opts.evm_arbiter, "Arbiter address (default: the deployer)");
+  deploy->add_option("--challenge-period", opts.challenge_period, "Seconds from commit until an epoch is final")
+      ->capture_default_str();
   common(deploy);
   auto* receipt = ledger->add_subcommand("receipt", "Sign an EIP-712 EpochCommitment receipt for an epoch on chain (evm)");
   receipt->add_option("EPOCH", opts.epoch, "Epoch number")->required();
@@ -362,6 +372,7 @@ CLI::App* add_ledger_commands(CLI::App& app) {
 int run_ledger_command(CLI::App* ledger) {
   for (auto* sub : ledger->get_subcommands()) {
     const std::string n = sub->get_name();
+    if (n == "init") return cmd_init();
     if (n == "commit") return cmd_commit();
     if (n == "status") return cmd_status();
     if (n == "proof") return cmd_proof();

@@ -1,6 +1,6 @@
 #pragma once
 // `attrace ledger ...`: commit attribution vectors to the embedded or EVM ledger, inspect them,
-// prove, claim, dispute, resolve, deploy.
+// prove, claim, dispute, resolve, deploy; `init` creates an embedded ledger database.
 #include <attrace/ledger/epoch.hpp>
 #include <attrace/ledger/ledger.hpp>
 

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <array>
@@ -16,6 +17,8 @@
 #include <cstdio>
 #include <thread>
 #include <filesystem>
+#include <map>
+#include <random>
 
 namespace fs = std::filesystem;
 using attrace::test::fixture;
@@ -332,7 +335,8 @@ TEST(CliLedger, EmbeddedCommitProofClaimDisputeResolve) {
   TempDir d;
   attribute_fixture(d);
   const std::string db = " --db " + (d / "l.db");
-  auto r = run("ledger commit " + (d / "out") + " --epoch 3 --pool 1000000 --challenge-period 0 --arbiter judge" + db);
+  ASSERT_EQ(run("ledger init --challenge-period 0 --arbiter judge" + db).code, 0);
+  auto r = run("ledger commit " + (d / "out") + " --epoch 3 --pool 1000000" + db);
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("epoch 3 committed to the embedded ledger"), std::string::npos) << r.out;
   r = run("ledger commit " + (d / "out") + " --epoch 3 --pool 1000000" + db);  // idempotent re-run
@@ -369,7 +373,8 @@ TEST(CliLedger, DisputeAndResolveWithAWindow) {
   TempDir d;
   attribute_fixture(d);
   const std::string db = " --db " + (d / "l.db");
-  ASSERT_EQ(run("ledger commit " + (d / "out") + " --epoch 1 --pool 100 --challenge-period 3600 --arbiter judge" + db).code, 0);
+  ASSERT_EQ(run("ledger init --challenge-period 3600 --arbiter judge" + db).code, 0);
+  ASSERT_EQ(run("ledger commit " + (d / "out") + " --epoch 1 --pool 100" + db).code, 0);
   write_text(d / "reason.txt", "wrong checkpoint");
   ASSERT_EQ(run("ledger dispute 1 --reason " + (d / "reason.txt") + db).code, 0);
   auto r = run("ledger resolve 1 --upheld" + db);
@@ -387,6 +392,7 @@ TEST(CliLedger, BadInputCommitsNothing) {
   TempDir d;
   attribute_fixture(d);
   const std::string db = " --db " + (d / "l.db");
+  ASSERT_EQ(run("ledger init" + db).code, 0);
   for (const std::string pool : {"0", "-5", "12abc"}) {
     const auto r = run("ledger commit " + (d / "out") + " --epoch 1 --pool " + pool + db);
     EXPECT_EQ(r.code, 2) << pool << ": " << r.out;
@@ -448,6 +454,159 @@ TEST(CliLedger, UnreachableEvmNodeExitsOne) {
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_NE(r.out.find("attrace: failure:"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find(url), std::string::npos) << "the message names the node: " << r.out;
+}
+
+// ---- Ledger files and what a commit reads: nothing a user types may destroy data or silently
+// change a payment (issue 9). After every refusal the ledger's bytes are checked unchanged. ----
+
+/// Every entry of a directory with the sha256 of each regular file.
+std::map<std::string, std::string> dir_snapshot(const std::string& dir) {
+  std::map<std::string, std::string> s;
+  for (const auto& e : fs::directory_iterator(dir))
+    s[e.path().filename().string()] = e.is_regular_file() ? attrace::connectors::sha256_file(e.path().string()) : "(not a file)";
+  return s;
+}
+
+/// An output directory with `n` tranches as `attrace attribute` pins it (report.json hash only).
+void write_small_report(const std::string& dir, int n) {
+  std::vector<std::tuple<std::string, std::string, double>> ts;
+  for (int i = 0; i < n; ++i) {
+    char acct[43];
+    std::snprintf(acct, sizeof acct, "0x%040x", i + 1);
+    ts.emplace_back("t" + std::to_string(i), acct, 1.0 / n);
+  }
+  attrace::test::write_report(dir, ts);
+}
+
+TEST(CliLedger, MissingDatabaseIsAnErrorNeverANewLedger) {
+  TempDir d;
+  write_small_report(d / "r", 3);
+  write_text(d / "reason.txt", "shares differ");
+  const auto before = dir_snapshot(d.str());
+  const auto report_before = dir_snapshot(d / "r");
+  const std::string db = d / "typo.db";
+  for (const std::string& cmd : std::vector<std::string>{"status 1", "status 1 --json", "proof 1 0x0000000000000000000000000000000000000001",
+                                "claim 1 --all", "dispute 1 --reason " + (d / "reason.txt"), "resolve 1 --upheld",
+                                "commit " + (d / "r") + " --epoch 1 --pool 10"}) {
+    const auto r = run("ledger " + cmd + " --db " + db);
+    EXPECT_EQ(r.code, 2) << cmd << ": " << r.out;
+    EXPECT_NE(r.out.find("attrace: error: ledger database '" + db + "' does not exist"), std::string::npos) << cmd << ": " << r.out;
+    EXPECT_NE(r.out.find("attrace ledger init --db " + db), std::string::npos) << cmd << ": " << r.out;
+    EXPECT_EQ(dir_snapshot(d.str()), before) << cmd << " created or changed a file";
+    EXPECT_EQ(dir_snapshot(d / "r"), report_before) << cmd << " wrote into the report directory";
+  }
+}
+
+TEST(CliLedger, InitCreatesALedgerOnceWithItsSettings) {
+  TempDir d;
+  const std::string db = " --db " + (d / "l.db");
+  auto r = run("ledger init --challenge-period 60 --arbiter judge --json" + db);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["challengePeriod"], 60);
+  EXPECT_EQ(dir_snapshot(d.str()).size(), 1u) << "only the database: no WAL, no temporary file";
+  const std::string sha = attrace::connectors::sha256_file(d / "l.db");
+  r = run("ledger init --challenge-period 0" + db);
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("ledger database '" + (d / "l.db") + "' already exists"), std::string::npos) << r.out;
+  r = run("ledger status 7" + db);
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("epoch 7: not committed"), std::string::npos) << r.out;
+  // Settings belong to init alone: elsewhere they would be silently ignored, so they are refused.
+  write_small_report(d / "r", 2);
+  r = run("ledger commit " + (d / "r") + " --epoch 1 --pool 10 --challenge-period 0" + db);
+  EXPECT_NE(r.code, 0) << r.out;
+  EXPECT_NE(run("ledger status 1 --arbiter judge" + db).code, 0);
+  EXPECT_EQ(attrace::connectors::sha256_file(d / "l.db"), sha);
+  // The stored period rules: committed now, final 60 s later.
+  r = run("ledger commit " + (d / "r") + " --epoch 1 --pool 10 --json" + db);
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto st = nlohmann::json::parse(r.out)["status"];
+  EXPECT_EQ(st["challengeEnds"].get<int64_t>() - st["committedAt"].get<int64_t>(), 60);
+  EXPECT_NE(run("ledger init --backend evm --db " + (d / "x.db")).code, 0);  // evm ledgers come from `deploy`
+  EXPECT_FALSE(fs::exists(d / "x.db"));
+}
+
+TEST(CliLedger, DamagedDatabasesAreRefusedNamingTheFile) {
+  TempDir d;
+  write_small_report(d / "r", 300);  // a ledger of many pages
+  const std::string good = d / "good.db";
+  ASSERT_EQ(run("ledger init --db " + good).code, 0);
+  ASSERT_EQ(run("ledger commit " + (d / "r") + " --epoch 1 --pool 1000000 --db " + good).code, 0);
+  const std::string account = "0x0000000000000000000000000000000000000001";
+  ASSERT_EQ(run("ledger status 1 --db " + good).code, 0);
+  ASSERT_EQ(run("ledger proof 1 " + account + " --db " + good).code, 0);
+  const std::string bytes = read_text(good);
+  ASSERT_GE(bytes.size(), 16u * 4096u);
+  std::string garbled = bytes;  // garbage over two pages in the middle of the file
+  std::mt19937_64 rng(3);
+  const size_t from = (bytes.size() / 4096 / 2) * 4096;
+  for (size_t k = from; k < from + 2 * 4096; ++k) garbled[k] = static_cast<char>(rng());
+  write_text(d / "garbled.db", garbled);
+  write_text(d / "empty.db", "");
+  write_text(d / "text.db", "not a database\n");
+  fs::create_directories(d / "dir.db");
+  const auto before = dir_snapshot(d.str());
+  for (const std::string name : {"garbled.db", "empty.db", "text.db", "dir.db"})
+    for (const std::string& cmd : std::vector<std::string>{"status 1", "proof 1 " + account, "claim 1 --all"}) {
+      const auto r = run("ledger " + cmd + " --db " + (d / name));
+      EXPECT_EQ(r.code, 2) << name << " " << cmd << ": " << r.out;
+      EXPECT_NE(r.out.find("attrace: error: ledger database '" + (d / name) + "'"), std::string::npos) << name << ": " << r.out;
+      EXPECT_EQ(r.out.find("epoch 1"), std::string::npos) << name << ": answered from a damaged file: " << r.out;
+    }
+  EXPECT_NE(run("ledger status 1 --db " + (d / "garbled.db")).out.find("is corrupt"), std::string::npos);
+  EXPECT_EQ(dir_snapshot(d.str()), before) << "a refused command changed a file";
+}
+
+TEST(CliLedger, DisputeReasonMustBeANonEmptyRegularFile) {
+  TempDir d;
+  write_small_report(d / "r", 2);
+  const std::string db = " --db " + (d / "l.db");
+  ASSERT_EQ(run("ledger init --challenge-period 3600" + db).code, 0);
+  ASSERT_EQ(run("ledger commit " + (d / "r") + " --epoch 1 --pool 10" + db).code, 0);
+  write_text(d / "empty.txt", "");
+  fs::create_directories(d / "reasons");
+  ASSERT_EQ(::mkfifo((d / "fifo").c_str(), 0600), 0);  // opened for reading, it would wait forever
+  const auto before = dir_snapshot(d.str());
+  for (const auto& [name, fragment] : std::vector<std::pair<std::string, std::string>>{
+           {"reasons", "is a directory"}, {"empty.txt", "is empty"}, {"fifo", "is a FIFO"}, {"missing.txt", "does not exist"}}) {
+    const auto r = run("ledger dispute 1 --reason " + (d / name) + db);
+    EXPECT_EQ(r.code, 2) << name << ": " << r.out;
+    EXPECT_NE(r.out.find("attrace: error: --reason '" + (d / name) + "' " + fragment), std::string::npos) << r.out;
+  }
+  EXPECT_EQ(dir_snapshot(d.str()), before) << "a refused dispute changed the ledger";
+  EXPECT_EQ(nlohmann::json::parse(run("ledger status 1 --json" + db).out)["state"], "committed");
+  write_text(d / "reason.txt", "recomputed shares differ");
+  EXPECT_EQ(run("ledger dispute 1 --reason " + (d / "reason.txt") + db).code, 0);  // a real reason is accepted
+}
+
+TEST(CliLedger, TamperedPinnedOutputsAreNeverCommitted) {
+  ATTRACE_REQUIRE_FIXTURES();
+  TempDir d;
+  attribute_fixture(d);
+  const std::string db = " --db " + (d / "l.db");
+  ASSERT_EQ(run("ledger init" + db).code, 0);
+  const auto manifest = nlohmann::json::parse(read_text(d / "out/manifest.json"));
+  for (const std::string name : {"attribution.csv", "report.json", "scores.h5"}) {
+    ASSERT_TRUE(manifest["outputs"].contains(name)) << name;
+    const std::string path = d / ("out/" + name);
+    const std::string original = read_text(path);
+    std::string tampered = original;
+    // attribution.csv: one digit of a share; the others: one byte in the middle.
+    const size_t at = name == "attribution.csv" ? tampered.find_first_of("123456789", tampered.find('\n')) : tampered.size() / 2;
+    tampered[at] = tampered[at] == '7' ? '8' : '7';
+    write_text(path, tampered);
+    const auto before = dir_snapshot(d.str());
+    const auto out_before = dir_snapshot(d / "out");
+    const auto r = run("ledger commit " + (d / "out") + " --epoch 1 --pool 1000" + db);
+    EXPECT_EQ(r.code, 2) << name << ": " << r.out;
+    EXPECT_NE(r.out.find(path + ": sha256 " + attrace::connectors::sha256_hex(tampered)), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find(manifest["outputs"][name].get<std::string>()), std::string::npos) << "pinned hash: " << r.out;
+    EXPECT_EQ(dir_snapshot(d.str()), before) << name << ": the ledger changed";
+    EXPECT_EQ(dir_snapshot(d / "out"), out_before) << name << ": an epoch manifest was written";
+    EXPECT_FALSE(nlohmann::json::parse(run("ledger status 1 --json" + db).out)["exists"].get<bool>()) << name;
+    write_text(path, original);
+  }
+  EXPECT_EQ(run("ledger commit " + (d / "out") + " --epoch 1 --pool 1000" + db).code, 0);  // untouched: committed
 }
 
 }  // namespace

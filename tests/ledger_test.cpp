@@ -8,16 +8,19 @@
 #include <attrace/ledger/crypto.hpp>
 #include <attrace/ledger/embedded.hpp>
 #include <attrace/ledger/epoch.hpp>
+#include <attrace/ledger/files.hpp>
 #include <attrace/ledger/merkle.hpp>
 #include <attrace/ledger/rewards.hpp>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <csignal>
 #include <filesystem>
+#include <map>
 #include <random>
 
 namespace al = attrace::ledger;
@@ -231,9 +234,8 @@ TEST(EmbeddedLedger, FullEpochLifecycle) {
   TempDir d;
   write_report(d / "r", {{"alpha", kA, 0.5}, {"beta", kB, 0.3}, {"gamma", kC, 0.2}});
   int64_t now = 1'000'000;
+  al::create_embedded_ledger(d / "ledger.db", {3600, "judge"});
   al::EmbeddedOptions o;
-  o.challenge_period = 3600;
-  o.arbiter = "judge";
   o.clock = [&] { return now; };
   auto ledger = al::open_embedded_ledger(d / "ledger.db", o, "alice");
   const al::U256 pool("123456789012345678901234567890");
@@ -270,9 +272,8 @@ TEST(EmbeddedLedger, DisputeFreezesArbiterDecides) {
   TempDir d;
   write_report(d / "r", {{"alpha", kA, 0.6}, {"beta", kB, 0.4}});
   int64_t now = 5000;
+  al::create_embedded_ledger(d / "ledger.db", {100, "judge"});
   al::EmbeddedOptions o;
-  o.challenge_period = 100;
-  o.arbiter = "judge";
   o.clock = [&] { return now; };
   const auto c = al::build_epoch(d / "r", 9, 1000);
   auto alice = al::open_embedded_ledger(d / "ledger.db", o, "alice");
@@ -313,8 +314,8 @@ TEST(EmbeddedLedger, ProcessKilledMidCommitLeavesAConsistentDatabase) {
   }
   write_report(d / "r", ts);
   const auto c = al::build_epoch(d / "r", 3, 10000);
+  al::create_embedded_ledger(d / "ledger.db", {0, "local"});
   al::EmbeddedOptions o;
-  o.challenge_period = 0;
   const pid_t pid = ::fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
@@ -338,8 +339,289 @@ TEST(EmbeddedLedger, ProcessKilledMidCommitLeavesAConsistentDatabase) {
 }
 
 TEST(EmbeddedLedger, UnopenablePathIsAnInputError) {
+  EXPECT_THROW(al::open_embedded_ledger("/nonexistent-dir/ledger.db"), attrace::InputError);
+  EXPECT_THROW(al::create_embedded_ledger("/nonexistent-dir/ledger.db", {}), attrace::InputError);
+}
+
+// ---- Opening and creating ledgers; what a commit reads (issue 9) ----
+
+namespace fs = std::filesystem;
+
+/// Every entry of a directory, with the sha256 of each regular file: "nothing changed" means equal.
+std::map<std::string, std::string> snapshot(const std::string& dir) {
+  std::map<std::string, std::string> s;
+  for (const auto& e : fs::directory_iterator(dir))
+    s[e.path().filename().string()] = e.is_regular_file() ? attrace::connectors::sha256_file(e.path().string()) : "(not a file)";
+  return s;
+}
+
+/// The message of the InputError `fn` raises (a test failure if it raises none or another type).
+template <class F>
+std::string input_error_of(F fn) {
+  try {
+    fn();
+  } catch (const attrace::InputError& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "not an InputError: " << e.what();
+    return "";
+  }
+  ADD_FAILURE() << "not refused";
+  return "";
+}
+
+/// Runs SQL on a database with the system Python's sqlite3 module (the test itself has no SQLite).
+void python_sql(const std::string& db, const std::string& sql) {
+  const std::string cmd = "/usr/bin/python3 -c \"import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.executescript(sys.argv[2]); "
+                          "c.commit(); c.close()\" '" + db + "' \"" + sql + "\"";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+}
+
+TEST(EmbeddedLedger, OpeningAMissingFileCreatesNothing) {
+  TempDir d;
+  const std::string msg = input_error_of([&] { al::open_embedded_ledger(d / "typo.db"); });
+  EXPECT_NE(msg.find(d / "typo.db"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("does not exist"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("attrace ledger init"), std::string::npos) << msg;
+  EXPECT_TRUE(snapshot(d.str()).empty()) << "a file was created by opening";
+}
+
+TEST(EmbeddedLedger, CreatedOnceWithItsSettingsNeverReplaced) {
+  TempDir d;
+  const std::string db = d / "l.db";
+  al::create_embedded_ledger(db, {42, "judge"});
+  const auto before = snapshot(d.str());
+  ASSERT_EQ(before.size(), 1u) << "only the database: no WAL, no temporary file";
+  const std::string again = input_error_of([&] { al::create_embedded_ledger(db, {0, "other"}); });
+  EXPECT_NE(again.find(db), std::string::npos) << again;
+  EXPECT_NE(again.find("already exists"), std::string::npos) << again;
+  EXPECT_EQ(snapshot(d.str()), before);
+  // Not only ledgers: no file of any kind is replaced.
+  write_text(d / "notes.txt", "keep me");
+  EXPECT_NE(input_error_of([&] { al::create_embedded_ledger(d / "notes.txt", {}); }).find("already exists"), std::string::npos);
+  EXPECT_EQ(read_text(d / "notes.txt"), "keep me");
+  EXPECT_THROW(al::create_embedded_ledger(d / "neg.db", {-1, "judge"}), attrace::InputError);
+  EXPECT_THROW(al::create_embedded_ledger(d / "anon.db", {10, ""}), attrace::InputError);
+  EXPECT_FALSE(fs::exists(d / "neg.db") || fs::exists(d / "anon.db"));
+  // The stored settings rule, whoever opens it: period 42 s, only "judge" resolves.
+  write_report(d / "r", {{"alpha", kA, 1.0}});
   al::EmbeddedOptions o;
-  EXPECT_THROW(al::open_embedded_ledger("/nonexistent-dir/ledger.db", o), attrace::InputError);
+  o.clock = [] { return int64_t{1000}; };
+  auto alice = al::open_embedded_ledger(db, o, "alice");
+  EXPECT_EQ(alice->commit(al::build_epoch(d / "r", 1, 10), "").status.challenge_ends, 1042);
+  alice->dispute(1, al::keccak256("r"));
+  EXPECT_EQ(refusal_of([&] { alice->resolve(1, true); }), al::Refusal::unauthorized);
+  al::open_embedded_ledger(db, o, "judge")->resolve(1, true);
+}
+
+TEST(EmbeddedLedger, StaleTemporaryFilesOfDeadInitsAreRemoved) {
+  TempDir d;
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) ::_exit(0);
+  int st = 0;
+  ::waitpid(pid, &st, 0);  // a PID that is certainly dead now
+  const std::string stale = d / (".l.db.init-" + std::to_string(pid));
+  write_text(stale, "half a database");
+  write_text(d / ".other.db.init-1", "init of another name: not touched");
+  al::create_embedded_ledger(d / "l.db", {});
+  EXPECT_FALSE(fs::exists(stale));
+  EXPECT_TRUE(fs::exists(d / ".other.db.init-1"));
+}
+
+// Files that are not intact attrace ledgers: refused with the file's name, and left as they were
+// (no -wal/-shm appears next to them either).
+TEST(EmbeddedLedger, FilesThatAreNotIntactLedgersAreRefused) {
+  TempDir d;
+  write_text(d / "empty.db", "");
+  write_text(d / "text.db", "epoch,root\n1,0xabc\n");
+  fs::create_directories(d / "dir.db");
+  ASSERT_EQ(::mkfifo((d / "fifo.db").c_str(), 0600), 0);
+  python_sql(d / "foreign.db", "CREATE TABLE notes(x TEXT); INSERT INTO notes VALUES ('hello');");
+  al::create_embedded_ledger(d / "future.db", {});
+  python_sql(d / "future.db", "UPDATE meta SET value = '9' WHERE key = 'schema';");
+  al::create_embedded_ledger(d / "nometa.db", {});
+  python_sql(d / "nometa.db", "DELETE FROM meta WHERE key = 'schema';");
+  al::create_embedded_ledger(d / "noleaves.db", {});
+  python_sql(d / "noleaves.db", "DROP TABLE leaves;");
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"empty.db", "is empty"},
+      {"text.db", "not an SQLite database"},
+      {"dir.db", "is a directory"},
+      {"fifo.db", "not a regular file"},
+      {"foreign.db", "not an attrace ledger (table 'meta'"},
+      {"future.db", "schema version '9' is not supported"},
+      {"nometa.db", "no schema version"},
+      {"noleaves.db", "table 'leaves' is missing"},
+  };
+  const auto before = snapshot(d.str());
+  for (const auto& [name, fragment] : cases) {
+    const std::string msg = input_error_of([&] { al::open_embedded_ledger(d / name)->status(1); });
+    EXPECT_NE(msg.find("ledger database '" + (d / name) + "'"), std::string::npos) << name << ": " << msg;
+    EXPECT_NE(msg.find(fragment), std::string::npos) << name << ": " << msg;
+  }
+  EXPECT_EQ(snapshot(d.str()), before) << "refusing a file changed the directory";
+}
+
+// Garbage over any one page of a ledger: it is refused (naming the file), or — for a page the
+// database does not use for what is asked — answers exactly what the intact ledger answers.
+// Never a plausible wrong answer.
+TEST(EmbeddedLedger, GarbageInAnyPageIsRefusedNeverAnsweredWrongly) {
+  TempDir d;
+  std::vector<std::tuple<std::string, std::string, double>> ts;
+  for (int i = 0; i < 300; ++i) {
+    char acct[43];
+    std::snprintf(acct, sizeof acct, "0x%040x", i + 1);
+    ts.emplace_back("tranche-" + std::to_string(i), acct, 1.0 / 300);
+  }
+  write_report(d / "r", ts);
+  const std::string pristine = d / "pristine.db";
+  al::create_embedded_ledger(pristine, {0, "local"});
+  const auto c = al::build_epoch(d / "r", 1, 1'000'000);
+  {
+    auto l = al::open_embedded_ledger(pristine);
+    l->commit(c, "file://epoch-1.json");
+    for (size_t i = 0; i < c.leaves.size(); i += 3) l->claim(c.leaves[i].leaf, c.proof(i));
+  }
+  ASSERT_FALSE(fs::exists(pristine + "-wal")) << "the WAL must be checkpointed into the file on close";
+  const std::string bytes = read_text(pristine);
+  const size_t page = 4096, pages = bytes.size() / page;
+  ASSERT_EQ(bytes.size() % page, 0u);
+  ASSERT_GE(pages, 20u) << "the ledger should span many pages";
+  auto answer = [](const std::string& db) {
+    auto l = al::open_embedded_ledger(db);
+    const auto s = l->status(1);
+    return al::to_hex(s.root) + al::to_hex(s.manifest_hash) + al::to_decimal(s.claimed) + s.state + l->manifest(1);
+  };
+  const std::string truth = answer(pristine);
+  size_t refused = 0;
+  std::mt19937_64 rng(9);
+  for (size_t p = 0; p < pages; ++p) {
+    std::string bad = bytes;
+    for (size_t k = 0; k < page; ++k) bad[p * page + k] = static_cast<char>(rng());
+    const std::string db = d / ("page-" + std::to_string(p) + ".db");
+    write_text(db, bad);
+    try {
+      EXPECT_EQ(answer(db), truth) << "page " << p << " of " << pages << ": a damaged ledger answered differently";
+    } catch (const attrace::InputError& e) {
+      ++refused;
+      EXPECT_NE(std::string(e.what()).find(db), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(attrace::connectors::sha256_file(db), attrace::connectors::sha256_hex(bad)) << "page " << p;
+    fs::remove(db);
+  }
+  // Pages on the freelist (left by the claims' row updates) hold nothing; every other page is in a
+  // b-tree that quick_check walks. The count is the big-endian word at offset 36 of the header.
+  const size_t free_pages = (static_cast<size_t>(static_cast<uint8_t>(bytes[36])) << 24) |
+                            (static_cast<size_t>(static_cast<uint8_t>(bytes[37])) << 16) |
+                            (static_cast<size_t>(static_cast<uint8_t>(bytes[38])) << 8) | static_cast<uint8_t>(bytes[39]);
+  std::printf("[ garbage ] %zu of %zu damaged pages refused; %zu pages are free (the rest answered exactly as the intact ledger)\n",
+              refused, pages, free_pages);
+  EXPECT_GE(refused, pages - free_pages) << "garbage in a page in use went unnoticed";
+}
+
+TEST(Files, OnlyRegularNonEmptyFilesAreRead) {
+  TempDir d;
+  write_text(d / "ok.txt", "reason");
+  EXPECT_EQ(al::read_input_file(d / "ok.txt", "--reason"), "reason");
+  write_text(d / "empty.txt", "");
+  fs::create_directories(d / "dir");
+  ASSERT_EQ(::mkfifo((d / "fifo").c_str(), 0600), 0);  // would block forever if opened for reading
+  for (const auto& [name, fragment] : std::vector<std::pair<std::string, std::string>>{
+           {"empty.txt", "is empty"}, {"dir", "is a directory"}, {"fifo", "is a FIFO"}, {"missing", "does not exist"}}) {
+    const std::string msg = input_error_of([&] { al::read_input_file(d / name, "--reason"); });
+    EXPECT_NE(msg.find("--reason '" + (d / name) + "'"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(fragment), std::string::npos) << name << ": " << msg;
+  }
+}
+
+// Every output manifest.json pins is checked before a commit, not only report.json.
+TEST(Epoch, EveryPinnedOutputIsCheckedBeforeACommit) {
+  TempDir d;
+  const std::string r = d / "r";
+  write_report(r, {{"alpha", kA, 0.75}, {"beta", kB, 0.25}});
+  write_text(r + "/attribution.csv", "tranche,account,share\nalpha,0xaa,0.75\nbeta,0xbb,0.25\n");
+  write_text(r + "/scores.h5", std::string(1000, 's'));
+  auto manifest = nlohmann::json::parse(read_text(r + "/manifest.json"));
+  manifest["outputs"]["attribution.csv"] = attrace::connectors::sha256_file(r + "/attribution.csv");
+  manifest["outputs"]["scores.h5"] = attrace::connectors::sha256_file(r + "/scores.h5");
+  write_text(r + "/manifest.json", manifest.dump());
+  const auto good = al::build_epoch(r, 1, 100);
+
+  const std::string pinned_csv = manifest["outputs"]["attribution.csv"];
+  write_text(r + "/attribution.csv", "tranche,account,share\nalpha,0xaa,0.95\nbeta,0xbb,0.05\n");
+  const std::string csv_sha = attrace::connectors::sha256_file(r + "/attribution.csv");
+  std::string msg = input_error_of([&] { al::build_epoch(r, 1, 100); });
+  EXPECT_NE(msg.find(r + "/attribution.csv"), std::string::npos) << msg;
+  EXPECT_NE(msg.find(pinned_csv), std::string::npos) << "pinned hash: " << msg;
+  EXPECT_NE(msg.find(csv_sha), std::string::npos) << "actual hash: " << msg;
+  fs::remove(r + "/attribution.csv");
+  msg = input_error_of([&] { al::build_epoch(r, 1, 100); });
+  EXPECT_NE(msg.find(r + "/attribution.csv"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("does not exist"), std::string::npos) << msg;
+  fs::create_directories(r + "/attribution.csv");
+  EXPECT_NE(input_error_of([&] { al::build_epoch(r, 1, 100); }).find("is a directory"), std::string::npos);
+  fs::remove(r + "/attribution.csv");
+  write_text(r + "/attribution.csv", "tranche,account,share\nalpha,0xaa,0.75\nbeta,0xbb,0.25\n");
+  EXPECT_EQ(al::build_epoch(r, 1, 100).manifest_hash, good.manifest_hash);  // restored: accepted again
+
+  write_text(r + "/scores.h5", std::string(999, 's') + "t");
+  EXPECT_NE(input_error_of([&] { al::build_epoch(r, 1, 100); }).find(r + "/scores.h5"), std::string::npos);
+  write_text(r + "/scores.h5", std::string(1000, 's'));
+
+  const std::string report = read_text(r + "/report.json");
+  write_text(r + "/report.json", report + "\n");
+  msg = input_error_of([&] { al::build_epoch(r, 1, 100); });
+  EXPECT_NE(msg.find(r + "/report.json"), std::string::npos) << msg;
+  EXPECT_NE(msg.find(manifest["outputs"]["report.json"].get<std::string>()), std::string::npos) << msg;
+  EXPECT_NE(msg.find(attrace::connectors::sha256_hex(report + "\n")), std::string::npos) << msg;
+  write_text(r + "/report.json", report);
+
+  // A pinned name must stay inside the report directory.
+  auto escaping = manifest;
+  escaping["outputs"]["../manifest.json"] = manifest["outputs"]["report.json"];
+  write_text(r + "/manifest.json", escaping.dump());
+  EXPECT_NE(input_error_of([&] { al::build_epoch(r, 1, 100); }).find("not a file name inside the report directory"),
+            std::string::npos);
+}
+
+// Values changed inside intact pages (quick_check sees only structure): `status` cross-checks the
+// recorded root, manifest hash and pool against the stored manifest, so a changed digit is refused,
+// or sits where status does not read it (history) and changes nothing it reports.
+TEST(EmbeddedLedger, ChangedValuesInIntactPagesAreRefusedByStatus) {
+  TempDir d;
+  write_report(d / "r", {{"alpha", kA, 0.5}, {"beta", kB, 0.5}});
+  const std::string pristine = d / "pristine.db";
+  al::create_embedded_ledger(pristine, {0, "local"});
+  const auto c = al::build_epoch(d / "r", 1, 1000);
+  al::open_embedded_ledger(pristine)->commit(c, "");
+  const std::string bytes = read_text(pristine);
+  auto answer = [](const std::string& db) {
+    const auto s = al::open_embedded_ledger(db)->status(1);
+    return al::to_hex(s.root) + al::to_hex(s.manifest_hash) + al::to_decimal(s.total_reward);
+  };
+  const std::string truth = answer(pristine);
+  // The row stores root, manifest hash and total reward as adjacent text: the pool's last digit is
+  // found right after the manifest hash.
+  for (const std::string value : {al::to_hex(c.root), al::to_hex(c.manifest_hash), al::to_hex(c.manifest_hash) + "1000"}) {
+    size_t seen = 0, refused = 0;
+    for (size_t at = bytes.find(value); at != std::string::npos; at = bytes.find(value, at + 1), ++seen) {
+      std::string bad = bytes;
+      char& digit = bad[at + value.size() - 1];
+      digit = digit == '1' ? '2' : '1';
+      const std::string db = d / "bad.db";
+      write_text(db, bad);
+      try {
+        EXPECT_EQ(answer(db), truth) << "occurrence " << seen << " of " << value;
+      } catch (const attrace::InputError& e) {
+        ++refused;
+        EXPECT_NE(std::string(e.what()).find(db), std::string::npos) << e.what();
+      }
+      fs::remove(db);
+    }
+    EXPECT_GE(seen, 1u) << value;
+    EXPECT_GE(refused, 1u) << value << ": the column status reads was not checked";
+  }
 }
 
 }  // namespace

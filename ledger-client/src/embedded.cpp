@@ -3,10 +3,22 @@
 #include <attrace/ledger/embedded.hpp>
 #include <attrace/ledger/merkle.hpp>
 
-#include <sqlite3.h>
+#include <nlohmann/json.hpp>
 
+#include <fcntl.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
 #include <ctime>
+#include <filesystem>
+#include <map>
 #include <utility>
+#include <vector>
 
 namespace attrace::ledger {
 
@@ -29,38 +41,81 @@ std::string refusal_name(Refusal r) {
 
 namespace {
 
-#define ATTRACE_SQLITE_CHECK(db, rc, what)                                                             \
-  do {                                                                                                 \
-    const int attrace_rc_ = (rc);                                                                      \
-    ATTRACE_CHECK(attrace_rc_ == SQLITE_OK || attrace_rc_ == SQLITE_DONE || attrace_rc_ == SQLITE_ROW, \
-                  RuntimeFailure, std::string("sqlite: ") + (what) + ": " + sqlite3_errmsg(db));     \
+/// The sqlite member of the check-macro family: a success code passes; otherwise the connection
+/// throws, naming its file and choosing the error kind.
+#define ATTRACE_SQLITE_CHECK(conn, rc, what)                                                     \
+  do {                                                                                           \
+    const int attrace_rc_ = (rc);                                                                \
+    if (attrace_rc_ != SQLITE_OK && attrace_rc_ != SQLITE_DONE && attrace_rc_ != SQLITE_ROW)     \
+      (conn).fail(attrace_rc_, what);                                                            \
   } while (0)
+
+/// An open database and the path the user named it by, for every message about it.
+class Connection {
+ public:
+  Connection(const std::string& path, int flags) : path_(path) {
+    const int rc = sqlite3_open_v2(path.c_str(), &db_, flags, nullptr);
+    if (rc != SQLITE_OK) {
+      const std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
+      sqlite3_close(db_);
+      throw InputError(where() + ": cannot open (" + msg + ")");
+    }
+    sqlite3_extended_result_codes(db_, 1);
+    sqlite3_busy_timeout(db_, 10000);
+  }
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+  ~Connection() { sqlite3_close(db_); }
+  sqlite3* get() const { return db_; }
+  const std::string& path() const { return path_; }
+  std::string where() const { return "ledger database '" + path_ + "'"; }
+
+  /// Throws for a failed SQLite call: a damaged file is bad input (exit 2, "corrupt"), anything
+  /// else (busy, I/O, full disk, read-only) a failure of the environment. Both name the file.
+  [[noreturn]] void fail(int rc, const std::string& what) const {
+    const std::string msg = std::string(sqlite3_errmsg(db_)) + " (" + what + ")";
+    const int primary = rc & 0xff;
+    if (primary == SQLITE_CORRUPT || primary == SQLITE_NOTADB)
+      throw InputError(where() + " is corrupt: " + msg + "; restore it from a backup");
+    throw RuntimeFailure(where() + ": sqlite: " + msg);
+  }
+
+  /// Runs statements that return no rows.
+  void exec(const char* sql) const {
+    char* err = nullptr;
+    const int rc = sqlite3_exec(db_, sql, nullptr, nullptr, &err);
+    sqlite3_free(err);  // sqlite3_errmsg still holds the same message
+    ATTRACE_SQLITE_CHECK(*this, rc, sql);
+  }
+
+ private:
+  std::string path_;
+  sqlite3* db_ = nullptr;
+};
 
 /// Move-only prepared statement with typed binders and readers.
 class Stmt {
  public:
-  Stmt(sqlite3* db, const char* sql) : db_(db) {
-    ATTRACE_SQLITE_CHECK(db_, sqlite3_prepare_v2(db_, sql, -1, &st_, nullptr), sql);
-  }
+  Stmt(const Connection& c, const char* sql) : c_(c) { ATTRACE_SQLITE_CHECK(c_, sqlite3_prepare_v2(c_.get(), sql, -1, &st_, nullptr), sql); }
   Stmt(const Stmt&) = delete;
   Stmt& operator=(const Stmt&) = delete;
   ~Stmt() { sqlite3_finalize(st_); }
   Stmt& bind(int i, const std::string& v) {
-    ATTRACE_SQLITE_CHECK(db_, sqlite3_bind_text(st_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT), "bind");
+    ATTRACE_SQLITE_CHECK(c_, sqlite3_bind_text(st_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT), "bind");
     return *this;
   }
   Stmt& bind(int i, int64_t v) {
-    ATTRACE_SQLITE_CHECK(db_, sqlite3_bind_int64(st_, i, v), "bind");
+    ATTRACE_SQLITE_CHECK(c_, sqlite3_bind_int64(st_, i, v), "bind");
     return *this;
   }
   Stmt& bind_blob(int i, const std::string& v) {
-    ATTRACE_SQLITE_CHECK(db_, sqlite3_bind_blob(st_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT), "bind");
+    ATTRACE_SQLITE_CHECK(c_, sqlite3_bind_blob(st_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT), "bind");
     return *this;
   }
   /// Steps once; true if a row is available.
   bool step() {
     const int rc = sqlite3_step(st_);
-    ATTRACE_SQLITE_CHECK(db_, rc, sqlite3_sql(st_));
+    ATTRACE_SQLITE_CHECK(c_, rc, sqlite3_sql(st_));
     return rc == SQLITE_ROW;
   }
   std::string text(int c) const {
@@ -71,92 +126,150 @@ class Stmt {
   bool is_null(int c) const { return sqlite3_column_type(st_, c) == SQLITE_NULL; }
 
  private:
-  sqlite3* db_;
+  const Connection& c_;
   sqlite3_stmt* st_ = nullptr;
 };
-
-void exec(sqlite3* db, const char* sql) {
-  char* err = nullptr;
-  const int rc = sqlite3_exec(db, sql, nullptr, nullptr, &err);
-  const std::string msg = err ? err : "";
-  sqlite3_free(err);
-  ATTRACE_CHECK(rc == SQLITE_OK, RuntimeFailure, std::string("sqlite: ") + msg);
-}
 
 /// BEGIN IMMEDIATE ... COMMIT; rolls back when destroyed uncommitted.
 class Transaction {
  public:
-  explicit Transaction(sqlite3* db) : db_(db) { exec(db_, "BEGIN IMMEDIATE"); }
+  explicit Transaction(const Connection& c) : c_(c) { c_.exec("BEGIN IMMEDIATE"); }
   ~Transaction() {
-    if (!done_) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    if (!done_) sqlite3_exec(c_.get(), "ROLLBACK", nullptr, nullptr, nullptr);
   }
   void commit() {
-    exec(db_, "COMMIT");
+    c_.exec("COMMIT");
     done_ = true;
   }
 
  private:
-  sqlite3* db_;
+  const Connection& c_;
   bool done_ = false;
 };
 
 constexpr const char* kSchema = R"(
-CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS commitments(
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE commitments(
   id INTEGER PRIMARY KEY AUTOINCREMENT,
   epoch TEXT NOT NULL, root TEXT NOT NULL, manifest_hash TEXT NOT NULL, total_reward TEXT NOT NULL,
   claimed TEXT NOT NULL DEFAULT '0', uri TEXT NOT NULL, manifest BLOB NOT NULL,
   committed_at INTEGER NOT NULL, challenge_ends INTEGER NOT NULL,
   state TEXT NOT NULL CHECK (state IN ('committed', 'disputed', 'cancelled')), submitter TEXT NOT NULL);
-CREATE UNIQUE INDEX IF NOT EXISTS one_live_commitment_per_epoch ON commitments(epoch) WHERE state != 'cancelled';
-CREATE TABLE IF NOT EXISTS leaves(
+CREATE UNIQUE INDEX one_live_commitment_per_epoch ON commitments(epoch) WHERE state != 'cancelled';
+CREATE TABLE leaves(
   commitment INTEGER NOT NULL REFERENCES commitments(id), tranche TEXT NOT NULL, tranche_id TEXT NOT NULL,
   account TEXT NOT NULL, score TEXT NOT NULL, amount TEXT NOT NULL, leaf TEXT NOT NULL,
   claimed_at INTEGER, claimed_by TEXT, PRIMARY KEY (commitment, tranche_id, account));
-CREATE TABLE IF NOT EXISTS balances(account TEXT PRIMARY KEY, amount TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS history(
+CREATE TABLE balances(account TEXT PRIMARY KEY, amount TEXT NOT NULL);
+CREATE TABLE history(
   id INTEGER PRIMARY KEY AUTOINCREMENT, time INTEGER NOT NULL, actor TEXT NOT NULL, event TEXT NOT NULL,
   epoch TEXT, detail TEXT NOT NULL);
 )";
 
+// Every table with every column the ledger reads or writes: a file that cannot answer these is
+// not an attrace ledger (of this schema version).
+constexpr std::pair<const char*, const char*> kTables[] = {
+    {"meta", "SELECT key, value FROM meta"},
+    {"commitments",
+     "SELECT id, epoch, root, manifest_hash, total_reward, claimed, uri, manifest, committed_at, challenge_ends, state,"
+     " submitter FROM commitments"},
+    {"leaves", "SELECT commitment, tranche, tranche_id, account, score, amount, leaf, claimed_at, claimed_by FROM leaves"},
+    {"balances", "SELECT account, amount FROM balances"},
+    {"history", "SELECT id, time, actor, event, epoch, detail FROM history"},
+};
+
+/// What the `meta` table fixes for the life of a ledger.
+struct Stored {
+  int64_t challenge_period = 0;
+  std::string arbiter;
+};
+
+[[noreturn]] void file_error(const std::string& path, const std::string& what) {
+  throw InputError("ledger database '" + path + "'" + what);
+}
+
+// Checks made before SQLite sees the file: SQLite takes a zero-length file for a new, empty
+// database and would block on a FIFO, so such files must never reach it.
+void check_ledger_file(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT)
+      file_error(path, " does not exist (check the --db path; `attrace ledger init --db " + path +
+                           "` creates a new, empty ledger)");
+    file_error(path, std::string(": ") + std::strerror(errno));
+  }
+  if (S_ISDIR(st.st_mode)) file_error(path, " is a directory, not a ledger file");
+  if (!S_ISREG(st.st_mode)) file_error(path, " is not a regular file");
+  if (st.st_size == 0) file_error(path, " is empty (0 bytes), not an attrace ledger; restore it from a backup");
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) file_error(path, std::string(": cannot read (") + std::strerror(errno) + ")");
+  char header[16] = {};
+  const ssize_t n = ::read(fd, header, sizeof header);
+  ::close(fd);
+  static const char kMagic[16] = {'S', 'Q', 'L', 'i', 't', 'e', ' ', 'f', 'o', 'r', 'm', 'a', 't', ' ', '3', '\0'};
+  if (n != 16 || std::memcmp(header, kMagic, 16) != 0)
+    file_error(path, " is not an attrace ledger (not an SQLite database, or its header is damaged)");
+}
+
+// Opens an existing ledger and proves it is one, intact, before anything reads or writes it.
+std::unique_ptr<Connection> open_checked(const std::string& path, Stored* stored) {
+  check_ledger_file(path);
+  auto c = std::make_unique<Connection>(path, SQLITE_OPEN_READWRITE);  // never SQLITE_OPEN_CREATE
+  // quick_check reads every page and checks the b-tree structure (not index contents): garbage
+  // written into the file is found here instead of answering later with plausible rows.
+  std::vector<std::string> problems;
+  {
+    Stmt q(*c, "PRAGMA quick_check(5)");
+    while (q.step()) problems.push_back(q.text(0));
+  }
+  if (problems.size() != 1 || problems[0] != "ok") {
+    std::string list;
+    for (const auto& p : problems) list += (list.empty() ? "" : "; ") + p;
+    throw InputError(c->where() + " is corrupt (PRAGMA quick_check: " + list + "); restore it from a backup");
+  }
+  for (const auto& [table, sql] : kTables) {
+    sqlite3_stmt* st = nullptr;
+    const int rc = sqlite3_prepare_v2(c->get(), sql, -1, &st, nullptr);
+    sqlite3_finalize(st);
+    if ((rc & 0xff) == SQLITE_ERROR)  // no such table / column
+      throw InputError(c->where() + " is not an attrace ledger (table '" + table + "' is missing or incomplete: " +
+                       sqlite3_errmsg(c->get()) + ")");
+    ATTRACE_SQLITE_CHECK(*c, rc, sql);
+  }
+  std::map<std::string, std::string> meta;
+  {
+    Stmt q(*c, "SELECT key, value FROM meta");
+    while (q.step()) meta[q.text(0)] = q.text(1);
+  }
+  const auto schema = meta.find("schema");
+  if (schema == meta.end()) throw InputError(c->where() + " is not an attrace ledger (no schema version in its meta table)");
+  ATTRACE_CHECK(schema->second == kEmbeddedSchemaVersion, InputError,
+                c->where() + ": schema version '" + schema->second + "' is not supported (this attrace reads version " +
+                    kEmbeddedSchemaVersion + ")");
+  const std::string period = meta.count("challenge_period") ? meta["challenge_period"] : "";
+  const bool digits = !period.empty() && period.size() <= 18 && period.find_first_not_of("0123456789") == std::string::npos;
+  ATTRACE_CHECK(digits, InputError, c->where() + ": meta.challenge_period '" + period + "' is not a number of seconds");
+  stored->challenge_period = std::stoll(period);
+  stored->arbiter = meta.count("arbiter") ? meta["arbiter"] : "";
+  ATTRACE_CHECK(!stored->arbiter.empty(), InputError, c->where() + ": meta.arbiter is missing");
+  c->exec("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;");
+  return c;
+}
+
 class EmbeddedLedger final : public Ledger {
  public:
-  EmbeddedLedger(const std::string& path, EmbeddedOptions opts, std::string actor)
-      : opts_(std::move(opts)), actor_(std::move(actor)) {
-    const int rc = sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr);
-    if (rc != SQLITE_OK) {
-      const std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
-      sqlite3_close(db_);
-      db_ = nullptr;
-      throw InputError("ledger database '" + path + "': cannot open (" + msg + ")");
-    }
-    sqlite3_busy_timeout(db_, 10000);
-    try {
-      exec(db_, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;");
-      Transaction tx(db_);
-      exec(db_, kSchema);
-      // Settings are fixed by whoever creates the database; later opens read them back.
-      Stmt ins(db_, "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', '1'), ('challenge_period', ?1), ('arbiter', ?2)");
-      ins.bind(1, std::to_string(opts_.challenge_period)).bind(2, opts_.arbiter).step();
-      tx.commit();
-      Stmt q(db_, "SELECT key, value FROM meta");
-      while (q.step()) {
-        if (q.text(0) == "challenge_period") period_ = std::stoll(q.text(1));
-        if (q.text(0) == "arbiter") arbiter_ = q.text(1);
-      }
-    } catch (...) {
-      sqlite3_close(db_);
-      db_ = nullptr;
-      throw;
-    }
-  }
-  ~EmbeddedLedger() override { sqlite3_close(db_); }
+  EmbeddedLedger(std::unique_ptr<Connection> conn, const Stored& stored, EmbeddedOptions opts, std::string actor)
+      : opts_(std::move(opts)),
+        actor_(std::move(actor)),
+        conn_(std::move(conn)),
+        period_(stored.challenge_period),
+        arbiter_(stored.arbiter) {}
 
   std::string kind() const override { return "embedded"; }
 
   CommitResult commit(const EpochCommitment& c, const std::string& uri) override {
     const std::string epoch = std::to_string(c.epoch);
-    Transaction tx(db_);
+    Transaction tx(*conn_);
     CommitResult r;
     const EpochStatus live = load(c.epoch);
     if (live.exists && live.state != "cancelled") {
@@ -169,15 +282,15 @@ class EmbeddedLedger final : public Ledger {
                                                      " (dispute and cancel it before committing another)");
     }
     const int64_t t = now();
-    Stmt ins(db_,
+    Stmt ins(*conn_,
              "INSERT INTO commitments(epoch, root, manifest_hash, total_reward, uri, manifest, committed_at, challenge_ends,"
              " state, submitter) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'committed', ?9)");
     ins.bind(1, epoch).bind(2, to_hex(c.root)).bind(3, to_hex(c.manifest_hash)).bind(4, to_decimal(c.pool)).bind(5, uri);
     ins.bind_blob(6, c.manifest).bind(7, t).bind(8, t + period_).bind(9, actor_).step();
-    const int64_t id = sqlite3_last_insert_rowid(db_);
+    const int64_t id = sqlite3_last_insert_rowid(conn_->get());
     for (size_t k = 0; k < c.leaves.size(); ++k) {
       const auto& l = c.leaves[k];
-      Stmt one(db_,
+      Stmt one(*conn_,
                "INSERT INTO leaves(commitment, tranche, tranche_id, account, score, amount, leaf) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
       one.bind(1, id).bind(2, l.tranche).bind(3, to_hex(l.leaf.tranche_id)).bind(4, to_hex(l.leaf.account));
       one.bind(5, to_decimal(l.leaf.score)).bind(6, to_decimal(l.leaf.amount)).bind(7, to_hex(l.hash)).step();
@@ -191,16 +304,20 @@ class EmbeddedLedger final : public Ledger {
     return r;
   }
 
-  EpochStatus status(uint64_t epoch) override { return load(epoch); }
+  EpochStatus status(uint64_t epoch) override {
+    const EpochStatus s = load(epoch);
+    if (s.exists) check_against_manifest(s);
+    return s;
+  }
 
   std::string manifest(uint64_t epoch) override {
-    Stmt q(db_, "SELECT manifest FROM commitments WHERE epoch = ?1 ORDER BY id DESC LIMIT 1");
+    Stmt q(*conn_, "SELECT manifest FROM commitments WHERE epoch = ?1 ORDER BY id DESC LIMIT 1");
     q.bind(1, std::to_string(epoch));
     return q.step() ? q.text(0) : std::string();
   }
 
   std::string dispute(uint64_t epoch, const Bytes32& reason) override {
-    Transaction tx(db_);
+    Transaction tx(*conn_);
     const EpochStatus s = live_or_throw(epoch);
     const int64_t t = now();
     if (s.state == "disputed") throw LedgerRefusal(Refusal::disputed, "epoch " + std::to_string(epoch) + " is already disputed");
@@ -214,7 +331,7 @@ class EmbeddedLedger final : public Ledger {
   }
 
   std::string resolve(uint64_t epoch, bool upheld) override {
-    Transaction tx(db_);
+    Transaction tx(*conn_);
     if (actor_ != arbiter_) throw LedgerRefusal(Refusal::unauthorized, "only the arbiter ('" + arbiter_ + "') may resolve disputes");
     const EpochStatus s = live_or_throw(epoch);
     if (s.state != "disputed") throw LedgerRefusal(Refusal::not_disputed, "epoch " + std::to_string(epoch) + " is not disputed");
@@ -225,7 +342,7 @@ class EmbeddedLedger final : public Ledger {
   }
 
   std::string claim(const Leaf& leaf, const std::vector<Bytes32>& proof) override {
-    Transaction tx(db_);
+    Transaction tx(*conn_);
     const std::string epoch = std::to_string(leaf.epoch);
     const EpochStatus s = live_or_throw(leaf.epoch);
     const int64_t t = now();
@@ -235,23 +352,25 @@ class EmbeddedLedger final : public Ledger {
                                                   std::to_string(t) + ")");
     const Bytes32 h = leaf_hash(leaf);
     if (!verify_proof(proof, s.root, h)) throw LedgerRefusal(Refusal::invalid_proof, "proof does not lead to the root of epoch " + epoch);
-    Stmt q(db_, "SELECT l.claimed_at FROM leaves l JOIN commitments c ON c.id = l.commitment"
+    Stmt q(*conn_, "SELECT l.claimed_at FROM leaves l JOIN commitments c ON c.id = l.commitment"
                 " WHERE c.epoch = ?1 AND c.state != 'cancelled' AND l.leaf = ?2");
     q.bind(1, epoch).bind(2, to_hex(h));
-    ATTRACE_CHECK(q.step(), RuntimeFailure, "ledger database: leaf with a valid proof is missing from the leaves table");
+    ATTRACE_CHECK(q.step(), InputError,
+                  conn_->where() + " is inconsistent: leaf " + to_hex(h) + " of epoch " + epoch +
+                      " has a valid proof but no row in the leaves table");
     if (!q.is_null(0)) throw LedgerRefusal(Refusal::already_claimed, "leaf " + to_hex(h) + " of epoch " + epoch + " was claimed");
     const U256 total = s.claimed + leaf.amount;
     if (total > s.total_reward) throw LedgerRefusal(Refusal::over_budget, "claims would exceed the epoch's total reward");
-    Stmt up(db_, "UPDATE leaves SET claimed_at = ?1, claimed_by = ?2 WHERE leaf = ?3 AND commitment ="
+    Stmt up(*conn_, "UPDATE leaves SET claimed_at = ?1, claimed_by = ?2 WHERE leaf = ?3 AND commitment ="
                  " (SELECT id FROM commitments WHERE epoch = ?4 AND state != 'cancelled')");
     up.bind(1, t).bind(2, actor_).bind(3, to_hex(h)).bind(4, epoch).step();
-    Stmt uc(db_, "UPDATE commitments SET claimed = ?1 WHERE epoch = ?2 AND state != 'cancelled'");
+    Stmt uc(*conn_, "UPDATE commitments SET claimed = ?1 WHERE epoch = ?2 AND state != 'cancelled'");
     uc.bind(1, to_decimal(total)).bind(2, epoch).step();
     const std::string account = to_hex(leaf.account);
-    Stmt bal(db_, "SELECT amount FROM balances WHERE account = ?1");
+    Stmt bal(*conn_, "SELECT amount FROM balances WHERE account = ?1");
     bal.bind(1, account);
     const U256 before = bal.step() ? u256_from_decimal(bal.text(0), "balance") : U256(0);
-    Stmt setb(db_, "INSERT INTO balances(account, amount) VALUES (?1, ?2) ON CONFLICT(account) DO UPDATE SET amount = ?2");
+    Stmt setb(*conn_, "INSERT INTO balances(account, amount) VALUES (?1, ?2) ON CONFLICT(account) DO UPDATE SET amount = ?2");
     setb.bind(1, account).bind(2, to_decimal(before + leaf.amount)).step();
     record(t, "Claimed", epoch,
            "trancheId=" + to_hex(leaf.tranche_id) + " account=" + account + " score=" + to_decimal(leaf.score) +
@@ -261,7 +380,7 @@ class EmbeddedLedger final : public Ledger {
   }
 
   bool claimed(const Leaf& leaf) override {
-    Stmt q(db_, "SELECT l.claimed_at FROM leaves l JOIN commitments c ON c.id = l.commitment"
+    Stmt q(*conn_, "SELECT l.claimed_at FROM leaves l JOIN commitments c ON c.id = l.commitment"
                 " WHERE c.epoch = ?1 AND c.state != 'cancelled' AND l.leaf = ?2");
     q.bind(1, std::to_string(leaf.epoch)).bind(2, to_hex(leaf_hash(leaf)));
     return q.step() && !q.is_null(0);
@@ -272,7 +391,7 @@ class EmbeddedLedger final : public Ledger {
 
   // The newest commitment of an epoch (live if any, else the last cancelled one).
   EpochStatus load(uint64_t epoch) {
-    Stmt q(db_,
+    Stmt q(*conn_,
            "SELECT root, manifest_hash, total_reward, claimed, committed_at, challenge_ends, state, uri FROM commitments"
            " WHERE epoch = ?1 ORDER BY (state = 'cancelled'), id DESC LIMIT 1");
     q.bind(1, std::to_string(epoch));
@@ -280,15 +399,31 @@ class EmbeddedLedger final : public Ledger {
     s.epoch = epoch;
     if (!q.step()) return s;
     s.exists = true;
-    s.root = bytes32_from_hex(q.text(0), "ledger database root");
-    s.manifest_hash = bytes32_from_hex(q.text(1), "ledger database manifest hash");
-    s.total_reward = u256_from_decimal(q.text(2), "ledger database total");
-    s.claimed = u256_from_decimal(q.text(3), "ledger database claimed");
+    const std::string where = conn_->where() + ": epoch " + std::to_string(epoch) + " ";
+    s.root = bytes32_from_hex(q.text(0), where + "root");
+    s.manifest_hash = bytes32_from_hex(q.text(1), where + "manifest hash");
+    s.total_reward = u256_from_decimal(q.text(2), where + "total reward");
+    s.claimed = u256_from_decimal(q.text(3), where + "claimed total");
     s.committed_at = q.integer(4);
     s.challenge_ends = q.integer(5);
     s.state = q.text(6);
     s.uri = q.text(7);
     return s;
+  }
+
+  // quick_check proves the file's structure, not its values: before `status` reports a root,
+  // manifest hash and pool, they must agree with the stored manifest they were committed with.
+  void check_against_manifest(const EpochStatus& s) {
+    Stmt q(*conn_, "SELECT manifest FROM commitments WHERE epoch = ?1 ORDER BY (state = 'cancelled'), id DESC LIMIT 1");
+    q.bind(1, std::to_string(s.epoch));
+    const std::string bytes = q.step() ? q.text(0) : std::string();
+    const std::string where = conn_->where() + " is inconsistent: epoch " + std::to_string(s.epoch) + ": ";
+    ATTRACE_CHECK(keccak256(bytes) == s.manifest_hash, InputError, where + "the stored manifest does not hash to the recorded manifest hash");
+    const auto m = nlohmann::json::parse(bytes, nullptr, false);
+    const bool agree = m.is_object() && m.contains("root") && m.contains("pool") && m.at("root") == to_hex(s.root) &&
+                       m.at("pool") == to_decimal(s.total_reward);
+    ATTRACE_CHECK(agree,
+                  InputError, where + "the recorded root or total reward differs from the stored manifest");
   }
 
   EpochStatus live_or_throw(uint64_t epoch) {
@@ -299,26 +434,116 @@ class EmbeddedLedger final : public Ledger {
   }
 
   void set_state(uint64_t epoch, const char* state) {
-    Stmt up(db_, "UPDATE commitments SET state = ?1 WHERE epoch = ?2 AND state != 'cancelled'");
+    Stmt up(*conn_, "UPDATE commitments SET state = ?1 WHERE epoch = ?2 AND state != 'cancelled'");
     up.bind(1, std::string(state)).bind(2, std::to_string(epoch)).step();
   }
 
   void record(int64_t t, const char* event, const std::string& epoch, const std::string& detail) {
-    Stmt h(db_, "INSERT INTO history(time, actor, event, epoch, detail) VALUES (?1, ?2, ?3, ?4, ?5)");
+    Stmt h(*conn_, "INSERT INTO history(time, actor, event, epoch, detail) VALUES (?1, ?2, ?3, ?4, ?5)");
     h.bind(1, t).bind(2, actor_).bind(3, std::string(event)).bind(4, epoch).bind(5, detail).step();
   }
 
   EmbeddedOptions opts_;
   std::string actor_;
-  sqlite3* db_ = nullptr;
+  std::unique_ptr<Connection> conn_;
   int64_t period_ = 0;
   std::string arbiter_;
 };
 
 }  // namespace
 
+namespace {
+
+// Removes files left by a create_embedded_ledger that died (".NAME.init-PID" of a dead PID).
+void remove_stale_init_files(const std::filesystem::path& dir, const std::string& name) {
+  const std::string prefix = "." + name + ".init-";
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string f = e.path().filename().string();
+    if (f.compare(0, prefix.size(), prefix) != 0) continue;
+    std::string pid = f.substr(prefix.size());
+    for (const char* suffix : {"-wal", "-shm", "-journal"})
+      if (pid.size() > std::strlen(suffix) && pid.compare(pid.size() - std::strlen(suffix), std::string::npos, suffix) == 0)
+        pid.resize(pid.size() - std::strlen(suffix));
+    if (pid.empty() || pid.size() > 9 || pid.find_first_not_of("0123456789") != std::string::npos) continue;
+    if (::kill(static_cast<pid_t>(std::stol(pid)), 0) != 0 && errno == ESRCH) std::filesystem::remove(e.path(), ec);
+  }
+}
+
+void fsync_file(const std::string& path, int flags) {
+  const int fd = ::open(path.c_str(), flags | O_CLOEXEC);
+  ATTRACE_CHECK(fd >= 0, RuntimeFailure, "cannot open '" + path + "' to flush it: " + std::strerror(errno));
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  ATTRACE_CHECK(rc == 0, RuntimeFailure, "fsync of '" + path + "' failed: " + std::strerror(err));
+}
+
+// Moves `from` to `to` unless `to` exists (then false), atomically: a concurrent init or an
+// existing file is never replaced.
+bool move_no_replace(const std::string& from, const std::string& to) {
+  if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE) == 0) return true;
+  if (errno == EEXIST) return false;
+  ATTRACE_CHECK(errno == EINVAL || errno == ENOSYS || errno == ENOTSUP, RuntimeFailure,
+                "cannot move '" + from + "' to '" + to + "': " + std::strerror(errno));
+  // File systems without RENAME_NOREPLACE: link() also refuses an existing name.
+  if (::link(from.c_str(), to.c_str()) != 0) {
+    if (errno == EEXIST) return false;
+    throw RuntimeFailure("cannot link '" + from + "' to '" + to + "': " + std::strerror(errno));
+  }
+  ::unlink(from.c_str());
+  return true;
+}
+
+}  // namespace
+
+void create_embedded_ledger(const std::string& path, const EmbeddedSettings& settings) {
+  namespace fs = std::filesystem;
+  ATTRACE_CHECK(settings.challenge_period >= 0, InputError,
+                "challenge period: " + std::to_string(settings.challenge_period) + " s is negative");
+  ATTRACE_CHECK(!settings.arbiter.empty(), InputError, "arbiter: must not be empty");
+  const std::string exists = " already exists; a ledger is created once and keeps its settings (use it without `init`, or "
+                             "choose a new --db path)";
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) == 0) file_error(path, exists);
+  if (errno != ENOENT) file_error(path, std::string(": ") + std::strerror(errno));
+  const fs::path p(path);
+  const std::string name = p.filename().string();
+  if (name.empty() || name == "." || name == "..") file_error(path, ": not a file name");
+  const fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) file_error(path, ": directory '" + dir.string() + "' does not exist");
+  remove_stale_init_files(dir, name);
+
+  // Built under a hidden name and moved into place complete: a crash mid-init leaves no file at
+  // `path` that would later look like a (damaged) ledger.
+  const std::string tmp = (dir / ("." + name + ".init-" + std::to_string(::getpid()))).string();
+  struct Cleanup {
+    std::string tmp;
+    void run() const {
+      for (const char* suffix : {"", "-wal", "-shm", "-journal"}) ::unlink((tmp + suffix).c_str());
+    }
+    ~Cleanup() { run(); }
+  } cleanup{tmp};
+  cleanup.run();  // a file of an earlier process with the same PID
+  {
+    Connection c(tmp, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+    c.exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;");
+    Transaction tx(c);
+    c.exec(kSchema);
+    Stmt ins(c, "INSERT INTO meta(key, value) VALUES ('schema', ?1), ('challenge_period', ?2), ('arbiter', ?3)");
+    ins.bind(1, std::string(kEmbeddedSchemaVersion)).bind(2, std::to_string(settings.challenge_period)).bind(3, settings.arbiter).step();
+    tx.commit();
+  }  // the last connection closes: the WAL is checkpointed into the file and removed
+  fsync_file(tmp, O_RDONLY);
+  if (!move_no_replace(tmp, path)) file_error(path, exists);
+  fsync_file(dir.string(), O_RDONLY | O_DIRECTORY);
+}
+
 std::unique_ptr<Ledger> open_embedded_ledger(const std::string& path, const EmbeddedOptions& options, const std::string& actor) {
-  return std::make_unique<EmbeddedLedger>(path, options, actor);
+  Stored stored;
+  auto conn = open_checked(path, &stored);
+  return std::make_unique<EmbeddedLedger>(std::move(conn), stored, options, actor);
 }
 
 }  // namespace attrace::ledger

@@ -2,26 +2,17 @@
 #include <attrace/error.hpp>
 #include <attrace/ledger/crypto.hpp>
 #include <attrace/ledger/epoch.hpp>
+#include <attrace/ledger/files.hpp>
 #include <attrace/ledger/rewards.hpp>
 
 #include <filesystem>
-#include <fstream>
 #include <set>
-#include <sstream>
 
 namespace attrace::ledger {
 
 std::string canonical_json(const nlohmann::json& j) { return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::strict); }
 
 namespace {
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  ATTRACE_CHECK(in.good(), InputError, path + ": cannot open file (missing or unreadable)");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 nlohmann::json parse_json(const std::string& bytes, const std::string& what) {
   try {
@@ -67,6 +58,37 @@ void finish(EpochCommitment& c, nlohmann::json manifest) {
   c.manifest_hash = keccak256(c.manifest);
 }
 
+// Every output the run's manifest pins (report.json, attribution.csv, scores.h5, ...) must be
+// present and unchanged before anything is committed: a commit pays by these files, and the epoch
+// manifest carries their pinned hashes. report.json is hashed from the very bytes the shares are
+// read from.
+void check_pinned_outputs(const std::string& report_dir, const nlohmann::json& manifest, const std::string& manifest_path,
+                          const std::string& report_bytes) {
+  namespace fs = std::filesystem;
+  const auto& outputs = field(manifest, "outputs", manifest_path);
+  ATTRACE_CHECK(outputs.is_object(), InputError, manifest_path + ": 'outputs' must be an object of file name -> sha256");
+  ATTRACE_CHECK(outputs.contains("report.json"), InputError, manifest_path + ": 'outputs' does not pin report.json");
+  for (const auto& [name, pinned] : outputs.items()) {
+    const std::string where = manifest_path + ": outputs['" + name + "']";
+    ATTRACE_CHECK(pinned.is_string(), InputError, where + " must be a sha256 hex string");
+    ATTRACE_CHECK(!name.empty() && name != "." && name != ".." && name.find('/') == std::string::npos &&
+                      name.find('\0') == std::string::npos,
+                  InputError, where + ": not a file name inside the report directory");
+    const std::string path = (fs::path(report_dir) / name).string();
+    std::string actual;
+    if (name == "report.json") {
+      actual = connectors::sha256_hex(report_bytes);
+    } else {
+      regular_file_size(path, "output pinned by " + manifest_path);
+      actual = connectors::sha256_file(path);
+    }
+    const std::string expected = pinned.get<std::string>();
+    ATTRACE_CHECK(actual == expected, InputError,
+                  path + ": sha256 " + actual + " differs from " + expected + " pinned by " + manifest_path +
+                      " (the file changed after the run; nothing was committed)");
+  }
+}
+
 }  // namespace
 
 std::vector<Bytes32> EpochCommitment::proof(size_t i) const {
@@ -96,13 +118,11 @@ EpochCommitment build_epoch(const std::string& report_dir, uint64_t epoch, const
   namespace fs = std::filesystem;
   const std::string report_path = (fs::path(report_dir) / "report.json").string();
   const std::string manifest_path = (fs::path(report_dir) / "manifest.json").string();
-  const std::string report_bytes = read_file(report_path);
-  const nlohmann::json manifest = parse_json(read_file(manifest_path), manifest_path);
-  const nlohmann::json report = parse_json(report_bytes, report_path);
+  const std::string report_bytes = read_input_file(report_path, "report");
+  const nlohmann::json manifest = parse_json(read_input_file(manifest_path, "run manifest"), manifest_path);
   ATTRACE_CHECK(pool > 0, InputError, "reward pool must be > 0");
-  const auto& outputs = field(manifest, "outputs", manifest_path);
-  ATTRACE_CHECK(string_field(outputs, "report.json", manifest_path + ": outputs") == connectors::sha256_hex(report_bytes),
-                InputError, report_path + ": does not match the sha256 recorded in " + manifest_path);
+  check_pinned_outputs(report_dir, manifest, manifest_path, report_bytes);
+  const nlohmann::json report = parse_json(report_bytes, report_path);
   ATTRACE_CHECK(string_field(report, "format", report_path) == "attrace.report/1", InputError,
                 report_path + ": unsupported format");
   const auto& tranches = field(report, "tranches", report_path);

@@ -33,10 +33,11 @@ struct EpochCommitment {
   size_t find(const Address& account, const std::string& tranche = "") const;
 };
 
-/// Reads REPORT_DIR/report.json and manifest.json (checking the report against the manifest's
-/// hash), quantizes shares, splits `pool`, builds leaves, tree and the epoch manifest.
-/// InputError on a malformed report, pool == 0, all-zero scores or a duplicate
-/// (epoch, tranche, account).
+/// Reads REPORT_DIR/report.json and manifest.json, checks every output the manifest pins
+/// (`outputs`: report.json, attribution.csv, scores.h5, ...) against its sha256, quantizes shares,
+/// splits `pool`, builds leaves, tree and the epoch manifest. InputError on a missing or changed
+/// pinned output (naming the file and both hashes), a malformed report, pool == 0, all-zero
+/// scores or a duplicate (epoch, tranche, account).
 EpochCommitment build_epoch(const std::string& report_dir, uint64_t epoch, const U256& pool);
 
 /// Rebuilds a commitment from an epoch manifest (as stored by a ledger or written next to the
