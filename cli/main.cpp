@@ -7,6 +7,7 @@
 #include <attrace/engine/attribute.hpp>
 #include <attrace/engine/report.hpp>
 #include <attrace/error.hpp>
+#include <attrace/interrupt.hpp>
 
 #include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
@@ -126,6 +127,8 @@ int main(int argc, char** argv) {
     return app.exit(e);
   }
   setup_logging(quiet);
+  // Commands that poll for stop signals (every batch and tile) stop cleanly on SIGINT/SIGTERM.
+  if (*attr || *feat || *sc || *demo) attrace::install_interrupt_handlers();
 
   try {
     if (*ver) {
@@ -183,6 +186,9 @@ int main(int argc, char** argv) {
                   summary.wrote_scores ? ", scores.h5" : "");
       return 0;
     }
+  } catch (const attrace::Interrupted& e) {
+    std::fprintf(stderr, "attrace: %s\n", e.what());
+    return 128 + e.signal_number();
   } catch (const attrace::InputError& e) {
     std::fprintf(stderr, "attrace: error: %s\n", e.what());
     return 2;

@@ -115,7 +115,10 @@ TEST(Store, StreamedScoringEqualsInMemoryScoring) {
 
 TEST(Store, KilledFeaturizeResumesToTheSameBytes) {
   TempDir d;
-  ASSERT_EQ(run("featurize -q -c " + cfg() + " -o " + (d / "ref.h5")).code, 0);
+  // A projected store (k = 4096: ~64 rows per durable chunk, tens of seconds of work here), so
+  // that kills land while features are being written.
+  const std::string proj = " --set projection.kind=dense --set projection.k=4096";
+  ASSERT_EQ(run("featurize -q -c " + cfg() + " -o " + (d / "ref.h5") + proj).code, 0);
   const std::string ref = sha256_file(d / "ref.h5");
   const std::string bin = attrace::test::attrace_bin();
   std::mt19937_64 rng(2026);
@@ -127,11 +130,12 @@ TEST(Store, KilledFeaturizeResumesToTheSameBytes) {
       const int null = ::open("/dev/null", O_WRONLY);
       ::dup2(null, 1);
       ::dup2(null, 2);
-      ::execl(bin.c_str(), bin.c_str(), "featurize", "-q", "-c", cfg().c_str(), "-o", (d / "s.h5").c_str(), nullptr);
+      ::execl(bin.c_str(), bin.c_str(), "featurize", "-q", "-c", cfg().c_str(), "-o", (d / "s.h5").c_str(), "--set",
+              "projection.kind=dense", "--set", "projection.k=4096", nullptr);
       ::_exit(127);
     }
-    // Start-up (loading LibTorch) takes ~0.8 s; featurizing the demo ~4 s on 2 cores.
-    const auto delay = std::chrono::milliseconds(700 + static_cast<int>(rng() % 3300));
+    // Start-up (loading LibTorch, planning) takes ~1 s; the whole store tens of seconds.
+    const auto delay = std::chrono::milliseconds(1500 + static_cast<int>(rng() % 3000));
     std::this_thread::sleep_for(delay);
     ::kill(pid, SIGKILL);
     int status = 0;
@@ -142,7 +146,7 @@ TEST(Store, KilledFeaturizeResumesToTheSameBytes) {
     }
     if (WIFSIGNALED(status) && fs::exists(d / "s.h5")) {
       // Killed with a store in place: it must not pass for a complete one.
-      const auto sc = run("score -q -c " + cfg() + " --store " + (d / "s.h5") + " -o " + (d / "x"));
+      const auto sc = run("score -q -c " + cfg() + " --store " + (d / "s.h5") + " -o " + (d / "x") + proj);
       if (sc.code == 2 && sc.out.find("incomplete feature store") != std::string::npos) ++mid_run;
       EXPECT_FALSE(sc.code == 0 && sha256_file(d / "s.h5") != ref) << "an incomplete store was scored";
       fs::remove_all(d / "x");
@@ -150,7 +154,7 @@ TEST(Store, KilledFeaturizeResumesToTheSameBytes) {
   }
   std::printf("[ kills ] %d of 8 kills left a partial store, each resumed by the next run\n", mid_run);
   EXPECT_GE(mid_run, 5) << "too few kills landed while features were being written; the test proves little";
-  const auto fin = run("featurize -c " + cfg() + " -o " + (d / "s.h5"));
+  const auto fin = run("featurize -c " + cfg() + " -o " + (d / "s.h5") + proj);
   ASSERT_EQ(fin.code, 0) << fin.out;
   EXPECT_EQ(sha256_file(d / "s.h5"), ref) << "resumed store differs from an uninterrupted one";
   for (const auto& e : fs::directory_iterator(d.str()))
@@ -196,6 +200,92 @@ TEST(Store, SecondWriterOtherSettingsAndBadFilesAreRefused) {
   EXPECT_EQ(foreign.code, 2) << foreign.out;
   EXPECT_NE(foreign.out.find("not an attrace feature store"), std::string::npos) << foreign.out;
   EXPECT_FALSE(fs::exists(d / "o"));
+}
+
+// Speed settings never change a result (issue 9): batch sizes around and beyond every boundary
+// of the demo (2,100 training rows) and 1 or 2 threads give byte-identical output directories.
+TEST(Determinism, BatchSizeAndThreadsChangeNoByte) {
+  TempDir d;
+  std::string reference;
+  for (const char* threads : {"2", "1"})
+    for (const int batch : {64, 1, 7, 511, 512, 1024, 2100}) {
+      if (std::string(threads) == "1" && batch != 64 && batch != 511) continue;  // threads x two batch sizes
+      const std::string out = d / ("b" + std::to_string(batch) + "t" + threads);
+      const auto r = shell("ATTRACE_THREADS=" + std::string(threads) + " OMP_NUM_THREADS=" + threads + " " +
+                           attrace::test::attrace_bin() + " attribute -q -c " + cfg() + " -o " + out +
+                           " --batch-size " + std::to_string(batch));
+      ASSERT_EQ(r.code, 0) << r.out;
+      std::string digest;
+      for (const char* file : {"report.json", "attribution.csv", "manifest.json", "report.html", "scores.h5"})
+        digest += sha256_file(out + "/" + file) + " ";
+      if (reference.empty())
+        reference = digest;
+      else
+        EXPECT_EQ(digest, reference) << "batch size " << batch << ", " << threads << " thread(s)";
+    }
+}
+
+// Issue 9, data loss: --force never replaces a directory that holds the run's inputs, nor one
+// attrace did not write; staging directories of dead processes are removed.
+TEST(Safety, ForceNeverDeletesInputsOrForeignDirectories) {
+  TempDir d;
+  // A copy of the demo's inputs in a "victim" folder, with an unrelated file.
+  fs::create_directories(d / "victim");
+  for (const auto& e : fs::directory_iterator(demo_dir()))
+    if (e.is_regular_file()) fs::copy_file(e.path(), fs::path(d / "victim") / e.path().filename());
+  write_text(d / "victim/NOTES.txt", "mine");
+  auto digest_of = [](const std::string& dir) {
+    std::string all;
+    for (const auto& e : fs::directory_iterator(dir)) all += e.path().filename().string() + ":" + sha256_file(e.path().string()) + ";";
+    return all;
+  };
+  const std::string before = digest_of(d / "victim");
+  const auto r = run("attribute -q -c " + (d / "victim/attrace.toml") + " -o " + (d / "victim") + " --force");
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_EQ(digest_of(d / "victim"), before) << "an input folder was modified";
+  // Any folder attrace did not write is refused too, inputs or not.
+  fs::create_directories(d / "mine");
+  write_text(d / "mine/keep.txt", "keep");
+  const auto f = run("attribute -q -c " + cfg() + " -o " + (d / "mine") + " --force");
+  EXPECT_EQ(f.code, 2) << f.out;
+  EXPECT_NE(f.out.find("was not written by attrace"), std::string::npos) << f.out;
+  EXPECT_EQ(read_text(d / "mine/keep.txt"), "keep");
+  // attrace's own output is replaced, and a dead process's staging directory is cleaned up.
+  ASSERT_EQ(run("attribute -q -c " + cfg() + " -o " + (d / "out")).code, 0);
+  fs::create_directories(d / ".out.partial-999999999");
+  write_text(d / ".out.partial-999999999/report.json", "half");
+  const auto again = run("attribute -q -c " + cfg() + " -o " + (d / "out") + " --force");
+  EXPECT_EQ(again.code, 0) << again.out;
+  EXPECT_FALSE(fs::exists(d / ".out.partial-999999999")) << "stale staging directory left behind";
+}
+
+// Issue 9, signals: SIGTERM and SIGINT stop a run cleanly (exit 143 / 130), leaving no partial
+// output; a featurize stopped this way resumes to the same bytes.
+TEST(Safety, SigtermAndSigintStopCleanly) {
+  TempDir d;
+  const std::string bin = attrace::test::attrace_bin();
+  for (const int sig : {SIGTERM, SIGINT}) {
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      const int null = ::open("/dev/null", O_WRONLY);
+      ::dup2(null, 1);
+      ::dup2(null, 2);
+      // A projected run (k = 4096) takes tens of seconds here: the signal lands mid-computation.
+      ::execl(bin.c_str(), bin.c_str(), "attribute", "-q", "-c", cfg().c_str(), "-o", (d / "o").c_str(), "--projection", "dense",
+              "--k", "4096", nullptr);
+      ::_exit(127);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // past start-up, into the computation
+    ::kill(pid, sig);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    ASSERT_TRUE(WIFEXITED(status)) << "killed by the signal instead of stopping cleanly";
+    EXPECT_EQ(WEXITSTATUS(status), 128 + sig);
+    EXPECT_FALSE(fs::exists(d / "o"));
+    for (const auto& e : fs::directory_iterator(d.str()))
+      EXPECT_EQ(e.path().filename().string().find(".partial"), std::string::npos) << "leftover " << e.path();
+  }
 }
 
 // docs/formats.md#feature-store, read with h5py and numpy only: the scores recomputed from the

@@ -2,10 +2,12 @@
 #include <attrace/error.hpp>
 
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>  // renameat2, RENAME_EXCHANGE (glibc >= 2.28)
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -45,7 +47,61 @@ void write_file_atomic(const std::string& path, std::string_view bytes) {
   }
 }
 
-StagedDir::StagedDir(std::string target, bool replace) : target_(std::move(target)) {
+namespace {
+
+// True when `inner` is `dir` itself or lies below it (paths resolved through symlinks).
+bool inside(const fs::path& inner, const fs::path& dir) {
+  std::error_code ec;
+  const fs::path a = fs::weakly_canonical(inner, ec);
+  if (ec) return false;
+  const fs::path b = fs::weakly_canonical(dir, ec);
+  if (ec) return false;
+  auto ai = a.begin();
+  for (auto bi = b.begin(); bi != b.end(); ++bi, ++ai)
+    if (ai == a.end() || *ai != *bi) return false;
+  return true;
+}
+
+// An output directory of attrace: the marker, or the manifest of a version that wrote none.
+bool written_by_attrace(const fs::path& dir) {
+  std::error_code ec;
+  if (fs::is_regular_file(dir / kOutputMarker, ec)) return true;
+  std::ifstream in(dir / "manifest.json", std::ios::binary);
+  std::string head(4096, '\0');
+  in.read(head.data(), static_cast<std::streamsize>(head.size()));
+  head.resize(static_cast<size_t>(in.gcount()));
+  return head.find("\"format\":\"attrace.manifest/1\"") != std::string::npos;
+}
+
+// Removes ".NAME.partial-PID" directories next to `t` whose process no longer exists.
+void remove_stale_staging(const fs::path& parent, const fs::path& t) {
+  const std::string prefix = "." + t.filename().string() + ".partial-";
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(parent, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind(prefix, 0) != 0) continue;
+    const std::string pid_text = name.substr(prefix.size());
+    char* end = nullptr;
+    const long pid = std::strtol(pid_text.c_str(), &end, 10);
+    if (pid_text.empty() || *end != '\0' || pid <= 0 || pid == ::getpid()) continue;
+    if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;  // alive (or not ours to judge)
+    std::error_code rm;
+    fs::remove_all(e.path(), rm);
+  }
+}
+
+}  // namespace
+
+void StagedDir::protect(const std::vector<std::string>& inputs) const {
+  if (!replacing_) return;
+  for (const auto& in : inputs)
+    ATTRACE_CHECK(in.empty() || !inside(in, target_), InputError,
+                  "output directory '" + target_ + "' holds an input of this run ('" + in +
+                      "'); refusing to replace it (choose another output directory)");
+}
+
+StagedDir::StagedDir(std::string target, bool replace, const std::vector<std::string>& inputs)
+    : target_(std::move(target)) {
   ATTRACE_CHECK(!target_.empty(), InputError, "output directory: empty path");
   while (target_.size() > 1 && target_.back() == '/') target_.pop_back();
   fs::path t(target_);
@@ -62,7 +118,13 @@ StagedDir::StagedDir(std::string target, bool replace) : target_(std::move(targe
                   "output directory '" + target_ + "' already exists (use --force to replace it)");
     ATTRACE_CHECK(fs::is_directory(t, ec), InputError,
                   "output path '" + target_ + "' exists and is not a directory");
+    ATTRACE_CHECK(written_by_attrace(t), InputError,
+                  "output directory '" + target_ + "' was not written by attrace (no " + kOutputMarker +
+                      " marker, no attrace manifest); --force replaces only attrace's own output directories");
+    replacing_ = true;
+    protect(inputs);
   }
+  remove_stale_staging(parent, t);
   staging_ = (parent / ("." + t.filename().string() + ".partial-" + std::to_string(::getpid()))).string();
   fs::remove_all(staging_, ec);
   fs::create_directory(staging_, ec);
@@ -83,6 +145,7 @@ std::string StagedDir::file(const std::string& name) const { return (fs::path(st
 void StagedDir::commit() {
   ATTRACE_CHECK(!committed_, RuntimeFailure, "StagedDir::commit called twice");
   std::error_code ec;
+  write_file_atomic((fs::path(staging_) / kOutputMarker).string(), "an output directory written by attrace\n");
   for (const auto& entry : fs::directory_iterator(staging_)) fsync_path(entry.path().string());
   fsync_path(staging_);
   if (fs::exists(target_, ec)) {

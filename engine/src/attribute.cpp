@@ -17,6 +17,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cstdlib>
 
 namespace attrace::engine {
 namespace {
@@ -183,7 +184,9 @@ RunSummary write_outputs(const Config& config, const connectors::TrainingRun& ru
   qi.tranche = train.tranche.data();
   qi.n_tranches = static_cast<int64_t>(train.tranches.size());
   qi.self_influence = r.self_influence.data();
-  const QualityReport quality = quality_signals(qi, QualitySettings{});
+  QualitySettings qs;
+  if (const char* env = std::getenv("ATTRACE_THREADS")) qs.threads = std::max(0, std::atoi(env));  // speed only
+  const QualityReport quality = quality_signals(qi, qs);
   flag_quality(config, quality, summary.attribution);
 
   nlohmann::json report = report_json(config, train, query, r, summary.attribution);
@@ -227,6 +230,12 @@ RunSummary write_outputs(const Config& config, const connectors::TrainingRun& ru
   connectors::write_file_atomic(out.file("manifest.json"), manifest_text);
   out.commit();
   return summary;
+}
+
+std::vector<std::string> checkpoint_paths(const connectors::TrainingRun& run) {
+  std::vector<std::string> paths;
+  for (const auto& ck : run.checkpoints) paths.push_back(ck.path);
+  return paths;
 }
 
 bool keep_scores(const Config& config, int64_t n, int64_t m) {
@@ -282,9 +291,11 @@ nlohmann::json feature_spec(const Config& config, const connectors::TrainingRun&
 RunSummary run_attribute(const Config& config, const RunOptions& options) {
   validate(config);
   // Fail on an unusable output location before any computation.
-  connectors::StagedDir out(options.out_dir, options.replace);
+  connectors::StagedDir out(options.out_dir, options.replace,
+                           {config.config_file, config.run_file, config.train_file, config.query_file});
   const auto backend = backend_for(config);
   const auto run = connectors::read_run_file(config.run_file);
+  out.protect(checkpoint_paths(run));
   const auto train = connectors::read_dataset(config.train_file, true);
   const auto query = connectors::read_dataset(config.query_file, false);
   spdlog::info("run '{}': {} checkpoints; train '{}': {} examples in {} tranches; query '{}': {} examples", run.path,
@@ -376,10 +387,13 @@ FeaturizeSummary run_featurize(const Config& config, const FeaturizeOptions& opt
 RunSummary run_score(const Config& config, const std::string& store_path, const std::string& query_store_path,
                      const RunOptions& options) {
   validate(config);
-  connectors::StagedDir out(options.out_dir, options.replace);
+  connectors::StagedDir out(options.out_dir, options.replace,
+                           {config.config_file, config.run_file, config.train_file, config.query_file, store_path,
+                            query_store_path});
   const auto backend = backend_for(config);
   const connectors::FeatureStoreReader store(store_path);
   const auto run = connectors::read_run_file(config.run_file);
+  out.protect(checkpoint_paths(run));
   const connectors::Dataset train = dataset_from_store(store);
   ATTRACE_CHECK(!train.tranche.empty() && !train.tranches.empty(), InputError,
                 store_path + ": this store holds a query set (no tranches); --store takes a training-set store");

@@ -384,7 +384,6 @@ nlohmann::json to_json(const Config& c) {
       {"gradients",
        {{"loss", to_string(c.loss)},
         {"parameters", c.parameters},
-        {"batch_size", c.batch_size},
         {"path", to_string(c.path)},
         {"precision", to_string(c.precision)},
         {"device", to_string(c.device)}}},

@@ -1,4 +1,5 @@
 #include <attrace/engine/progress.hpp>
+#include <attrace/interrupt.hpp>
 
 #include <unistd.h>
 
@@ -16,6 +17,7 @@ void Progress::begin(const std::string& label, int64_t total) {
 }
 
 void Progress::advance(int64_t n) {
+  throw_if_interrupted();  // SIGINT/SIGTERM: stop at the next batch or tile (attrace/interrupt.hpp)
   done_ += n;
   const auto now = std::chrono::steady_clock::now();
   const auto gap = tty_ ? std::chrono::milliseconds(200) : std::chrono::milliseconds(5000);

@@ -49,19 +49,82 @@ bool ranks_before(const kernels::TopEntry& a, const kernels::TopEntry& b, bool h
   return a.row < b.row;
 }
 
-// Merges two best-first lists into the best k (the answer is unique under the total order).
-void merge_into(std::vector<kernels::TopEntry>& acc, const std::vector<kernels::TopEntry>& add, int64_t k, bool high) {
-  std::vector<kernels::TopEntry> out;
-  out.reserve(static_cast<size_t>(std::min<int64_t>(k, static_cast<int64_t>(acc.size() + add.size()))));
-  size_t a = 0, b = 0;
-  while (static_cast<int64_t>(out.size()) < k && (a < acc.size() || b < add.size())) {
-    if (b >= add.size() || (a < acc.size() && ranks_before(acc[a], add[b], high)))
-      out.push_back(acc[a++]);
-    else
-      out.push_back(add[b++]);
+// Running top-k lists of every query of a query tile, fed tile by tile with training rows in
+// ascending order. A row enters a column's heap only if it beats the column's current k-th entry
+// (a contiguous threshold array is scanned, the heaps are touched rarely); since later rows lose
+// ties, a strict comparison is exact. The lists are the unique answer under (score, row), so any
+// split of the rows into tiles, and the column ranges given to threads, give the same lists.
+class TopKSink {
+ public:
+  TopKSink(int64_t columns, int64_t k)
+      : k_(k), hi_(static_cast<size_t>(columns)), lo_(static_cast<size_t>(columns)),
+        thr_hi_(static_cast<size_t>(columns), -std::numeric_limits<double>::infinity()),
+        thr_lo_(static_cast<size_t>(columns), std::numeric_limits<double>::infinity()),
+        full_(static_cast<size_t>(columns), 0) {}
+
+  // Rows [t0, t0 + nt) of the score tile (nt x columns, row-major, finite).
+  void add(const double* tile, int64_t t0, int64_t nt) {
+    const auto m = static_cast<int64_t>(hi_.size());
+    constexpr int64_t kBlock = 512;  // columns per work item: one thread owns a column's lists
+    const int64_t blocks = (m + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t j0 = b * kBlock, j1 = std::min(m, j0 + kBlock);
+      for (int64_t i = 0; i < nt; ++i) {
+        const double* row = tile + i * m;
+        for (int64_t j = j0; j < j1; ++j) {
+          const double v = row[j];
+          const auto uj = static_cast<size_t>(j);
+          if (full_[uj] && v <= thr_hi_[uj] && v >= thr_lo_[uj]) continue;
+          push(uj, {t0 + i, v});
+        }
+      }
+    }
   }
-  acc.swap(out);
-}
+
+  // Best-first lists per column.
+  std::vector<kernels::TopK> take() {
+    std::vector<kernels::TopK> out(hi_.size());
+    for (size_t j = 0; j < hi_.size(); ++j) {
+      std::sort_heap(hi_[j].begin(), hi_[j].end(), better_high);
+      std::sort_heap(lo_[j].begin(), lo_[j].end(), better_low);
+      out[j].proponents = std::move(hi_[j]);
+      out[j].opponents = std::move(lo_[j]);
+    }
+    return out;
+  }
+
+ private:
+  static bool better_high(const kernels::TopEntry& a, const kernels::TopEntry& b) { return ranks_before(a, b, true); }
+  static bool better_low(const kernels::TopEntry& a, const kernels::TopEntry& b) { return ranks_before(a, b, false); }
+
+  template <class Better>
+  void push_one(std::vector<kernels::TopEntry>& heap, kernels::TopEntry e, Better better) {
+    if (static_cast<int64_t>(heap.size()) < k_) {
+      heap.push_back(e);
+      std::push_heap(heap.begin(), heap.end(), better);
+    } else if (better(e, heap.front())) {
+      std::pop_heap(heap.begin(), heap.end(), better);
+      heap.back() = e;
+      std::push_heap(heap.begin(), heap.end(), better);
+    }
+  }
+
+  void push(size_t j, kernels::TopEntry e) {
+    push_one(hi_[j], e, better_high);
+    push_one(lo_[j], e, better_low);
+    if (static_cast<int64_t>(hi_[j].size()) == k_) {
+      full_[j] = 1;
+      thr_hi_[j] = hi_[j].front().score;  // the worst kept entry: later rows must beat it strictly
+      thr_lo_[j] = lo_[j].front().score;
+    }
+  }
+
+  int64_t k_;
+  std::vector<std::vector<kernels::TopEntry>> hi_, lo_;
+  std::vector<double> thr_hi_, thr_lo_;
+  std::vector<char> full_;
+};
 
 // Features of one checkpoint for a range of rows, in the source's precision.
 struct Tile {
@@ -148,6 +211,7 @@ ScoreResult score_all(const FeatureSource& train, const FeatureSource& query, ke
       }
     }
     std::vector<double> acc(static_cast<size_t>(s.n_tranches * nq), 0.0);
+    TopKSink top(nq, std::max<int64_t>(s.top_k, 0));
     for (int64_t t0 = 0; t0 < n; t0 += tt) {
       const int64_t t1 = std::min(n, t0 + tt), nt = t1 - t0;
       scores.assign(static_cast<size_t>(nt * nq), 0.0);
@@ -193,18 +257,8 @@ ScoreResult score_all(const FeatureSource& train, const FeatureSource& query, ke
                                   kernels::view_mut(partial.data(), s.n_tranches, nq));
         for (size_t e = 0; e < acc.size(); ++e) acc[e] += partial[e];
       }
-      // Top-k of this tile, merged into the running lists.
-      if (s.top_k > 0) {
-        auto tile_top = backend.column_topk(kernels::view<double>(scores.data(), nt, nq), s.top_k);
-        for (int64_t j = 0; j < nq; ++j) {
-          auto& tk = tile_top[static_cast<size_t>(j)];
-          for (auto& e : tk.proponents) e.row += t0;
-          for (auto& e : tk.opponents) e.row += t0;
-          auto& dst = r.topk[static_cast<size_t>(q0 + j)];
-          merge_into(dst.proponents, tk.proponents, s.top_k, true);
-          merge_into(dst.opponents, tk.opponents, s.top_k, false);
-        }
-      }
+      // Top-k: the rows of this tile against each query's running lists.
+      if (s.top_k > 0) top.add(scores.data(), t0, nt);
       if (s.keep_scores)
         for (int64_t i = 0; i < nt; ++i)
           std::copy(scores.begin() + i * nq, scores.begin() + (i + 1) * nq, r.scores.begin() + (t0 + i) * m + q0);
@@ -212,6 +266,10 @@ ScoreResult score_all(const FeatureSource& train, const FeatureSource& query, ke
     }
     for (int64_t t = 0; t < s.n_tranches; ++t)
       std::copy(acc.begin() + t * nq, acc.begin() + (t + 1) * nq, r.tranche_query.begin() + t * m + q0);
+    if (s.top_k > 0) {
+      auto lists = top.take();
+      for (int64_t j = 0; j < nq; ++j) r.topk[static_cast<size_t>(q0 + j)] = std::move(lists[static_cast<size_t>(j)]);
+    }
   }
   progress.end();
   return r;

@@ -3,6 +3,7 @@
 #include <attrace/error.hpp>
 
 #include <cmath>
+#include <cstdlib>
 #include <string>
 #include <thread>
 #include <vector>
@@ -10,6 +11,13 @@
 namespace attrace::kernels::cpu {
 
 int hardware_threads() {
+  // ATTRACE_THREADS (a positive integer) overrides the core count: a speed setting only (every
+  // output is computed by one thread in a fixed order), used by the determinism tests.
+  if (const char* env = std::getenv("ATTRACE_THREADS")) {
+    char* end = nullptr;
+    const long v = std::strtol(env, &end, 10);
+    if (end != env && *end == '\0' && v > 0 && v <= 4096) return static_cast<int>(v);
+  }
   const unsigned n = std::thread::hardware_concurrency();
   return n > 0 ? static_cast<int>(n) : 1;
 }

@@ -3,8 +3,12 @@
 // output directories are staged in a hidden sibling directory that is renamed only when complete.
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace attrace::connectors {
+
+/// Name of the marker file attrace writes into every output directory it creates.
+constexpr const char* kOutputMarker = ".attrace-output";
 
 /// Writes `bytes` to `path` via "<path>.tmp-<pid>" + fsync + rename.
 void write_file_atomic(const std::string& path, std::string_view bytes);
@@ -20,7 +24,13 @@ class StagedDir {
  public:
   /// Checks that `target` can be created (parent exists and is writable; target absent unless
   /// `replace`) and creates the staging directory. InputError naming the path otherwise.
-  StagedDir(std::string target, bool replace);
+  /// `replace` only replaces a directory attrace wrote (it carries the marker file
+  /// kOutputMarker, or a manifest of an earlier attrace) that holds none of `inputs` (the
+  /// run's input files). Staging directories left by dead processes are removed.
+  StagedDir(std::string target, bool replace, const std::vector<std::string>& inputs = {});
+  /// Refuses (InputError) if any of `inputs` lies inside the target directory while it may be
+  /// replaced (for inputs known only after reading others, e.g. a run file's checkpoints).
+  void protect(const std::vector<std::string>& inputs) const;
   StagedDir(const StagedDir&) = delete;
   StagedDir& operator=(const StagedDir&) = delete;
   ~StagedDir();
@@ -35,6 +45,7 @@ class StagedDir {
  private:
   std::string target_;
   std::string staging_;
+  bool replacing_ = false;
   bool committed_ = false;
 };
 
