@@ -276,7 +276,12 @@ TEST(Safety, SigtermAndSigintStopCleanly) {
               "--k", "4096", nullptr);
       ::_exit(127);
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // past start-up, into the computation
+    // Wait until the run has started computing (its staging directory exists: handlers are
+    // installed before it is made), however slow the start-up on a loaded machine.
+    const std::string staging = d / (".o.partial-" + std::to_string(pid));
+    for (int i = 0; i < 1200 && !fs::exists(staging); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    ASSERT_TRUE(fs::exists(staging)) << "the run never started";
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
     ::kill(pid, sig);
     int status = 0;
     ::waitpid(pid, &status, 0);
