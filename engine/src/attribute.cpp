@@ -39,12 +39,6 @@ std::unique_ptr<kernels::Backend> backend_for(const Config& config) {
   return backend;
 }
 
-std::string gib(double bytes) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.3g GiB", bytes / 1073741824.0);
-  return buf;
-}
-
 // Exact features are the whole gradient per example and checkpoint: refused above the limit.
 void check_exact_size(const Config& config, int64_t rows, int64_t dim, size_t checkpoints, const std::string& what) {
   if (config.projection != Projection::none) return;
@@ -242,19 +236,6 @@ bool keep_scores(const Config& config, int64_t n, int64_t m) {
   return config.scores == ScoresOutput::always || (config.scores == ScoresOutput::automatic && n * m <= config.scores_max_entries);
 }
 
-TracinResult to_result(ScoreResult&& s, std::vector<CheckpointUse> uses) {
-  TracinResult r;
-  r.n_train = s.n_train;
-  r.n_query = s.n_query;
-  r.scores = std::move(s.scores);
-  r.self_influence = std::move(s.self_influence);
-  r.tranche_query = std::move(s.tranche_query);
-  r.topk = std::move(s.topk);
-  r.checkpoints = std::move(uses);
-  r.plan = s.plan;
-  return r;
-}
-
 // The parts of a spec that featurization settings decide (not which dataset was featurized).
 nlohmann::json settings_part(nlohmann::json spec) {
   spec.erase("dataset");
@@ -319,7 +300,7 @@ RunSummary run_attribute(const Config& config, const RunOptions& options) {
   const MemoryFeatures qf = featurize_in_memory(config, run, query, {&query}, *backend, progress, "query features", nullptr);
   ScoreResult s = score_all(tf, qf, *backend, score_settings(config, train, query, keep_scores(config, train.size(), query.size())),
                             progress);
-  const TracinResult r = to_result(std::move(s), uses);
+  const TracinResult r = tracin_result(std::move(s), uses);
   return write_outputs(config, run, train, query, r, tf, *backend, out);
 }
 
@@ -435,7 +416,7 @@ RunSummary run_score(const Config& config, const std::string& store_path, const 
                store.layout().checkpoints.size(), query.path, query.size());
   ScoreResult s = score_all(tf, qsrc, *backend, score_settings(config, train, query, keep_scores(config, train.size(), query.size())),
                             progress);
-  const TracinResult r = to_result(std::move(s), uses);
+  const TracinResult r = tracin_result(std::move(s), uses);
   return write_outputs(config, run, train, query, r, tf, *backend, out);
 }
 

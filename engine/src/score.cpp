@@ -1,5 +1,6 @@
 #include <attrace/engine/score.hpp>
 #include <attrace/error.hpp>
+#include <attrace/kernels/topk_order.hpp>
 
 #include <unistd.h>
 
@@ -35,18 +36,17 @@ int64_t physical_memory() {
   return pages > 0 && size > 0 ? static_cast<int64_t>(pages) * size : 0;
 }
 
-namespace {
-
 std::string gib(double bytes) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.3g GiB", bytes / 1073741824.0);
   return buf;
 }
 
-// "a ranks before b": larger (proponents) or smaller (opponents) score first, then lower row.
+namespace {
+
+// The one top-k order of attrace (kernels/topk_order.hpp, shared with the CPU and CUDA kernels).
 bool ranks_before(const kernels::TopEntry& a, const kernels::TopEntry& b, bool high) {
-  if (a.score != b.score) return high ? a.score > b.score : a.score < b.score;
-  return a.row < b.row;
+  return kernels::ranks_before(a.score, a.row, b.score, b.row, high);
 }
 
 // Running top-k lists of every query of a query tile, fed tile by tile with training rows in

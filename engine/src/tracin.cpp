@@ -54,6 +54,19 @@ MemoryFeatures featurize_in_memory(const Config& config, const connectors::Train
   return mem;
 }
 
+TracinResult tracin_result(ScoreResult&& s, std::vector<CheckpointUse> uses) {
+  TracinResult r;
+  r.n_train = s.n_train;
+  r.n_query = s.n_query;
+  r.scores = std::move(s.scores);
+  r.self_influence = std::move(s.self_influence);
+  r.tranche_query = std::move(s.tranche_query);
+  r.topk = std::move(s.topk);
+  r.checkpoints = std::move(uses);
+  r.plan = s.plan;
+  return r;
+}
+
 ScoreSettings score_settings(const Config& config, const connectors::Dataset& train, const connectors::Dataset& query,
                              bool keep_scores) {
   ScoreSettings s;
@@ -89,15 +102,7 @@ TracinResult compute_tracin(const Config& config, const connectors::TrainingRun&
     fill(fz, train, config.batch_size, tf, c, progress);
     progress.end();
   }
-  ScoreResult s = score_all(tf, qf, backend, score_settings(config, train, query, true), progress);
-  r.n_train = s.n_train;
-  r.n_query = s.n_query;
-  r.scores = std::move(s.scores);
-  r.self_influence = std::move(s.self_influence);
-  r.tranche_query = std::move(s.tranche_query);
-  r.topk = std::move(s.topk);
-  r.plan = s.plan;
-  return r;
+  return tracin_result(score_all(tf, qf, backend, score_settings(config, train, query, true), progress), r.checkpoints);
 }
 
 }  // namespace attrace::engine

@@ -122,4 +122,7 @@ ScoreResult score_all(const FeatureSource& train, const FeatureSource& query, ke
 /// Physical memory of this machine in bytes (0 if unknown).
 int64_t physical_memory();
 
+/// A byte count for messages, e.g. "4.2 GiB".
+std::string gib(double bytes);
+
 }  // namespace attrace::engine

@@ -32,6 +32,9 @@ MemoryFeatures featurize_in_memory(const Config& config, const connectors::Train
                                    const std::vector<const connectors::Dataset*>& prepare_for, kernels::Backend& backend,
                                    Progress& progress, const std::string& label, std::vector<CheckpointUse>* uses);
 
+/// A scorer's result with the checkpoint uses, as the summary and writers take it.
+TracinResult tracin_result(ScoreResult&& s, std::vector<CheckpointUse> uses);
+
 /// Scoring settings from a config and the training set's tranche index.
 ScoreSettings score_settings(const Config& config, const connectors::Dataset& train, const connectors::Dataset& query,
                              bool keep_scores);
