@@ -24,7 +24,7 @@ std::string to_string(ScoresOutput v) {
   return v == ScoresOutput::always ? "always" : v == ScoresOutput::never ? "never" : "auto";
 }
 std::string to_string(Device v) { return v == Device::cuda ? "cuda" : v == Device::automatic ? "auto" : "cpu"; }
-std::string to_string(Scoring v) { return v == Scoring::blas ? "blas" : "canonical"; }
+std::string to_string(Scoring v) { return v == Scoring::blas ? "blas" : v == Scoring::canonical ? "canonical" : "fma"; }
 std::string to_string(Distribution v) { return v == Distribution::gaussian ? "gaussian" : "rademacher"; }
 std::string to_string(FeatureType v) {
   switch (v) {
@@ -264,7 +264,7 @@ Config config_from_table(const toml::table& doc, const std::string& path) {
   r.get(a, "attribution", "top_k", c.top_k);
   s = to_string(c.scoring);
   r.get(a, "attribution", "scoring", s);
-  c.scoring = parse_enum<Scoring>(r.where("attribution", "scoring"), s, {{"canonical", Scoring::canonical}, {"blas", Scoring::blas}});
+  c.scoring = parse_enum<Scoring>(r.where("attribution", "scoring"), s, {{"fma", Scoring::fma}, {"canonical", Scoring::canonical}, {"blas", Scoring::blas}});
   s = kernels::to_string(c.gemm_math);
   r.get(a, "attribution", "gemm_math", s);
   c.gemm_math = parse_enum<kernels::GemmMath>(

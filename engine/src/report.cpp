@@ -237,7 +237,11 @@ nlohmann::json report_json(const Config& config, const connectors::Dataset& trai
 namespace {
 // The manifest's description of how scores were summed (determinism spec, point 1).
 std::string score_accumulation(const Config& config) {
-  if (config.scoring != Scoring::blas) return "fp64, canonical 8-lane order";
+  const bool fp64_features = feature_dtype_of(config) == connectors::FeatureDtype::f64;
+  if (config.scoring == Scoring::canonical || (config.scoring == Scoring::fma && fp64_features))
+    return "fp64, canonical 8-lane order";
+  if (config.scoring == Scoring::fma)
+    return "fp32 FMA, 8 lanes, 512-element chunks combined in fp64 (kernel fma/1)";
   if (config.gemm_math == kernels::GemmMath::tf32) return "TF32 GEMM (inputs rounded to TF32 ties-away, fp32 sums in library order)";
   if (config.gemm_math == kernels::GemmMath::bf16) return "bf16 GEMM (inputs rounded to bfloat16 nearest-even, fp32 sums in library order)";
   const bool fp64 = config.precision == Precision::fp64 && config.projection == Projection::none;

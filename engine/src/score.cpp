@@ -196,6 +196,8 @@ ScoreResult score_all(const FeatureSource& train, const FeatureSource& query, ke
   Tile ttile;
   std::vector<double> scores, partial;
   const auto blas = s.scoring == Scoring::blas;
+  // fp64 features have no FMA kernel: they are scored in the canonical fp64 order.
+  const auto fma = s.scoring == Scoring::fma;
   const int64_t query_tiles = (m + qt - 1) / qt;
   progress.begin("scoring (" + std::to_string(query_tiles) + " query tile" + (query_tiles == 1 ? "" : "s") + ")", n * query_tiles);
   for (int64_t q0 = 0; q0 < m; q0 += qt) {
@@ -236,9 +238,16 @@ ScoreResult score_all(const FeatureSource& train, const FeatureSource& query, ke
           const auto b = kernels::view<float>(qtiles[c].f32.data(), nq, w);
           if (blas)
             backend.score_accumulate_blas(a, b, alpha, s.gemm_math, sv);
+          else if (fma)
+            backend.score_accumulate_fma(a, b, alpha, sv);
           else
             backend.score_accumulate(a, b, alpha, sv);
-          if (q0 == 0) backend.sqnorm_accumulate(a, alpha, r.self_influence.data() + t0);
+          if (q0 == 0) {
+            if (fma)
+              backend.sqnorm_accumulate_fma(a, alpha, r.self_influence.data() + t0);
+            else
+              backend.sqnorm_accumulate(a, alpha, r.self_influence.data() + t0);
+          }
         }
       }
       // A non-finite score is an error that names the examples (before any sink sees it).

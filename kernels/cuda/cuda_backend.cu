@@ -19,6 +19,7 @@
 #include "host_ops.cuh"
 
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace attrace::kernels::cuda {
@@ -43,6 +44,10 @@ class CudaBackend final : public Backend {
   void score_accumulate_blas(HostMatrix<double> a, HostMatrix<double> b, double alpha, HostMatrixMut<double> out) override {
     gemm_score_host(res_, a, b, alpha, GemmMath::ieee, out);
   }
+  void score_accumulate_fma(HostMatrix<float> a, HostMatrix<float> b, double alpha, HostMatrixMut<double> out) override {
+    score(a, b, alpha, out, true);
+  }
+  void sqnorm_accumulate_fma(HostMatrix<float> a, double alpha, double* out) override { sqnorm(a, alpha, out, true); }
   void sqnorm_accumulate(HostMatrix<float> a, double alpha, double* out) override { sqnorm(a, alpha, out); }
   void sqnorm_accumulate(HostMatrix<double> a, double alpha, double* out) override { sqnorm(a, alpha, out); }
   void segmented_row_sum(HostMatrix<double> x, const int64_t* segment, HostMatrixMut<double> out) override {
@@ -78,7 +83,7 @@ class CudaBackend final : public Backend {
   }
 
   template <class T>
-  void score(HostMatrix<T> a, HostMatrix<T> b, double alpha, HostMatrixMut<double> out) {
+  void score(HostMatrix<T> a, HostMatrix<T> b, double alpha, HostMatrixMut<double> out, bool fma = false) {
     ATTRACE_CHECK(a.cols == b.cols && out.rows == a.rows && out.cols == b.rows, InputError,
                   "score_accumulate: shapes do not match");
     if (a.rows == 0 || b.rows == 0) return;
@@ -93,13 +98,18 @@ class CudaBackend final : public Backend {
     copy_in(da, a, r.stream);
     copy_in(db, b, r.stream);
     copy_in(dout, HostMatrix<double>(out), r.stream);
-    score_accumulate_device(res_, DeviceMatrix<T>(da), DeviceMatrix<T>(db), alpha, dout);
+    if constexpr (std::is_same_v<T, float>) {
+      if (fma) score_accumulate_fma_device(res_, DeviceMatrix<T>(da), DeviceMatrix<T>(db), alpha, dout);
+      else score_accumulate_device(res_, DeviceMatrix<T>(da), DeviceMatrix<T>(db), alpha, dout);
+    } else {
+      score_accumulate_device(res_, DeviceMatrix<T>(da), DeviceMatrix<T>(db), alpha, dout);
+    }
     copy_out(out, DeviceMatrix<double>(dout), r.stream);
     ATTRACE_CUDA_TRY(cudaStreamSynchronize(r.stream));
   }
 
   template <class T>
-  void sqnorm(HostMatrix<T> a, double alpha, double* out) {
+  void sqnorm(HostMatrix<T> a, double alpha, double* out, bool fma = false) {
     if (a.rows == 0) return;
     Resources::Impl& r = res_.impl();
     r.activate();
@@ -111,7 +121,12 @@ class CudaBackend final : public Backend {
     const auto dout = slot_matrix(base, so, a.rows, 1);
     copy_in(da, a, r.stream);
     copy_in(dout, view(static_cast<const double*>(out), a.rows, 1), r.stream);
-    sqnorm_accumulate_device(res_, DeviceMatrix<T>(da), alpha, dout);
+    if constexpr (std::is_same_v<T, float>) {
+      if (fma) sqnorm_accumulate_fma_device(res_, DeviceMatrix<T>(da), alpha, dout);
+      else sqnorm_accumulate_device(res_, DeviceMatrix<T>(da), alpha, dout);
+    } else {
+      sqnorm_accumulate_device(res_, DeviceMatrix<T>(da), alpha, dout);
+    }
     copy_out(view_mut(out, a.rows, 1), DeviceMatrix<double>(dout), r.stream);
     ATTRACE_CUDA_TRY(cudaStreamSynchronize(r.stream));
   }

@@ -2,6 +2,7 @@
 // element is computed by exactly one thread, so the thread count never changes a result).
 #include "canonical_dot.hpp"
 #include "cpu_epilogues.hpp"
+#include "cpu_fma.hpp"
 #include "cpu_projection.hpp"
 
 #include <attrace/error.hpp>
@@ -53,6 +54,13 @@ class CpuBackend final : public Backend {
   void score_accumulate(HostMatrix<double> a, HostMatrix<double> b, double alpha,
                         HostMatrixMut<double> out) override {
     cpu_score(a, b, alpha, out, threads_);
+  }
+  void score_accumulate_fma(HostMatrix<float> a, HostMatrix<float> b, double alpha, HostMatrixMut<double> out) override {
+    check_score_shapes(a, b, out);
+    cpu::score_fma(a, b, alpha, out, threads_);
+  }
+  void sqnorm_accumulate_fma(HostMatrix<float> a, double alpha, double* out) override {
+    cpu::sqnorm_fma(a, alpha, out, threads_);
   }
   void score_accumulate_blas(HostMatrix<float> a, HostMatrix<float> b, double alpha, GemmMath math,
                              HostMatrixMut<double> out) override {

@@ -28,7 +28,7 @@ enum class ScoresOutput { automatic, always, never };
 /// Compute backend (kernels::make_backend).
 enum class Device { cpu, cuda, automatic };
 /// How train x query scores are accumulated.
-enum class Scoring { canonical, blas };
+enum class Scoring { fma, canonical, blas };
 /// Distribution of the projection entries.
 enum class Distribution { rademacher, gaussian };
 /// Storage type of features: auto = f32, or f64 for exact float64 gradients.
@@ -58,7 +58,7 @@ struct Config {
   int64_t exact_limit = int64_t{64} << 30;  ///< largest exact (unprojected) feature set in bytes
   // [attribution]
   int64_t top_k = 10;
-  Scoring scoring = Scoring::canonical;                ///< canonical (fixed-order fp64) | blas (fast GEMM)
+  Scoring scoring = Scoring::fma;  ///< fma (fixed-order fp32 FMA, the fast default) | canonical (fp64 check) | blas
   kernels::GemmMath gemm_math = kernels::GemmMath::ieee;  ///< blas arithmetic: ieee | tf32 | bf16 (fp32 features only)
   int64_t memory_limit = 0;  ///< bytes the scorer may hold (0: half of physical memory); changes speed only
   NegativePolicy negative_policy = NegativePolicy::clip;

@@ -85,7 +85,7 @@ class StoreFeatures final : public FeatureSource {
 
 /// Settings of the scoring stage (a stage takes what it needs, not the whole Config).
 struct ScoreSettings {
-  Scoring scoring = Scoring::canonical;
+  Scoring scoring = Scoring::fma;
   kernels::GemmMath gemm_math = kernels::GemmMath::ieee;
   int64_t top_k = 10;
   int64_t memory_limit = 0;  ///< bytes; 0: half of physical memory

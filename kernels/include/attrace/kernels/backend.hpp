@@ -18,6 +18,13 @@ namespace attrace::kernels {
 /// lanes are combined pairwise ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)).
 inline constexpr int kDotLanes = 8;
 
+/// The FMA dot product (the default scoring order, docs/architecture.md "FMA dot product"): the
+/// feature axis is cut into chunks of kFmaChunk elements; within a chunk, element q is added to
+/// float32 lane q % 8 with one fused multiply-add (fmaf, ascending q); each chunk's eight lanes
+/// are widened to float64 and combined as ((l0+l4)+(l2+l6))+((l1+l5)+(l3+l7)); chunk values
+/// are added in ascending order to a float64 total that starts at 0.
+inline constexpr int64_t kFmaChunk = 512;
+
 /// bfloat16 storage (the upper half of an IEEE float32).
 struct BFloat16 {
   uint16_t bits = 0;
@@ -62,6 +69,13 @@ class Backend {
   /// Same, for float64 features.
   virtual void score_accumulate(HostMatrix<double> a, HostMatrix<double> b, double alpha,
                                 HostMatrixMut<double> out) = 0;
+
+  /// out[i][j] += alpha * fma_dot(a[i], b[j]) (the FMA order above). A pure function of the two
+  /// rows: the same bits for any tile, batch, thread count and backend (CPU and CUDA).
+  virtual void score_accumulate_fma(HostMatrix<float> a, HostMatrix<float> b, double alpha,
+                                    HostMatrixMut<double> out) = 0;
+  /// out[i] += alpha * fma_dot(a[i], a[i]) (self-influence in the FMA order).
+  virtual void sqnorm_accumulate_fma(HostMatrix<float> a, double alpha, double* out) = 0;
 
   /// Fast scoring through a GEMM library (OpenBLAS on CPU, cuBLAS on CUDA), one call per tile:
   /// out[i][j] += alpha * (a b^T)[i][j] with float32 sums in the library's order, added to out in

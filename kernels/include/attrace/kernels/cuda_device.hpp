@@ -87,6 +87,12 @@ void score_accumulate_device(const Resources& res, DeviceMatrix<float> a, Device
 void score_accumulate_device(const Resources& res, DeviceMatrix<double> a, DeviceMatrix<double> b, double alpha,
                              DeviceMatrixMut<double> out);
 
+/// out[i][j] += alpha * fma_dot(a[i], b[j]) in the FMA order (kernels/src/fma_dot.hpp).
+void score_accumulate_fma_device(const Resources& res, DeviceMatrix<float> a, DeviceMatrix<float> b, double alpha,
+                                 DeviceMatrixMut<double> out);
+/// out[i][0] += alpha * fma_dot(a[i], a[i]); out is a.rows x 1.
+void sqnorm_accumulate_fma_device(const Resources& res, DeviceMatrix<float> a, double alpha, DeviceMatrixMut<double> out);
+
 /// out[i][0] += alpha * dot(a[i], a[i]) in the canonical order; out is a.rows x 1.
 void sqnorm_accumulate_device(const Resources& res, DeviceMatrix<float> a, double alpha, DeviceMatrixMut<double> out);
 /// Same, for float64 features.
