@@ -27,6 +27,7 @@
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace ak = attrace::kernels;
@@ -195,6 +196,35 @@ void BM_Copy(benchmark::State& state, int64_t batch, int64_t p) try {
   state.SkipWithError(e.what());
 }
 
+// Scoring n train x m query rows of width p: attrace's FMA-order kernel (the default, bit-identical
+// to the CPU), its canonical float64 kernel, and a cuBLAS float32 GEMM of the same shape
+// (CUBLAS_COMPUTE_32F, no TF32) writing a float32 matrix.
+enum class Scorer { fma, canonical, sgemm };
+void BM_Score(benchmark::State& state, Scorer which, int64_t n, int64_t m, int64_t p) try {
+  const double flop = 2.0 * n * m * p;
+  if (!fits(state, 4.0 * (n + m) * p + 8.0 * n * m, flop)) return;
+  Device<float> a(static_cast<size_t>(n * p)), b(static_cast<size_t>(m * p));
+  Device<double> out(static_cast<size_t>(n * m));
+  Device<float> out32(which == Scorer::sgemm ? static_cast<size_t>(n * m) : 1);
+  fill(a.p, n * p);
+  fill(b.p, m * p);
+  cuda_ok(cudaMemsetAsync(out.p, 0, static_cast<size_t>(n * m) * sizeof(double), stream()), "memset");
+  const float one = 1.0f, zero = 0.0f;
+  timed(state, [&] {
+    if (which == Scorer::fma)
+      kc::score_accumulate_fma_device(*g_res, kc::device_view(a.p, n, p), kc::device_view(b.p, m, p), 1.0,
+                                      kc::device_view_mut(out.p, n, m));
+    else if (which == Scorer::canonical)
+      kc::score_accumulate_device(*g_res, kc::device_view(a.p, n, p), kc::device_view(b.p, m, p), 1.0,
+                                  kc::device_view_mut(out.p, n, m));
+    else  // row-major out (n x m) = A B^T, as column-major out^T = B A^T
+      blas_ok(cublasSgemm_64(blas(), CUBLAS_OP_T, CUBLAS_OP_N, m, n, p, &one, b.p, p, a.p, p, &zero, out32.p, m), "sgemm");
+  }, flop < kLong);
+  rates(state, flop, 4.0 * (n + m) * p, static_cast<double>(n));
+} catch (const std::exception& e) {
+  state.SkipWithError(e.what());
+}
+
 struct Layer {
   int64_t batch, positions, d_in, d_out, k;
 };
@@ -276,6 +306,14 @@ void register_all() {
           benchmark::RegisterBenchmark(("copy/" + std::string(in) + shape).c_str(), BM_Copy<float>, batch, p)->UseManualTime()->Iterations(10);
       }
     }
+  // Scoring: a projected tile (k = 1024 and 4096) and exact gradients of the digits MLP (p = 301,066).
+  for (const auto& [n, m, p] : {std::tuple<int64_t, int64_t, int64_t>{16384, 4096, 1024}, {16384, 4096, 4096},
+                                {1497, 300, 301066}}) {
+    const std::string cell = "/n:" + pretty(n) + "/m:" + pretty(m) + "/p:" + pretty(p);
+    benchmark::RegisterBenchmark(("score_fma" + cell).c_str(), BM_Score, Scorer::fma, n, m, p)->UseManualTime()->Iterations(5);
+    benchmark::RegisterBenchmark(("score_canonical" + cell).c_str(), BM_Score, Scorer::canonical, n, m, p)->UseManualTime()->Iterations(3);
+    benchmark::RegisterBenchmark(("score_sgemm" + cell).c_str(), BM_Score, Scorer::sgemm, n, m, p)->UseManualTime()->Iterations(5);
+  }
   // Linear layers: an MLP layer (T = 1) and transformer-sized layers over sequences.
   for (const Layer l : {Layer{256, 1, 784, 256, 4096}, Layer{32, 128, 1024, 1024, 1024}, Layer{8, 512, 1024, 4096, 4096},
                         Layer{8, 512, 4096, 1024, 16384}}) {

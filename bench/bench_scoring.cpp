@@ -1,11 +1,12 @@
-// Scoring throughput: the deterministic canonical-order kernel (float64 accumulation, what every
-// report uses) against OpenBLAS GEMMs of the same shape measured in the same run. The BLAS rows
+// Scoring throughput: the deterministic kernels (the FMA order, the default for reports, and the
+// canonical float64 order kept for checking) against OpenBLAS GEMMs of the same shape measured in the same run. The BLAS rows
 // are baselines only: their summation order depends on the library's blocking and thread count.
 #include <attrace/kernels/backend.hpp>
 
 #include <benchmark/benchmark.h>
 #include <cblas.h>
 
+#include <cstdlib>
 #include <random>
 #include <vector>
 
@@ -29,14 +30,35 @@ void set_counters(benchmark::State& state, int64_t n, int64_t m, int64_t p, size
                                                  benchmark::Counter::kIsRate);
 }
 
+// Threads of attrace's CPU backend: ATTRACE_THREADS (like the CLI), else one per hardware thread.
+// Run OpenBLAS with the same count (OPENBLAS_NUM_THREADS) for a side-by-side comparison.
+int threads() {
+  const char* t = std::getenv("ATTRACE_THREADS");
+  return t != nullptr ? std::atoi(t) : 0;
+}
+
 // Args: n (train rows), m (queries), p (feature width).
 void BM_CanonicalScoreF32(benchmark::State& state) {
   const int64_t n = state.range(0), m = state.range(1), p = state.range(2);
   const auto a = random_matrix<float>(n, p, 1), b = random_matrix<float>(m, p, 2);
   std::vector<double> out(static_cast<size_t>(n * m), 0.0);
-  auto cpu = ak::make_cpu_backend();
+  auto cpu = ak::make_cpu_backend(threads());
   for (auto _ : state) {
     cpu->score_accumulate(ak::view(a.data(), n, p), ak::view(b.data(), m, p), 1.0, ak::view_mut(out.data(), n, m));
+    benchmark::DoNotOptimize(out.data());
+  }
+  set_counters(state, n, m, p, sizeof(float));
+}
+
+// The default scoring kernel (attribution.scoring = "fma"): float32 FMAs in a fixed order, a pure
+// function of the two rows, bit-identical across threads, tiles and CPU/GPU.
+void BM_FmaScore(benchmark::State& state) {
+  const int64_t n = state.range(0), m = state.range(1), p = state.range(2);
+  const auto a = random_matrix<float>(n, p, 1), b = random_matrix<float>(m, p, 2);
+  std::vector<double> out(static_cast<size_t>(n * m), 0.0);
+  auto cpu = ak::make_cpu_backend(threads());
+  for (auto _ : state) {
+    cpu->score_accumulate_fma(ak::view(a.data(), n, p), ak::view(b.data(), m, p), 1.0, ak::view_mut(out.data(), n, m));
     benchmark::DoNotOptimize(out.data());
   }
   set_counters(state, n, m, p, sizeof(float));
@@ -72,7 +94,7 @@ void BM_GemmScoring(benchmark::State& state, ak::GemmMath math) {
   const int64_t n = state.range(0), m = state.range(1), p = state.range(2);
   const auto a = random_matrix<float>(n, p, 1), b = random_matrix<float>(m, p, 2);
   std::vector<double> out(static_cast<size_t>(n * m), 0.0);
-  auto cpu = ak::make_cpu_backend();
+  auto cpu = ak::make_cpu_backend(threads());
   for (auto _ : state) {
     cpu->score_accumulate_blas(ak::view(a.data(), n, p), ak::view(b.data(), m, p), 1.0, math, ak::view_mut(out.data(), n, m));
     benchmark::DoNotOptimize(out.data());
@@ -80,8 +102,10 @@ void BM_GemmScoring(benchmark::State& state, ak::GemmMath math) {
   set_counters(state, n, m, p, sizeof(float));
 }
 
-// The demo's shape (1800 x 297 x 2410) and a wider one.
-#define ATTRACE_SCORE_SHAPES ->Args({1800, 297, 2410})->Args({512, 256, 16384})->Unit(benchmark::kMillisecond)
+// The demo's shape (1800 x 297 x 2410), a wider one, and a projected tile (k = 1024).
+#define ATTRACE_SCORE_SHAPES \
+  ->Args({1800, 297, 2410})->Args({512, 256, 16384})->Args({4096, 1024, 1024})->Unit(benchmark::kMillisecond)->UseRealTime()
+BENCHMARK(BM_FmaScore) ATTRACE_SCORE_SHAPES;
 BENCHMARK(BM_CanonicalScoreF32) ATTRACE_SCORE_SHAPES;
 BENCHMARK(BM_OpenBlasSgemm) ATTRACE_SCORE_SHAPES;
 BENCHMARK(BM_OpenBlasDgemm) ATTRACE_SCORE_SHAPES;

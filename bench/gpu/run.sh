@@ -51,7 +51,7 @@ grep -E "^\[ (gemm|entries)|PASSED|FAILED|SKIPPED" "$out/cuda_test.log" | sed 's
 # shared-memory races (racecheck) in every kernel. ATTRACE_GPU_SANITIZE=0 skips it.
 if [ "$gpu" = yes ] && [ "${ATTRACE_GPU_SANITIZE:-1}" = 1 ] && command -v compute-sanitizer > /dev/null; then
   echo "== compute-sanitizer"
-  small='Cuda.SqnormBitIdentical:Cuda.SegmentedRowSumBitIdentical:Cuda.CanonicalScoreBitIdentical:Cuda.KroneckerBitIdentical:Cuda.ChunkedProjectionBitIdentical'
+  small='Cuda.SqnormBitIdentical:Cuda.SegmentedRowSumBitIdentical:Cuda.CanonicalScoreBitIdentical:Cuda.FmaScoreBitIdentical:Cuda.KroneckerBitIdentical:Cuda.ChunkedProjectionBitIdentical'
   for tool in memcheck racecheck; do
     timeout "${ATTRACE_GPU_SANITIZE_TIMEOUT:-120}" compute-sanitizer --tool "$tool" --error-exitcode 9 \
       "$build/tests/cuda_test" --gtest_filter="$small" > "$out/sanitizer-$tool.log" 2>&1

@@ -50,6 +50,15 @@ def main(path):
         label = k.get("label", "")
         print(f"{cell + ' ' + label:44} {a if a is None else round(a, 3)!s:>9} {c if c is None else round(c, 3)!s:>12} {ratio:>14}")
 
+    print(f"\n{'scoring cell':34} {'fma TFLOP/s':>11} {'canonical':>10} {'cuBLAS sgemm':>13} {'fma/sgemm':>10}")
+    for cell, f in rows.get("score_fma", {}).items():
+        c = rows.get("score_canonical", {}).get(cell)
+        g = rows.get("score_sgemm", {}).get(cell)
+        ratio = "-"
+        if f and g and not f.get("error_occurred") and not g.get("error_occurred"):
+            ratio = f"{f['TFLOP/s'] / g['TFLOP/s']:.2f}"
+        print(f"{cell:34} {val(f, 'TFLOP/s'):>11} {val(c, 'TFLOP/s'):>10} {val(g, 'TFLOP/s'):>13} {ratio:>10}")
+
 
 if __name__ == "__main__":
     main(sys.argv[1])

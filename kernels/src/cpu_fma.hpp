@@ -8,5 +8,7 @@ namespace attrace::kernels::cpu {
 void score_fma(HostMatrix<float> a, HostMatrix<float> b, double alpha, HostMatrixMut<double> out, int threads);
 /// out[i] += alpha * fma_dot(a[i], a[i]).
 void sqnorm_fma(HostMatrix<float> a, double alpha, double* out, int threads);
+/// The instruction set the FMA kernels use on this CPU: "avx512", "avx2" or "reference".
+const char* fma_isa();
 
 }  // namespace attrace::kernels::cpu

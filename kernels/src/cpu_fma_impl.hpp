@@ -1,0 +1,197 @@
+// The CPU FMA scoring kernel, compiled once per instruction set (cpu_fma_avx2.cpp,
+// cpu_fma_avx512.cpp) with ATTRACE_FMA_ISA set to 2 or 512 and the matching compiler flags.
+// Every variant computes the FMA order of kernels/src/fma_dot.hpp exactly: each output's eight
+// float32 lanes see the same fused multiply-adds in the same order, so the instruction set, the
+// blocking and the thread count change speed only. The file avoids inline functions from other
+// headers (std::, matrix.hpp): an out-of-line copy of one compiled with AVX-512 flags could be
+// picked by the linker for code running on a machine without AVX-512.
+//
+// Layout: per p-block of kBlock elements (whole chunks), A rows are packed as [row][step][8] and
+// B rows as [group][step][W x 8] (W rows per group: one 8-float half of a vector each), zero
+// padded past p, n and m; a zero product leaves a lane unchanged because lanes are never -0.
+#include <immintrin.h>
+#if ATTRACE_FMA_ISA == 512
+// GCC 12 warns inside its own AVX-512 cast intrinsics (an undefined upper half by design).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <omp.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#if ATTRACE_FMA_ISA == 512
+#define ATTRACE_FMA_NS avx512
+#else
+#define ATTRACE_FMA_NS avx2
+#endif
+
+namespace attrace::kernels::cpu::ATTRACE_FMA_NS {
+namespace {
+
+constexpr int64_t kChunk = 512;                  // kFmaChunk (checked in cpu_fma.cpp)
+constexpr int64_t kChunkSteps = kChunk / 8;      // 8-element steps per chunk
+constexpr int64_t kBlock = 1024;                 // p-block: whole chunks, A block fits L1
+constexpr int64_t kBlockSteps = kBlock / 8;
+
+#if ATTRACE_FMA_ISA == 512
+using Vec = __m512;
+constexpr int W = 2;   // B rows per vector
+constexpr int R = 6;   // A rows per micro block
+constexpr int G = 4;   // B groups per micro block (8 rows): 24 accumulators of 32 registers
+inline Vec vzero() { return _mm512_setzero_ps(); }
+inline Vec vload_b(const float* p) { return _mm512_load_ps(p); }
+inline Vec vload_a(const float* p) { return _mm512_broadcast_f32x8(_mm256_load_ps(p)); }
+inline Vec vfma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
+inline __m256 half(Vec v, int w) { return w == 0 ? _mm512_castps512_ps256(v) : _mm512_extractf32x8_ps(v, 1); }
+#else
+using Vec = __m256;
+constexpr int W = 1;
+constexpr int R = 4;
+constexpr int G = 3;   // 12 accumulators of 16 registers
+inline Vec vzero() { return _mm256_setzero_ps(); }
+inline Vec vload_b(const float* p) { return _mm256_load_ps(p); }
+inline Vec vload_a(const float* p) { return _mm256_load_ps(p); }
+inline Vec vfma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+inline __m256 half(Vec v, int) { return v; }
+#endif
+
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// The chunk value of eight float32 lanes: ((l0+l4)+(l2+l6))+((l1+l5)+(l3+l7)) in float64.
+inline double lane_tree(__m256 v) {
+  const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+  const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+  const __m256d s = _mm256_add_pd(lo, hi);  // l0+l4, l1+l5, l2+l6, l3+l7
+  const __m128d u = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd(s, 1));
+  return _mm_cvtsd_f64(u) + _mm_cvtsd_f64(_mm_unpackhi_pd(u, u));
+}
+
+// totals[r][w] of one R x (G*W) block += the FMA-order value of steps [0, steps) of the block.
+inline void micro(const float* ap, const float* bp, int64_t steps, double (*t)[G * W]) {
+  for (int64_t s0 = 0; s0 < steps; s0 += kChunkSteps) {
+    const int64_t s1 = min64(steps, s0 + kChunkSteps);
+    Vec acc[R][G];
+    for (int r = 0; r < R; ++r)
+      for (int g = 0; g < G; ++g) acc[r][g] = vzero();
+    for (int64_t s = s0; s < s1; ++s) {
+      Vec bv[G];
+      for (int g = 0; g < G; ++g) bv[g] = vload_b(bp + (g * kBlockSteps + s) * (8 * W));
+      for (int r = 0; r < R; ++r) {
+        const Vec av = vload_a(ap + (r * kBlockSteps + s) * 8);
+        for (int g = 0; g < G; ++g) acc[r][g] = vfma(av, bv[g], acc[r][g]);
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int g = 0; g < G; ++g)
+        for (int w = 0; w < W; ++w) t[r][g * W + w] += lane_tree(half(acc[r][g], w));
+  }
+}
+
+// Packs rows [row0, row0 + rows) x elements [q0, q0 + 8*steps) of x (zero past `n` rows and past
+// p) as [row][step][8] into dst (stride kBlockSteps*8 per row).
+inline void pack_a(const float* x, int64_t ld, int64_t n, int64_t p, int64_t row0, int64_t rows, int64_t q0, float* dst) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* d = dst + r * kBlockSteps * 8;
+    const int64_t i = row0 + r;
+    const int64_t len = i < n ? min64(kBlock, p - q0) : 0;
+    if (len > 0) std::memcpy(d, x + i * ld + q0, static_cast<size_t>(len) * sizeof(float));
+    for (int64_t e = len > 0 ? len : 0; e < kBlock; ++e) d[e] = 0.0f;
+  }
+}
+
+// Packs group `grp` (rows grp*W .. grp*W+W-1) as [step][W x 8] into dst.
+inline void pack_b(const float* x, int64_t ld, int64_t m, int64_t p, int64_t grp, int64_t q0, float* dst) {
+  const int64_t len = min64(kBlock, p - q0);
+  for (int64_t s = 0; s < kBlockSteps; ++s)
+    for (int w = 0; w < W; ++w) {
+      const int64_t j = grp * W + w;
+      float* d = dst + (s * W + w) * 8;
+      for (int l = 0; l < 8; ++l) {
+        const int64_t e = s * 8 + l;
+        d[l] = (j < m && e < len) ? x[j * ld + q0 + e] : 0.0f;
+      }
+    }
+}
+
+}  // namespace
+
+/// totals (n x m, row-major, leading dimension m) += fma_dot(a_i, b_j) for all pairs. False when
+/// the packing buffers cannot be allocated (nothing is changed then).
+bool score_totals(const float* a, int64_t lda, int64_t n, const float* b, int64_t ldb, int64_t m, int64_t p,
+                  double* totals, int threads) {
+  if (n <= 0 || m <= 0 || p <= 0) return true;
+  const int64_t blocks = (n + R - 1) / R;                  // micro blocks of A rows
+  const int64_t groups = ((m + W - 1) / W + G - 1) / G * G;  // B groups, padded to whole micro blocks
+  constexpr int64_t kPanelGroups = 48 / W;                 // B panel: 48 rows x kBlock (192 KiB) stays in L2
+  static_assert(kPanelGroups % G == 0, "panels hold whole micro blocks");
+  const size_t a_floats = static_cast<size_t>(blocks * R * kBlockSteps * 8);
+  const size_t b_floats = static_cast<size_t>(groups * kBlockSteps * 8 * W);
+  float* apack = static_cast<float*>(std::aligned_alloc(64, (a_floats * sizeof(float) + 63) / 64 * 64));
+  float* bpack = static_cast<float*>(std::aligned_alloc(64, (b_floats * sizeof(float) + 63) / 64 * 64));
+  if (apack == nullptr || bpack == nullptr) {
+    std::free(apack);
+    std::free(bpack);
+    return false;
+  }
+  // Small products run on the calling thread: a parallel region costs more than they do.
+  const bool parallel = threads > 1 && static_cast<double>(n) * static_cast<double>(m) * static_cast<double>(p) > 4e6;
+#pragma omp parallel num_threads(threads) if (parallel)
+  {
+    for (int64_t q0 = 0; q0 < p; q0 += kBlock) {
+      const int64_t steps = (min64(kBlock, p - q0) + 7) / 8;
+#pragma omp for schedule(static)
+      for (int64_t blk = 0; blk < blocks; ++blk)
+        pack_a(a, lda, n, p, blk * R, R, q0, apack + blk * R * kBlockSteps * 8);
+#pragma omp for schedule(static)
+      for (int64_t g = 0; g < groups; ++g) pack_b(b, ldb, m, p, g, q0, bpack + g * kBlockSteps * 8 * W);
+      // Each thread keeps the same A blocks in every panel (static schedule over the same
+      // range), so its rows of `totals` are its own and panels need no barrier between them.
+      for (int64_t g0 = 0; g0 < groups; g0 += kPanelGroups) {
+        const int64_t g1 = min64(groups, g0 + kPanelGroups);
+#pragma omp for schedule(static) nowait
+        for (int64_t blk = 0; blk < blocks; ++blk) {
+          const float* ap = apack + blk * R * kBlockSteps * 8;
+          for (int64_t g = g0; g < g1; g += G) {
+            double t[R][G * W];
+            const int64_t i0 = blk * R, j0 = g * W;
+            for (int r = 0; r < R; ++r)
+              for (int c = 0; c < G * W; ++c)
+                t[r][c] = (i0 + r < n && j0 + c < m) ? totals[(i0 + r) * m + j0 + c] : 0.0;
+            micro(ap, bpack + g * kBlockSteps * 8 * W, steps, t);
+            for (int r = 0; r < R; ++r)
+              for (int c = 0; c < G * W; ++c)
+                if (i0 + r < n && j0 + c < m) totals[(i0 + r) * m + j0 + c] = t[r][c];
+          }
+        }
+      }
+#pragma omp barrier
+    }
+  }
+  std::free(apack);
+  std::free(bpack);
+  return true;
+}
+
+/// fma_dot(a, b) of two length-p rows (used for squared norms).
+double dot(const float* a, const float* b, int64_t p) {
+  double total = 0.0;
+  for (int64_t c0 = 0; c0 < p; c0 += kChunk) {
+    const int64_t c1 = min64(p, c0 + kChunk);
+    __m256 acc = _mm256_setzero_ps();
+    int64_t q = c0;
+    for (; q + 8 <= c1; q += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + q), _mm256_loadu_ps(b + q), acc);
+    if (q < c1) {
+      alignas(32) float ta[8] = {0, 0, 0, 0, 0, 0, 0, 0}, tb[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      for (int l = 0; q + l < c1; ++l) {
+        ta[l] = a[q + l];
+        tb[l] = b[q + l];
+      }
+      acc = _mm256_fmadd_ps(_mm256_load_ps(ta), _mm256_load_ps(tb), acc);
+    }
+    total += lane_tree(acc);
+  }
+  return total;
+}
+
+}  // namespace attrace::kernels::cpu::ATTRACE_FMA_NS
