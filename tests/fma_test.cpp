@@ -18,12 +18,12 @@ namespace attrace::kernels::cpu {
 // The per-instruction-set entry points (kernels/src/cpu_fma_impl.hpp), called directly so that an
 // AVX-512 machine also checks the AVX2 variant.
 namespace avx2 {
-bool score_totals(const float* a, int64_t lda, int64_t n, const float* b, int64_t ldb, int64_t m, int64_t p,
-                  double* totals, int threads);
+bool score(const float* a, int64_t lda, int64_t n, const float* b, int64_t ldb, int64_t m, int64_t p, double alpha,
+           double* out, int64_t ldo, double* scratch, int threads);
 }
 namespace avx512 {
-bool score_totals(const float* a, int64_t lda, int64_t n, const float* b, int64_t ldb, int64_t m, int64_t p,
-                  double* totals, int threads);
+bool score(const float* a, int64_t lda, int64_t n, const float* b, int64_t ldb, int64_t m, int64_t p, double alpha,
+           double* out, int64_t ldo, double* scratch, int threads);
 }
 }  // namespace attrace::kernels::cpu
 
@@ -92,25 +92,26 @@ TEST_P(FmaGrid, EveryInstructionSetGivesTheSameBits) {
   const auto want = by_definition(a, b, n, m, p);
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-    std::vector<double> t(static_cast<size_t>(n * m), 0.0);
-    ASSERT_TRUE(ak::cpu::avx2::score_totals(a.data(), p, n, b.data(), p, m, p, t.data(), 2));
+    std::vector<double> t(static_cast<size_t>(n * m), 0.0), scratch(t.size());
+    ASSERT_TRUE(ak::cpu::avx2::score(a.data(), p, n, b.data(), p, m, p, 1.0, t.data(), m, scratch.data(), 2));
     EXPECT_TRUE(bit_equal(t, want)) << "avx2 " << n << "x" << m << "x" << p;
   }
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
       __builtin_cpu_supports("fma")) {
-    std::vector<double> t(static_cast<size_t>(n * m), 0.0);
-    ASSERT_TRUE(ak::cpu::avx512::score_totals(a.data(), p, n, b.data(), p, m, p, t.data(), 2));
+    std::vector<double> t(static_cast<size_t>(n * m), 0.0), scratch(t.size());
+    ASSERT_TRUE(ak::cpu::avx512::score(a.data(), p, n, b.data(), p, m, p, 1.0, t.data(), m, scratch.data(), 2));
     EXPECT_TRUE(bit_equal(t, want)) << "avx512 " << n << "x" << m << "x" << p;
   }
 }
 
 // Vector tails (p % 8), chunk edges (511..513), p-block edges (1023..1025, 2049), micro-block
-// edges in n (R = 4 or 6) and m (3 or 8 per block, 48-row panels), a tall row panel (> 1536 rows).
+// edges in n (R = 4 or 6) and m (3 or 8 per block, 48-row panels), tall inputs (row panels of 480
+// when p spans several p-blocks).
 INSTANTIATE_TEST_SUITE_P(Kernels, FmaGrid,
                          ::testing::Values(Shape{1, 1, 1}, Shape{3, 5, 7}, Shape{4, 3, 8}, Shape{6, 8, 9}, Shape{7, 9, 63},
                                            Shape{5, 13, 511}, Shape{13, 7, 512}, Shape{2, 49, 513}, Shape{9, 50, 1023},
                                            Shape{25, 17, 1024}, Shape{11, 97, 1025}, Shape{3, 4, 2049},
-                                           Shape{1601, 5, 40}, Shape{8, 2, 3001}));
+                                           Shape{1601, 5, 40}, Shape{1000, 7, 1100}, Shape{8, 2, 3001}));
 
 TEST(Fma, IndependentOfThreadsTilesAndRowOrder) {
   const int64_t n = 101, m = 67, p = 1300;  // above the size where the kernel goes parallel

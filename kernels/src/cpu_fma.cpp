@@ -10,13 +10,13 @@
 
 namespace attrace::kernels::cpu {
 namespace avx2 {
-bool score_totals(const float* a, int64_t lda, int64_t n, const float* b, int64_t ldb, int64_t m, int64_t p,
-                  double* totals, int threads);
+bool score(const float* a, int64_t lda, int64_t n, const float* b, int64_t ldb, int64_t m, int64_t p, double alpha,
+           double* out, int64_t ldo, double* scratch, int threads);
 double dot(const float* a, const float* b, int64_t p);
 }  // namespace avx2
 namespace avx512 {
-bool score_totals(const float* a, int64_t lda, int64_t n, const float* b, int64_t ldb, int64_t m, int64_t p,
-                  double* totals, int threads);
+bool score(const float* a, int64_t lda, int64_t n, const float* b, int64_t ldb, int64_t m, int64_t p, double alpha,
+           double* out, int64_t ldo, double* scratch, int threads);
 }  // namespace avx512
 
 static_assert(kFmaChunk == 512, "cpu_fma_impl.hpp hard-codes the chunk length");
@@ -62,21 +62,20 @@ void score_fma(HostMatrix<float> a, HostMatrix<float> b, double alpha, HostMatri
       for (int64_t j = 0; j < b.rows; ++j) out.row(i)[j] += alpha * fma_dot_reference(a.row(i), b.row(j), a.cols);
     return;
   }
-  // Totals in row panels, so the scratch stays small for tall tiles.
-  constexpr int64_t kPanelRows = 1536;
-  std::vector<double> totals;
-  for (int64_t r0 = 0; r0 < a.rows; r0 += kPanelRows) {
-    const int64_t rows = std::min(kPanelRows, a.rows - r0);
-    totals.assign(static_cast<size_t>(rows * b.rows), 0.0);
+  // One p-block (p <= 1024, projected features): straight into out. Wider rows carry float64
+  // totals between p-blocks in a scratch matrix, bounded by taking rows in panels.
+  constexpr int64_t kBlockElems = 1024;
+  constexpr int64_t kPanelRows = 480;
+  std::vector<double> scratch;
+  const int64_t panel = a.cols <= kBlockElems ? a.rows : kPanelRows;
+  for (int64_t r0 = 0; r0 < a.rows; r0 += panel) {
+    const int64_t rows = std::min(panel, a.rows - r0);
+    if (a.cols > kBlockElems) scratch.resize(static_cast<size_t>(rows * b.rows));
+    double* sp = a.cols > kBlockElems ? scratch.data() : nullptr;
     const bool ok = v == Isa::avx512
-                        ? avx512::score_totals(a.row(r0), a.ld, rows, b.data, b.ld, b.rows, a.cols, totals.data(), threads)
-                        : avx2::score_totals(a.row(r0), a.ld, rows, b.data, b.ld, b.rows, a.cols, totals.data(), threads);
+                        ? avx512::score(a.row(r0), a.ld, rows, b.data, b.ld, b.rows, a.cols, alpha, out.row(r0), out.ld, sp, threads)
+                        : avx2::score(a.row(r0), a.ld, rows, b.data, b.ld, b.rows, a.cols, alpha, out.row(r0), out.ld, sp, threads);
     if (!ok) throw std::bad_alloc();
-    for (int64_t i = 0; i < rows; ++i) {
-      double* o = out.row(r0 + i);
-      const double* t = totals.data() + i * b.rows;
-      for (int64_t j = 0; j < b.rows; ++j) o[j] += alpha * t[j];
-    }
   }
 }
 

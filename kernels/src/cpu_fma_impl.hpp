@@ -6,9 +6,10 @@
 // headers (std::, matrix.hpp): an out-of-line copy of one compiled with AVX-512 flags could be
 // picked by the linker for code running on a machine without AVX-512.
 //
-// Layout: per p-block of kBlock elements (whole chunks), A rows are packed as [row][step][8] and
-// B rows as [group][step][W x 8] (W rows per group: one 8-float half of a vector each), zero
-// padded past p, n and m; a zero product leaves a lane unchanged because lanes are never -0.
+// Layout: per p-block of kBlock elements (whole chunks), each micro block of R rows of A is packed
+// as [step][R][8] and each of G groups of W rows of B as [step][G][W x 8] (W rows per vector, one
+// 8-float half each), so a step's operands are contiguous; zero padded past p, n and m (a zero
+// product leaves a lane unchanged because lanes are never -0).
 #include <immintrin.h>
 #if ATTRACE_FMA_ISA == 512
 // GCC 12 warns inside its own AVX-512 cast intrinsics (an undefined upper half by design).
@@ -76,9 +77,9 @@ inline void micro(const float* ap, const float* bp, int64_t steps, double (*t)[G
       for (int g = 0; g < G; ++g) acc[r][g] = vzero();
     for (int64_t s = s0; s < s1; ++s) {
       Vec bv[G];
-      for (int g = 0; g < G; ++g) bv[g] = vload_b(bp + (g * kBlockSteps + s) * (8 * W));
+      for (int g = 0; g < G; ++g) bv[g] = vload_b(bp + (s * G + g) * (8 * W));
       for (int r = 0; r < R; ++r) {
-        const Vec av = vload_a(ap + (r * kBlockSteps + s) * 8);
+        const Vec av = vload_a(ap + (s * R + r) * 8);
         for (int g = 0; g < G; ++g) acc[r][g] = vfma(av, bv[g], acc[r][g]);
       }
     }
@@ -88,38 +89,43 @@ inline void micro(const float* ap, const float* bp, int64_t steps, double (*t)[G
   }
 }
 
-// Packs rows [row0, row0 + rows) x elements [q0, q0 + 8*steps) of x (zero past `n` rows and past
-// p) as [row][step][8] into dst (stride kBlockSteps*8 per row).
-inline void pack_a(const float* x, int64_t ld, int64_t n, int64_t p, int64_t row0, int64_t rows, int64_t q0, float* dst) {
-  for (int64_t r = 0; r < rows; ++r) {
-    float* d = dst + r * kBlockSteps * 8;
-    const int64_t i = row0 + r;
-    const int64_t len = i < n ? min64(kBlock, p - q0) : 0;
-    if (len > 0) std::memcpy(d, x + i * ld + q0, static_cast<size_t>(len) * sizeof(float));
-    for (int64_t e = len > 0 ? len : 0; e < kBlock; ++e) d[e] = 0.0f;
+// Packs the R rows of A block `blk` for the p-block at q0 as [step][R][8] (a micro block's data
+// for one step is contiguous), zero past n and p.
+inline void pack_a(const float* x, int64_t ld, int64_t n, int64_t p, int64_t blk, int64_t q0, float* dst) {
+  const int64_t len = min64(kBlock, p - q0);
+  for (int r = 0; r < R; ++r) {
+    const int64_t i = blk * R + r;
+    const int64_t valid = i < n ? len : 0;
+    const float* src = x + i * ld + q0;
+    int64_t s = 0;
+    for (; (s + 1) * 8 <= valid; ++s) std::memcpy(dst + (s * R + r) * 8, src + s * 8, 8 * sizeof(float));
+    for (; s < kBlockSteps; ++s)
+      for (int l = 0; l < 8; ++l) dst[(s * R + r) * 8 + l] = s * 8 + l < valid ? src[s * 8 + l] : 0.0f;
   }
 }
 
-// Packs group `grp` (rows grp*W .. grp*W+W-1) as [step][W x 8] into dst.
-inline void pack_b(const float* x, int64_t ld, int64_t m, int64_t p, int64_t grp, int64_t q0, float* dst) {
+// Packs the G groups of W rows of B micro block `mb` as [step][G][W][8], zero past m and p.
+inline void pack_b(const float* x, int64_t ld, int64_t m, int64_t p, int64_t mb, int64_t q0, float* dst) {
   const int64_t len = min64(kBlock, p - q0);
-  for (int64_t s = 0; s < kBlockSteps; ++s)
-    for (int w = 0; w < W; ++w) {
-      const int64_t j = grp * W + w;
-      float* d = dst + (s * W + w) * 8;
-      for (int l = 0; l < 8; ++l) {
-        const int64_t e = s * 8 + l;
-        d[l] = (j < m && e < len) ? x[j * ld + q0 + e] : 0.0f;
-      }
-    }
+  for (int gw = 0; gw < G * W; ++gw) {
+    const int64_t j = mb * G * W + gw;
+    const int64_t valid = j < m ? len : 0;
+    const float* src = x + j * ld + q0;
+    int64_t s = 0;
+    for (; (s + 1) * 8 <= valid; ++s) std::memcpy(dst + (s * G * W + gw) * 8, src + s * 8, 8 * sizeof(float));
+    for (; s < kBlockSteps; ++s)
+      for (int l = 0; l < 8; ++l) dst[(s * G * W + gw) * 8 + l] = s * 8 + l < valid ? src[s * 8 + l] : 0.0f;
+  }
 }
 
 }  // namespace
 
-/// totals (n x m, row-major, leading dimension m) += fma_dot(a_i, b_j) for all pairs. False when
-/// the packing buffers cannot be allocated (nothing is changed then).
-bool score_totals(const float* a, int64_t lda, int64_t n, const float* b, int64_t ldb, int64_t m, int64_t p,
-                  double* totals, int threads) {
+/// out[i][j] (leading dimension ldo) += alpha * fma_dot(a_i, b_j) for all pairs. When p spans more
+/// than one p-block, `scratch` (n x m doubles, leading dimension m) carries the float64 totals
+/// between blocks; it may be null otherwise. False when the packing buffers cannot be allocated
+/// (nothing is changed then).
+bool score(const float* a, int64_t lda, int64_t n, const float* b, int64_t ldb, int64_t m, int64_t p, double alpha,
+           double* out, int64_t ldo, double* scratch, int threads) {
   if (n <= 0 || m <= 0 || p <= 0) return true;
   const int64_t blocks = (n + R - 1) / R;                  // micro blocks of A rows
   const int64_t groups = ((m + W - 1) / W + G - 1) / G * G;  // B groups, padded to whole micro blocks
@@ -140,13 +146,13 @@ bool score_totals(const float* a, int64_t lda, int64_t n, const float* b, int64_
   {
     for (int64_t q0 = 0; q0 < p; q0 += kBlock) {
       const int64_t steps = (min64(kBlock, p - q0) + 7) / 8;
+      const bool first = q0 == 0, last = q0 + kBlock >= p;
 #pragma omp for schedule(static)
-      for (int64_t blk = 0; blk < blocks; ++blk)
-        pack_a(a, lda, n, p, blk * R, R, q0, apack + blk * R * kBlockSteps * 8);
+      for (int64_t blk = 0; blk < blocks; ++blk) pack_a(a, lda, n, p, blk, q0, apack + blk * R * kBlockSteps * 8);
 #pragma omp for schedule(static)
-      for (int64_t g = 0; g < groups; ++g) pack_b(b, ldb, m, p, g, q0, bpack + g * kBlockSteps * 8 * W);
+      for (int64_t mb = 0; mb < groups / G; ++mb) pack_b(b, ldb, m, p, mb, q0, bpack + mb * G * kBlockSteps * 8 * W);
       // Each thread keeps the same A blocks in every panel (static schedule over the same
-      // range), so its rows of `totals` are its own and panels need no barrier between them.
+      // range), so its rows of `scratch` and `out` are its own and panels need no barrier.
       for (int64_t g0 = 0; g0 < groups; g0 += kPanelGroups) {
         const int64_t g1 = min64(groups, g0 + kPanelGroups);
 #pragma omp for schedule(static) nowait
@@ -157,11 +163,16 @@ bool score_totals(const float* a, int64_t lda, int64_t n, const float* b, int64_
             const int64_t i0 = blk * R, j0 = g * W;
             for (int r = 0; r < R; ++r)
               for (int c = 0; c < G * W; ++c)
-                t[r][c] = (i0 + r < n && j0 + c < m) ? totals[(i0 + r) * m + j0 + c] : 0.0;
+                t[r][c] = (!first && i0 + r < n && j0 + c < m) ? scratch[(i0 + r) * m + j0 + c] : 0.0;
             micro(ap, bpack + g * kBlockSteps * 8 * W, steps, t);
             for (int r = 0; r < R; ++r)
-              for (int c = 0; c < G * W; ++c)
-                if (i0 + r < n && j0 + c < m) totals[(i0 + r) * m + j0 + c] = t[r][c];
+              for (int c = 0; c < G * W; ++c) {
+                if (i0 + r >= n || j0 + c >= m) continue;
+                if (last)
+                  out[(i0 + r) * ldo + j0 + c] += alpha * t[r][c];
+                else
+                  scratch[(i0 + r) * m + j0 + c] = t[r][c];
+              }
           }
         }
       }
