@@ -22,6 +22,13 @@ namespace attrace::engine {
 constexpr int64_t kChainCheckRows = 64;
 namespace {
 
+// Examples per task of the chain's parallel loops: at least ~32K elements of work each, so small
+// batches of small layers run on one thread (waking a team costs more than they do).
+int64_t grain_for(int64_t work_per_example) {
+  constexpr int64_t kMinWork = int64_t{1} << 15;
+  return std::max<int64_t>(1, kMinWork / std::max<int64_t>(1, work_per_example));
+}
+
 using connectors::Dataset;
 using connectors::TargetKind;
 
@@ -59,14 +66,54 @@ std::string type_name(const torch::jit::Module& m) {
   return name ? name->qualifiedName() : "<anonymous>";
 }
 
-// One step of a chain model: a Linear layer (handled by hand) or any other child (called).
+// Reads a pair attribute of a scripted Conv2d (stride, padding, dilation: an int pair or one
+// int). False when the module does not carry it (traced modules keep only tensors).
+bool int_pair(const torch::jit::Module& m, const char* attr, int64_t& a, int64_t& b) {
+  if (!m.hasattr(attr)) return false;
+  const auto v = m.attr(attr);
+  if (v.isInt()) {
+    a = b = v.toInt();
+    return true;
+  }
+  std::vector<c10::IValue> items;
+  if (v.isTuple())
+    items = v.toTupleRef().elements().vec();
+  else if (v.isList())
+    items = v.toListRef().vec();
+  if (items.size() != 2 || !items[0].isInt() || !items[1].isInt()) return false;
+  a = items[0].toInt();
+  b = items[1].toInt();
+  return true;
+}
+
+// What the chain does with a child: a Linear or Conv2d layer computed by hand (deterministic
+// products, per-example gradients from its factors), or any other child called as a module.
+enum class StepKind { call, linear, conv };
+
+// One step of a chain model.
 struct ChainStep {
   torch::jit::Module module;
   std::string name;
-  bool linear = false;
-  torch::Tensor weight, bias;     // linear only
-  int weight_slot = -1;           // index into the selected parameters, -1 if not selected
+  StepKind kind = StepKind::call;
+  torch::Tensor weight, bias;  // linear/conv: detached; the weight as out x in (conv: C_out x C_in*kh*kw)
+  torch::Tensor weight_t;      // the weight transposed (in x out), contiguous: moves deltas to the input
+  int weight_slot = -1;        // index into the selected parameters, -1 if not selected
   int bias_slot = -1;
+  // conv only: geometry, read from the module's attributes
+  int64_t c_in = 0, kh = 0, kw = 0, sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1;
+  int64_t n_in() const { return weight.size(1); }  // inputs per position (conv: patch length)
+  int64_t n_out() const { return weight.size(0); }
+  bool selected() const { return weight_slot >= 0 || bias_slot >= 0; }
+};
+
+// Rows of one layer for per-example gradients and Kronecker factors: per example `positions`
+// rows of inputs x (row stride ldx; conv patches carry a trailing 1 at column n_in) and of output
+// gradients d (n_out wide).
+struct LayerRows {
+  const ChainStep* step = nullptr;
+  int64_t examples = 0, positions = 1, n_in = 0, ldx = 0, n_out = 0;
+  bool ones_column = false;  // x[:, n_in] == 1
+  torch::Tensor x, d;        // contiguous, in the model's dtype
 };
 
 }  // namespace
@@ -85,6 +132,7 @@ struct CheckpointModel::Impl {
   std::vector<ChainStep> chain;
   torch::ScalarType dtype = torch::kFloat;
   kernels::Backend* backend = nullptr;
+  std::vector<double> acc;  // float64 accumulators of the chain's products, reused across batches
 
   std::string where() const { return "checkpoint '" + path + "'"; }
 
@@ -121,6 +169,44 @@ struct CheckpointModel::Impl {
     return r.toTensor();
   }
 
+  // Reads a Conv2d child's geometry into `st`; returns "" or why the chain cannot take it.
+  static std::string read_conv(const torch::jit::Module& child, const std::string& name, ChainStep& st) {
+    const std::string what = "Conv2d child '" + name + "'";
+    if (st.weight.dim() != 4) return what + " has a weight of shape " + shape_str(st.weight.sizes()) + ", not 4-D";
+    for (const char* attr : {"stride", "padding", "dilation", "groups", "padding_mode"})
+      if (!child.hasattr(attr))
+        return what + " does not record its " + attr + " (a traced model; torch.jit.script keeps it)";
+    const auto groups = child.attr("groups");
+    if (!groups.isInt() || groups.toInt() != 1)
+      return what + " has groups = " + (groups.isInt() ? std::to_string(groups.toInt()) : std::string("?")) +
+             " (the chain path takes groups = 1 only)";
+    if (!child.attr("padding_mode").isString() || child.attr("padding_mode").toStringRef() != "zeros")
+      return what + " pads otherwise than with zeros";
+    st.c_in = st.weight.size(1);
+    st.kh = st.weight.size(2);
+    st.kw = st.weight.size(3);
+    if (!int_pair(child, "stride", st.sh, st.sw) || !int_pair(child, "dilation", st.dh, st.dw))
+      return what + " has a stride or dilation that is not an int pair";
+    if (child.hasattr("padding") && child.attr("padding").isString()) {
+      // padding = "valid" | "same" (stride 1): "same" pads dilation * (kernel - 1) in total,
+      // the smaller half first; only even totals are symmetric, which is all this chain does.
+      const std::string mode = child.attr("padding").toStringRef();
+      if (mode == "valid") {
+        st.ph = st.pw = 0;
+      } else if (mode == "same" && st.dh * (st.kh - 1) % 2 == 0 && st.dw * (st.kw - 1) % 2 == 0) {
+        st.ph = st.dh * (st.kh - 1) / 2;
+        st.pw = st.dw * (st.kw - 1) / 2;
+      } else {
+        return what + " has padding = '" + mode + "'" + (mode == "same" ? " with an odd total (asymmetric)" : "");
+      }
+    } else if (!int_pair(child, "padding", st.ph, st.pw)) {
+      return what + " has a padding that is not an int pair or 'valid'/'same'";
+    }
+    if (st.sh < 1 || st.sw < 1 || st.dh < 1 || st.dw < 1 || st.ph < 0 || st.pw < 0)
+      return what + " has an unusual stride, dilation or padding";
+    return "";
+  }
+
   // Tries to lay the model out as a chain; returns "" on success or the reason it cannot be.
   std::string build_chain() {
     if (!type_ends_with(module, ".Sequential"))
@@ -141,28 +227,43 @@ struct CheckpointModel::Impl {
             st.name = name;
             std::vector<std::pair<std::string, torch::Tensor>> ps;
             for (const auto& p : child.named_parameters(true)) ps.emplace_back(p.name, p.value);
-            if (!ps.empty()) {
-              const bool linear_shape =
-                  type_ends_with(child, ".Linear") && ps.size() <= 2 && ps[0].first == "weight" &&
-                  ps[0].second.dim() == 2 &&
-                  (ps.size() == 1 || (ps[1].first == "bias" && ps[1].second.dim() == 1 &&
-                                      ps[1].second.size(0) == ps[0].second.size(0)));
-              if (!linear_shape) {
-                bool any_selected = false;
-                for (const auto& p : ps)
-                  for (const auto& n : names) any_selected |= (n == name + "." + p.first);
-                if (any_selected && why.empty())
-                  why = "child '" + name + "' (" + type_name(child) + ") has selected parameters and is not a Linear layer";
+            bool any_selected = false;
+            for (const auto& p : ps)
+              for (const auto& n : names) any_selected |= (n == name + "." + p.first);
+            const bool linear = type_ends_with(child, ".Linear"), conv = type_ends_with(child, ".Conv2d");
+            const bool layer_shape = (linear || conv) && !ps.empty() && ps.size() <= 2 && ps[0].first == "weight" &&
+                                     (ps.size() == 1 || (ps[1].first == "bias" && ps[1].second.dim() == 1 &&
+                                                         ps[1].second.size(0) == ps[0].second.size(0)));
+            if (!layer_shape || (linear && ps[0].second.dim() != 2)) {
+              // Called as a module: parameter-free layers, frozen ones (BatchNorm in eval mode).
+              if (any_selected && why.empty()) {
+                if (type_ends_with(child, ".BatchNorm2d") || type_ends_with(child, ".BatchNorm1d"))
+                  why = "child '" + name + "' (" + type_name(child) +
+                        ") has selected parameters: the chain path takes batch-norm layers frozen only (leave their "
+                        "parameters out of gradients.parameters, or use path = general)";
+                else
+                  why = "child '" + name + "' (" + type_name(child) +
+                        ") has selected parameters and is not a Linear or Conv2d layer";
+              }
+              steps.push_back(st);
+              continue;
+            }
+            st.kind = linear ? StepKind::linear : StepKind::conv;
+            st.weight = ps[0].second.detach();
+            if (ps.size() == 2) st.bias = ps[1].second.detach().contiguous();
+            if (conv) {
+              const std::string bad = read_conv(child, name, st);
+              if (!bad.empty()) {
+                if (why.empty()) why = bad;
                 steps.push_back(st);
                 continue;
               }
-              st.linear = true;
-              st.weight = ps[0].second;
-              if (ps.size() == 2) st.bias = ps[1].second;
-              for (size_t k = 0; k < names.size(); ++k) {
-                if (names[k] == name + ".weight") st.weight_slot = static_cast<int>(k);
-                if (names[k] == name + ".bias") st.bias_slot = static_cast<int>(k);
-              }
+            }
+            st.weight = st.weight.reshape({st.weight.size(0), -1}).contiguous();
+            st.weight_t = st.weight.t().contiguous();
+            for (size_t k = 0; k < names.size(); ++k) {
+              if (names[k] == name + ".weight") st.weight_slot = static_cast<int>(k);
+              if (names[k] == name + ".bias") st.bias_slot = static_cast<int>(k);
             }
             steps.push_back(st);
           }
@@ -175,40 +276,112 @@ struct CheckpointModel::Impl {
     return "";
   }
 
-  // A linear layer computed row by row in the canonical order of the kernels backend (float64
-  // accumulation), so that a row's output never depends on the other rows of its batch. BLAS
-  // picks different code paths for different batch sizes; this does not.
-  torch::Tensor det_linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& bias) {
-    const int64_t in = w.size(1), out = w.size(0);
-    auto lead = x.sizes().vec();
-    lead.pop_back();
-    const auto a = x.detach().reshape({-1, in}).contiguous();
-    const auto wt = w.detach().contiguous();
-    const int64_t rows = a.size(0);
-    auto z = bias.defined() ? bias.detach().to(torch::kDouble).expand({rows, out}).contiguous()
-                            : torch::zeros({rows, out}, torch::kDouble);
-    auto zv = kernels::view_mut(z.data_ptr<double>(), rows, out);
-    if (dtype == torch::kDouble)
-      backend->score_accumulate(kernels::view(a.data_ptr<double>(), rows, in), kernels::view(wt.data_ptr<double>(), out, in), 1.0, zv);
-    else
-      backend->score_accumulate(kernels::view(a.data_ptr<float>(), rows, in), kernels::view(wt.data_ptr<float>(), out, in), 1.0, zv);
-    lead.push_back(out);
-    return z.to(dtype).reshape(lead);
+  // out (rows x m, float64, pre-initialised) += a (rows x k, row stride lda) times w^T (w: m x k,
+  // row stride ldw). Each entry is a pure function of one row of a and one row of w (the backend's
+  // FMA order for float32, its canonical order for float64), so a row's result never depends on
+  // the other rows of its batch; BLAS picks different code paths for different batch sizes.
+  void rows_times(const float* a, int64_t rows, int64_t k, int64_t lda, const float* w, int64_t m, int64_t ldw, double* out) {
+    backend->score_accumulate_fma({a, rows, k, lda}, {w, m, k, ldw}, 1.0, kernels::view_mut(out, rows, m));
+  }
+  void rows_times(const double* a, int64_t rows, int64_t k, int64_t lda, const double* w, int64_t m, int64_t ldw, double* out) {
+    backend->score_accumulate({a, rows, k, lda}, {w, m, k, ldw}, 1.0, kernels::view_mut(out, rows, m));
+  }
+
+  // y (rows x m) = a w^T (+ bias), in the model's dtype. a: rows x k (row stride lda).
+  template <class T>
+  torch::Tensor product(const T* a, int64_t rows, int64_t k, int64_t lda, const torch::Tensor& w, const torch::Tensor& bias) {
+    const int64_t m = w.size(0);
+    acc.resize(static_cast<size_t>(rows * m));
+    if (bias.defined()) {
+      const T* bp = bias.data_ptr<T>();
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j = 0; j < m; ++j) acc[static_cast<size_t>(r * m + j)] = static_cast<double>(bp[j]);
+    } else {
+      std::fill(acc.begin(), acc.end(), 0.0);
+    }
+    rows_times(a, rows, k, lda, w.data_ptr<T>(), m, w.stride(0), acc.data());
+    auto y = torch::empty({rows, m}, dtype);
+    T* yp = y.data_ptr<T>();
+    for (int64_t q = 0; q < rows * m; ++q) yp[q] = static_cast<T>(acc[static_cast<size_t>(q)]);
+    return y;
+  }
+
+  // Unfolded input patches of a convolution: (B * L) x (n_in + 1), row b * L + t holds the
+  // patch under output position t = oy * W_out + ox (column (c * kh + i) * kw + j, zero outside
+  // the image), then a 1 (the bias column of the Kronecker factors).
+  template <class T>
+  torch::Tensor unfold(const ChainStep& st, const torch::Tensor& x, int64_t ho, int64_t wo) {
+    const int64_t b = x.size(0), h = x.size(2), w = x.size(3), l = ho * wo, k = st.n_in(), ld = k + 1;
+    auto patches = torch::empty({b * l, ld}, dtype);
+    const T* xp = x.data_ptr<T>();
+    T* pp = patches.data_ptr<T>();
+    at::parallel_for(0, b, grain_for(l * ld), [&](int64_t b0, int64_t b1) {
+      for (int64_t e = b0; e < b1; ++e)
+        for (int64_t oy = 0; oy < ho; ++oy)
+          for (int64_t ox = 0; ox < wo; ++ox) {
+            T* row = pp + (e * l + oy * wo + ox) * ld;
+            for (int64_t c = 0; c < st.c_in; ++c)
+              for (int64_t i = 0; i < st.kh; ++i) {
+                const int64_t y = oy * st.sh - st.ph + i * st.dh;
+                for (int64_t j = 0; j < st.kw; ++j) {
+                  const int64_t xx = ox * st.sw - st.pw + j * st.dw;
+                  const bool inside = y >= 0 && y < h && xx >= 0 && xx < w;
+                  row[(c * st.kh + i) * st.kw + j] = inside ? xp[((e * st.c_in + c) * h + y) * w + xx] : T(0);
+                }
+              }
+            row[k] = T(1);
+          }
+    });
+    return patches;
+  }
+
+  // Output size of a convolution along one axis (PyTorch's formula).
+  static int64_t conv_out(int64_t in, int64_t pad, int64_t dil, int64_t ker, int64_t stride) {
+    return (in + 2 * pad - dil * (ker - 1) - 1) / stride + 1;
   }
 
   // Forward through the chain. With `tape`, records what the backward pass needs.
   struct Tape {
-    std::vector<torch::Tensor> inputs;   // per step: its input (requires grad for non-linear steps)
-    std::vector<torch::Tensor> outputs;  // per step: its output (non-linear steps only)
+    std::vector<torch::Tensor> inputs;   // per step: call steps their input (requires grad), linear
+                                         // steps their input, conv steps the unfolded patches
+    std::vector<torch::Tensor> outputs;  // per step: call steps their output
+    std::vector<std::vector<int64_t>> shapes;  // per step: its input's shape
   };
+  template <class T>
   torch::Tensor chain_forward(torch::Tensor h, Tape* tape) {
     for (const auto& st : chain) {
-      if (st.linear) {
+      if (tape) tape->shapes.push_back(h.sizes().vec());
+      if (st.kind == StepKind::linear) {
+        h = h.detach().contiguous();
+        if (h.dim() < 1 || h.size(-1) != st.n_in())
+          throw std::invalid_argument("Linear child '" + st.name + "' expects " + std::to_string(st.n_in()) +
+                                      " input features, got shape " + shape_str(h.sizes()));
         if (tape) {
           tape->inputs.push_back(h);
           tape->outputs.emplace_back();
         }
-        h = det_linear(h, st.weight, st.bias);
+        auto lead = h.sizes().vec();
+        lead.back() = st.n_out();
+        h = product<T>(h.data_ptr<T>(), h.numel() / st.n_in(), st.n_in(), st.n_in(), st.weight, st.bias).reshape(lead);
+      } else if (st.kind == StepKind::conv) {
+        h = h.detach().contiguous();
+        if (h.dim() != 4 || h.size(1) != st.c_in)
+          throw std::invalid_argument("Conv2d child '" + st.name + "' expects input [batch, " + std::to_string(st.c_in) +
+                                      ", H, W], got shape " + shape_str(h.sizes()));
+        const int64_t b = h.size(0), ho = conv_out(h.size(2), st.ph, st.dh, st.kh, st.sh),
+                      wo = conv_out(h.size(3), st.pw, st.dw, st.kw, st.sw);
+        if (ho < 1 || wo < 1)
+          throw std::invalid_argument("Conv2d child '" + st.name + "': input " + shape_str(h.sizes()) + " is smaller than the kernel");
+        const torch::Tensor patches = unfold<T>(st, h, ho, wo);
+        if (tape) {
+          tape->inputs.push_back(patches);
+          tape->outputs.emplace_back();
+        }
+        // (B * L) x C_out rows to [B, C_out, H_out, W_out]
+        h = product<T>(patches.data_ptr<T>(), b * ho * wo, st.n_in(), st.n_in() + 1, st.weight, st.bias)
+                .reshape({b, ho * wo, st.n_out()})
+                .transpose(1, 2)
+                .reshape({b, st.n_out(), ho, wo});
       } else {
         torch::Tensor in = h;
         if (tape) in = h.detach().requires_grad_(true);
@@ -224,6 +397,9 @@ struct CheckpointModel::Impl {
       }
     }
     return h;
+  }
+  torch::Tensor chain_forward(const torch::Tensor& h, Tape* tape) {
+    return dtype == torch::kDouble ? chain_forward<double>(h, tape) : chain_forward<float>(h, tape);
   }
 
   void check_fit(const Dataset& ds) {
@@ -308,127 +484,197 @@ struct CheckpointModel::Impl {
     if (!chain_refusal.empty()) {
       chain.clear();
       ATTRACE_CHECK(settings.path != GradPath::chain, InputError,
-                    where() + ": path = chain requested but the model is not a chain of Linear layers: " + chain_refusal);
+                    where() + ": path = chain requested but the model is not a chain of Linear/Conv2d layers: " + chain_refusal);
       path_in_use = GradPath::general;
     } else {
       path_in_use = GradPath::chain;
     }
   }
 
-  // One batched forward, then back-propagation of each row's output gradient through the chain:
-  // linear steps by the canonical kernel (delta W), other steps by autograd's vector-Jacobian
-  // product of that step alone. Per-example weight gradients are outer products of a layer's
-  // input rows and output-gradient rows (summed over positions for sequence inputs).
-  // Linear steps with a selected parameter, visited from the output back: the layer's inputs
-  // (b x T x in) and output gradients (b x T x out) of rows [begin, end).
-  using LinearVisitor = std::function<void(const ChainStep&, const torch::Tensor& a, const torch::Tensor& d)>;
+  // Layers with a selected parameter, visited from the output back (rows [begin, end)).
+  using LayerVisitor = std::function<void(const LayerRows&)>;
+
+  // The output gradient of a conv step's input: patches' gradients d W (B*L x n_in, float64), each
+  // added to the input pixel it was read from, per example in a fixed order (t, then patch column,
+  // ascending), so no sum depends on threads or on the batch.
+  template <class T>
+  torch::Tensor fold(const ChainStep& st, const torch::Tensor& d_rows, const std::vector<int64_t>& in_shape) {
+    const int64_t b = in_shape[0], h = in_shape[2], w = in_shape[3];
+    const int64_t ho = conv_out(h, st.ph, st.dh, st.kh, st.sh), wo = conv_out(w, st.pw, st.dw, st.kw, st.sw);
+    const int64_t l = ho * wo, k = st.n_in(), img = st.c_in * h * w;
+    acc.assign(static_cast<size_t>(b * l * k), 0.0);
+    rows_times(d_rows.data_ptr<T>(), b * l, st.n_out(), st.n_out(), st.weight_t.data_ptr<T>(), k, st.n_out(), acc.data());
+    auto dx = torch::empty(in_shape, dtype);
+    T* dxp = dx.data_ptr<T>();
+    const double* dp = acc.data();
+    at::parallel_for(0, b, grain_for(l * k), [&](int64_t b0, int64_t b1) {
+      std::vector<double> sum(static_cast<size_t>(img));
+      for (int64_t e = b0; e < b1; ++e) {
+        std::fill(sum.begin(), sum.end(), 0.0);
+        for (int64_t oy = 0; oy < ho; ++oy)
+          for (int64_t ox = 0; ox < wo; ++ox) {
+            const double* row = dp + (e * l + oy * wo + ox) * k;
+            for (int64_t c = 0; c < st.c_in; ++c)
+              for (int64_t i = 0; i < st.kh; ++i) {
+                const int64_t y = oy * st.sh - st.ph + i * st.dh;
+                if (y < 0 || y >= h) continue;
+                for (int64_t j = 0; j < st.kw; ++j) {
+                  const int64_t xx = ox * st.sw - st.pw + j * st.dw;
+                  if (xx >= 0 && xx < w) sum[static_cast<size_t>((c * h + y) * w + xx)] += row[(c * st.kh + i) * st.kw + j];
+                }
+              }
+          }
+        for (int64_t q = 0; q < img; ++q) dxp[e * img + q] = static_cast<T>(sum[static_cast<size_t>(q)]);
+      }
+    });
+    return dx;
+  }
 
   // One batched forward, then back-propagation of each row's output gradient through the chain:
-  // linear steps by the canonical kernel (delta W), other steps by autograd's vector-Jacobian
-  // product of that step alone.
-  void chain_backward(const Dataset& ds, int64_t begin, int64_t end, const LinearVisitor& visit) {
+  // Linear and Conv2d steps by the deterministic product (delta W), other steps by autograd's
+  // vector-Jacobian product of that step alone (pointwise, pooling, frozen batch-norm: per
+  // example by construction).
+  template <class T>
+  void chain_backward(const Dataset& ds, int64_t begin, int64_t end, const LayerVisitor& visit) {
     const int64_t b = end - begin;
     Tape tape;
-    const auto logits = chain_forward(inputs(ds, begin, end), &tape).requires_grad_(true);
+    const auto logits = chain_forward<T>(inputs(ds, begin, end), &tape).requires_grad_(true);
     const auto loss = loss_sum(logits, targets(ds, begin, end));
     torch::Tensor delta = torch::autograd::grad({loss}, {logits})[0];
     int first_needed = -1;  // earliest step whose output gradient is needed
     for (size_t k = 0; k < chain.size(); ++k)
-      if (chain[k].weight_slot >= 0 || chain[k].bias_slot >= 0) {
+      if (chain[k].selected()) {
         first_needed = static_cast<int>(k);
         break;
       }
     for (int k = static_cast<int>(chain.size()) - 1; k >= first_needed && k >= 0; --k) {
-      const ChainStep& st = chain[static_cast<size_t>(k)];
-      if (!st.linear) {
-        delta = torch::autograd::grad({tape.outputs[static_cast<size_t>(k)]}, {tape.inputs[static_cast<size_t>(k)]},
-                                      {delta}, false, false, true)[0];
-        if (!delta.defined()) delta = torch::zeros_like(tape.inputs[static_cast<size_t>(k)]);
+      const auto sk = static_cast<size_t>(k);
+      const ChainStep& st = chain[sk];
+      if (st.kind == StepKind::call) {
+        delta = torch::autograd::grad({tape.outputs[sk]}, {tape.inputs[sk]}, {delta}, false, false, true)[0];
+        if (!delta.defined()) delta = torch::zeros_like(tape.inputs[sk]);
         continue;
       }
-      const int64_t n_out = st.weight.size(0), n_in = st.weight.size(1);
-      if (st.weight_slot >= 0 || st.bias_slot >= 0)
-        visit(st, tape.inputs[static_cast<size_t>(k)].reshape({b, -1, n_in}), delta.reshape({b, -1, n_out}));
-      if (k > first_needed) delta = det_linear(delta, st.weight.t(), torch::Tensor());
+      LayerRows lr;
+      lr.step = &st;
+      lr.examples = b;
+      lr.n_in = st.n_in();
+      lr.n_out = st.n_out();
+      if (st.kind == StepKind::linear) {
+        lr.x = tape.inputs[sk];
+        lr.positions = lr.x.numel() / (b * lr.n_in);
+        lr.ldx = lr.n_in;
+        lr.d = delta.to(dtype).contiguous();
+      } else {
+        lr.x = tape.inputs[sk];  // patches with the ones column
+        lr.ldx = lr.n_in + 1;
+        lr.ones_column = true;
+        lr.positions = delta.size(2) * delta.size(3);
+        lr.d = delta.to(dtype).reshape({b, lr.n_out, lr.positions}).transpose(1, 2).contiguous();
+      }
+      if (st.selected()) visit(lr);
+      if (k == first_needed) break;
+      if (st.kind == StepKind::linear) {
+        const int64_t rows = b * lr.positions;
+        acc.assign(static_cast<size_t>(rows * lr.n_in), 0.0);
+        rows_times(lr.d.template data_ptr<T>(), rows, lr.n_out, lr.n_out, st.weight_t.data_ptr<T>(), lr.n_in, lr.n_out, acc.data());
+        auto dx = torch::empty(tape.shapes[sk], dtype);
+        T* dxp = dx.data_ptr<T>();
+        for (int64_t q = 0; q < rows * lr.n_in; ++q) dxp[q] = static_cast<T>(acc[static_cast<size_t>(q)]);
+        delta = dx;
+      } else {
+        delta = fold<T>(st, lr.d, tape.shapes[sk]);
+      }
     }
   }
 
-  // Per-example weight gradients are outer products of a layer's input rows and output-gradient
-  // rows (summed over positions for sequence inputs).
+  // Per-example gradients of one layer into rows of dst (row stride p): weight entry (o, q) is
+  // sum over positions t of d[t][o] * x[t][q], t ascending (one exact product for one position),
+  // and bias entry o is sum_t d[t][o], t ascending: a row's bits depend on that example only.
   template <class T>
-  void chain_gradients(const Dataset& ds, int64_t begin, int64_t end, torch::Tensor& out, T* dst) {
-    const int64_t b = end - begin;
-    chain_backward(ds, begin, end, [&](const ChainStep& st, const torch::Tensor& a, const torch::Tensor& d) {
-      const int64_t n_out = st.weight.size(0), n_in = st.weight.size(1);
-      if (st.weight_slot >= 0) {
-        const int64_t off = offsets[static_cast<size_t>(st.weight_slot)];
-        if (d.size(1) == 1) {
-          // One position: each entry is one exact product. A plain loop: this LibTorch's
-          // broadcast multiply runs at a tenth of memory speed on these shapes.
-          const auto dc = d.reshape({b, n_out}).contiguous(), ac = a.reshape({b, n_in}).contiguous();
-          const T* dp = dc.template data_ptr<T>();
-          const T* ap = ac.template data_ptr<T>();
-          const int64_t p = dim;
-          at::parallel_for(0, b, 1, [&](int64_t i0, int64_t i1) {
-            for (int64_t i = i0; i < i1; ++i) {
-              T* row = dst + i * p + off;
-              for (int64_t o = 0; o < n_out; ++o) {
-                const T dv = dp[i * n_out + o];
-                for (int64_t q = 0; q < n_in; ++q) row[o * n_in + q] = dv * ap[i * n_in + q];
-              }
+  void layer_gradients(const LayerRows& lr, T* dst, int64_t p) const {
+    const ChainStep& st = *lr.step;
+    const int64_t n_in = lr.n_in, n_out = lr.n_out, pos = lr.positions, ldx = lr.ldx;
+    const T* xs = lr.x.template data_ptr<T>();
+    const T* ds_ = lr.d.template data_ptr<T>();
+    const int64_t woff = st.weight_slot >= 0 ? offsets[static_cast<size_t>(st.weight_slot)] : -1;
+    const int64_t boff = st.bias_slot >= 0 ? offsets[static_cast<size_t>(st.bias_slot)] : -1;
+    at::parallel_for(0, lr.examples, grain_for(n_out * n_in * pos), [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const T* x = xs + i * pos * ldx;
+        const T* d = ds_ + i * pos * n_out;
+        if (woff >= 0) {
+          T* g = dst + i * p + woff;
+          for (int64_t o = 0; o < n_out; ++o) {
+            T* __restrict gr = g + o * n_in;
+            const T d0 = d[o];
+            for (int64_t q = 0; q < n_in; ++q) gr[q] = d0 * x[q];
+            for (int64_t t = 1; t < pos; ++t) {
+              const T dv = d[t * n_out + o];
+              const T* __restrict xr = x + t * ldx;
+              for (int64_t q = 0; q < n_in; ++q) gr[q] += dv * xr[q];
             }
-          });
-        } else {
-          // Several positions: one small GEMM per example, the same shape for every example.
-          out.narrow(1, off, n_out * n_in).copy_(torch::bmm(d.transpose(1, 2), a).reshape({b, n_out * n_in}));
+          }
+        }
+        if (boff >= 0) {
+          T* g = dst + i * p + boff;
+          for (int64_t o = 0; o < n_out; ++o) {
+            T s = d[o];
+            for (int64_t t = 1; t < pos; ++t) s += d[t * n_out + o];
+            g[o] = s;
+          }
         }
       }
-      if (st.bias_slot >= 0) out.narrow(1, offsets[static_cast<size_t>(st.bias_slot)], n_out).copy_(d.sum(1));
     });
   }
 
-  // The Linear layers a Kronecker projection covers; InputError when the selection is not made
-  // of whole Linear layers on the chain path.
+  // The Linear and Conv2d layers a Kronecker projection covers; InputError when the selection is
+  // not made of whole such layers on the chain path.
   std::vector<KroneckerLayer> kronecker_layers() const {
     ATTRACE_CHECK(path_decided, RuntimeFailure, "kronecker_layers(): prepare() was not called");
     ATTRACE_CHECK(path_in_use == GradPath::chain, InputError,
-                  where() + ": Kronecker projection needs the chain path (a Sequential of Linear layers): " + chain_refusal);
+                  where() + ": Kronecker projection needs the chain path (a Sequential of Linear and Conv2d layers): " +
+                      chain_refusal);
     std::vector<KroneckerLayer> layers;
     int64_t covered = 0;
     for (const auto& st : chain) {
-      if (!st.linear || (st.weight_slot < 0 && st.bias_slot < 0)) continue;
+      if (st.kind == StepKind::call || !st.selected()) continue;
       ATTRACE_CHECK(st.weight_slot >= 0, InputError,
                     where() + ": Kronecker projection needs '" + st.name + ".weight' selected with its bias");
       const bool bias = st.bias_slot >= 0;
-      layers.push_back({st.name, st.weight.size(1) + (bias ? 1 : 0), st.weight.size(0), bias});
-      covered += st.weight.numel() + (bias ? st.weight.size(0) : 0);
+      layers.push_back({st.name, st.n_in() + (bias ? 1 : 0), st.n_out(), bias});
+      covered += st.weight.numel() + (bias ? st.n_out() : 0);
     }
-    ATTRACE_CHECK(covered == dim, InputError, where() + ": Kronecker projection covers Linear layers only");
+    ATTRACE_CHECK(covered == dim, InputError, where() + ": Kronecker projection covers Linear and Conv2d layers only");
     return layers;
   }
 
   void factors(const Dataset& ds, int64_t begin, int64_t end, std::vector<LayerFactors>& out) {
-    const int64_t b = end - begin;
     out.clear();
+    const auto visit = [&](const LayerRows& lr) {
+      LayerFactors f;
+      f.name = lr.step->name;
+      f.positions = lr.positions;
+      const bool bias = lr.step->bias_slot >= 0;
+      f.d_in = lr.n_in + (bias ? 1 : 0);
+      f.d_out = lr.n_out;
+      const int64_t rows = lr.examples * lr.positions;
+      const auto xf = lr.x.to(torch::kFloat).contiguous();
+      const auto df = lr.d.to(torch::kFloat).contiguous();
+      const float* xp = xf.data_ptr<float>();
+      f.x.resize(static_cast<size_t>(rows * f.d_in));
+      for (int64_t r = 0; r < rows; ++r) {
+        std::copy(xp + r * lr.ldx, xp + r * lr.ldx + lr.n_in, f.x.begin() + r * f.d_in);
+        if (bias) f.x[static_cast<size_t>(r * f.d_in + lr.n_in)] = 1.0f;  // [W b] acts on [x 1]
+      }
+      f.delta.assign(df.data_ptr<float>(), df.data_ptr<float>() + df.numel());
+      out.push_back(std::move(f));
+    };
     try {
-      chain_backward(ds, begin, end, [&](const ChainStep& st, const torch::Tensor& a, const torch::Tensor& d) {
-        LayerFactors f;
-        f.name = st.name;
-        f.positions = a.size(1);
-        const bool bias = st.bias_slot >= 0;
-        const int64_t n_in = a.size(2);
-        f.d_in = n_in + (bias ? 1 : 0);
-        f.d_out = d.size(2);
-        auto af = a.to(torch::kFloat).reshape({b * f.positions, n_in}).contiguous();
-        auto df = d.to(torch::kFloat).reshape({b * f.positions, f.d_out}).contiguous();
-        f.x.resize(static_cast<size_t>(b * f.positions * f.d_in));
-        for (int64_t r = 0; r < b * f.positions; ++r) {
-          std::copy(af.data_ptr<float>() + r * n_in, af.data_ptr<float>() + (r + 1) * n_in, f.x.begin() + r * f.d_in);
-          if (bias) f.x[static_cast<size_t>(r * f.d_in + n_in)] = 1.0f;  // [W b] acts on [x 1]
-        }
-        f.delta.assign(df.data_ptr<float>(), df.data_ptr<float>() + df.numel());
-        out.push_back(std::move(f));
-      });
+      if (dtype == torch::kDouble)
+        chain_backward<double>(ds, begin, end, visit);
+      else
+        chain_backward<float>(ds, begin, end, visit);
     } catch (const attrace::Error&) {
       throw;
     } catch (const std::exception& e) {
@@ -473,7 +719,7 @@ struct CheckpointModel::Impl {
     auto out = torch::from_blob(dst, {end - begin, dim}, want);
     try {
       if (path_in_use == GradPath::chain)
-        chain_gradients(ds, begin, end, out, dst);
+        chain_backward<T>(ds, begin, end, [&](const LayerRows& lr) { layer_gradients<T>(lr, dst, dim); });
       else
         general_gradients(ds, begin, end, out);
     } catch (const attrace::Error&) {
@@ -482,15 +728,21 @@ struct CheckpointModel::Impl {
       throw InputError("dataset '" + ds.path + "' rows " + std::to_string(begin) + ".." + std::to_string(end - 1) +
                        ": " + where() + " failed: " + torch_message(e));
     }
-    const int64_t total = (end - begin) * dim;
-    int64_t first_bad = total;
-    for (int64_t q = 0; q < total; ++q)
-      if (!std::isfinite(dst[q])) {
-        first_bad = q;
-        break;
+    // Rows scanned in parallel; the first bad row is then found in row order (the same answer
+    // for any thread count).
+    const int64_t rows = end - begin;
+    std::vector<char> row_bad(static_cast<size_t>(rows), 0);
+    at::parallel_for(0, rows, grain_for(dim), [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const T* r = dst + i * dim;
+        bool ok = true;
+        for (int64_t q = 0; q < dim; ++q) ok &= std::isfinite(r[q]);
+        row_bad[static_cast<size_t>(i)] = ok ? 0 : 1;
       }
-    if (first_bad < total) {
-      const int64_t bad = begin + first_bad / dim;
+    });
+    const int64_t first_bad = std::find(row_bad.begin(), row_bad.end(), 1) - row_bad.begin();
+    if (first_bad < rows) {
+      const int64_t bad = begin + first_bad;
       throw NumericError("non-finite gradient (NaN or Inf) for example '" + ds.ids[static_cast<size_t>(bad)] +
                          "' (row " + std::to_string(bad) + " of '" + ds.path + "') at " + where());
     }

@@ -1,10 +1,12 @@
 #pragma once
 // Per-example loss gradients of a TorchScript checkpoint. Two paths give the same numbers:
-//  - chain: the model is an nn.Sequential-like chain whose parameterised children are Linear
-//    layers; one batched forward, one backward pass through the chain, and per-example weight
-//    gradients as outer products of each layer's input and output gradient (no per-example
-//    backward pass). Linear layers use the backend's canonical-order product, so a row's
-//    gradient does not depend on which batch it was in;
+//  - chain: the model is an nn.Sequential-like chain whose parameterised children are Linear or
+//    Conv2d (groups = 1) layers, with pointwise, pooling, flatten, dropout and frozen batch-norm
+//    children between them; one batched forward, one backward pass through the chain, and
+//    per-example weight gradients as sums over positions of outer products of each layer's
+//    input (a conv layer: the unfolded input patch) and output gradient, positions ascending (no
+//    per-example backward pass). The layers' products use the backend's FMA order (float32) or
+//    canonical order (float64), so a row's gradient does not depend on which batch it was in;
 //  - general: any TorchScript model, one forward and one backward per example.
 // This header does not expose LibTorch (the implementation is one translation unit).
 #include <attrace/connectors/dataset.hpp>
@@ -27,16 +29,19 @@ struct GradientSettings {
   GradPath path = GradPath::automatic;
 };
 
-/// A Linear layer covered by Kronecker projection: its gradient is delta (x) [x, 1].
+/// A Linear or Conv2d layer covered by Kronecker projection: its gradient is
+/// sum_t delta_t (x) [x_t, 1] (a conv layer: x_t the unfolded input patch at output position t).
 struct KroneckerLayer {
   std::string name;
-  int64_t d_in = 0;   ///< input width, plus one for the bias column when the bias is selected
+  int64_t d_in = 0;   ///< input width (conv: C_in * kh * kw), plus one for the bias column when selected
   int64_t d_out = 0;
   bool bias = false;
 };
 
 /// One layer's Kronecker factors for rows [begin, end): per example `positions` rows of layer
-/// inputs (with a trailing 1 for the bias) and of output gradients, float32.
+/// inputs (with a trailing 1 for the bias) and of output gradients, float32. A conv layer has one
+/// position per output pixel (t = y * W_out + x) and its input rows are the unfolded patches,
+/// column (c * kh + i) * kw + j, as in the weight's [C_out, C_in, kh, kw] layout.
 struct LayerFactors {
   std::string name;
   int64_t d_in = 0, d_out = 0, positions = 1;
@@ -49,7 +54,8 @@ class CheckpointModel {
  public:
   /// Loads a TorchScript file. InputError naming the file if it is missing, unreadable or not a
   /// TorchScript model, or if no parameter matches the patterns.
-  /// Linear layers of the chain path run on `backend` (canonical order, batch-independent).
+  /// Linear and Conv2d layers of the chain path run on `backend` (FMA or canonical order,
+  /// batch-independent).
   CheckpointModel(const std::string& path, const GradientSettings& settings, kernels::Backend& backend);
   ~CheckpointModel();
   CheckpointModel(CheckpointModel&&) noexcept;
@@ -76,7 +82,8 @@ class CheckpointModel {
   void gradients(const connectors::Dataset& ds, int64_t begin, int64_t end, double* out);
 
   /// Layers for Kronecker projection (after prepare()). InputError unless the chain path is in
-  /// use and the selected parameters are whole Linear layers (weight, with or without bias).
+  /// use and the selected parameters are whole Linear or Conv2d layers (weight, with or without
+  /// bias).
   std::vector<KroneckerLayer> kronecker_layers() const;
   /// Kronecker factors of rows [begin, end) for those layers, in chain order (no per-example
   /// gradient is formed). NumericError naming the example on NaN/Inf.
