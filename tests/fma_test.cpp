@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <random>
 #include <tuple>
@@ -180,6 +181,8 @@ TEST(Fma, ErrorWithinTheDocumentedBound) {
       err2 += e * e;
       ref2 += static_cast<double>(exact * exact);
     }
+  std::printf("[ fma ] normwise error vs exact sums: %.3g (p = %lld, uniform [-1, 1) inputs)\n", std::sqrt(err2 / ref2),
+              static_cast<long long>(p));
   EXPECT_LT(std::sqrt(err2 / ref2), 1e-6);
 }
 
