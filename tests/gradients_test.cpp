@@ -193,6 +193,7 @@ TEST(ConvKronecker, FactorsReproduceTheDenseGradient) {
       EXPECT_EQ(f.name, layers[l].name);
       EXPECT_EQ(f.d_in, layers[l].d_in);
       EXPECT_EQ(f.d_out, layers[l].d_out);
+      EXPECT_EQ(f.positions, layers[l].positions) << "kronecker_layers() knows the positions after prepare()";
       ASSERT_EQ(static_cast<int64_t>(f.x.size()), n * f.positions * f.d_in);
       ASSERT_EQ(static_cast<int64_t>(f.delta.size()), n * f.positions * f.d_out);
       convs += f.positions > 1;

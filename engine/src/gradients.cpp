@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include <fstream>
 #include <functional>
@@ -27,6 +28,27 @@ namespace {
 int64_t grain_for(int64_t work_per_example) {
   constexpr int64_t kMinWork = int64_t{1} << 15;
   return std::max<int64_t>(1, kMinWork / std::max<int64_t>(1, work_per_example));
+}
+
+// True when no entry is NaN or Inf (all exponent bits set). Written on the bits, as an OR of
+// per-entry flags, so that the compiler vectorizes it (std::isfinite in a loop it does not).
+bool all_finite(const float* p, int64_t n) {
+  uint32_t any = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t b;
+    std::memcpy(&b, p + i, sizeof b);
+    any |= (b & 0x7f800000u) == 0x7f800000u ? 1u : 0u;
+  }
+  return any == 0;
+}
+bool all_finite(const double* p, int64_t n) {
+  uint64_t any = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint64_t b;
+    std::memcpy(&b, p + i, sizeof b);
+    any |= (b & 0x7ff0000000000000ull) == 0x7ff0000000000000ull ? 1u : 0u;
+  }
+  return any == 0;
 }
 
 using connectors::Dataset;
@@ -101,6 +123,7 @@ struct ChainStep {
   int bias_slot = -1;
   // conv only: geometry, read from the module's attributes
   int64_t c_in = 0, kh = 0, kw = 0, sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1;
+  int64_t positions = 1;  // linear/conv: rows per example in the last forward (the check's, at first)
   int64_t n_in() const { return weight.size(1); }  // inputs per position (conv: patch length)
   int64_t n_out() const { return weight.size(0); }
   bool selected() const { return weight_slot >= 0 || bias_slot >= 0; }
@@ -349,7 +372,7 @@ struct CheckpointModel::Impl {
   };
   template <class T>
   torch::Tensor chain_forward(torch::Tensor h, Tape* tape) {
-    for (const auto& st : chain) {
+    for (auto& st : chain) {
       if (tape) tape->shapes.push_back(h.sizes().vec());
       if (st.kind == StepKind::linear) {
         h = h.detach().contiguous();
@@ -360,6 +383,7 @@ struct CheckpointModel::Impl {
           tape->inputs.push_back(h);
           tape->outputs.emplace_back();
         }
+        st.positions = h.dim() >= 2 ? h.numel() / (h.size(0) * st.n_in()) : 1;
         auto lead = h.sizes().vec();
         lead.back() = st.n_out();
         h = product<T>(h.data_ptr<T>(), h.numel() / st.n_in(), st.n_in(), st.n_in(), st.weight, st.bias).reshape(lead);
@@ -372,6 +396,7 @@ struct CheckpointModel::Impl {
                       wo = conv_out(h.size(3), st.pw, st.dw, st.kw, st.sw);
         if (ho < 1 || wo < 1)
           throw std::invalid_argument("Conv2d child '" + st.name + "': input " + shape_str(h.sizes()) + " is smaller than the kernel");
+        st.positions = ho * wo;
         const torch::Tensor patches = unfold<T>(st, h, ho, wo);
         if (tape) {
           tape->inputs.push_back(patches);
@@ -591,8 +616,10 @@ struct CheckpointModel::Impl {
   // Per-example gradients of one layer into rows of dst (row stride p): weight entry (o, q) is
   // sum over positions t of d[t][o] * x[t][q], t ascending (one exact product for one position),
   // and bias entry o is sum_t d[t][o], t ascending: a row's bits depend on that example only.
+  // row_ok[i] is cleared when example i's entries of this layer are not all finite (checked while
+  // they are still in cache).
   template <class T>
-  void layer_gradients(const LayerRows& lr, T* dst, int64_t p) const {
+  void layer_gradients(const LayerRows& lr, T* dst, int64_t p, char* row_ok) const {
     const ChainStep& st = *lr.step;
     const int64_t n_in = lr.n_in, n_out = lr.n_out, pos = lr.positions, ldx = lr.ldx;
     const T* xs = lr.x.template data_ptr<T>();
@@ -603,6 +630,7 @@ struct CheckpointModel::Impl {
       for (int64_t i = i0; i < i1; ++i) {
         const T* x = xs + i * pos * ldx;
         const T* d = ds_ + i * pos * n_out;
+        bool ok = true;
         if (woff >= 0) {
           T* g = dst + i * p + woff;
           for (int64_t o = 0; o < n_out; ++o) {
@@ -614,6 +642,7 @@ struct CheckpointModel::Impl {
               const T* __restrict xr = x + t * ldx;
               for (int64_t q = 0; q < n_in; ++q) gr[q] += dv * xr[q];
             }
+            ok &= all_finite(gr, n_in);
           }
         }
         if (boff >= 0) {
@@ -623,7 +652,9 @@ struct CheckpointModel::Impl {
             for (int64_t t = 1; t < pos; ++t) s += d[t * n_out + o];
             g[o] = s;
           }
+          ok &= all_finite(g, n_out);
         }
+        if (!ok) row_ok[i] = 0;
       }
     });
   }
@@ -642,7 +673,7 @@ struct CheckpointModel::Impl {
       ATTRACE_CHECK(st.weight_slot >= 0, InputError,
                     where() + ": Kronecker projection needs '" + st.name + ".weight' selected with its bias");
       const bool bias = st.bias_slot >= 0;
-      layers.push_back({st.name, st.n_in() + (bias ? 1 : 0), st.n_out(), bias});
+      layers.push_back({st.name, st.n_in() + (bias ? 1 : 0), st.n_out(), bias, st.positions});
       covered += st.weight.numel() + (bias ? st.n_out() : 0);
     }
     ATTRACE_CHECK(covered == dim, InputError, where() + ": Kronecker projection covers Linear and Conv2d layers only");
@@ -716,31 +747,27 @@ struct CheckpointModel::Impl {
     ATTRACE_CHECK(path_decided, RuntimeFailure, "gradients(): prepare() was not called");
     ATTRACE_CHECK(begin >= 0 && begin <= end && end <= ds.size(), RuntimeFailure, "gradients(): bad row range");
     if (begin == end) return;
-    auto out = torch::from_blob(dst, {end - begin, dim}, want);
+    const int64_t rows = end - begin;
+    std::vector<char> row_ok(static_cast<size_t>(rows), 1);
+    auto out = torch::from_blob(dst, {rows, dim}, want);
     try {
-      if (path_in_use == GradPath::chain)
-        chain_backward<T>(ds, begin, end, [&](const LayerRows& lr) { layer_gradients<T>(lr, dst, dim); });
-      else
+      if (path_in_use == GradPath::chain) {
+        // Every selected parameter belongs to one visited layer, which checks its entries.
+        chain_backward<T>(ds, begin, end, [&](const LayerRows& lr) { layer_gradients<T>(lr, dst, dim, row_ok.data()); });
+      } else {
         general_gradients(ds, begin, end, out);
+        at::parallel_for(0, rows, grain_for(dim), [&](int64_t i0, int64_t i1) {
+          for (int64_t i = i0; i < i1; ++i) row_ok[static_cast<size_t>(i)] = all_finite(dst + i * dim, dim) ? 1 : 0;
+        });
+      }
     } catch (const attrace::Error&) {
       throw;
     } catch (const std::exception& e) {
       throw InputError("dataset '" + ds.path + "' rows " + std::to_string(begin) + ".." + std::to_string(end - 1) +
                        ": " + where() + " failed: " + torch_message(e));
     }
-    // Rows scanned in parallel; the first bad row is then found in row order (the same answer
-    // for any thread count).
-    const int64_t rows = end - begin;
-    std::vector<char> row_bad(static_cast<size_t>(rows), 0);
-    at::parallel_for(0, rows, grain_for(dim), [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const T* r = dst + i * dim;
-        bool ok = true;
-        for (int64_t q = 0; q < dim; ++q) ok &= std::isfinite(r[q]);
-        row_bad[static_cast<size_t>(i)] = ok ? 0 : 1;
-      }
-    });
-    const int64_t first_bad = std::find(row_bad.begin(), row_bad.end(), 1) - row_bad.begin();
+    // The first bad row in row order (the same answer for any thread count).
+    const int64_t first_bad = std::find(row_ok.begin(), row_ok.end(), 0) - row_ok.begin();
     if (first_bad < rows) {
       const int64_t bad = begin + first_bad;
       throw NumericError("non-finite gradient (NaN or Inf) for example '" + ds.ids[static_cast<size_t>(bad)] +

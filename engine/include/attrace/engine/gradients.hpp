@@ -36,6 +36,7 @@ struct KroneckerLayer {
   int64_t d_in = 0;   ///< input width (conv: C_in * kh * kw), plus one for the bias column when selected
   int64_t d_out = 0;
   bool bias = false;
+  int64_t positions = 1;  ///< factor rows per example (conv: H_out * W_out) for the prepared inputs
 };
 
 /// One layer's Kronecker factors for rows [begin, end): per example `positions` rows of layer
