@@ -6,6 +6,7 @@
 //    channels, max-pooling, a Linear head; 1x8x8 inputs). It is read from $ATTRACE_FIXTURES
 //    (the test build's tests/fixtures folder); without it that benchmark is skipped with a message.
 // Kronecker factors (layer_factors) are timed too: they are what Kronecker projection consumes.
+// Rates are per wall-clock second (the work runs on several threads).
 #include <attrace/connectors/dataset.hpp>
 #include <attrace/engine/gradients.hpp>
 #include <attrace/engine/model_builder.hpp>
@@ -96,6 +97,7 @@ BENCHMARK(BM_MlpGradients)
     ->Args({64, 512, 512, 1797, 0, 0})
     ->Args({64, 512, 512, 1797, 1, 0})
     ->Args({64, 512, 512, 1797, 0, 1})
+    ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
 // Args: path (0 chain, 1 general), mode (0 gradients, 1 factors). 1,797 digits-sized examples.
@@ -112,7 +114,7 @@ void BM_CnnGradients(benchmark::State& state) {
   run_model(state, file, ds, state.range(0) == 0 ? ae::GradPath::chain : ae::GradPath::general, static_cast<int>(state.range(1)));
 }
 
-BENCHMARK(BM_CnnGradients)->Args({0, 0})->Args({1, 0})->Args({0, 1})->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_CnnGradients)->Args({0, 0})->Args({1, 0})->Args({0, 1})->UseRealTime()->Unit(benchmark::kMillisecond);
 
 }  // namespace
 
