@@ -91,7 +91,7 @@ inline void micro(const float* ap, const float* bp, int64_t steps, double (*t)[G
 
 // Packs the R rows of A block `blk` for the p-block at q0 as [step][R][8] (a micro block's data
 // for one step is contiguous), zero past n and p.
-inline void pack_a(const float* x, int64_t ld, int64_t n, int64_t p, int64_t blk, int64_t q0, float* dst) {
+inline void pack_a(const float* x, int64_t ld, int64_t n, int64_t p, int64_t blk, int64_t q0, int64_t steps, float* dst) {
   const int64_t len = min64(kBlock, p - q0);
   for (int r = 0; r < R; ++r) {
     const int64_t i = blk * R + r;
@@ -99,13 +99,13 @@ inline void pack_a(const float* x, int64_t ld, int64_t n, int64_t p, int64_t blk
     const float* src = x + i * ld + q0;
     int64_t s = 0;
     for (; (s + 1) * 8 <= valid; ++s) std::memcpy(dst + (s * R + r) * 8, src + s * 8, 8 * sizeof(float));
-    for (; s < kBlockSteps; ++s)
+    for (; s < steps; ++s)
       for (int l = 0; l < 8; ++l) dst[(s * R + r) * 8 + l] = s * 8 + l < valid ? src[s * 8 + l] : 0.0f;
   }
 }
 
 // Packs the G groups of W rows of B micro block `mb` as [step][G][W][8], zero past m and p.
-inline void pack_b(const float* x, int64_t ld, int64_t m, int64_t p, int64_t mb, int64_t q0, float* dst) {
+inline void pack_b(const float* x, int64_t ld, int64_t m, int64_t p, int64_t mb, int64_t q0, int64_t steps, float* dst) {
   const int64_t len = min64(kBlock, p - q0);
   for (int gw = 0; gw < G * W; ++gw) {
     const int64_t j = mb * G * W + gw;
@@ -113,7 +113,7 @@ inline void pack_b(const float* x, int64_t ld, int64_t m, int64_t p, int64_t mb,
     const float* src = x + j * ld + q0;
     int64_t s = 0;
     for (; (s + 1) * 8 <= valid; ++s) std::memcpy(dst + (s * G * W + gw) * 8, src + s * 8, 8 * sizeof(float));
-    for (; s < kBlockSteps; ++s)
+    for (; s < steps; ++s)
       for (int l = 0; l < 8; ++l) dst[(s * G * W + gw) * 8 + l] = s * 8 + l < valid ? src[s * 8 + l] : 0.0f;
   }
 }
@@ -131,8 +131,10 @@ bool score(const float* a, int64_t lda, int64_t n, const float* b, int64_t ldb, 
   const int64_t groups = ((m + W - 1) / W + G - 1) / G * G;  // B groups, padded to whole micro blocks
   constexpr int64_t kPanelGroups = 48 / W;                 // B panel: 48 rows x kBlock (192 KiB) stays in L2
   static_assert(kPanelGroups % G == 0, "panels hold whole micro blocks");
-  const size_t a_floats = static_cast<size_t>(blocks * R * kBlockSteps * 8);
-  const size_t b_floats = static_cast<size_t>(groups * kBlockSteps * 8 * W);
+  // Packed steps per block: a whole p-block, or fewer when the rows are short.
+  const int64_t bs = min64(kBlockSteps, (p + 7) / 8);
+  const size_t a_floats = static_cast<size_t>(blocks * R * bs * 8);
+  const size_t b_floats = static_cast<size_t>(groups * bs * 8 * W);
   float* apack = static_cast<float*>(std::aligned_alloc(64, (a_floats * sizeof(float) + 63) / 64 * 64));
   float* bpack = static_cast<float*>(std::aligned_alloc(64, (b_floats * sizeof(float) + 63) / 64 * 64));
   if (apack == nullptr || bpack == nullptr) {
@@ -148,23 +150,23 @@ bool score(const float* a, int64_t lda, int64_t n, const float* b, int64_t ldb, 
       const int64_t steps = (min64(kBlock, p - q0) + 7) / 8;
       const bool first = q0 == 0, last = q0 + kBlock >= p;
 #pragma omp for schedule(static)
-      for (int64_t blk = 0; blk < blocks; ++blk) pack_a(a, lda, n, p, blk, q0, apack + blk * R * kBlockSteps * 8);
+      for (int64_t blk = 0; blk < blocks; ++blk) pack_a(a, lda, n, p, blk, q0, steps, apack + blk * R * bs * 8);
 #pragma omp for schedule(static)
-      for (int64_t mb = 0; mb < groups / G; ++mb) pack_b(b, ldb, m, p, mb, q0, bpack + mb * G * kBlockSteps * 8 * W);
+      for (int64_t mb = 0; mb < groups / G; ++mb) pack_b(b, ldb, m, p, mb, q0, steps, bpack + mb * G * bs * 8 * W);
       // Each thread keeps the same A blocks in every panel (static schedule over the same
       // range), so its rows of `scratch` and `out` are its own and panels need no barrier.
       for (int64_t g0 = 0; g0 < groups; g0 += kPanelGroups) {
         const int64_t g1 = min64(groups, g0 + kPanelGroups);
 #pragma omp for schedule(static) nowait
         for (int64_t blk = 0; blk < blocks; ++blk) {
-          const float* ap = apack + blk * R * kBlockSteps * 8;
+          const float* ap = apack + blk * R * bs * 8;
           for (int64_t g = g0; g < g1; g += G) {
             double t[R][G * W];
             const int64_t i0 = blk * R, j0 = g * W;
             for (int r = 0; r < R; ++r)
               for (int c = 0; c < G * W; ++c)
                 t[r][c] = (!first && i0 + r < n && j0 + c < m) ? scratch[(i0 + r) * m + j0 + c] : 0.0;
-            micro(ap, bpack + g * kBlockSteps * 8 * W, steps, t);
+            micro(ap, bpack + g * bs * 8 * W, steps, t);
             for (int r = 0; r < R; ++r)
               for (int c = 0; c < G * W; ++c) {
                 if (i0 + r >= n || j0 + c >= m) continue;
