@@ -69,7 +69,33 @@ inline double lane_tree(__m256 v) {
 }
 
 // totals[r][w] of one R x (G*W) block += the FMA-order value of steps [0, steps) of the block.
+#if ATTRACE_FMA_ISA == 512
+// The lane trees of four outputs at once: x holds outputs (0, 1), y outputs (2, 3), eight float32
+// lanes each. Returns [v0, v0, v1, v1, v2, v2, v3, v3] with v = ((l0+l4)+(l2+l6))+((l1+l5)+(l3+l7)),
+// the same additions as lane_tree, four outputs per instruction.
+inline __m512d lane_tree4(__m512 x, __m512 y) {
+  const __m512d x0 = _mm512_cvtps_pd(_mm512_castps512_ps256(x)), x1 = _mm512_cvtps_pd(_mm512_extractf32x8_ps(x, 1));
+  const __m512d y0 = _mm512_cvtps_pd(_mm512_castps512_ps256(y)), y1 = _mm512_cvtps_pd(_mm512_extractf32x8_ps(y, 1));
+  // s_k = l_k + l_{k+4}: [out0 s0..s3 | out1 s0..s3] and the same for outputs 2, 3.
+  const __m512d s01 = _mm512_add_pd(_mm512_shuffle_f64x2(x0, x1, 0x44), _mm512_shuffle_f64x2(x0, x1, 0xEE));
+  const __m512d s23 = _mm512_add_pd(_mm512_shuffle_f64x2(y0, y1, 0x44), _mm512_shuffle_f64x2(y0, y1, 0xEE));
+  // u0 = s0 + s2, u1 = s1 + s3 for the four outputs: [out0 u0 u1 | out1 u0 u1 | out2 .. | out3 ..].
+  const __m512d u = _mm512_add_pd(_mm512_shuffle_f64x2(s01, s23, 0x88), _mm512_shuffle_f64x2(s01, s23, 0xDD));
+  return _mm512_add_pd(u, _mm512_permute_pd(u, 0x55));  // u0 + u1 (and u1 + u0, the same value)
+}
+#endif
+
 inline void micro(const float* ap, const float* bp, int64_t steps, double (*t)[G * W]) {
+#if ATTRACE_FMA_ISA == 512
+  static_assert(G * W == 8, "two groups of four outputs per row");
+  // Totals with each value twice, as lane_tree4 returns them.
+  __m512d td[R][2];
+  for (int r = 0; r < R; ++r)
+    for (int h = 0; h < 2; ++h) {
+      const double* v = t[r] + 4 * h;
+      td[r][h] = _mm512_set_pd(v[3], v[3], v[2], v[2], v[1], v[1], v[0], v[0]);
+    }
+#endif
   for (int64_t s0 = 0; s0 < steps; s0 += kChunkSteps) {
     const int64_t s1 = min64(steps, s0 + kChunkSteps);
     Vec acc[R][G];
@@ -83,10 +109,23 @@ inline void micro(const float* ap, const float* bp, int64_t steps, double (*t)[G
         for (int g = 0; g < G; ++g) acc[r][g] = vfma(av, bv[g], acc[r][g]);
       }
     }
+#if ATTRACE_FMA_ISA == 512
+    for (int r = 0; r < R; ++r)
+      for (int h = 0; h < 2; ++h) td[r][h] = _mm512_add_pd(td[r][h], lane_tree4(acc[r][2 * h], acc[r][2 * h + 1]));
+#else
     for (int r = 0; r < R; ++r)
       for (int g = 0; g < G; ++g)
         for (int w = 0; w < W; ++w) t[r][g * W + w] += lane_tree(half(acc[r][g], w));
+#endif
   }
+#if ATTRACE_FMA_ISA == 512
+  for (int r = 0; r < R; ++r)
+    for (int h = 0; h < 2; ++h) {
+      alignas(64) double v[8];
+      _mm512_store_pd(v, td[r][h]);
+      for (int c = 0; c < 4; ++c) t[r][4 * h + c] = v[2 * c];
+    }
+#endif
 }
 
 // Packs the R rows of A block `blk` for the p-block at q0 as [step][R][8] (a micro block's data
