@@ -39,14 +39,15 @@ std::unique_ptr<kernels::Backend> backend_for(const Config& config) {
   return backend;
 }
 
-// Exact features are the whole gradient per example and checkpoint: refused above the limit.
-void check_exact_size(const Config& config, int64_t rows, int64_t dim, size_t checkpoints, const std::string& what) {
+// Exact features (gradients, or factors for factored layers: `width` columns per example and
+// checkpoint) are refused above the limit.
+void check_exact_size(const Config& config, int64_t rows, int64_t width, size_t checkpoints, const std::string& what) {
   if (config.projection != Projection::none) return;
-  const double bytes = static_cast<double>(rows) * static_cast<double>(dim) * static_cast<double>(checkpoints) *
+  const double bytes = static_cast<double>(rows) * static_cast<double>(width) * static_cast<double>(checkpoints) *
                        static_cast<double>(connectors::dtype_bytes(feature_dtype_of(config)));
   ATTRACE_CHECK(bytes <= static_cast<double>(config.exact_limit), InputError,
                 what + ": exact features would take " + gib(bytes) + " (" + std::to_string(rows) + " examples x " +
-                    std::to_string(dim) + " gradient dims x " + std::to_string(checkpoints) + " checkpoints), above " +
+                    std::to_string(width) + " feature columns x " + std::to_string(checkpoints) + " checkpoints), above " +
                     "features.exact_limit = " + gib(static_cast<double>(config.exact_limit)) +
                     "; use a projection ([projection] kind = \"dense\" or \"kronecker\") or raise the limit");
 }
@@ -55,26 +56,6 @@ void check_exact_size(const Config& config, int64_t rows, int64_t dim, size_t ch
 int64_t chunk_rows_for(int64_t width, int64_t bytes) {
   const int64_t row = std::max<int64_t>(1, width * bytes);
   return std::clamp<int64_t>((int64_t{1} << 20) / row, 1, 4096);
-}
-
-CheckpointUse use_from_json(const nlohmann::json& j, const std::string& what) {
-  try {
-    CheckpointUse u;
-    const std::string path = j.at("gradient_path").get<std::string>();
-    u.path = path == "chain" ? GradPath::chain : GradPath::general;
-    u.dim = j.at("gradient_dim").get<int64_t>();
-    u.feature_dim = j.at("feature_dim").get<int64_t>();
-    u.parameters = j.at("parameters").get<std::vector<std::string>>();
-    if (j.contains("stream")) u.dense_stream = j.at("stream").get<uint32_t>();
-    if (j.contains("layers"))
-      for (const auto& l : j.at("layers"))
-        u.kronecker.push_back({l.at("layer").get<std::string>(), l.at("d_in").get<int64_t>(), l.at("d_out").get<int64_t>(),
-                               l.at("k_in").get<int64_t>(), l.at("k_out").get<int64_t>(), l.at("stream_in").get<uint32_t>(),
-                               l.at("stream_out").get<uint32_t>()});
-    return u;
-  } catch (const nlohmann::json::exception& e) {
-    throw InputError(what + ": checkpoint meta is not what attrace writes: " + e.what());
-  }
 }
 
 // A dataset rebuilt from a feature store: ids, tranches and content digests, no inputs.
@@ -94,16 +75,28 @@ connectors::Dataset dataset_from_store(const connectors::FeatureStoreReader& sto
   return d;
 }
 
-// Per-example sketches of the training set for the near-duplicate signal.
-std::vector<float> sketches(const FeatureSource& f, uint64_t seed, kernels::Backend& backend) {
+// Kronecker sketch factors of a factored layer: 16 columns for the inputs, 8 for the output
+// gradients (16 x 8 = kSketchDim), on streams below kSketchStream that no checkpoint uses.
+constexpr int64_t kSketchIn = 16, kSketchOut = 8;
+uint32_t sketch_stream_in(size_t layer) { return kSketchStream - 2 * static_cast<uint32_t>(layer + 1); }
+
+// Per-example sketches of the training set for the near-duplicate signal: a random projection
+// of the last checkpoint's gradients to kSketchDim columns, so that cosines of sketches estimate
+// cosines of gradients. Dense columns go through a dense Rademacher projection (stream
+// kSketchStream); each factored layer's gradient sum_t delta_t x_t^T through a Kronecker
+// Rademacher projection P_out (x) P_in (8 x 16) computed from its factors, added in chain order.
+// Factored rows are never widened to gradients, which would cost n x p x kSketchDim.
+std::vector<float> sketches(const FeatureSource& f, uint64_t seed, kernels::Backend& backend, Progress& progress) {
   const size_t c = f.checkpoints() - 1;
+  const FeatureLayout lay = f.layout(c);
   const int64_t n = f.rows(), w = f.width(c), tile = 4096;
-  std::vector<float> out(static_cast<size_t>(n * kSketchDim)), rows;
+  std::vector<float> out(static_cast<size_t>(n * kSketchDim)), rows, layer_sketch, xs, ds;
   std::vector<double> rows64;
   const kernels::ProjectionSpec spec{seed, kSketchStream, kSketchDim, kernels::ProjectionKind::rademacher};
+  progress.begin("near-duplicate sketches", n, "sketches");
   for (int64_t b0 = 0; b0 < n; b0 += tile) {
-    const int64_t b1 = std::min(n, b0 + tile);
-    rows.resize(static_cast<size_t>((b1 - b0) * w));
+    const int64_t b1 = std::min(n, b0 + tile), nb = b1 - b0;
+    rows.resize(static_cast<size_t>(nb * w));
     if (f.fp64()) {
       rows64.resize(rows.size());
       f.read(c, b0, b1, rows64.data());
@@ -111,13 +104,44 @@ std::vector<float> sketches(const FeatureSource& f, uint64_t seed, kernels::Back
     } else {
       f.read(c, b0, b1, rows.data());
     }
-    backend.project_dense(kernels::view(rows.data(), b1 - b0, w), spec,
-                          kernels::view_mut(out.data() + b0 * kSketchDim, b1 - b0, kSketchDim));
+    float* sk = out.data() + b0 * kSketchDim;
+    if (lay.dense > 0) backend.project_dense({rows.data(), nb, lay.dense, w}, spec, kernels::view_mut(sk, nb, kSketchDim));
+    for (size_t l = 0; l < lay.factored.size(); ++l) {
+      const auto& fl = lay.factored[l];
+      const int64_t t_n = fl.positions;
+      xs.resize(static_cast<size_t>(nb * t_n * fl.d_in));
+      ds.resize(static_cast<size_t>(nb * t_n * fl.d_out));
+      for (int64_t r = 0; r < nb; ++r) {
+        const float* row = rows.data() + r * w;
+        std::copy(row + fl.offset, row + fl.offset + t_n * fl.d_in, xs.begin() + r * t_n * fl.d_in);
+        std::copy(row + fl.delta_offset(), row + fl.delta_offset() + t_n * fl.d_out, ds.begin() + r * t_n * fl.d_out);
+      }
+      layer_sketch.resize(static_cast<size_t>(nb * kSketchDim));
+      const kernels::ProjectionSpec in{seed, sketch_stream_in(l), kSketchIn, kernels::ProjectionKind::rademacher};
+      const kernels::ProjectionSpec ou{seed, sketch_stream_in(l) + 1, kSketchOut, kernels::ProjectionKind::rademacher};
+      backend.project_kronecker(kernels::view(static_cast<const float*>(xs.data()), nb * t_n, fl.d_in),
+                                kernels::view(static_cast<const float*>(ds.data()), nb * t_n, fl.d_out), t_n, in, ou,
+                                kernels::view_mut(layer_sketch.data(), nb, kSketchDim));
+      for (int64_t q = 0; q < nb * kSketchDim; ++q) sk[q] += layer_sketch[static_cast<size_t>(q)];
+    }
+    progress.advance(nb);
   }
+  progress.end();
   return out;
 }
 
-nlohmann::json quality_json(const QualityReport& q, const Attribution& a) {
+// How the sketches were made (report.json's quality block).
+std::string sketch_description(const FeatureSource& f) {
+  const std::string dense = "dense Rademacher projection (stream " + std::to_string(kSketchStream) + ")";
+  if (f.checkpoints() == 0 || f.layout(f.checkpoints() - 1).factored.empty()) return "last checkpoint's features x " + dense;
+  const auto& lay = f.layout(f.checkpoints() - 1);
+  return "last checkpoint's gradients: dense columns x " + dense + ", plus each factored layer l (chain order) x Kronecker " +
+         "Rademacher projection P_out (8 columns, stream " + std::to_string(kSketchStream) + " - 2(l+1) + 1) (x) P_in (16 " +
+         "columns, stream " + std::to_string(kSketchStream) + " - 2(l+1)) from its factors; " +
+         std::to_string(lay.factored.size()) + " factored layers";
+}
+
+nlohmann::json quality_json(const QualityReport& q, const Attribution& a, const std::string& sketch) {
   nlohmann::json pairs = nlohmann::json::array();
   for (const auto& p : q.pairs)
     pairs.push_back({{"tranches", {a.tranches[static_cast<size_t>(p.a)].tranche.id, a.tranches[static_cast<size_t>(p.b)].tranche.id}},
@@ -126,7 +150,7 @@ nlohmann::json quality_json(const QualityReport& q, const Attribution& a) {
   return {{"near_duplicates",
            {{"cosine_threshold", q.settings.near_duplicate_cosine},
             {"sketch_dim", kSketchDim},
-            {"sketch", "last checkpoint's features x dense Rademacher projection (stream " + std::to_string(kSketchStream) + ")"},
+            {"sketch", sketch},
             {"pairs", q.pairs_found},
             {"exact_copy_examples", q.exact_copy_examples},
             {"lists", q.lists_used},
@@ -162,7 +186,7 @@ void flag_quality(const Config& config, const QualityReport& q, Attribution& a) 
 // The writers: shared by attribute and score, so both produce the same bytes.
 RunSummary write_outputs(const Config& config, const connectors::TrainingRun& run, const connectors::Dataset& train,
                          const connectors::Dataset& query, const TracinResult& r, const FeatureSource& train_features,
-                         kernels::Backend& backend, connectors::StagedDir& out) {
+                         kernels::Backend& backend, connectors::StagedDir& out, Progress& progress) {
   RunSummary summary;
   summary.attribution = summarize(config, train, r);
   summary.n_train = r.n_train;
@@ -170,7 +194,8 @@ RunSummary write_outputs(const Config& config, const connectors::TrainingRun& ru
   summary.dim = r.checkpoints.front().dim;
   summary.path_used = to_string(r.checkpoints.front().path);
 
-  const auto sk = sketches(train_features, config.projection_seed, backend);
+  const auto sk = sketches(train_features, config.projection_seed, backend, progress);
+  progress.begin("quality signals and outputs", 1, "quality and outputs");
   QualityInput qi;
   qi.sketch = sk.data();
   qi.n = r.n_train;
@@ -184,7 +209,7 @@ RunSummary write_outputs(const Config& config, const connectors::TrainingRun& ru
   flag_quality(config, quality, summary.attribution);
 
   nlohmann::json report = report_json(config, train, query, r, summary.attribution);
-  report["quality"] = quality_json(quality, summary.attribution);
+  report["quality"] = quality_json(quality, summary.attribution, sketch_description(train_features));
   for (size_t t = 0; t < quality.tranches.size(); ++t) {
     const auto& tq = quality.tranches[t];
     report["tranches"][t]["quality"] = {{"near_duplicate_examples", tq.near_duplicate_examples},
@@ -196,6 +221,17 @@ RunSummary write_outputs(const Config& config, const connectors::TrainingRun& ru
   const std::string report_text = report.dump(2) + "\n";
   const std::string csv = attribution_csv(summary.attribution);
   nlohmann::json manifest = manifest_json(config, run, train, query, r, backend.name());
+  if (config.projection == Projection::none) {
+    // Exact features: how each checkpoint's layers were scored (dense gradient or factors).
+    nlohmann::json per = nlohmann::json::array();
+    for (const auto& u : r.checkpoints) per.push_back(checkpoint_use_json(config, u).at("factoring"));
+    manifest["factoring"] = {{"setting", to_string(config.factored)},
+                             {"rule", "auto: a layer is factored when T^2 (d_in + d_out) < d_in d_out (T positions)"},
+                             {"score_order", "per checkpoint: dense columns first, then each factored layer in chain order as "
+                                             "sum over t, s ascending of <x_it, x_js> <delta_it, delta_js> (float64 products "
+                                             "and sum of the kernel's dot products)"},
+                             {"checkpoints", per}};
+  }
   manifest["quality"] = {{"near_duplicate_cosine", quality.settings.near_duplicate_cosine},
                          {"outlier_top_fraction", quality.settings.outlier_top_fraction},
                          {"probes", quality.settings.probes},
@@ -222,7 +258,10 @@ RunSummary write_outputs(const Config& config, const connectors::TrainingRun& ru
   connectors::write_file_atomic(out.file("report.html"), report_html(report, manifest));
   // The manifest goes last: a directory with a manifest names every other file by hash.
   connectors::write_file_atomic(out.file("manifest.json"), manifest_text);
+  progress.advance(1);  // an interrupt stops here, before the output is committed
   out.commit();
+  progress.end();
+  progress.summary();
   return summary;
 }
 
@@ -254,6 +293,8 @@ nlohmann::json feature_spec(const Config& config, const connectors::TrainingRun&
   for (const auto& t : ds.tranches)
     tranches.push_back({{"id", t.id}, {"account", t.account}, {"name", t.name}, {"license", t.license}});
   const nlohmann::json settings = to_json(config);
+  const nlohmann::json features = {{"dtype", connectors::to_string(feature_dtype_of(config))},
+                                   {"factored", to_string(config.factored)}};
   return {{"format", "attrace.features/1"},
           {"engine_version", engine_version()},
           {"role", query ? "query" : "train"},
@@ -266,7 +307,7 @@ nlohmann::json feature_spec(const Config& config, const connectors::TrainingRun&
             {"path", settings["gradients"]["path"]},
             {"precision", settings["gradients"]["precision"]}}},
           {"projection", settings["projection"]},
-          {"features", {{"dtype", connectors::to_string(feature_dtype_of(config))}}}};
+          {"features", features}};
 }
 
 RunSummary run_attribute(const Config& config, const RunOptions& options) {
@@ -301,7 +342,7 @@ RunSummary run_attribute(const Config& config, const RunOptions& options) {
   ScoreResult s = score_all(tf, qf, *backend, score_settings(config, train, query, keep_scores(config, train.size(), query.size())),
                             progress);
   const TracinResult r = tracin_result(std::move(s), uses);
-  return write_outputs(config, run, train, query, r, tf, *backend, out);
+  return write_outputs(config, run, train, query, r, tf, *backend, out, progress);
 }
 
 FeaturizeSummary run_featurize(const Config& config, const FeaturizeOptions& options) {
@@ -341,7 +382,7 @@ FeaturizeSummary run_featurize(const Config& config, const FeaturizeOptions& opt
     Featurizer fz(config, run, c, {&ds}, *backend);
     const int64_t w = fz.width();
     progress.begin("checkpoint " + std::to_string(c + 1) + "/" + std::to_string(run.checkpoints.size()) + " features",
-                   ds.size() - start);
+                   ds.size() - start, "features");
     for (int64_t b0 = start; b0 < ds.size(); b0 += layout.chunk_rows) {
       const int64_t b1 = std::min(ds.size(), b0 + layout.chunk_rows);
       if (fz.fp64()) buf64.resize(static_cast<size_t>((b1 - b0) * w));
@@ -362,6 +403,7 @@ FeaturizeSummary run_featurize(const Config& config, const FeaturizeOptions& opt
     }
     progress.end();
   }
+  progress.summary();
   return summary;
 }
 
@@ -390,7 +432,7 @@ RunSummary run_score(const Config& config, const std::string& store_path, const 
                     config.train_file + "'");
   std::vector<CheckpointUse> uses;
   for (size_t c = 0; c < store.layout().checkpoints.size(); ++c)
-    uses.push_back(use_from_json(nlohmann::json::parse(store.layout().checkpoints[c].meta), store_path));
+    uses.push_back(checkpoint_use_from_json(nlohmann::json::parse(store.layout().checkpoints[c].meta), store_path));
   const StoreFeatures tf(store);
   Progress progress(!options.quiet);
   std::unique_ptr<connectors::FeatureStoreReader> qstore;
@@ -417,7 +459,7 @@ RunSummary run_score(const Config& config, const std::string& store_path, const 
   ScoreResult s = score_all(tf, qsrc, *backend, score_settings(config, train, query, keep_scores(config, train.size(), query.size())),
                             progress);
   const TracinResult r = tracin_result(std::move(s), uses);
-  return write_outputs(config, run, train, query, r, tf, *backend, out);
+  return write_outputs(config, run, train, query, r, tf, *backend, out, progress);
 }
 
 }  // namespace attrace::engine

@@ -41,6 +41,10 @@ std::string to_string(FeatureType v) {
   }
 }
 
+std::string to_string(Factoring v) {
+  return v == Factoring::never ? "never" : v == Factoring::always ? "always" : "auto";
+}
+
 connectors::FeatureDtype feature_dtype_of(const Config& c) {
   switch (c.feature_dtype) {
     case FeatureType::f32:
@@ -241,7 +245,7 @@ Config config_from_table(const toml::table& doc, const std::string& path) {
   c.projection_distribution = parse_enum<Distribution>(r.where("projection", "distribution"), s,
                                                        {{"rademacher", Distribution::rademacher}, {"gaussian", Distribution::gaussian}});
 
-  const auto* fe = r.section("features", {"dtype", "exact_limit"});
+  const auto* fe = r.section("features", {"dtype", "exact_limit", "factored"});
   if (fe && fe->contains("exact_limit")) {
     const toml::node& n = *fe->get("exact_limit");
     if (n.is_integer()) {
@@ -258,6 +262,10 @@ Config config_from_table(const toml::table& doc, const std::string& path) {
   c.feature_dtype = parse_enum<FeatureType>(r.where("features", "dtype"), s,
                                             {{"auto", FeatureType::automatic}, {"f32", FeatureType::f32}, {"f64", FeatureType::f64},
                                              {"bf16", FeatureType::bf16}, {"f16", FeatureType::f16}});
+  s = to_string(c.factored);
+  r.get(fe, "features", "factored", s);
+  c.factored = parse_enum<Factoring>(r.where("features", "factored"), s,
+                                     {{"auto", Factoring::automatic}, {"never", Factoring::never}, {"always", Factoring::always}});
 
   const auto* a = r.section("attribution", {"top_k", "scoring", "gemm_math", "negative_policy", "duplicate_threshold",
                                              "tolerance", "memory_limit"});
@@ -367,6 +375,9 @@ void validate(const Config& c) {
                 InputError, f + ": features.dtype = '" + to_string(c.feature_dtype) + "' with gradients.precision = \"fp64\" and no projection: exact float64 gradients are stored as f64");
   ATTRACE_CHECK(c.feature_dtype != FeatureType::f64 || (c.precision == Precision::fp64 && c.projection == Projection::none),
                 InputError, f + ": features.dtype = 'f64' needs exact float64 gradients (gradients.precision = \"fp64\", projection.kind = \"none\")");
+  ATTRACE_CHECK(c.factored != Factoring::always || (c.projection == Projection::none && c.precision == Precision::fp32),
+                InputError, f + ": features.factored = \"always\" needs exact float32 features (projection.kind = \"none\", " +
+                                "gradients.precision = \"fp32\"); layer factors are float32 and projections have their own");
   ATTRACE_CHECK(c.memory_limit >= 0, InputError, f + ": attribution.memory_limit must be >= 0");
   ATTRACE_CHECK(c.duplicate_threshold > 0 && c.duplicate_threshold <= 1, InputError,
                 f + ": attribution.duplicate_threshold must be in (0, 1]");
@@ -392,7 +403,7 @@ nlohmann::json to_json(const Config& c) {
         {"k", c.projection_k},
         {"seed", std::to_string(c.projection_seed)},
         {"distribution", to_string(c.projection_distribution)}}},
-      {"features", {{"dtype", to_string(c.feature_dtype)}}},
+      {"features", {{"dtype", to_string(c.feature_dtype)}, {"factored", to_string(c.factored)}}},
       {"attribution",
        {{"top_k", c.top_k},
         {"scoring", to_string(c.scoring)},

@@ -2,6 +2,7 @@
 #include <attrace/engine/gradients.hpp>
 #include <attrace/error.hpp>
 
+#include <algorithm>
 #include <cmath>
 
 namespace attrace::engine {
@@ -60,7 +61,101 @@ Projector plan_projection(const Config& config, CheckpointModel& model, size_t c
   return pr;
 }
 
+// The layout of a row from the per-layer choices: the dense layers' gradients first (chain
+// order), then each factored layer's x and delta blocks (chain order). No factored layer: the
+// plain gradient of `dim` columns.
+FeatureLayout layout_of(const std::vector<LayerScoring>& layers, int64_t dim) {
+  FeatureLayout l;
+  const bool any = std::any_of(layers.begin(), layers.end(), [](const LayerScoring& s) { return s.factored; });
+  if (!any) {
+    l.dense = dim;
+    return l;
+  }
+  for (const auto& s : layers)
+    if (!s.factored) l.dense += s.d_in * s.d_out;
+  int64_t at = l.dense;
+  for (const auto& s : layers)
+    if (s.factored) {
+      l.factored.push_back({s.layer, s.d_in, s.d_out, s.positions, at});
+      at += l.factored.back().width();
+    }
+  return l;
+}
+
+// Decides, layer by layer, whether exact features keep a layer's gradient or its factors. Needs
+// the chain path with whole Linear layers selected and float32 gradients (the factors are
+// float32); otherwise every column is dense and `note` says why. Positions per layer are read
+// off one example's factors: they depend on the model and the input shape only.
+void plan_factoring(const Config& config, CheckpointModel& model, const std::vector<const connectors::Dataset*>& datasets,
+                    CheckpointUse& use, std::vector<bool>& bias) {
+  use.factoring = config.factored;
+  use.layout = FeatureLayout{model.dim(), {}};
+  if (config.projection != Projection::none) return;
+  if (config.factored == Factoring::never) {
+    use.factoring_note = "features.factored = never";
+    return;
+  }
+  if (config.precision != Precision::fp32) {
+    use.factoring_note = "float64 gradients (layer factors are float32)";
+    return;
+  }
+  if (model.path_in_use() != GradPath::chain) {
+    use.factoring_note = "general gradient path (no layer factors)";
+    return;
+  }
+  std::vector<KroneckerLayer> layers;
+  try {
+    layers = model.kronecker_layers();
+  } catch (const InputError&) {
+    use.factoring_note = "the selected parameters are not whole layers of the chain";
+    return;
+  }
+  const connectors::Dataset* probe = nullptr;
+  for (const auto* ds : datasets)
+    if (ds->size() > 0) {
+      probe = ds;
+      break;
+    }
+  std::vector<LayerFactors> f;
+  try {
+    if (probe) model.layer_factors(*probe, 0, 1, f);
+  } catch (const NumericError&) {
+    // Only the shapes were wanted; the features of that row will report the example themselves.
+    use.factoring_note = "the first example's layer factors are not finite";
+    return;
+  }
+  ATTRACE_CHECK(!probe || f.size() == layers.size(), RuntimeFailure, "layer factors do not match the chain's layers");
+  for (size_t l = 0; l < layers.size(); ++l) {
+    LayerScoring s{layers[l].name, layers[l].d_in, layers[l].d_out, probe ? f[l].positions : 1, false};
+    ATTRACE_CHECK(!probe || (f[l].d_in == s.d_in && f[l].d_out == s.d_out), RuntimeFailure,
+                  "layer factors of '" + s.layer + "' do not match the layer's sizes");
+    s.factored = config.factored == Factoring::always || factored_pair_cost(s) < dense_pair_cost(s);
+    use.layers.push_back(s);
+    bias.push_back(layers[l].bias);
+  }
+  use.layout = layout_of(use.layers, model.dim());
+  ATTRACE_CHECK(!use.layout.factored.empty() || use.layout.dense == model.dim(), RuntimeFailure, "factored layout");
+}
+
 }  // namespace
+
+int64_t FeatureLayout::width() const {
+  int64_t w = dense;
+  for (const auto& f : factored) w += f.width();
+  return w;
+}
+
+bool FeatureLayout::operator==(const FeatureLayout& o) const {
+  if (dense != o.dense || factored.size() != o.factored.size()) return false;
+  for (size_t l = 0; l < factored.size(); ++l) {
+    const auto &a = factored[l], &b = o.factored[l];
+    if (a.d_in != b.d_in || a.d_out != b.d_out || a.positions != b.positions || a.offset != b.offset) return false;
+  }
+  return true;
+}
+
+int64_t dense_pair_cost(const LayerScoring& l) { return l.d_in * l.d_out; }
+int64_t factored_pair_cost(const LayerScoring& l) { return l.positions * l.positions * (l.d_in + l.d_out); }
 
 nlohmann::json checkpoint_use_json(const Config& config, const CheckpointUse& use) {
   nlohmann::json j = {{"gradient_path", to_string(use.path)}, {"gradient_dim", use.dim}, {"feature_dim", use.feature_dim}};
@@ -73,9 +168,64 @@ nlohmann::json checkpoint_use_json(const Config& config, const CheckpointUse& us
                         {"stream_in", l.stream_in}, {"stream_out", l.stream_out},
                         {"identity_in", l.k_in == l.d_in}, {"identity_out", l.k_out == l.d_out}});
     j["layers"] = layers;
+  } else {
+    nlohmann::json f = {{"setting", to_string(use.factoring)}, {"dense_columns", use.layout.dense}};
+    if (use.layers.empty()) {
+      f["note"] = use.factoring_note;
+    } else {
+      nlohmann::json layers = nlohmann::json::array();
+      for (const auto& l : use.layers)
+        layers.push_back({{"layer", l.layer}, {"d_in", l.d_in}, {"d_out", l.d_out}, {"positions", l.positions},
+                          {"scored", l.factored ? "factored" : "dense"}, {"pair_cost_dense", dense_pair_cost(l)},
+                          {"pair_cost_factored", factored_pair_cost(l)}});
+      f["layers"] = layers;
+    }
+    j["factoring"] = f;
   }
   j["parameters"] = use.parameters;
   return j;
+}
+
+CheckpointUse checkpoint_use_from_json(const nlohmann::json& j, const std::string& what) {
+  try {
+    CheckpointUse u;
+    const std::string path = j.at("gradient_path").get<std::string>();
+    u.path = path == "chain" ? GradPath::chain : GradPath::general;
+    u.dim = j.at("gradient_dim").get<int64_t>();
+    u.feature_dim = j.at("feature_dim").get<int64_t>();
+    u.parameters = j.at("parameters").get<std::vector<std::string>>();
+    if (j.contains("stream")) u.dense_stream = j.at("stream").get<uint32_t>();
+    if (j.contains("layers"))
+      for (const auto& l : j.at("layers"))
+        u.kronecker.push_back({l.at("layer").get<std::string>(), l.at("d_in").get<int64_t>(), l.at("d_out").get<int64_t>(),
+                               l.at("k_in").get<int64_t>(), l.at("k_out").get<int64_t>(), l.at("stream_in").get<uint32_t>(),
+                               l.at("stream_out").get<uint32_t>()});
+    u.layout.dense = u.feature_dim;
+    if (j.contains("factoring")) {
+      const auto& f = j.at("factoring");
+      const std::string setting = f.at("setting").get<std::string>();
+      u.factoring = setting == "never" ? Factoring::never : setting == "always" ? Factoring::always : Factoring::automatic;
+      if (f.contains("note")) u.factoring_note = f.at("note").get<std::string>();
+      if (f.contains("layers"))
+        for (const auto& l : f.at("layers")) {
+          const std::string scored = l.at("scored").get<std::string>();
+          ATTRACE_CHECK(scored == "factored" || scored == "dense", InputError, what + ": layer scored as '" + scored + "'");
+          u.layers.push_back({l.at("layer").get<std::string>(), l.at("d_in").get<int64_t>(), l.at("d_out").get<int64_t>(),
+                              l.at("positions").get<int64_t>(), scored == "factored"});
+          const auto& s = u.layers.back();
+          ATTRACE_CHECK(s.d_in > 0 && s.d_out > 0 && s.positions > 0, InputError, what + ": layer '" + s.layer + "' has a size <= 0");
+        }
+      u.layout = layout_of(u.layers, u.dim);
+      ATTRACE_CHECK(u.layout.dense == f.at("dense_columns").get<int64_t>(), InputError,
+                    what + ": factoring.dense_columns disagrees with the recorded layers");
+    }
+    ATTRACE_CHECK(u.layout.width() == u.feature_dim, InputError,
+                  what + ": the recorded layers make rows of " + std::to_string(u.layout.width()) + " columns, feature_dim is " +
+                      std::to_string(u.feature_dim));
+    return u;
+  } catch (const nlohmann::json::exception& e) {
+    throw InputError(what + ": checkpoint meta is not what attrace writes: " + e.what());
+  }
 }
 
 struct Featurizer::Impl {
@@ -88,6 +238,57 @@ struct Featurizer::Impl {
   connectors::FeatureDtype dtype = connectors::FeatureDtype::f32;
   std::vector<float> scratch;
   std::vector<double> scratch64;
+  std::vector<bool> bias;  // per chain layer: its x rows end in the bias column
+  std::vector<LayerFactors> factors;
+
+  // Exact rows in a factored layout: dense layers' gradients formed from their factors (weight
+  // d_out x (d_in - bias) row-major, then the bias, as the parameters are laid out; positions
+  // summed in ascending order in float32), factored layers' x and delta rows copied.
+  void factored_rows(const connectors::Dataset& ds, int64_t b0, int64_t b1, float* f) {
+    model->layer_factors(ds, b0, b1, factors);
+    ATTRACE_CHECK(factors.size() == use.layers.size(), RuntimeFailure, "layer factors do not match the planned layers");
+    for (size_t l = 0; l < factors.size(); ++l)
+      ATTRACE_CHECK(factors[l].positions == use.layers[l].positions && factors[l].d_in == use.layers[l].d_in &&
+                        factors[l].d_out == use.layers[l].d_out,
+                    InputError,
+                    "dataset '" + ds.path + "': layer '" + use.layers[l].layer + "' has " + std::to_string(factors[l].positions) +
+                        " positions per example here but " + std::to_string(use.layers[l].positions) +
+                        " where the layout was planned (inputs of another shape?)");
+    const int64_t rows = b1 - b0, w = use.layout.width();
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      float* row = f + r * w;
+      int64_t dense_at = 0;
+      size_t k = 0;  // factored layer index
+      for (size_t l = 0; l < factors.size(); ++l) {
+        const auto& fa = factors[l];
+        const int64_t t_n = fa.positions, d_in = fa.d_in, d_out = fa.d_out;
+        const float* x = fa.x.data() + r * t_n * d_in;
+        const float* d = fa.delta.data() + r * t_n * d_out;
+        if (use.layers[l].factored) {
+          const auto& fl = use.layout.factored[k++];
+          std::copy(x, x + t_n * d_in, row + fl.offset);
+          std::copy(d, d + t_n * d_out, row + fl.delta_offset());
+          continue;
+        }
+        const int64_t n_in = d_in - (bias[l] ? 1 : 0);
+        float* wg = row + dense_at;
+        for (int64_t o = 0; o < d_out; ++o) {
+          for (int64_t q = 0; q < n_in; ++q) {
+            float g = d[o] * x[q];
+            for (int64_t t = 1; t < t_n; ++t) g += d[t * d_out + o] * x[t * d_in + q];
+            wg[o * n_in + q] = g;
+          }
+          if (bias[l]) {
+            float g = d[o] * x[n_in];
+            for (int64_t t = 1; t < t_n; ++t) g += d[t * d_out + o] * x[t * d_in + n_in];
+            wg[d_out * n_in + o] = g;
+          }
+        }
+        dense_at += d_in * d_out;
+      }
+    }
+  }
 
   // Features sqrt(lr) P g of rows [b0, b1) into f ((b1-b0) x width).
   void project_rows(const connectors::Dataset& ds, int64_t b0, int64_t b1, float* f) {
@@ -139,8 +340,10 @@ Featurizer::Featurizer(const Config& config, const connectors::TrainingRun& run,
   m.model = std::make_unique<CheckpointModel>(ck.path, gs, backend);
   for (const auto* ds : datasets) m.model->prepare(*ds);
   m.pr = plan_projection(config, *m.model, index, ck.lr);
+  plan_factoring(config, *m.model, datasets, m.use, m.bias);
   m.use.dim = m.model->dim();
-  m.use.feature_dim = m.pr.kind == Projection::none ? m.model->dim() : m.pr.width;
+  m.use.feature_dim = m.pr.kind == Projection::none ? m.use.layout.width() : m.pr.width;
+  if (m.pr.kind != Projection::none) m.use.layout = FeatureLayout{m.pr.width, {}};
   m.use.path = m.model->path_in_use();
   m.use.chain_refusal = m.model->chain_refusal();
   m.use.parameters = m.model->parameter_names();
@@ -154,6 +357,7 @@ Featurizer& Featurizer::operator=(Featurizer&&) noexcept = default;
 
 const CheckpointUse& Featurizer::use() const { return impl_->use; }
 int64_t Featurizer::width() const { return impl_->use.feature_dim; }
+const FeatureLayout& Featurizer::layout() const { return impl_->use.layout; }
 double Featurizer::weight() const { return impl_->pr.kind == Projection::none ? impl_->lr : 1.0; }
 bool Featurizer::fp64() const { return impl_->dtype == connectors::FeatureDtype::f64; }
 
@@ -161,7 +365,9 @@ void Featurizer::features(const connectors::Dataset& ds, int64_t b0, int64_t b1,
   auto& m = *impl_;
   ATTRACE_CHECK(!fp64(), RuntimeFailure, "featurizer: float32 features requested for float64 gradients");
   if (b1 <= b0) return;
-  if (m.pr.kind == Projection::none) {
+  if (m.pr.kind == Projection::none && !m.use.layout.factored.empty()) {
+    m.factored_rows(ds, b0, b1, out);
+  } else if (m.pr.kind == Projection::none) {
     m.model->gradients(ds, b0, b1, out);
   } else {
     m.project_rows(ds, b0, b1, out);

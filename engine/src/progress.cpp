@@ -9,8 +9,9 @@ namespace attrace::engine {
 
 Progress::Progress(bool enabled) : enabled_(enabled), tty_(::isatty(STDERR_FILENO) == 1) {}
 
-void Progress::begin(const std::string& label, int64_t total) {
+void Progress::begin(const std::string& label, int64_t total, const std::string& stage) {
   label_ = label;
+  stage_ = stage.empty() ? label : stage;
   total_ = total;
   done_ = 0;
   start_ = last_ = std::chrono::steady_clock::now();
@@ -27,7 +28,32 @@ void Progress::advance(int64_t n) {
   }
 }
 
-void Progress::end() { draw(true); }
+void Progress::end() {
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  bool found = false;
+  for (auto& [name, total] : stages_)
+    if (name == stage_) {
+      total += secs;
+      found = true;
+    }
+  if (!found) stages_.emplace_back(stage_, secs);
+  draw(true);
+}
+
+void Progress::summary() const {
+  if (!enabled_ || stages_.empty()) return;
+  std::string line = "time by stage:";
+  double all = 0;
+  for (const auto& [name, secs] : stages_) all += secs;
+  char buf[160];
+  for (size_t k = 0; k < stages_.size(); ++k) {
+    std::snprintf(buf, sizeof buf, "%s %s %.2f s (%.0f%%)", k == 0 ? "" : ",", stages_[k].first.c_str(), stages_[k].second,
+                  all > 0 ? 100.0 * stages_[k].second / all : 0.0);
+    line += buf;
+  }
+  std::fprintf(stderr, "%s\n", line.c_str());
+  std::fflush(stderr);
+}
 
 void Progress::draw(bool final) {
   if (!enabled_) return;

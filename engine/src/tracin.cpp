@@ -29,8 +29,13 @@ void check_same_parameters(const std::vector<CheckpointUse>& uses, const Checkpo
 
 void log_checkpoint(const connectors::TrainingRun& run, size_t c, const CheckpointUse& u) {
   const auto& ck = run.checkpoints[c];
-  spdlog::info("checkpoint {}/{} '{}' (step {}, lr {}): {} gradient dims, {} path{}", c + 1, run.checkpoints.size(), ck.file,
-               ck.step, ck.lr, u.dim, to_string(u.path), u.chain_refusal.empty() ? "" : " (" + u.chain_refusal + ")");
+  size_t factored = 0;
+  for (const auto& l : u.layers) factored += l.factored ? 1 : 0;
+  const std::string layers =
+      factored == 0 ? "" : ", " + std::to_string(factored) + " of " + std::to_string(u.layers.size()) + " layers factored";
+  spdlog::info("checkpoint {}/{} '{}' (step {}, lr {}): {} gradient dims, {} feature columns{}, {} path{}", c + 1,
+               run.checkpoints.size(), ck.file, ck.step, ck.lr, u.dim, u.feature_dim, layers, to_string(u.path),
+               u.chain_refusal.empty() ? "" : " (" + u.chain_refusal + ")");
 }
 
 }  // namespace
@@ -45,8 +50,9 @@ MemoryFeatures featurize_in_memory(const Config& config, const connectors::Train
     check_same_parameters(local, fz.use(), run, c);
     log_checkpoint(run, c, fz.use());
     local.push_back(fz.use());
-    mem.add_checkpoint(fz.width(), fz.weight());
-    progress.begin("checkpoint " + std::to_string(c + 1) + "/" + std::to_string(run.checkpoints.size()) + " " + label, ds.size());
+    mem.add_checkpoint(fz.layout(), fz.weight());
+    progress.begin("checkpoint " + std::to_string(c + 1) + "/" + std::to_string(run.checkpoints.size()) + " " + label, ds.size(),
+                   label);
     fill(fz, ds, config.batch_size, mem, c, progress);
     progress.end();
   }
@@ -94,10 +100,10 @@ TracinResult compute_tracin(const Config& config, const connectors::TrainingRun&
     check_same_parameters(r.checkpoints, fz.use(), run, c);
     r.checkpoints.push_back(fz.use());
     log_checkpoint(run, c, fz.use());
-    tf.add_checkpoint(fz.width(), fz.weight());
-    qf.add_checkpoint(fz.width(), fz.weight());
+    tf.add_checkpoint(fz.layout(), fz.weight());
+    qf.add_checkpoint(fz.layout(), fz.weight());
     progress.begin("checkpoint " + std::to_string(c + 1) + "/" + std::to_string(run.checkpoints.size()) + " features",
-                   query.size() + train.size());
+                   query.size() + train.size(), "features");
     fill(fz, query, config.batch_size, qf, c, progress);
     fill(fz, train, config.batch_size, tf, c, progress);
     progress.end();

@@ -33,6 +33,9 @@ enum class Scoring { fma, canonical, blas };
 enum class Distribution { rademacher, gaussian };
 /// Storage type of features: auto = f32, or f64 for exact float64 gradients.
 enum class FeatureType { automatic, f32, f64, bf16, f16 };
+/// Whether exact features hold a layer's gradient or its factors (inputs and output gradients):
+/// auto = factors where they cost fewer operations per pair (docs/formats.md, "Factored features").
+enum class Factoring { automatic, never, always };
 
 /// All settings of `attrace attribute`. Paths are resolved relative to the config file.
 struct Config {
@@ -56,6 +59,7 @@ struct Config {
   // [features]
   FeatureType feature_dtype = FeatureType::automatic;  ///< storage type of features (store and memory)
   int64_t exact_limit = int64_t{64} << 30;  ///< largest exact (unprojected) feature set in bytes
+  Factoring factored = Factoring::automatic;  ///< exact features: layers as factors (auto | never | always)
   // [attribution]
   int64_t top_k = 10;
   Scoring scoring = Scoring::fma;  ///< fma (fixed-order fp32 FMA, the fast default) | canonical (fp64 check) | blas
@@ -97,5 +101,6 @@ std::string to_string(Device v);
 std::string to_string(Scoring v);
 std::string to_string(Distribution v);
 std::string to_string(FeatureType v);
+std::string to_string(Factoring v);
 
 }  // namespace attrace::engine

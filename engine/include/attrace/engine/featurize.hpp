@@ -4,6 +4,12 @@
 // features are sqrt(lr_c) P_c g_c(i) (dense or Kronecker per layer) with weight 1, so that in
 // both cases score(i, j) = sum_c weight_c <f_c(i), f_c(j)>. No file I/O here: the caller decides
 // whether features go to memory or to a feature store.
+//
+// Exact features may be factored (features.factored): a Linear (or conv) layer's per-example
+// gradient is sum_t delta_t (x) x_t over its T positions, so <g_i, g_j> for that layer is
+// sum_{t,s} <x_it, x_js> <delta_it, delta_js>, exactly. A factored layer keeps its x and delta
+// rows in the feature row instead of the d_out x d_in gradient; the scorer reads the row through
+// its FeatureLayout.
 #include <attrace/connectors/dataset.hpp>
 #include <attrace/connectors/run.hpp>
 #include <attrace/engine/config.hpp>
@@ -25,6 +31,43 @@ struct KroneckerUse {
   uint32_t stream_in = 0, stream_out = 0;
 };
 
+/// A layer kept as factors in a feature row: columns [offset, offset + positions * d_in) hold its
+/// input rows x_t (t ascending, a trailing 1 when the bias is selected), the next
+/// positions * d_out columns its output-gradient rows delta_t.
+struct FactoredLayer {
+  std::string layer;
+  int64_t d_in = 0, d_out = 0, positions = 1;
+  int64_t offset = 0;  ///< first column of x_0
+  /// First column of delta_0.
+  int64_t delta_offset() const { return offset + positions * d_in; }
+  /// Columns this layer takes in a row.
+  int64_t width() const { return positions * (d_in + d_out); }
+};
+
+/// How a feature row is scored: columns [0, dense) by one dot product, then each factored layer
+/// in chain order. A plain gradient row has dense = width and no factored layer.
+struct FeatureLayout {
+  int64_t dense = 0;
+  std::vector<FactoredLayer> factored;
+  /// Columns of a row.
+  int64_t width() const;
+  /// True when two layouts score the same way (same dense width, same layers and sizes).
+  bool operator==(const FeatureLayout& o) const;
+  bool operator!=(const FeatureLayout& o) const { return !(*this == o); }
+};
+
+/// One layer's scoring choice for exact features (recorded in stores and manifests).
+struct LayerScoring {
+  std::string layer;
+  int64_t d_in = 0, d_out = 0, positions = 1;
+  bool factored = false;
+};
+
+/// Multiply-adds per scored pair for one layer kept dense (d_in * d_out) and factored
+/// (T^2 (d_in + d_out)); auto factors a layer when the second is smaller.
+int64_t dense_pair_cost(const LayerScoring& l);
+int64_t factored_pair_cost(const LayerScoring& l);
+
 /// What was used at one checkpoint (for stores and manifests).
 struct CheckpointUse {
   int64_t dim = 0;                       ///< gradient dimension
@@ -34,10 +77,18 @@ struct CheckpointUse {
   std::vector<std::string> parameters;  ///< selected parameter names
   uint32_t dense_stream = 0;             ///< projection stream (dense)
   std::vector<KroneckerUse> kronecker;   ///< per layer (kronecker)
+  Factoring factoring = Factoring::automatic;  ///< features.factored in force (exact features)
+  std::vector<LayerScoring> layers;      ///< exact features on the chain path: each layer's choice
+  std::string factoring_note;            ///< exact features: why no layer could be factored
+  FeatureLayout layout;                  ///< how a feature row is scored (dense unless factored)
 };
 
 /// How one checkpoint's features were made, as canonical-ready JSON (stores, manifests).
 nlohmann::json checkpoint_use_json(const Config& config, const CheckpointUse& use);
+
+/// The inverse of checkpoint_use_json (a store's checkpoint meta); the layout is rebuilt from the
+/// recorded layer choices. InputError naming `what` when the JSON is not what attrace writes.
+CheckpointUse checkpoint_use_from_json(const nlohmann::json& j, const std::string& what);
 
 /// Features of one checkpoint of a training run.
 class Featurizer {
@@ -54,6 +105,8 @@ class Featurizer {
   const CheckpointUse& use() const;
   /// Features per example.
   int64_t width() const;
+  /// How a row is laid out and scored.
+  const FeatureLayout& layout() const;
   /// Scoring weight of this checkpoint (lr for exact features, 1 for projected ones).
   double weight() const;
   /// True when features are float64 (exact fp64 gradients).

@@ -4,6 +4,8 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace attrace::engine {
 
@@ -11,18 +13,25 @@ namespace attrace::engine {
 class Progress {
  public:
   explicit Progress(bool enabled);
-  /// Starts a step of `total` units named `label`.
-  void begin(const std::string& label, int64_t total);
+  /// Starts a step of `total` units named `label`; its time counts towards `stage` in summary()
+  /// (the label when empty).
+  void begin(const std::string& label, int64_t total, const std::string& stage = "");
   /// Records `n` more units done; redraws at most a few times per second.
   void advance(int64_t n);
   /// Finishes the current step with a final line.
   void end();
+  /// Prints one line with the wall time of each stage so far, stages in first-seen order, so a
+  /// user sees where the time went (e.g. features vs scoring).
+  void summary() const;
+  /// Seconds per stage so far, in first-seen order.
+  const std::vector<std::pair<std::string, double>>& stage_seconds() const { return stages_; }
 
  private:
   void draw(bool final);
   bool enabled_;
   bool tty_;
-  std::string label_;
+  std::string label_, stage_;
+  std::vector<std::pair<std::string, double>> stages_;
   int64_t total_ = 0, done_ = 0;
   std::chrono::steady_clock::time_point start_, last_;
 };

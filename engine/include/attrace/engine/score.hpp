@@ -9,8 +9,16 @@
 //   - top-k proponents/opponents per query, merged under the total order (score, then row);
 //   - optionally the full score matrix.
 // Tile sizes follow the memory limit; no result depends on them (tested).
+//
+// A checkpoint's rows are scored through their FeatureLayout: the dense columns by one dot
+// product, then each factored layer l in chain order by
+//   sum over t ascending, s ascending of <x_it, x_js> <delta_it, delta_js>
+// (each dot product by the scoring kernel, the products and the sum in float64), so that
+// score(i, j) += weight_c * dense_dot, then += weight_c * layer_l for each l: a pure function of
+// the two rows. Self-influence takes the same path with j = i, so it equals score(i, i).
 #include <attrace/connectors/feature_store.hpp>
 #include <attrace/engine/config.hpp>
+#include <attrace/engine/featurize.hpp>
 #include <attrace/engine/progress.hpp>
 #include <attrace/kernels/backend.hpp>
 
@@ -37,6 +45,8 @@ class FeatureSource {
   /// Rows [b0, b1) of checkpoint c, row-major.
   virtual void read(size_t c, int64_t b0, int64_t b1, float* out) const = 0;
   virtual void read(size_t c, int64_t b0, int64_t b1, double* out) const = 0;
+  /// How rows of checkpoint c are laid out (plain gradients or projections: all dense).
+  virtual FeatureLayout layout(size_t c) const { return FeatureLayout{width(c), {}}; }
   /// Bytes per element.
   int64_t element_bytes() const { return fp64() ? 8 : 4; }
 };
@@ -45,8 +55,10 @@ class FeatureSource {
 class MemoryFeatures final : public FeatureSource {
  public:
   MemoryFeatures(int64_t rows, bool fp64) : rows_(rows), fp64_(fp64) {}
-  /// Adds checkpoint storage of `width` columns and returns its index.
+  /// Adds checkpoint storage of `width` dense columns and returns its index.
   size_t add_checkpoint(int64_t width, double weight);
+  /// Adds checkpoint storage of rows laid out as `layout` and returns its index.
+  size_t add_checkpoint(const FeatureLayout& layout, double weight);
   float* f32(size_t c) { return f32_[c].data(); }
   double* f64(size_t c) { return f64_[c].data(); }
 
@@ -57,11 +69,13 @@ class MemoryFeatures final : public FeatureSource {
   bool fp64() const override { return fp64_; }
   void read(size_t c, int64_t b0, int64_t b1, float* out) const override;
   void read(size_t c, int64_t b0, int64_t b1, double* out) const override;
+  FeatureLayout layout(size_t c) const override { return layouts_[c]; }
 
  private:
   int64_t rows_;
   bool fp64_;
   std::vector<int64_t> widths_;
+  std::vector<FeatureLayout> layouts_;
   std::vector<double> weights_;
   std::vector<std::vector<float>> f32_;
   std::vector<std::vector<double>> f64_;
@@ -70,7 +84,9 @@ class MemoryFeatures final : public FeatureSource {
 /// Features read from a complete feature store.
 class StoreFeatures final : public FeatureSource {
  public:
-  explicit StoreFeatures(const connectors::FeatureStoreReader& store) : store_(store) {}
+  /// Reads each checkpoint's layout from its meta. InputError naming the store and checkpoint
+  /// when the meta cannot be read or its layout does not match the stored width.
+  explicit StoreFeatures(const connectors::FeatureStoreReader& store);
   int64_t rows() const override { return store_.layout().rows; }
   size_t checkpoints() const override { return store_.layout().checkpoints.size(); }
   int64_t width(size_t c) const override { return store_.layout().checkpoints[c].width; }
@@ -78,9 +94,11 @@ class StoreFeatures final : public FeatureSource {
   bool fp64() const override { return store_.layout().dtype == connectors::FeatureDtype::f64; }
   void read(size_t c, int64_t b0, int64_t b1, float* out) const override { store_.read(c, b0, b1, out); }
   void read(size_t c, int64_t b0, int64_t b1, double* out) const override { store_.read(c, b0, b1, out); }
+  FeatureLayout layout(size_t c) const override { return layouts_[c]; }
 
  private:
   const connectors::FeatureStoreReader& store_;
+  std::vector<FeatureLayout> layouts_;
 };
 
 /// Settings of the scoring stage (a stage takes what it needs, not the whole Config).
