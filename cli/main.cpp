@@ -15,6 +15,7 @@
 
 #include <cstdio>
 #include <iostream>
+#include <string>
 
 namespace {
 
@@ -23,6 +24,24 @@ void setup_logging(bool quiet) {
   logger->set_pattern("%^[%l]%$ %v");
   spdlog::set_default_logger(logger);
   spdlog::set_level(quiet ? spdlog::level::warn : spdlog::level::info);
+}
+
+// An integer option's check: CLI11's own range checks print their bound as a 309-digit number.
+CLI::Validator integer_at_least(long long lowest) {
+  return CLI::Validator(
+      [lowest](std::string& text) -> std::string {
+        long long v = 0;
+        size_t used = 0;
+        try {
+          v = std::stoll(text, &used);
+        } catch (const std::exception&) {
+          used = 0;
+        }
+        if (used == 0 || used != text.size() || v < lowest)
+          return "must be an integer >= " + std::to_string(lowest) + ", got '" + text + "'";
+        return "";
+      },
+      "INT>=" + std::to_string(lowest));
 }
 
 void print_vector(const attrace::engine::RunSummary& s) {
@@ -57,13 +76,13 @@ int main(int argc, char** argv) {
   attr->add_option("--loss", loss, "Overrides gradients.loss")->check(CLI::IsMember({"cross_entropy", "mse"}));
   attr->add_option("--path", path, "Overrides gradients.path")->check(CLI::IsMember({"auto", "chain", "general"}));
   attr->add_option("--device", device, "Overrides gradients.device")->check(CLI::IsMember({"cpu", "cuda", "auto"}));
-  attr->add_option("--batch-size", batch_size, "Overrides gradients.batch_size")->check(CLI::PositiveNumber);
-  attr->add_option("--top-k", top_k, "Overrides attribution.top_k")->check(CLI::NonNegativeNumber);
+  attr->add_option("--batch-size", batch_size, "Overrides gradients.batch_size")->check(integer_at_least(1));
+  attr->add_option("--top-k", top_k, "Overrides attribution.top_k")->check(integer_at_least(0));
   attr->add_option("--scores", scores, "Overrides output.scores")->check(CLI::IsMember({"auto", "always", "never"}));
   std::string projection;
   long long proj_k = 0;
   attr->add_option("--projection", projection, "Overrides projection.kind")->check(CLI::IsMember({"none", "dense", "kronecker"}));
-  attr->add_option("--k", proj_k, "Overrides projection.k")->check(CLI::PositiveNumber);
+  attr->add_option("--k", proj_k, "Overrides projection.k")->check(integer_at_least(1));
   attr->add_option("--set", sets, "Overrides any setting: section.key=value (TOML value), repeatable");
   attr->add_flag("-q,--quiet", quiet, "No progress or info messages on stderr");
   std::string memory_limit;
@@ -116,6 +135,7 @@ int main(int argc, char** argv) {
   csv->add_option("--tranche-column", co.tranche_column, "Column holding the tranche id")->capture_default_str();
   csv->add_option("--id-column", co.id_column, "Column holding the example id (row number if absent)")->capture_default_str();
   csv->add_flag("--regression", co.regression, "Float regression targets instead of integer class labels");
+  csv->add_flag("--force", co.replace, "Replace OUT.h5 if it exists (otherwise an existing file is refused)");
 
   auto* ledger = attrace::cli::add_ledger_commands(app);
 

@@ -79,3 +79,38 @@ inline std::string read_text(const std::string& path) {
 }
 
 }  // namespace attrace::test
+
+#include <sys/wait.h>
+
+#include <cstdio>
+
+namespace attrace::test {
+
+/// Exit code and combined stdout+stderr of a shell command.
+struct CommandResult {
+  int code = -1;    ///< exit status; -1 when killed by a signal
+  std::string out;  ///< stdout and stderr together
+};
+
+/// Runs `command` through the shell (stderr joined to stdout).
+inline CommandResult run_shell(const std::string& command) {
+  CommandResult r;
+  FILE* p = ::popen((command + " 2>&1").c_str(), "r");
+  if (!p) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  const int status = ::pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+/// Runs the attrace binary under test with `args` (a shell-quoted argument string).
+inline CommandResult run_attrace(const std::string& args) {
+  const std::string bin = attrace_bin();
+  EXPECT_FALSE(bin.empty()) << "attrace binary unknown (set ATTRACE_BIN)";
+  if (bin.empty()) return {};
+  return run_shell(bin + " " + args);
+}
+
+}  // namespace attrace::test

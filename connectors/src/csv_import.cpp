@@ -1,9 +1,11 @@
 #include <attrace/connectors/csv_import.hpp>
 #include <attrace/connectors/dataset.hpp>
+#include <attrace/connectors/fs.hpp>
 #include <attrace/error.hpp>
 
 #include <charconv>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <map>
 
@@ -47,6 +49,7 @@ struct CsvTable {
 };
 
 CsvTable read_csv(const std::string& path) {
+  require_regular_file(path);
   std::ifstream in(path);
   ATTRACE_CHECK(in.good(), InputError, path + ": cannot open file (missing or unreadable)");
   CsvTable t;
@@ -94,6 +97,12 @@ T parse_number(const std::string& s, const std::string& where) {
 }  // namespace
 
 long long import_csv(const CsvImportOptions& o) {
+  std::error_code ec;
+  // Refused before reading anything; write_dataset checks again when it moves the file in place.
+  ATTRACE_CHECK(o.replace || !std::filesystem::exists(std::filesystem::symlink_status(o.output_h5, ec)), InputError,
+                o.output_h5 + ": already exists; not replacing it (use --force to replace a dataset)");
+  ATTRACE_CHECK(!std::filesystem::is_directory(o.output_h5, ec), InputError,
+                o.output_h5 + ": is a directory; give the dataset file to write");
   const CsvTable ex = read_csv(o.examples_csv);
   Dataset ds;
   const int target_col = find_column(ex, o.target_column);
@@ -127,6 +136,9 @@ long long import_csv(const CsvImportOptions& o) {
       Tranche t{row[static_cast<size_t>(c_id)], row[static_cast<size_t>(c_acc)],
                 c_name >= 0 ? row[static_cast<size_t>(c_name)] : "",
                 c_lic >= 0 ? row[static_cast<size_t>(c_lic)] : ""};
+      for (const std::string* field : {&t.id, &t.account, &t.name, &t.license})
+        ATTRACE_CHECK(first_invalid_utf8(*field) == std::string::npos, InputError,
+                      o.tranches_csv + ":" + std::to_string(tt.line_no[r]) + ": a field is not valid UTF-8");
       ATTRACE_CHECK(tranche_index.emplace(t.id, static_cast<int64_t>(ds.tranches.size())).second, InputError,
                     o.tranches_csv + ":" + std::to_string(tt.line_no[r]) + ": tranche id '" + t.id + "' appears twice");
       ds.tranches.push_back(std::move(t));
@@ -149,6 +161,8 @@ long long import_csv(const CsvImportOptions& o) {
     else
       ds.class_targets.push_back(parse_number<int64_t>(tv, at + " column '" + o.target_column + "'"));
     ds.ids.push_back(id_col >= 0 ? row[static_cast<size_t>(id_col)] : std::to_string(r));
+    ATTRACE_CHECK(first_invalid_utf8(ds.ids.back()) == std::string::npos, InputError,
+                  at + " column '" + o.id_column + "': the example id is not valid UTF-8");
     if (with_tranches) {
       const std::string& tid = row[static_cast<size_t>(tranche_col)];
       auto it = tranche_index.find(tid);
@@ -157,7 +171,7 @@ long long import_csv(const CsvImportOptions& o) {
       ds.tranche.push_back(it->second);
     }
   }
-  write_dataset(o.output_h5, ds);
+  write_dataset(o.output_h5, ds, o.replace);
   return n;
 }
 

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <unordered_map>
 
@@ -39,7 +40,64 @@ bool is_evm_address(const std::string& s) {
   return true;
 }
 
+size_t first_invalid_utf8(std::string_view s) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const size_t n = s.size();
+  size_t i = 0;
+  while (i < n) {
+    const unsigned c = p[i];
+    size_t len = 0;
+    unsigned lo = 0x80, hi = 0xBF;  // allowed range of the second byte
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if (c >= 0xC2 && c <= 0xDF) {
+      len = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      len = 3;
+      if (c == 0xE0) lo = 0xA0;       // overlong
+      if (c == 0xED) hi = 0x9F;       // UTF-16 surrogates
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      len = 4;
+      if (c == 0xF0) lo = 0x90;       // overlong
+      if (c == 0xF4) hi = 0x8F;       // above U+10FFFF
+    } else {
+      return i;
+    }
+    if (i + len > n) return i;
+    if (p[i + 1] < lo || p[i + 1] > hi) return i;
+    for (size_t k = 2; k < len; ++k)
+      if (p[i + k] < 0x80 || p[i + k] > 0xBF) return i;
+    i += len;
+  }
+  return std::string_view::npos;
+}
+
 namespace {
+// The text of a string field for a message: printable ASCII as is, every other byte as \xHH (the
+// string may be the invalid UTF-8 being reported).
+std::string escaped(std::string_view s) {
+  std::string r;
+  for (const unsigned char c : s.substr(0, 80)) {
+    if (c >= 0x20 && c < 0x7F) {
+      r.push_back(static_cast<char>(c));
+    } else {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02X", c);
+      r += buf;
+    }
+  }
+  return s.size() > 80 ? r + "..." : r;
+}
+
+// InputError unless `s` is valid UTF-8; `field` names where it was read.
+void check_utf8(std::string_view s, const std::string& field) {
+  const size_t bad = first_invalid_utf8(s);
+  ATTRACE_CHECK(bad == std::string_view::npos, InputError,
+                field + " is not valid UTF-8 (byte " + std::to_string(bad) + " of '" + escaped(s) +
+                    "'); ids and tranche fields must be UTF-8 text");
+}
+
 std::string shape_str(const std::vector<int64_t>& s) {
   std::string r = "[";
   for (size_t i = 0; i < s.size(); ++i) r += (i ? "," : "") + std::to_string(s[i]);
@@ -64,6 +122,7 @@ void validate_dataset(const Dataset& ds, bool require_tranches, const std::strin
   for (int64_t i = 0; i < n; ++i) {
     const auto& id = ds.ids[static_cast<size_t>(i)];
     ATTRACE_CHECK(!id.empty(), InputError, what + ": /ids row " + std::to_string(i) + " is empty");
+    check_utf8(id, what + ": /ids row " + std::to_string(i));
     auto [it, fresh] = seen.emplace(id, i);
     ATTRACE_CHECK(fresh, InputError,
                   what + ": /ids: example id '" + id + "' appears twice (rows " +
@@ -106,7 +165,10 @@ void validate_dataset(const Dataset& ds, bool require_tranches, const std::strin
   std::unordered_map<std::string, size_t> tranche_ids;
   for (size_t k = 0; k < ds.tranches.size(); ++k) {
     const Tranche& tr = ds.tranches[k];
-    ATTRACE_CHECK(!tr.id.empty(), InputError, what + ": /tranches/id row " + std::to_string(k) + " is empty");
+    check_utf8(tr.id, what + ": /tranches/id row " + std::to_string(k));
+    check_utf8(tr.account, what + ": /tranches/account row " + std::to_string(k));
+    check_utf8(tr.name, what + ": /tranches/name row " + std::to_string(k));
+    check_utf8(tr.license, what + ": /tranches/license row " + std::to_string(k));    ATTRACE_CHECK(!tr.id.empty(), InputError, what + ": /tranches/id row " + std::to_string(k) + " is empty");
     ATTRACE_CHECK(tranche_ids.emplace(tr.id, k).second, InputError,
                   what + ": /tranches/id: tranche id '" + tr.id + "' appears twice");
     ATTRACE_CHECK(is_evm_address(tr.account), InputError,
@@ -188,7 +250,10 @@ Dataset read_dataset(const std::string& path, bool require_tranches) {
   return ds;
 }
 
-void write_dataset(const std::string& path, const Dataset& ds) {
+void write_dataset(const std::string& path, const Dataset& ds, bool replace) {
+  std::error_code exists_ec;
+  ATTRACE_CHECK(replace || !std::filesystem::exists(std::filesystem::symlink_status(path, exists_ec)), InputError,
+                path + ": already exists; not replacing it (use --force to replace a dataset)");
   validate_dataset(ds, !ds.tranches.empty(), path);
   const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
   try {
@@ -224,10 +289,23 @@ void write_dataset(const std::string& path, const Dataset& ds) {
     std::filesystem::remove(tmp, ec);
     throw;
   }
-  fsync_path(tmp);
   std::error_code ec;
+  try {
+    fsync_path(tmp);
+    if (!replace) {
+      rename_no_replace(tmp, path);
+      return;
+    }
+  } catch (...) {
+    std::filesystem::remove(tmp, ec);
+    throw;
+  }
   std::filesystem::rename(tmp, path, ec);
-  ATTRACE_CHECK(!ec, RuntimeFailure, path + ": cannot move into place: " + ec.message());
+  if (ec) {
+    const std::string why = ec.message();
+    std::filesystem::remove(tmp, ec);
+    throw RuntimeFailure(path + ": cannot move into place: " + why);
+  }
 }
 
 }  // namespace attrace::connectors

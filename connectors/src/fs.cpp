@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <stdio.h>  // renameat2, RENAME_EXCHANGE (glibc >= 2.28)
 #include <unistd.h>
 
@@ -45,6 +46,26 @@ void write_file_atomic(const std::string& path, std::string_view bytes) {
     fs::remove(tmp, ec);
     throw RuntimeFailure(path + ": cannot move into place: " + ec.message());
   }
+}
+
+void require_regular_file(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0)
+    throw InputError(path + ": cannot open file (missing or unreadable)");
+  if (S_ISREG(st.st_mode)) return;
+  const char* kind = S_ISDIR(st.st_mode)    ? "a directory"
+                     : S_ISFIFO(st.st_mode) ? "a FIFO (named pipe)"
+                     : S_ISSOCK(st.st_mode) ? "a socket"
+                     : S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "a device"
+                                                                   : "a special file";
+  throw InputError(path + ": is " + std::string(kind) + ", not a regular file");
+}
+
+void rename_no_replace(const std::string& from, const std::string& to) {
+  if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE) == 0) return;
+  const int err = errno;
+  ATTRACE_CHECK(err != EEXIST, InputError, to + ": already exists; not replacing it");
+  throw RuntimeFailure(to + ": cannot move into place: " + std::strerror(err));
 }
 
 namespace {

@@ -1,5 +1,7 @@
 #include "h5.hpp"
 
+#include <attrace/connectors/fs.hpp>
+
 #include <fstream>
 #include <memory>
 
@@ -9,6 +11,7 @@ void quiet_errors() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
 
 Handle open_file_ro(const std::string& path) {
   quiet_errors();
+  connectors::require_regular_file(path);  // H5Fis_hdf5 on a FIFO would block
   {
     std::ifstream probe(path, std::ios::binary);
     ATTRACE_CHECK(probe.good(), InputError, path + ": cannot open file (missing or unreadable)");

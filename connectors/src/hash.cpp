@@ -1,4 +1,5 @@
 #include <attrace/connectors/dataset.hpp>
+#include <attrace/connectors/fs.hpp>
 #include <attrace/connectors/hash.hpp>
 #include <attrace/error.hpp>
 
@@ -54,6 +55,7 @@ class Sha256 {
 }  // namespace
 
 std::string sha256_file(const std::string& path) {
+  require_regular_file(path);
   std::ifstream in(path, std::ios::binary);
   ATTRACE_CHECK(in.good(), InputError, path + ": cannot open file (missing or unreadable)");
   Sha256 h;

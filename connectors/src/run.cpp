@@ -38,7 +38,7 @@ TrainingRun read_run_file(const std::string& path) {
                   where + " ('" + c.file + "'): field 'lr' (number) is missing");
     c.lr = (*t)["lr"].value<double>().value();
     ATTRACE_CHECK(std::isfinite(c.lr) && c.lr >= 0, InputError,
-                  where + " ('" + c.file + "'): lr must be finite and >= 0, got " + std::to_string(c.lr));
+                  where + " ('" + c.file + "'): lr must be finite and >= 0, got " + readable_number(c.lr));
     if (!run.checkpoints.empty())
       ATTRACE_CHECK(c.step > run.checkpoints.back().step, InputError,
                     where + " ('" + c.file + "'): steps must increase (" + std::to_string(c.step) +

@@ -1,9 +1,11 @@
 #include <attrace/connectors/toml_util.hpp>
 #include <attrace/engine/config.hpp>
+#include <attrace/engine/score.hpp>
 #include <attrace/error.hpp>
 
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <set>
 
@@ -100,24 +102,49 @@ toml::table parse_override(const std::string& text) {
   }
 }
 
+// Records every key (and each enclosing table) of an override as set by `option`.
+void note_origins(const toml::table& t, const std::string& prefix, const std::string& option,
+                  std::map<std::string, std::string>& origins) {
+  for (auto&& [k, v] : t) {
+    const std::string key = prefix + std::string(k.str());
+    origins[key] = option;
+    if (const toml::table* sub = v.as_table()) note_origins(*sub, key + ".", option, origins);
+  }
+}
+
+// Who set each key given on the command line: "sec.key" (and "sec") -> "--set 'TEXT'". Errors
+// about such a key blame that option, not the config file.
+using Origins = std::map<std::string, std::string>;
+
+// The place to blame for `key` ("section.key" or a section): its --set option or the file.
+std::string blame(const Origins* origins, const std::string& file, const std::string& key) {
+  if (origins) {
+    const auto it = origins->find(key);
+    if (it != origins->end()) return it->second;
+  }
+  return file;
+}
+
 class Reader {
  public:
-  Reader(const toml::table& doc, std::string file) : doc_(doc), file_(std::move(file)) {}
+  Reader(const toml::table& doc, std::string file, const Origins* origins = nullptr)
+      : doc_(doc), file_(std::move(file)), origins_(origins) {}
 
   const toml::table* section(const std::string& name, const std::set<std::string>& keys) {
     const toml::node* n = doc_.get(name);
     if (!n) return nullptr;
     const toml::table* t = n->as_table();
-    ATTRACE_CHECK(t, InputError, file_ + ": [" + name + "] must be a table");
+    ATTRACE_CHECK(t, InputError, blame(origins_, file_, name) + ": [" + name + "] must be a table");
     for (auto&& [k, v] : *t) {
       (void)v;
+      const std::string key = name + "." + std::string(k.str());
       ATTRACE_CHECK(keys.count(std::string(k.str())), InputError,
-                    file_ + ": unknown setting '" + name + "." + std::string(k.str()) + "'");
+                    blame(origins_, file_, key) + ": unknown setting '" + key + "'");
     }
     return t;
   }
   std::string where(const std::string& sec, const std::string& key) const {
-    return file_ + ": " + sec + "." + key;
+    return blame(origins_, file_, sec + "." + key) + ": " + sec + "." + key;
   }
   template <class T>
   void get(const toml::table* t, const std::string& sec, const std::string& key, T& out) {
@@ -148,6 +175,7 @@ class Reader {
  private:
   const toml::table& doc_;
   std::string file_;
+  const Origins* origins_;
 };
 
 // "8GiB", "512MiB", "2G", "1000000" or an integer: bytes. 0 or "auto": the default.
@@ -181,15 +209,15 @@ std::string resolve(const std::string& base, const std::string& p) {
 
 namespace {
 
-Config config_from_table(const toml::table& doc, const std::string& path) {
+Config config_from_table(const toml::table& doc, const std::string& path, const Origins* origins = nullptr) {
   for (auto&& [k, v] : doc) {
     (void)v;
     static const std::set<std::string> sections = {"run", "data", "gradients", "projection", "features", "attribution", "output"};
     ATTRACE_CHECK(sections.count(std::string(k.str())), InputError,
-                  path + ": unknown section or key '" + std::string(k.str()) +
+                  blame(origins, path, std::string(k.str())) + ": unknown section or key '" + std::string(k.str()) +
                       "' (sections: run, data, gradients, projection, features, attribution, output)");
   }
-  Reader r(doc, path);
+  Reader r(doc, path, origins);
   Config c;
   c.config_file = path;
   const auto* run = r.section("run", {"checkpoints"});
@@ -337,15 +365,69 @@ toml::table table_from_json(const nlohmann::json& j, const std::string& what) {
 
 }  // namespace
 
+namespace {
+
+// Every rule over the settings; at("section.key") is the place to blame, then the key.
+void check_settings(const Config& c, const std::function<std::string(const std::string&)>& at) {
+  ATTRACE_CHECK(!c.run_file.empty(), InputError, at("run.checkpoints") + " (the run file) is not set");
+  ATTRACE_CHECK(!c.train_file.empty(), InputError, at("data.train") + " is not set");
+  ATTRACE_CHECK(!c.query_file.empty(), InputError, at("data.query") + " is not set");
+  ATTRACE_CHECK(!c.parameters.empty(), InputError, at("gradients.parameters") + " is empty");
+  ATTRACE_CHECK(c.batch_size > 0, InputError,
+                at("gradients.batch_size") + " must be > 0, got " + std::to_string(c.batch_size));
+  ATTRACE_CHECK(c.top_k >= 0, InputError, at("attribution.top_k") + " must be >= 0, got " + std::to_string(c.top_k));
+  const std::string gm = kernels::to_string(c.gemm_math);
+  ATTRACE_CHECK(c.gemm_math == kernels::GemmMath::ieee || c.scoring == Scoring::blas, InputError,
+                at("attribution.gemm_math") + " = '" + gm + "' needs attribution.scoring = \"blas\"");
+  ATTRACE_CHECK(c.gemm_math == kernels::GemmMath::ieee || feature_dtype_of(c) != connectors::FeatureDtype::f64, InputError,
+                at("attribution.gemm_math") + " = '" + gm + "' needs float32 features (gradients.precision = \"fp32\" or a projection)");
+  ATTRACE_CHECK(c.feature_dtype == FeatureType::automatic || c.feature_dtype == FeatureType::f64 ||
+                    c.precision == Precision::fp32 || c.projection != Projection::none,
+                InputError, at("features.dtype") + " = '" + to_string(c.feature_dtype) + "' with gradients.precision = \"fp64\" and no projection: exact float64 gradients are stored as f64");
+  ATTRACE_CHECK(c.feature_dtype != FeatureType::f64 || (c.precision == Precision::fp64 && c.projection == Projection::none),
+                InputError, at("features.dtype") + " = 'f64' needs exact float64 gradients (gradients.precision = \"fp64\", projection.kind = \"none\")");
+  ATTRACE_CHECK(c.factored != Factoring::always || (c.projection == Projection::none && c.precision == Precision::fp32),
+                InputError, at("features.factored") + " = \"always\" needs exact float32 features (projection.kind = \"none\", " +
+                                "gradients.precision = \"fp32\"); layer factors are float32 and projections have their own");
+  ATTRACE_CHECK(c.memory_limit >= 0, InputError, at("attribution.memory_limit") + " must be >= 0");
+  ATTRACE_CHECK(c.duplicate_threshold > 0 && c.duplicate_threshold <= 1, InputError,
+                at("attribution.duplicate_threshold") + " must be in (0, 1], got " +
+                    connectors::readable_number(c.duplicate_threshold));
+  ATTRACE_CHECK(std::isfinite(c.tolerance) && c.tolerance >= 0, InputError,
+                at("attribution.tolerance") + " must be finite and >= 0, got " +
+                    connectors::readable_number(c.tolerance));
+  ATTRACE_CHECK(c.projection_k >= 1 && c.projection_k <= (int64_t{1} << 31), InputError,
+                at("projection.k") + " must be in [1, 2^31], got " + std::to_string(c.projection_k));
+  if (c.projection != Projection::none) {
+    // A batch's projected features alone take batch_size x k floats; refuse sizes this machine
+    // cannot hold before anything is allocated (std::bad_alloc is no message).
+    const double batch_bytes = static_cast<double>(c.batch_size) * static_cast<double>(c.projection_k) * 4.0;
+    const int64_t phys = physical_memory();
+    ATTRACE_CHECK(phys <= 0 || batch_bytes <= static_cast<double>(phys), InputError,
+                  at("projection.k") + " = " + std::to_string(c.projection_k) + ": one batch of " +
+                      std::to_string(c.batch_size) + " examples' projected features needs at least " + gib(batch_bytes) +
+                      " (batch_size x k x 4 bytes), more than this machine's memory (" +
+                      gib(static_cast<double>(phys)) + "); lower projection.k (or gradients.batch_size)");
+  }
+  ATTRACE_CHECK(c.scores_max_entries >= 0, InputError, at("output.scores_max_entries") + " must be >= 0");
+}
+
+}  // namespace
+
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
   toml::table doc = connectors::parse_toml_file(path);
-  for (const auto& o : overrides) merge(doc, parse_override(o));
-  Config c = config_from_table(doc, path);
+  Origins origins;
+  for (const auto& o : overrides) {
+    const toml::table t = parse_override(o);
+    note_origins(t, "", "--set '" + o + "'", origins);
+    merge(doc, t);
+  }
+  Config c = config_from_table(doc, path, &origins);
   const std::string base = std::filesystem::path(path).parent_path().string();
   c.run_file = resolve(base, c.run_file);
   c.train_file = resolve(base, c.train_file);
   c.query_file = resolve(base, c.query_file);
-  validate(c);
+  check_settings(c, [&](const std::string& key) { return blame(&origins, path, key) + ": " + key; });
   return c;
 }
 
@@ -358,34 +440,7 @@ Config config_from_json(const nlohmann::json& settings, const std::string& what)
 
 void validate(const Config& c) {
   const std::string f = c.config_file.empty() ? "config" : c.config_file;
-  ATTRACE_CHECK(!c.run_file.empty(), InputError, f + ": run.checkpoints (the run file) is not set");
-  ATTRACE_CHECK(!c.train_file.empty(), InputError, f + ": data.train is not set");
-  ATTRACE_CHECK(!c.query_file.empty(), InputError, f + ": data.query is not set");
-  ATTRACE_CHECK(!c.parameters.empty(), InputError, f + ": gradients.parameters is empty");
-  ATTRACE_CHECK(c.batch_size > 0, InputError,
-                f + ": gradients.batch_size must be > 0, got " + std::to_string(c.batch_size));
-  ATTRACE_CHECK(c.top_k >= 0, InputError, f + ": attribution.top_k must be >= 0, got " + std::to_string(c.top_k));
-  const std::string gm = kernels::to_string(c.gemm_math);
-  ATTRACE_CHECK(c.gemm_math == kernels::GemmMath::ieee || c.scoring == Scoring::blas, InputError,
-                f + ": attribution.gemm_math = '" + gm + "' needs attribution.scoring = \"blas\"");
-  ATTRACE_CHECK(c.gemm_math == kernels::GemmMath::ieee || feature_dtype_of(c) != connectors::FeatureDtype::f64, InputError,
-                f + ": attribution.gemm_math = '" + gm + "' needs float32 features (gradients.precision = \"fp32\" or a projection)");
-  ATTRACE_CHECK(c.feature_dtype == FeatureType::automatic || c.feature_dtype == FeatureType::f64 ||
-                    c.precision == Precision::fp32 || c.projection != Projection::none,
-                InputError, f + ": features.dtype = '" + to_string(c.feature_dtype) + "' with gradients.precision = \"fp64\" and no projection: exact float64 gradients are stored as f64");
-  ATTRACE_CHECK(c.feature_dtype != FeatureType::f64 || (c.precision == Precision::fp64 && c.projection == Projection::none),
-                InputError, f + ": features.dtype = 'f64' needs exact float64 gradients (gradients.precision = \"fp64\", projection.kind = \"none\")");
-  ATTRACE_CHECK(c.factored != Factoring::always || (c.projection == Projection::none && c.precision == Precision::fp32),
-                InputError, f + ": features.factored = \"always\" needs exact float32 features (projection.kind = \"none\", " +
-                                "gradients.precision = \"fp32\"); layer factors are float32 and projections have their own");
-  ATTRACE_CHECK(c.memory_limit >= 0, InputError, f + ": attribution.memory_limit must be >= 0");
-  ATTRACE_CHECK(c.duplicate_threshold > 0 && c.duplicate_threshold <= 1, InputError,
-                f + ": attribution.duplicate_threshold must be in (0, 1]");
-  ATTRACE_CHECK(std::isfinite(c.tolerance) && c.tolerance >= 0, InputError,
-                f + ": attribution.tolerance must be >= 0");
-  ATTRACE_CHECK(c.projection_k >= 1 && c.projection_k <= (int64_t{1} << 31), InputError,
-                f + ": projection.k must be in [1, 2^31], got " + std::to_string(c.projection_k));
-  ATTRACE_CHECK(c.scores_max_entries >= 0, InputError, f + ": output.scores_max_entries must be >= 0");
+  check_settings(c, [&](const std::string& key) { return f + ": " + key; });
 }
 
 nlohmann::json to_json(const Config& c) {

@@ -15,6 +15,7 @@ struct CsvImportOptions {
   std::string tranche_column = "tranche";  ///< holds tranche ids (ignored without tranches_csv)
   std::string id_column = "id";            ///< optional; row numbers are used when absent
   bool regression = false;                 ///< float targets instead of integer class labels
+  bool replace = false;                    ///< overwrite an existing output_h5 (--force)
 };
 
 /// Runs the import; throws InputError naming the file, line and column of bad input.

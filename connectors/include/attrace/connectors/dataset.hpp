@@ -3,6 +3,7 @@
 // written to HDF5. Layout: docs/formats.md#dataset.
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace attrace::connectors {
@@ -53,10 +54,17 @@ Dataset read_dataset(const std::string& path, bool require_tranches);
 /// account format). `what` names it in messages (usually its path).
 void validate_dataset(const Dataset& ds, bool require_tranches, const std::string& what);
 
-/// Writes a dataset atomically (temporary file + rename) in the documented layout.
-void write_dataset(const std::string& path, const Dataset& ds);
+/// Writes a dataset atomically (temporary file + rename) in the documented layout. Without
+/// `replace` an existing `path` is refused (InputError) and never touched, also when it appears
+/// while the file is written.
+void write_dataset(const std::string& path, const Dataset& ds, bool replace = true);
 
 /// True when `s` is 0x followed by 40 hexadecimal digits.
 bool is_evm_address(const std::string& s);
+
+/// Byte offset of the first byte that is not valid UTF-8 in `s` (overlong forms, surrogates and
+/// code points above U+10FFFF are invalid), or npos when all of `s` is valid. Ids and tranche
+/// fields end up in JSON reports, so they are checked when read.
+size_t first_invalid_utf8(std::string_view s);
 
 }  // namespace attrace::connectors

@@ -13,6 +13,14 @@ constexpr const char* kOutputMarker = ".attrace-output";
 /// Writes `bytes` to `path` via "<path>.tmp-<pid>" + fsync + rename.
 void write_file_atomic(const std::string& path, std::string_view bytes);
 
+/// Refuses (InputError naming `path`) anything but an existing regular file (after symlinks):
+/// opening a FIFO for reading would block forever, a directory or device is never an input.
+void require_regular_file(const std::string& path);
+
+/// Moves `from` to `to` only if `to` does not exist (one atomic step, RENAME_NOREPLACE);
+/// InputError naming `to` when it exists, RuntimeFailure on other errors.
+void rename_no_replace(const std::string& from, const std::string& to);
+
 /// Flushes a file's data to disk (RuntimeFailure on error).
 void fsync_path(const std::string& path);
 

@@ -10,4 +10,8 @@ namespace attrace::connectors {
 /// file when it cannot be read.
 toml::table parse_toml_file(const std::string& path);
 
+/// A number as a person reads it in an error message: the shortest text that reads back as the
+/// same double (1e308 -> "1e+308", never 309 digits), "nan" / "inf" / "-inf" otherwise.
+std::string readable_number(double v);
+
 }  // namespace attrace::connectors
