@@ -67,6 +67,7 @@ logs="$WORK/logs"
 : >"$WORK/runs.tsv"
 
 echo "== workload (digits, 1497 train / 300 queries, 5 checkpoints per model): $WORK" >&2
+# shellcheck disable=SC2086  # MODELS is a word list
 (cd "$here" && $PY make_data.py "$WORK" $MODELS)
 for m in $MODELS; do
   if [[ ! -f "$WORK/$m/reference.h5" ]]; then
