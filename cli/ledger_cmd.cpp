@@ -12,6 +12,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <limits>
 #include <set>
 
 namespace attrace::cli {
@@ -61,13 +62,20 @@ al::EvmOptions evm_options(std::string* key_file) {
     ATTRACE_CHECK(keys.count(std::string(k.str())), InputError, f + std::string(k.str()) + ": unknown setting");
   }
   o.rpc_url = (*t)["rpc_url"].value_or(o.rpc_url);
-  const auto chain = (*t)["chain_id"].value<int64_t>();
-  ATTRACE_CHECK(chain && *chain > 0, InputError, f + "chain_id (positive integer) is required");
-  o.chain_id = static_cast<uint64_t>(*chain);
+  // Integers only (toml++ would convert a float such as 1e22 without a range check), in range.
+  auto integer = [&](const char* key, int64_t fallback, int64_t lowest, int64_t highest) {
+    const toml::node_view<const toml::node> n = (*t)[key];
+    if (!n) return fallback;
+    ATTRACE_CHECK(n.is_integer() && *n.value<int64_t>() >= lowest && *n.value<int64_t>() <= highest, InputError,
+                  f + key + " must be an integer in [" + std::to_string(lowest) + ", " + std::to_string(highest) + "]");
+    return *n.value<int64_t>();
+  };
+  ATTRACE_CHECK((*t)["chain_id"].is_integer(), InputError, f + "chain_id (positive integer) is required");
+  o.chain_id = static_cast<uint64_t>(integer("chain_id", 0, 1, std::numeric_limits<int64_t>::max()));
   if (auto c = (*t)["contract"].value<std::string>()) o.contract = al::address_from_hex(*c, f + "contract");
-  o.confirmations = static_cast<unsigned>((*t)["confirmations"].value_or(int64_t{1}));
-  o.rpc_timeout = std::chrono::milliseconds((*t)["rpc_timeout_ms"].value_or(int64_t{10000}));
-  o.receipt_timeout = std::chrono::milliseconds((*t)["receipt_timeout_ms"].value_or(int64_t{120000}));
+  o.confirmations = static_cast<unsigned>(integer("confirmations", 1, 0, 1000000));
+  o.rpc_timeout = std::chrono::milliseconds(integer("rpc_timeout_ms", 10000, 1, int64_t{1} << 40));
+  o.receipt_timeout = std::chrono::milliseconds(integer("receipt_timeout_ms", 120000, 1, int64_t{1} << 40));
   o.legacy = (*t)["legacy"].value_or(false);
   if (key_file && key_file->empty()) {
     if (auto k = (*t)["key_file"].value<std::string>()) {

@@ -369,6 +369,17 @@ std::vector<Row> rows() {
   add("RunStepsDecrease", [](Env& e) {
         return e.attribute(e.config("", e.run_file(checkpoint_entry(fixture("mlp_1.pt"), "5") + checkpoint_entry(fixture("mlp_2.pt"), "5"))));
       }, 2, "steps must increase (5 after 5)");
+  add("RunStepFloatOutOfRange", [](Env& e) {  // found by fuzz_run_file: toml++ converted 1e22 to int64 (UB)
+        return e.attribute(e.config("", e.run_file(checkpoint_entry(fixture("mlp_1.pt"), "1e22"))));
+      }, 2, "field 'step' (integer) is missing");
+  add("EvmConfigChainIdFloat", [](Env& e) {
+        return "ledger status 1 --backend evm --evm-config " +
+               e.file("evm.toml", "[evm]\nrpc_url = \"http://127.0.0.1:9\"\nchain_id = 1e22\n");
+      }, 2, "evm.toml: evm.chain_id (positive integer) is required");
+  add("EvmConfigConfirmationsNegative", [](Env& e) {
+        return "ledger status 1 --backend evm --evm-config " +
+               e.file("evm.toml", "[evm]\nrpc_url = \"http://127.0.0.1:9\"\nchain_id = 5\nconfirmations = -1\n");
+      }, 2, "evm.toml: evm.confirmations must be an integer in [0, 1000000]");
   add("RunUnknownField", [](Env& e) {
         return e.attribute(e.config("", e.run_file(checkpoint_entry(fixture("mlp_1.pt")) + "epoch = 3\n")));
       }, 2, "unknown field 'epoch'");

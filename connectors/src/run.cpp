@@ -31,9 +31,9 @@ TrainingRun read_run_file(const std::string& path) {
     c.file = *file;
     std::filesystem::path p(c.file);
     c.path = p.is_absolute() ? p.string() : (base / p).string();
-    auto step = (*t)["step"].value<int64_t>();
-    ATTRACE_CHECK(step.has_value(), InputError, where + " ('" + c.file + "'): field 'step' (integer) is missing");
-    c.step = *step;
+    // is_integer first: toml++ converts a float such as 1e22 to int64 without a range check (UB).
+    ATTRACE_CHECK((*t)["step"].is_integer(), InputError, where + " ('" + c.file + "'): field 'step' (integer) is missing");
+    c.step = *(*t)["step"].value<int64_t>();
     ATTRACE_CHECK((*t)["lr"].is_number(), InputError,
                   where + " ('" + c.file + "'): field 'lr' (number) is missing");
     c.lr = (*t)["lr"].value<double>().value();
