@@ -4,6 +4,7 @@
 #include "ledger_cmd.hpp"
 
 #include <attrace/connectors/csv_import.hpp>
+#include <attrace/connectors/dataset.hpp>
 #include <attrace/engine/attribute.hpp>
 #include <attrace/engine/report.hpp>
 #include <attrace/error.hpp>
@@ -175,6 +176,10 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (*sc) {
+      // Store paths go into the manifest (JSON): refuse what JSON cannot hold before any work.
+      for (const auto* p : {&sc_store, &sc_query_store})
+        if (attrace::connectors::first_invalid_utf8(*p) != std::string::npos)
+          throw attrace::InputError("--store/--query-store: the path is not valid UTF-8; attrace records store paths in manifests");
       std::vector<std::string> overrides = sc_sets;
       if (!sc_memory.empty()) overrides.push_back("attribution.memory_limit=\"" + sc_memory + "\"");
       const auto config = attrace::engine::load_config(sc_config, overrides);

@@ -285,6 +285,13 @@ std::vector<Row> rows() {
       "output.scores_max_entries must be >= 0");
   add("ConfigNegativePolicyUnknown", [](Env& e) { return e.attribute(e.config("[attribution]\nnegative_policy = \"abs\"\n")); }, 2,
       "attribution.negative_policy: 'abs' is not one of");
+  add("ConfigPathsNotUtf8", [](Env& e) {  // paths go into manifest.json: refused before the run, not by the JSON writer after it
+        const std::string dir = e.dir("in\xff");
+        for (const char* f : {"mlp_run.toml", "mlp_1.pt", "mlp_2.pt", "mlp_3.pt", "vec_train.h5", "vec_query.h5"}) e.copy(fixture(f), std::string("in\xff/") + f);
+        write_text(dir + "/c.toml", "[run]\ncheckpoints = \"mlp_run.toml\"\n[data]\ntrain = \"vec_train.h5\"\nquery = \"vec_query.h5\"\n");
+        return e.attribute("'" + dir + "/c.toml'");
+      }, 2, "run.checkpoints: the path (resolved against the config's folder) is not valid UTF-8");
+  add("SetPathNotUtf8", [](Env& e) { return e.attribute(e.config(), "--set 'data.train=\"t\xff.h5\"'"); }, 2, "--set 'data.train=");
   add("ConfigRunPathIsDirectory", [](Env& e) { return e.attribute(e.config("", e.dir("runs"))); }, 2, "runs: is a directory");
   // ---------------------------------------------------------------- --set overrides and flags
   add("SetWithoutEquals", [](Env& e) { return e.attribute(e.config(), "--set attribution.top_k"); }, 2,
@@ -474,6 +481,8 @@ std::vector<Row> rows() {
   };
   add("ScoreStoreMissing", [score](Env& e) { return score(e, e / "s.h5"); }, 2, "s.h5");
   add("ScoreStoreIsFifo", [score](Env& e) { return score(e, e.fifo("s.h5")); }, 2, "s.h5");
+  add("ScoreStorePathNotUtf8", [score](Env& e) { return score(e, "'" + e.copy(e.shared("store.h5"), "s\xff.h5") + "'"); }, 2,
+      "--store/--query-store: the path is not valid UTF-8");
   add("ScoreStoreIsDirectory", [score](Env& e) { return score(e, e.dir("s.h5")); }, 2, "s.h5");
   add("ScoreStoreGarbage", [score](Env& e) { return score(e, e.file("s.h5", garbage(5000, 6))); }, 2, "s.h5");
   add("ScoreStoreTruncated", [score](Env& e) { return score(e, e.truncated(e.shared("store.h5"), "s.h5", 0.6)); }, 2, "s.h5");

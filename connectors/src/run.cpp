@@ -1,3 +1,4 @@
+#include <attrace/connectors/dataset.hpp>
 #include <attrace/connectors/hash.hpp>
 #include <attrace/connectors/run.hpp>
 #include <attrace/connectors/toml_util.hpp>
@@ -31,6 +32,8 @@ TrainingRun read_run_file(const std::string& path) {
     c.file = *file;
     std::filesystem::path p(c.file);
     c.path = p.is_absolute() ? p.string() : (base / p).string();
+    ATTRACE_CHECK(first_invalid_utf8(c.path) == std::string::npos, InputError,
+                  where + ": the checkpoint path (resolved against the run file's folder) is not valid UTF-8; attrace records it in manifests");
     // is_integer first: toml++ converts a float such as 1e22 to int64 without a range check (UB).
     ATTRACE_CHECK((*t)["step"].is_integer(), InputError, where + " ('" + c.file + "'): field 'step' (integer) is missing");
     c.step = *(*t)["step"].value<int64_t>();

@@ -1,3 +1,4 @@
+#include <attrace/connectors/dataset.hpp>
 #include <attrace/connectors/toml_util.hpp>
 #include <attrace/engine/config.hpp>
 #include <attrace/engine/score.hpp>
@@ -427,6 +428,11 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.run_file = resolve(base, c.run_file);
   c.train_file = resolve(base, c.train_file);
   c.query_file = resolve(base, c.query_file);
+  // Input paths are recorded in manifests (JSON): a non-UTF-8 path would fail only after the run.
+  for (const auto& [key, p] : {std::pair<const char*, const std::string*>{"run.checkpoints", &c.run_file},
+                               {"data.train", &c.train_file}, {"data.query", &c.query_file}})
+    ATTRACE_CHECK(connectors::first_invalid_utf8(*p) == std::string::npos, InputError,
+                  blame(&origins, path, key) + ": " + key + ": the path (resolved against the config's folder) is not valid UTF-8; attrace records input paths in manifests");
   check_settings(c, [&](const std::string& key) { return blame(&origins, path, key) + ": " + key; });
   return c;
 }
