@@ -284,7 +284,7 @@ TEST_P(FactoredModels, AgreeWithDenseAndFloat64) {
     ASSERT_FALSE(u.layers.empty()) << u.factoring_note;
     EXPECT_EQ(u.layout.factored.size(), u.layers.size());
     EXPECT_EQ(u.layout.dense, 0);
-    EXPECT_LT(u.feature_dim, u.dim);
+    EXPECT_EQ(u.layout.width(), u.feature_dim);
   }
   for (const auto& u : automatic.checkpoints)
     for (size_t l = 0; l < u.layers.size(); ++l)
@@ -332,8 +332,52 @@ TEST_P(FactoredModels, SelfInfluenceIsScoreWithItself) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Chain, FactoredModels,
-                         ::testing::Values(ModelCase{"mlp", "vec"}, ModelCase{"deep", "vec"}, ModelCase{"reg", "reg"}),
+                         ::testing::Values(ModelCase{"mlp", "vec"}, ModelCase{"deep", "vec"}, ModelCase{"reg", "reg"},
+                                           ModelCase{"cnn", "img"}),
                          [](const ::testing::TestParamInfo<ModelCase>& i) { return i.param.model; });
+
+// The CNN fixture (Conv2d(1, 3, 3) on 6x6, then Linear(48, 4)): auto keeps the convolution dense
+// (16 positions: 16^2 (10 + 3) > 10 x 3) and factors the linear layer, so rows mix both parts.
+// The dense columns equal the plain gradient's bit for bit (same order of operations), and the
+// factored layer's x and delta multiply out to the plain gradient's remaining entries exactly.
+TEST(FactoredRows, MixedLayoutStandsForThePlainGradient) {
+  ATTRACE_REQUIRE_FIXTURES();
+  const auto run = ac::read_run_file(fixture("cnn_run.toml"));
+  const auto train = ac::read_dataset(fixture("img_train.h5"), true);
+  auto backend = ak::make_cpu_backend();
+  ae::Featurizer mixed(config_for("cnn", "img", ae::Factoring::automatic), run, 1, {&train}, *backend);
+  ae::Featurizer plain(config_for("cnn", "img", ae::Factoring::never), run, 1, {&train}, *backend);
+  ASSERT_EQ(mixed.use().path, ae::GradPath::chain) << mixed.use().chain_refusal;
+  const auto& lay = mixed.layout();
+  ASSERT_EQ(mixed.use().layers.size(), 2u);
+  EXPECT_FALSE(mixed.use().layers[0].factored);
+  EXPECT_EQ(mixed.use().layers[0].positions, 16);
+  ASSERT_EQ(lay.factored.size(), 1u);
+  EXPECT_EQ(lay.factored[0].positions, 1);
+  EXPECT_EQ(lay.dense, 3 * 9 + 3);
+  const int64_t n = train.size(), w = mixed.width(), p = plain.width();
+  ASSERT_EQ(p, 30 + 4 * 48 + 4);
+  std::vector<float> a(static_cast<size_t>(n * w), NAN), g(static_cast<size_t>(n * p), NAN);
+  for (int64_t b0 = 0; b0 < n; b0 += 7) mixed.features(train, b0, std::min(n, b0 + 7), a.data() + b0 * w);
+  plain.features(train, 0, n, g.data());
+  const auto& fl = lay.factored[0];
+  int64_t nonzero = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float* r = a.data() + i * w;
+    const float* gr = g.data() + i * p;
+    ASSERT_EQ(std::memcmp(r, gr, sizeof(float) * static_cast<size_t>(lay.dense)), 0) << "dense columns of row " << i;
+    for (int64_t o = 0; o < 4; ++o) {
+      for (int64_t q = 0; q < 48; ++q) {
+        const float want = gr[30 + o * 48 + q], got = r[fl.delta_offset() + o] * r[fl.offset + q];
+        ASSERT_EQ(got, want) << "row " << i << " weight (" << o << ", " << q << ")";
+        nonzero += want != 0;
+      }
+      ASSERT_EQ(r[fl.offset + 48], 1.0f) << "the bias column";
+      ASSERT_EQ(r[fl.delta_offset() + o], gr[30 + 4 * 48 + o]) << "row " << i << " bias " << o;
+    }
+  }
+  EXPECT_GT(nonzero, n * 10) << "degenerate gradients";
+}
 
 TEST(FactoredPipeline, StoreRoundTripGivesTheSameBytesAndTheManifestRecordsEachLayer) {
   ATTRACE_REQUIRE_FIXTURES();

@@ -402,6 +402,7 @@ FeaturizeSummary run_featurize(const Config& config, const FeaturizeOptions& opt
       progress.advance(b1 - b0);
     }
     progress.end();
+    note_split(config, fz, progress);
   }
   progress.summary();
   return summary;

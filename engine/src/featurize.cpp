@@ -3,6 +3,7 @@
 #include <attrace/error.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 namespace attrace::engine {
@@ -137,6 +138,19 @@ void plan_factoring(const Config& config, CheckpointModel& model, const std::vec
   ATTRACE_CHECK(!use.layout.factored.empty() || use.layout.dense == model.dim(), RuntimeFailure, "factored layout");
 }
 
+// Adds the wall time of its scope to a counter (the progress summary's split of featurization).
+class ScopeTimer {
+ public:
+  explicit ScopeTimer(double& total) : total_(total), start_(std::chrono::steady_clock::now()) {}
+  ~ScopeTimer() { total_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count(); }
+  ScopeTimer(const ScopeTimer&) = delete;
+  ScopeTimer& operator=(const ScopeTimer&) = delete;
+
+ private:
+  double& total_;
+  std::chrono::steady_clock::time_point start_;
+};
+
 }  // namespace
 
 int64_t FeatureLayout::width() const {
@@ -240,12 +254,16 @@ struct Featurizer::Impl {
   std::vector<double> scratch64;
   std::vector<bool> bias;  // per chain layer: its x rows end in the bias column
   std::vector<LayerFactors> factors;
+  double model_seconds = 0, total_seconds = 0;  // display only (progress summary)
 
   // Exact rows in a factored layout: dense layers' gradients formed from their factors (weight
   // d_out x (d_in - bias) row-major, then the bias, as the parameters are laid out; positions
   // summed in ascending order in float32), factored layers' x and delta rows copied.
   void factored_rows(const connectors::Dataset& ds, int64_t b0, int64_t b1, float* f) {
-    model->layer_factors(ds, b0, b1, factors);
+    {
+      ScopeTimer t(model_seconds);
+      model->layer_factors(ds, b0, b1, factors);
+    }
     ATTRACE_CHECK(factors.size() == use.layers.size(), RuntimeFailure, "layer factors do not match the planned layers");
     for (size_t l = 0; l < factors.size(); ++l)
       ATTRACE_CHECK(factors[l].positions == use.layers[l].positions && factors[l].d_in == use.layers[l].d_in &&
@@ -271,20 +289,26 @@ struct Featurizer::Impl {
           std::copy(d, d + t_n * d_out, row + fl.delta_offset());
           continue;
         }
+        // Entry (o, q) is sum_t d_t[o] x_t[q], t ascending, unfused: the chain path's own order
+        // (gradients.cpp, layer_gradients), so these columns equal its dense gradient bit for bit.
         const int64_t n_in = d_in - (bias[l] ? 1 : 0);
         float* wg = row + dense_at;
         for (int64_t o = 0; o < d_out; ++o) {
-          for (int64_t q = 0; q < n_in; ++q) {
-            float g = d[o] * x[q];
-            for (int64_t t = 1; t < t_n; ++t) g += d[t * d_out + o] * x[t * d_in + q];
-            wg[o * n_in + q] = g;
-          }
-          if (bias[l]) {
-            float g = d[o] * x[n_in];
-            for (int64_t t = 1; t < t_n; ++t) g += d[t * d_out + o] * x[t * d_in + n_in];
-            wg[d_out * n_in + o] = g;
+          float* __restrict gr = wg + o * n_in;
+          const float d0 = d[o];
+          for (int64_t q = 0; q < n_in; ++q) gr[q] = d0 * x[q];
+          for (int64_t t = 1; t < t_n; ++t) {
+            const float dv = d[t * d_out + o];
+            const float* __restrict xr = x + t * d_in;
+            for (int64_t q = 0; q < n_in; ++q) gr[q] += dv * xr[q];
           }
         }
+        if (bias[l])
+          for (int64_t o = 0; o < d_out; ++o) {
+            float b = d[o];
+            for (int64_t t = 1; t < t_n; ++t) b += d[t * d_out + o];
+            wg[d_out * n_in + o] = b;
+          }
         dense_at += d_in * d_out;
       }
     }
@@ -298,15 +322,20 @@ struct Featurizer::Impl {
       scratch.resize(static_cast<size_t>(rows * p));
       if (config.precision == Precision::fp64) {  // projection runs in float32
         scratch64.resize(scratch.size());
+        ScopeTimer t(model_seconds);
         model->gradients(ds, b0, b1, scratch64.data());
         for (size_t i = 0; i < scratch.size(); ++i) scratch[i] = static_cast<float>(scratch64[i]);
       } else {
+        ScopeTimer t(model_seconds);
         model->gradients(ds, b0, b1, scratch.data());
       }
       backend->project_dense(kernels::view(scratch.data(), rows, p), pr.dense, out);
     } else {
       std::vector<LayerFactors> factors;
-      model->layer_factors(ds, b0, b1, factors);
+      {
+        ScopeTimer t(model_seconds);
+        model->layer_factors(ds, b0, b1, factors);
+      }
       for (size_t l = 0; l < factors.size(); ++l) {
         const auto& u = pr.layers[l];
         const auto& fa = factors[l];
@@ -358,6 +387,8 @@ Featurizer& Featurizer::operator=(Featurizer&&) noexcept = default;
 const CheckpointUse& Featurizer::use() const { return impl_->use; }
 int64_t Featurizer::width() const { return impl_->use.feature_dim; }
 const FeatureLayout& Featurizer::layout() const { return impl_->use.layout; }
+double Featurizer::model_seconds() const { return impl_->model_seconds; }
+double Featurizer::row_seconds() const { return impl_->total_seconds - impl_->model_seconds; }
 double Featurizer::weight() const { return impl_->pr.kind == Projection::none ? impl_->lr : 1.0; }
 bool Featurizer::fp64() const { return impl_->dtype == connectors::FeatureDtype::f64; }
 
@@ -365,9 +396,11 @@ void Featurizer::features(const connectors::Dataset& ds, int64_t b0, int64_t b1,
   auto& m = *impl_;
   ATTRACE_CHECK(!fp64(), RuntimeFailure, "featurizer: float32 features requested for float64 gradients");
   if (b1 <= b0) return;
+  ScopeTimer all(m.total_seconds);
   if (m.pr.kind == Projection::none && !m.use.layout.factored.empty()) {
     m.factored_rows(ds, b0, b1, out);
   } else if (m.pr.kind == Projection::none) {
+    ScopeTimer t(m.model_seconds);
     m.model->gradients(ds, b0, b1, out);
   } else {
     m.project_rows(ds, b0, b1, out);
@@ -381,6 +414,7 @@ void Featurizer::features(const connectors::Dataset& ds, int64_t b0, int64_t b1,
 void Featurizer::features(const connectors::Dataset& ds, int64_t b0, int64_t b1, double* out) {
   auto& m = *impl_;
   ATTRACE_CHECK(fp64(), RuntimeFailure, "featurizer: float64 features requested for float32 features");
+  ScopeTimer all(m.total_seconds), t(m.model_seconds);
   if (b1 > b0) m.model->gradients(ds, b0, b1, out);
 }
 

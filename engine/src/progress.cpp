@@ -7,6 +7,17 @@
 
 namespace attrace::engine {
 
+namespace {
+void add_to(std::vector<std::pair<std::string, double>>& list, const std::string& name, double secs) {
+  for (auto& [n, total] : list)
+    if (n == name) {
+      total += secs;
+      return;
+    }
+  list.emplace_back(name, secs);
+}
+}  // namespace
+
 Progress::Progress(bool enabled) : enabled_(enabled), tty_(::isatty(STDERR_FILENO) == 1) {}
 
 void Progress::begin(const std::string& label, int64_t total, const std::string& stage) {
@@ -29,16 +40,12 @@ void Progress::advance(int64_t n) {
 }
 
 void Progress::end() {
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-  bool found = false;
-  for (auto& [name, total] : stages_)
-    if (name == stage_) {
-      total += secs;
-      found = true;
-    }
-  if (!found) stages_.emplace_back(stage_, secs);
+  add_to(stages_, stage_, std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count());
   draw(true);
 }
+
+
+void Progress::add_detail(const std::string& name, double seconds) { add_to(details_, name, seconds); }
 
 void Progress::summary() const {
   if (!enabled_ || stages_.empty()) return;
@@ -49,6 +56,11 @@ void Progress::summary() const {
   for (size_t k = 0; k < stages_.size(); ++k) {
     std::snprintf(buf, sizeof buf, "%s %s %.2f s (%.0f%%)", k == 0 ? "" : ",", stages_[k].first.c_str(), stages_[k].second,
                   all > 0 ? 100.0 * stages_[k].second / all : 0.0);
+    line += buf;
+  }
+  for (size_t k = 0; k < details_.size(); ++k) {
+    std::snprintf(buf, sizeof buf, "%s %s %.2f s", k == 0 ? "; within features:" : ",", details_[k].first.c_str(),
+                  details_[k].second);
     line += buf;
   }
   std::fprintf(stderr, "%s\n", line.c_str());

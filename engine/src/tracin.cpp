@@ -40,6 +40,12 @@ void log_checkpoint(const connectors::TrainingRun& run, size_t c, const Checkpoi
 
 }  // namespace
 
+void note_split(const Config& config, const Featurizer& fz, Progress& progress) {
+  progress.add_detail(config.projection == Projection::none ? "gradients" : "gradients (layer factors for kronecker)",
+                      fz.model_seconds());
+  progress.add_detail(config.projection == Projection::none ? "feature rows" : "projection", fz.row_seconds());
+}
+
 MemoryFeatures featurize_in_memory(const Config& config, const connectors::TrainingRun& run, const connectors::Dataset& ds,
                                    const std::vector<const connectors::Dataset*>& prepare_for, kernels::Backend& backend,
                                    Progress& progress, const std::string& label, std::vector<CheckpointUse>* uses) {
@@ -55,6 +61,7 @@ MemoryFeatures featurize_in_memory(const Config& config, const connectors::Train
                    label);
     fill(fz, ds, config.batch_size, mem, c, progress);
     progress.end();
+    note_split(config, fz, progress);
   }
   if (uses) *uses = local;
   return mem;
@@ -107,6 +114,7 @@ TracinResult compute_tracin(const Config& config, const connectors::TrainingRun&
     fill(fz, query, config.batch_size, qf, c, progress);
     fill(fz, train, config.batch_size, tf, c, progress);
     progress.end();
+    note_split(config, fz, progress);
   }
   return tracin_result(score_all(tf, qf, backend, score_settings(config, train, query, true), progress), r.checkpoints);
 }

@@ -107,6 +107,10 @@ class Featurizer {
   int64_t width() const;
   /// How a row is laid out and scored.
   const FeatureLayout& layout() const;
+  /// Wall seconds spent so far in the model (per-example gradients or layer factors), and in
+  /// making rows from them (projection, factor layout, rounding): for progress summaries only.
+  double model_seconds() const;
+  double row_seconds() const;
   /// Scoring weight of this checkpoint (lr for exact features, 1 for projected ones).
   double weight() const;
   /// True when features are float64 (exact fp64 gradients).

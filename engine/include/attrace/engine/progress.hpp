@@ -23,6 +23,9 @@ class Progress {
   /// Prints one line with the wall time of each stage so far, stages in first-seen order, so a
   /// user sees where the time went (e.g. features vs scoring).
   void summary() const;
+  /// Adds `seconds` measured inside a stage to the detail `name` (shown after the stages, e.g.
+  /// the gradients vs projection split of featurization).
+  void add_detail(const std::string& name, double seconds);
   /// Seconds per stage so far, in first-seen order.
   const std::vector<std::pair<std::string, double>>& stage_seconds() const { return stages_; }
 
@@ -31,7 +34,7 @@ class Progress {
   bool enabled_;
   bool tty_;
   std::string label_, stage_;
-  std::vector<std::pair<std::string, double>> stages_;
+  std::vector<std::pair<std::string, double>> stages_, details_;
   int64_t total_ = 0, done_ = 0;
   std::chrono::steady_clock::time_point start_, last_;
 };

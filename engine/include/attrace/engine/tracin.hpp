@@ -32,6 +32,9 @@ MemoryFeatures featurize_in_memory(const Config& config, const connectors::Train
                                    const std::vector<const connectors::Dataset*>& prepare_for, kernels::Backend& backend,
                                    Progress& progress, const std::string& label, std::vector<CheckpointUse>* uses);
 
+/// Adds a featurizer's time split (model gradients vs making rows) to the progress summary.
+void note_split(const Config& config, const Featurizer& fz, Progress& progress);
+
 /// A scorer's result with the checkpoint uses, as the summary and writers take it.
 TracinResult tracin_result(ScoreResult&& s, std::vector<CheckpointUse> uses);
 
