@@ -81,6 +81,9 @@ mutate("train_empty_id", "vec_train", lambda f: replace(f, "ids", [b""] + list(f
 mutate("train_short_accounts", "vec_train", lambda f: replace(f, "tranches/account", f["tranches/account"][()][:-1], dtype=vlen))
 mutate("train_wide_inputs", "vec_train", lambda f: replace(f, "inputs", np.zeros((37, 9), dtype=np.float32)))
 mutate("train_zero_rows", "vec_train", lambda f: replace(f, "inputs", np.zeros((0, 8), dtype=np.float32)))
+def huge_shape(f):
+    del f["inputs"]; f.create_dataset("inputs", shape=(37, 2**40), dtype="f4", chunks=(1, 1024))
+mutate("train_huge_shape", "vec_train", huge_shape)
 )PY";
 
 const Shared& shared() {
@@ -428,6 +431,7 @@ std::vector<Row> rows() {
   ds_row("TrainShortIds", "train_short_ids", false, "/ids has 36 entries, expected 37");
   ds_row("TrainEmptyId", "train_empty_id", false, "/ids row 0 is empty");
   ds_row("TrainShortAccounts", "train_short_accounts", false, "/tranches/account has 4 rows but /tranches/id has 5");
+  ds_row("TrainHugeDeclaredShape", "train_huge_shape", false, "'/inputs' declares 40681930227712 elements");
   ds_row("TrainZeroRows", "train_zero_rows", false, "/inputs");
   add("TrainWiderThanModel", [](Env& e) {
         return e.attribute(e.config("", "", e.copy(e.shared("train_wide_inputs.h5"), "t.h5")));

@@ -111,9 +111,18 @@ void validate_dataset(const Dataset& ds, bool require_tranches, const std::strin
                     shape_str(ds.input_shape));
   const int64_t n = ds.size();
   ATTRACE_CHECK(n > 0, InputError, what + ": /inputs holds no examples");
-  for (int64_t d : ds.input_shape)
-    ATTRACE_CHECK(d > 0, InputError, what + ": /inputs has an empty dimension " + shape_str(ds.input_shape));
-  ATTRACE_CHECK(static_cast<int64_t>(ds.inputs.size()) == n * ds.example_width(), InputError,
+  // Element counts in checked 64-bit arithmetic (found by fuzz_dataset: a product of declared
+  // dimensions overflowed int64); only then may example_width() and target_width() be used.
+  auto elements = [&](const std::vector<int64_t>& shape, const char* name) {
+    int64_t total = 1;
+    for (int64_t d : shape) {
+      ATTRACE_CHECK(d > 0, InputError, what + ": " + name + " has an empty dimension " + shape_str(shape));
+      ATTRACE_CHECK(!__builtin_mul_overflow(total, d, &total), InputError,
+                    what + ": " + name + " shape " + shape_str(shape) + " has more elements than fit in 64 bits");
+    }
+    return total;
+  };
+  ATTRACE_CHECK(static_cast<int64_t>(ds.inputs.size()) == elements(ds.input_shape, "/inputs"), InputError,
                 what + ": /inputs data size does not match its shape");
   ATTRACE_CHECK(static_cast<int64_t>(ds.ids.size()) == n, InputError,
                 what + ": /ids has " + std::to_string(ds.ids.size()) + " entries, expected " +
@@ -137,6 +146,7 @@ void validate_dataset(const Dataset& ds, bool require_tranches, const std::strin
   ATTRACE_CHECK(!ds.target_shape.empty() && ds.target_shape[0] == n, InputError,
                 what + ": /targets has shape " + shape_str(ds.target_shape) + " but /inputs has " +
                     std::to_string(n) + " examples");
+  const int64_t target_elements = elements(ds.target_shape, "/targets");
   if (ds.target_kind == TargetKind::class_index) {
     ATTRACE_CHECK(ds.target_shape.size() == 1, InputError,
                   what + ": integer /targets (class labels) must be one-dimensional, got " +
@@ -149,7 +159,7 @@ void validate_dataset(const Dataset& ds, bool require_tranches, const std::strin
                         "' is a negative class label (" +
                         std::to_string(ds.class_targets[static_cast<size_t>(i)]) + ")");
   } else {
-    ATTRACE_CHECK(static_cast<int64_t>(ds.regression_targets.size()) == n * ds.target_width(),
+    ATTRACE_CHECK(static_cast<int64_t>(ds.regression_targets.size()) == target_elements,
                   InputError, what + ": /targets size mismatch");
     for (size_t i = 0; i < ds.regression_targets.size(); ++i)
       ATTRACE_CHECK(std::isfinite(ds.regression_targets[i]), InputError,

@@ -2,6 +2,9 @@
 
 #include <attrace/connectors/fs.hpp>
 
+#include <unistd.h>
+
+#include <cstdio>
 #include <fstream>
 #include <memory>
 
@@ -44,6 +47,19 @@ bool exists(hid_t loc, const std::string& name) {
 }
 
 namespace {
+// Refuses to allocate `count` elements of `bytes` each when that exceeds physical memory: a file
+// may declare any shape (its chunks need not exist), and std::bad_alloc names nothing.
+void check_allocation(hssize_t count, size_t bytes, const std::string& what, const std::string& name) {
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+  const double memory = pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 0;
+  const double need = static_cast<double>(count) * static_cast<double>(bytes);
+  if (memory <= 0 || need <= memory) return;
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "%lld elements (%.3g GiB), more than this machine's memory (%.3g GiB)",
+                static_cast<long long>(count), need / 1073741824.0, memory / 1073741824.0);
+  throw InputError(what + ": '/" + name + "' declares " + buf);
+}
+
 Handle open_dataset(hid_t file, const std::string& name, const std::string& what) {
   ATTRACE_CHECK(exists(file, name), InputError, what + ": missing dataset '/" + name + "'");
   hid_t d = H5Dopen2(file, name.c_str(), H5P_DEFAULT);
@@ -79,6 +95,7 @@ std::vector<T> read_numeric(hid_t file, const std::string& name, hid_t mem_type,
   const H5T_class_t cls = H5Tget_class(t.get());
   ATTRACE_CHECK(cls == H5T_INTEGER || cls == H5T_FLOAT, InputError,
                 what + ": '/" + name + "' must hold numbers");
+  check_allocation(n, sizeof(T), what, name);
   std::vector<T> out(static_cast<size_t>(n));
   if (n > 0)
     ATTRACE_H5_CHECK(H5Dread(d.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()),
@@ -98,6 +115,8 @@ std::vector<std::string> read_strings(hid_t file, const std::string& name, const
   ATTRACE_CHECK(H5Sget_simple_extent_ndims(s.get()) == 1, InputError,
                 what + ": '/" + name + "' must be one-dimensional");
   const hssize_t n = H5Sget_simple_extent_npoints(s.get());
+  ATTRACE_CHECK(n >= 0, InputError, what + ": cannot size '/" + name + "'");
+  check_allocation(n, sizeof(std::string) + H5Tget_size(ft.get()), what, name);
   std::vector<std::string> out;
   out.reserve(static_cast<size_t>(n));
   Handle mt(H5Tcopy(ft.get()), H5Tclose);  // same cset and padding as stored: no conversion
