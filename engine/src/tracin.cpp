@@ -36,6 +36,11 @@ void log_checkpoint(const connectors::TrainingRun& run, size_t c, const Checkpoi
   spdlog::info("checkpoint {}/{} '{}' (step {}, lr {}): {} gradient dims, {} feature columns{}, {} path{}", c + 1,
                run.checkpoints.size(), ck.file, ck.step, ck.lr, u.dim, u.feature_dim, layers, to_string(u.path),
                u.chain_refusal.empty() ? "" : " (" + u.chain_refusal + ")");
+  // Speed hints: a setting that makes scoring much slower than it needs to be.
+  for (const auto& l : c == 0 ? u.layers : std::vector<LayerScoring>{})
+    if (l.factored && factored_pair_cost(l) > 4 * dense_pair_cost(l))
+      spdlog::warn("layer '{}': factored scoring costs {} multiply-adds per pair ({} positions) against {} dense; "
+                   "features.factored = \"auto\" keeps it dense", l.layer, factored_pair_cost(l), l.positions, dense_pair_cost(l));
 }
 
 }  // namespace
