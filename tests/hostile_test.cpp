@@ -526,6 +526,9 @@ std::vector<Row> rows() {
   add("ImportExamplesGarbage", [import](Env& e) { return import(e, e.file("e.csv", garbage(3000, 8))); }, 2, "e.csv");
   add("ImportInvalidUtf8Id", [import](Env& e) { return import(e, e.file("e.csv", "id,x,label\nok,1,0\nb\xc3\x28,2,1\n")); }, 2,
       "e.csv:3 column 'id': the example id is not valid UTF-8");
+  add("ImportNulInId", [import](Env& e) {  // found by fuzz_dataset: HDF5 C strings would cut "a\0b" to "a"
+        return import(e, e.file("e.csv", std::string("id,x,label\nok,1,0\na\0b,2,1\n", 26)));
+      }, 2, "e.csv:3 column 'id': the example id contains a NUL byte");
   add("ImportFieldCount", [import](Env& e) { return import(e, e.file("e.csv", "id,x,label\na,1,0\nb,2\n")); }, 2,
       "e.csv:3: 2 fields, header has 3");
   add("ImportNotANumber", [import](Env& e) { return import(e, e.file("e.csv", "id,x,label\na,one,0\n")); }, 2,

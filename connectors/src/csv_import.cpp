@@ -163,6 +163,8 @@ long long import_csv(const CsvImportOptions& o) {
     ds.ids.push_back(id_col >= 0 ? row[static_cast<size_t>(id_col)] : std::to_string(r));
     ATTRACE_CHECK(first_invalid_utf8(ds.ids.back()) == std::string::npos, InputError,
                   at + " column '" + o.id_column + "': the example id is not valid UTF-8");
+    ATTRACE_CHECK(ds.ids.back().find('\0') == std::string::npos, InputError,
+                  at + " column '" + o.id_column + "': the example id contains a NUL byte");
     if (with_tranches) {
       const std::string& tid = row[static_cast<size_t>(tranche_col)];
       auto it = tranche_index.find(tid);

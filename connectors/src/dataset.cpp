@@ -90,8 +90,11 @@ std::string escaped(std::string_view s) {
   return s.size() > 80 ? r + "..." : r;
 }
 
-// InputError unless `s` is valid UTF-8; `field` names where it was read.
+// InputError unless `s` is valid UTF-8 without NUL bytes (HDF5 stores C strings: "a\0b" would
+// come back as "a", found by fuzz_dataset); `field` names where it was read.
 void check_utf8(std::string_view s, const std::string& field) {
+  ATTRACE_CHECK(s.find('\0') == std::string_view::npos, InputError,
+                field + " contains a NUL byte at " + std::to_string(s.find('\0')) + " ('" + escaped(s) + "')");
   const size_t bad = first_invalid_utf8(s);
   ATTRACE_CHECK(bad == std::string_view::npos, InputError,
                 field + " is not valid UTF-8 (byte " + std::to_string(bad) + " of '" + escaped(s) +
