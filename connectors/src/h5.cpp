@@ -126,8 +126,7 @@ std::vector<std::string> read_strings(hid_t file, const std::string& name, const
       const herr_t read = H5Dread(d.get(), mt.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, buf.data());
       if (read >= 0)
         for (char* c : buf) out.emplace_back(c ? c : "");
-      // Also after a failed read: the strings read before the failure were allocated (found by
-      // fuzz_feature_store as leaks on damaged files).
+      // Also after a failed read: any string already converted into `buf` was allocated.
       H5Dvlen_reclaim(mt.get(), s.get(), H5P_DEFAULT, buf.data());
       ATTRACE_H5_CHECK(read, InputError, what + ": cannot read strings of '/" + name + "'");
     }
