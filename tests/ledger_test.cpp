@@ -603,7 +603,7 @@ TEST(EmbeddedLedger, ChangedValuesInIntactPagesAreRefusedByStatus) {
   const std::string truth = answer(pristine);
   // The row stores root, manifest hash and total reward as adjacent text: the pool's last digit is
   // found right after the manifest hash.
-  for (const std::string value : {al::to_hex(c.root), al::to_hex(c.manifest_hash), al::to_hex(c.manifest_hash) + "1000"}) {
+  for (const std::string& value : {al::to_hex(c.root), al::to_hex(c.manifest_hash), al::to_hex(c.manifest_hash) + "1000"}) {
     size_t seen = 0, refused = 0;
     for (size_t at = bytes.find(value); at != std::string::npos; at = bytes.find(value, at + 1), ++seen) {
       std::string bad = bytes;

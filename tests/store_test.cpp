@@ -98,16 +98,19 @@ TEST(Store, FeaturizeThenScoreEqualsAttributeByteForByte) {
 
 TEST(Store, StreamedScoringEqualsInMemoryScoring) {
   TempDir d;
-  ASSERT_EQ(run("featurize -q -c " + cfg() + " -o " + (d / "s.h5")).code, 0);
+  // Dense rows (factored rows are far narrower; tests/factored_test.cpp tiles those).
+  const std::string dense = " --set features.factored=never";
+  ASSERT_EQ(run("featurize -q -c " + cfg() + " -o " + (d / "s.h5") + dense).code, 0);
   // 20 MiB forces several query tiles on the demo (features of one query: 3 x 2410 floats).
   const auto small = run("score -c " + cfg() + " --store " + (d / "s.h5") + " -o " + (d / "small") +
-                         " --memory-limit 20MiB --set output.scores=never");
+                         " --memory-limit 20MiB --set output.scores=never" + dense);
   ASSERT_EQ(small.code, 0) << small.out;
   EXPECT_NE(small.out.find("query tiles"), std::string::npos) << "expected several query tiles:\n" << small.out;
-  ASSERT_EQ(run("score -q -c " + cfg() + " --store " + (d / "s.h5") + " -o " + (d / "big") + " --set output.scores=never").code, 0);
+  ASSERT_EQ(run("score -q -c " + cfg() + " --store " + (d / "s.h5") + " -o " + (d / "big") + " --set output.scores=never" +
+                dense).code, 0);
   for (const char* file : {"report.json", "attribution.csv", "manifest.json", "report.html"})
     EXPECT_TRUE(same_file(d / ("small/" + std::string(file)), d / ("big/" + std::string(file)))) << file;
-  const auto tiny = run("score -q -c " + cfg() + " --store " + (d / "s.h5") + " -o " + (d / "tiny") + " --memory-limit 1MiB");
+  const auto tiny = run("score -q -c " + cfg() + " --store " + (d / "s.h5") + " -o " + (d / "tiny") + " --memory-limit 1MiB" + dense);
   EXPECT_EQ(tiny.code, 2) << tiny.out;
   EXPECT_NE(tiny.out.find("is too small"), std::string::npos) << tiny.out;
   EXPECT_FALSE(fs::exists(d / "tiny"));
@@ -299,7 +302,9 @@ TEST(Store, H5pyReadsTheDocumentedLayout) {
   TempDir d;
   ASSERT_EQ(run("featurize -q -c " + cfg() + " -o " + (d / "t.h5")).code, 0);
   ASSERT_EQ(run("featurize -q --query -c " + cfg() + " -o " + (d / "q.h5")).code, 0);
-  ASSERT_EQ(run("score -q -c " + cfg() + " --store " + (d / "t.h5") + " --query-store " + (d / "q.h5") + " -o " + (d / "o")).code,
+  // The canonical kernel (float64 products and sums), so numpy's float64 recomputation agrees to 1e-9.
+  ASSERT_EQ(run("score -q -c " + cfg() + " --store " + (d / "t.h5") + " --query-store " + (d / "q.h5") + " -o " + (d / "o") +
+                " --set attribution.scoring=canonical").code,
             0);
   write_text(d / "read.py", R"PY(
 import json, sys
@@ -319,16 +324,30 @@ def load(path):
         meta = json.loads(g["meta"][0])
         feats = g["features"][:]
         assert feats.shape == (n, meta["feature_dim"]), (feats.shape, meta)
-        ckpts.append((float(g.attrs["weight"]), feats.astype(np.float64)))
+        ckpts.append((float(g.attrs["weight"]), feats.astype(np.float64), meta))
     return f, spec, ckpts
+def checkpoint_dot(a, b, meta):                  # docs/formats.md, "Factored rows"
+    f = meta.get("factoring", {})
+    layers = [l for l in f.get("layers", []) if l["scored"] == "factored"]
+    if not layers:
+        return a @ b.T
+    d = f["dense_columns"]
+    s, at = a[:, :d] @ b[:, :d].T, d
+    for l in layers:
+        t, di, do = l["positions"], l["d_in"], l["d_out"]
+        xa, xb = (v[:, at:at + t * di].reshape(len(v), t, di) for v in (a, b)); at += t * di
+        da, db = (v[:, at:at + t * do].reshape(len(v), t, do) for v in (a, b)); at += t * do
+        s += (np.einsum("itk,jsk->ijts", xa, xb) * np.einsum("itk,jsk->ijts", da, db)).sum(axis=(2, 3))
+    return s
 ft, st, ct = load(t)
 fq, sq, cq = load(q)
 assert st["role"] == "train" and sq["role"] == "query"
 assert "tranche" in ft and "tranche" not in fq
 lrs = [c["lr"] for c in st["run"]["checkpoints"]]
-assert [w for w, _ in ct] == lrs, "exact features: weight = lr"
+assert [w for w, _, _ in ct] == lrs, "exact features: weight = lr"
+assert any(l["scored"] == "factored" for l in ct[0][2]["factoring"]["layers"]), "the demo's layers are factored"
 scores = h5py.File(s, "r")["scores"][:]
-mine = sum(w * a @ b.T for (w, a), (_, b) in zip(ct, cq))
+mine = sum(w * checkpoint_dot(a, b, m) for (w, a, m), (_, b, _) in zip(ct, cq))
 err = np.abs(mine - scores).max() / np.abs(scores).max()
 print("max rel diff", err)
 assert err < 1e-9, err

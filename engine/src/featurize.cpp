@@ -85,9 +85,9 @@ FeatureLayout layout_of(const std::vector<LayerScoring>& layers, int64_t dim) {
 
 // Decides, layer by layer, whether exact features keep a layer's gradient or its factors. Needs
 // the chain path with whole Linear layers selected and float32 gradients (the factors are
-// float32); otherwise every column is dense and `note` says why. Positions per layer are read
-// off one example's factors: they depend on the model and the input shape only.
-void plan_factoring(const Config& config, CheckpointModel& model, const std::vector<const connectors::Dataset*>& datasets,
+// float32); otherwise every column is dense and `note` says why. Positions per layer come
+// from prepare() (KroneckerLayer::positions): they depend on the model and the input shape only.
+void plan_factoring(const Config& config, CheckpointModel& model,
                     CheckpointUse& use, std::vector<bool>& bias) {
   use.factoring = config.factored;
   use.layout = FeatureLayout{model.dim(), {}};
@@ -111,25 +111,9 @@ void plan_factoring(const Config& config, CheckpointModel& model, const std::vec
     use.factoring_note = "the selected parameters are not whole layers of the chain";
     return;
   }
-  const connectors::Dataset* probe = nullptr;
-  for (const auto* ds : datasets)
-    if (ds->size() > 0) {
-      probe = ds;
-      break;
-    }
-  std::vector<LayerFactors> f;
-  try {
-    if (probe) model.layer_factors(*probe, 0, 1, f);
-  } catch (const NumericError&) {
-    // Only the shapes were wanted; the features of that row will report the example themselves.
-    use.factoring_note = "the first example's layer factors are not finite";
-    return;
-  }
-  ATTRACE_CHECK(!probe || f.size() == layers.size(), RuntimeFailure, "layer factors do not match the chain's layers");
+  // Positions per example (conv: output H x W) are known from prepare(): no example is computed here.
   for (size_t l = 0; l < layers.size(); ++l) {
-    LayerScoring s{layers[l].name, layers[l].d_in, layers[l].d_out, probe ? f[l].positions : 1, false};
-    ATTRACE_CHECK(!probe || (f[l].d_in == s.d_in && f[l].d_out == s.d_out), RuntimeFailure,
-                  "layer factors of '" + s.layer + "' do not match the layer's sizes");
+    LayerScoring s{layers[l].name, layers[l].d_in, layers[l].d_out, layers[l].positions, false};
     s.factored = config.factored == Factoring::always || factored_pair_cost(s) < dense_pair_cost(s);
     use.layers.push_back(s);
     bias.push_back(layers[l].bias);
@@ -369,7 +353,7 @@ Featurizer::Featurizer(const Config& config, const connectors::TrainingRun& run,
   m.model = std::make_unique<CheckpointModel>(ck.path, gs, backend);
   for (const auto* ds : datasets) m.model->prepare(*ds);
   m.pr = plan_projection(config, *m.model, index, ck.lr);
-  plan_factoring(config, *m.model, datasets, m.use, m.bias);
+  plan_factoring(config, *m.model, m.use, m.bias);
   m.use.dim = m.model->dim();
   m.use.feature_dim = m.pr.kind == Projection::none ? m.use.layout.width() : m.pr.width;
   if (m.pr.kind != Projection::none) m.use.layout = FeatureLayout{m.pr.width, {}};
