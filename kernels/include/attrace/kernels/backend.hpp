@@ -2,8 +2,9 @@
 // The compute backend interface the engine calls. The CPU backend is always built; the CUDA
 // backend is registered when the build found nvcc and is chosen at run time when a GPU exists.
 // Every operation here is deterministic: results do not depend on threads, blocks or batch
-// composition, and the CPU and CUDA versions of the scoring dot product use the same summation
-// order (docs/architecture.md, "Canonical dot product"), so they agree bit for bit.
+// composition, and the CPU and CUDA versions of each scoring dot product (the FMA order, the
+// canonical order) use the same order of operations (docs/architecture.md, "Fixed-order dot
+// products and determinism"), so they agree bit for bit.
 #include <attrace/kernels/matrix.hpp>
 #include <attrace/kernels/philox.hpp>
 
