@@ -2,14 +2,15 @@
 # Builds the libFuzzer targets (clang, ASan + UBSan) and runs each for SECONDS (default 600), one
 # after another at the lowest CPU priority. Corpora grow in BUILD/corpus/<target>; a finding is
 # written as BUILD/crash-<target>-* and the script exits non-zero. docs/fuzzing.md has the details.
-#   fuzz/run.sh [SECONDS] [TARGET...]      (targets: config run_file csv_import dataset feature_store)
+#   fuzz/run.sh [SECONDS] [TARGET...]      (targets: config run_file csv_import dataset feature_store
+#                                          manifest rpc_reply)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 build="${ATTRACE_FUZZ_BUILD:-$root/build-fuzz}"
 seconds="${1:-600}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(config run_file csv_import dataset feature_store)
+[ ${#targets[@]} -eq 0 ] && targets=(config run_file csv_import dataset feature_store manifest rpc_reply)
 CC=clang CXX=clang++ cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DATTRACE_FUZZ=ON \
   -DATTRACE_BUILD_TESTS=OFF -DATTRACE_BUILD_BENCH=OFF -DATTRACE_CUDA=OFF >/dev/null
 status=0
