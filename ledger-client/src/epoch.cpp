@@ -14,9 +14,18 @@ std::string canonical_json(const nlohmann::json& j) { return j.dump(-1, ' ', fal
 
 namespace {
 
+// Far deeper than any manifest or report nests (about 8 levels). nlohmann's parser does not
+// recurse, but copying and dumping a value do: a crafted file of 300000 '[' overflowed the stack.
+constexpr int kMaxJsonDepth = 256;
+
 nlohmann::json parse_json(const std::string& bytes, const std::string& what) {
+  const auto limit_depth = [&](int depth, nlohmann::json::parse_event_t, nlohmann::json&) {
+    ATTRACE_CHECK(depth <= kMaxJsonDepth, InputError,
+                  what + ": JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+    return true;
+  };
   try {
-    return nlohmann::json::parse(bytes);
+    return nlohmann::json::parse(bytes, limit_depth);
   } catch (const nlohmann::json::exception& e) {
     throw InputError(what + ": malformed JSON (" + e.what() + ")");
   }

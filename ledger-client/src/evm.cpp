@@ -5,6 +5,7 @@
 #include <curl/curl.h>
 
 #include <fstream>
+#include <limits>
 #include <map>
 #include <sstream>
 #include <thread>
@@ -96,6 +97,27 @@ const std::map<std::string, ErrorInfo>& known_errors() {
   return m;
 }
 
+std::string hex_quantity(const U256& v) {
+  if (v == 0) return "0x0";
+  std::ostringstream o;
+  o << std::hex << v;
+  return "0x" + o.str();
+}
+
+size_t curl_write(char* p, size_t size, size_t n, void* user) {
+  static_cast<std::string*>(user)->append(p, size * n);
+  return size * n;
+}
+
+struct CurlGlobal {
+  CurlGlobal() { curl_global_init(CURL_GLOBAL_DEFAULT); }
+};
+
+// A reply string quoted in a message: bounded, so a hostile node cannot flood the terminal.
+std::string quoted(const std::string& s) { return "'" + (s.size() <= 80 ? s : s.substr(0, 80) + "...") + "'"; }
+
+}  // namespace
+
 [[noreturn]] void throw_revert(const std::string& what, const RpcError& e) {
   const std::string& data = e.revert_data();
   if (data.size() >= 10) {
@@ -111,30 +133,110 @@ const std::map<std::string, ErrorInfo>& known_errors() {
   throw RpcError(what + ": " + e.what(), data);
 }
 
-std::string hex_quantity(const U256& v) {
-  if (v == 0) return "0x0";
-  std::ostringstream o;
-  o << std::hex << v;
-  return "0x" + o.str();
+nlohmann::json parse_rpc_reply(const std::string& body, const std::string& context) {
+  // No reply the client reads nests beyond 4 levels; copying a value recurses once per level, so a
+  // node answering with 300000 '[' would overflow the stack.
+  constexpr int kMaxDepth = 64;
+  const auto limit_depth = [&](int depth, nlohmann::json::parse_event_t, nlohmann::json&) {
+    ATTRACE_CHECK(depth <= kMaxDepth, RpcError, context + ": reply nested deeper than " + std::to_string(kMaxDepth) + " levels");
+    return true;
+  };
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(body, limit_depth);
+  } catch (const nlohmann::json::exception&) {
+    throw RpcError(context + ": reply is not JSON");
+  }
+  if (j.contains("error") && !j["error"].is_null()) {
+    // The node's own words when it gives them as a string; any other shape is still an error reply.
+    const auto& e = j["error"];
+    std::string message = "error", data;
+    if (e.is_string()) message = e.get<std::string>();
+    if (e.is_object() && e.contains("message") && e["message"].is_string()) message = e["message"].get<std::string>();
+    if (e.is_object() && e.contains("data") && e["data"].is_string()) data = e["data"].get<std::string>();
+    throw RpcError(context + ": " + message, data);
+  }
+  ATTRACE_CHECK(j.contains("result"), RpcError, context + ": reply has no result");
+  return j["result"];
+}
+
+const nlohmann::json& reply_field(const nlohmann::json& j, const char* key, const std::string& what) {
+  ATTRACE_CHECK(j.is_object(), RpcError, what + ": expected an object, got " + j.type_name());
+  ATTRACE_CHECK(j.contains(key), RpcError, what + ": no field '" + key + "'");
+  return j.at(key);
 }
 
 U256 parse_quantity(const nlohmann::json& j, const std::string& what) {
   ATTRACE_CHECK(j.is_string(), RpcError, what + ": expected a hex quantity");
   const std::string s = j.get<std::string>();
-  ATTRACE_CHECK(s.size() > 2 && s.rfind("0x", 0) == 0 && s.size() <= 66, RpcError, what + ": bad quantity '" + s + "'");
+  ATTRACE_CHECK(s.size() > 2 && s.rfind("0x", 0) == 0 && s.size() <= 66, RpcError, what + ": bad quantity " + quoted(s));
+  // Checked here: boost's parser would throw its own exception type on a non-digit.
+  ATTRACE_CHECK(s.find_first_not_of("0123456789abcdefABCDEF", 2) == std::string::npos, RpcError,
+                what + ": bad quantity " + quoted(s));
   return U256(s);
 }
 
-size_t curl_write(char* p, size_t size, size_t n, void* user) {
-  static_cast<std::string*>(user)->append(p, size * n);
-  return size * n;
+uint64_t parse_quantity_u64(const nlohmann::json& j, const std::string& what) {
+  const U256 v = parse_quantity(j, what);
+  ATTRACE_CHECK(v <= U256(std::numeric_limits<uint64_t>::max()), RpcError, what + ": " + to_decimal(v) + " exceeds 2^64 - 1");
+  return static_cast<uint64_t>(v);
 }
 
-struct CurlGlobal {
-  CurlGlobal() { curl_global_init(CURL_GLOBAL_DEFAULT); }
-};
+Bytes parse_data(const nlohmann::json& j, const std::string& what) {
+  ATTRACE_CHECK(j.is_string(), RpcError, what + ": expected hex data, got " + j.type_name());
+  try {
+    return from_hex(j.get<std::string>(), what);
+  } catch (const InputError& e) {
+    throw RpcError(e.what());  // the node's reply is malformed, not the user's input
+  }
+}
 
-}  // namespace
+Bytes32 parse_hash(const nlohmann::json& j, const std::string& what) {
+  const Bytes b = parse_data(j, what);
+  ATTRACE_CHECK(b.size() == 32, RpcError, what + ": expected 32 bytes, got " + std::to_string(b.size()));
+  Bytes32 h;
+  std::copy(b.begin(), b.end(), h.begin());
+  return h;
+}
+
+TxReceipt parse_receipt(const nlohmann::json& j, const std::string& what) {
+  TxReceipt r;
+  r.block_number = parse_quantity(reply_field(j, "blockNumber", what), what + " blockNumber");
+  const U256 status = parse_quantity(reply_field(j, "status", what), what + " status");
+  ATTRACE_CHECK(status <= 1, RpcError, what + ": status " + to_decimal(status) + " is neither 0x0 nor 0x1");
+  r.succeeded = status == 1;
+  if (j.contains("contractAddress") && !j["contractAddress"].is_null()) {
+    const auto& a = j["contractAddress"];
+    ATTRACE_CHECK(a.is_string(), RpcError, what + ": contractAddress must be a string");
+    try {
+      r.contract_address = address_from_hex(a.get<std::string>(), what + " contractAddress");
+    } catch (const InputError& e) {
+      throw RpcError(e.what());
+    }
+  }
+  return r;
+}
+
+EpochStatus decode_epoch_status(uint64_t epoch, const Bytes& r, const std::string& what) {
+  ATTRACE_CHECK(r.size() >= 7 * 32, RpcError, what + ": short reply (" + std::to_string(r.size()) + " bytes, expected 224)");
+  EpochStatus s;
+  s.epoch = epoch;
+  static const char* states[] = {"none", "committed", "disputed", "cancelled"};
+  const U256 state = from_word(r.data() + 6 * 32);
+  ATTRACE_CHECK(state < 4, RpcError, what + ": unknown state " + to_decimal(state));
+  s.exists = state != 0;
+  s.state = states[static_cast<unsigned>(state)];
+  std::copy(r.begin(), r.begin() + 32, s.root.begin());
+  std::copy(r.begin() + 32, r.begin() + 64, s.manifest_hash.begin());
+  s.total_reward = from_word(r.data() + 64);
+  s.claimed = from_word(r.data() + 96);
+  const U256 committed = from_word(r.data() + 128), ends = from_word(r.data() + 160);
+  const U256 int64_max(std::numeric_limits<int64_t>::max());
+  ATTRACE_CHECK(committed <= int64_max && ends <= int64_max, RpcError, what + ": a timestamp exceeds 2^63 - 1");
+  s.committed_at = static_cast<int64_t>(committed);
+  s.challenge_ends = static_cast<int64_t>(ends);
+  return s;
+}
 
 Bytes sign_transaction(const TxRequest& tx, const PrivateKey& key) {
   if (tx.legacy) {
@@ -211,20 +313,7 @@ nlohmann::json RpcClient::call(const std::string& method, nlohmann::json params)
   long status = 0;
   curl_easy_getinfo(h.get(), CURLINFO_RESPONSE_CODE, &status);
   ATTRACE_CHECK(status == 200, RpcError, "RPC " + url_ + " " + method + ": HTTP status " + std::to_string(status));
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(reply);
-  } catch (const nlohmann::json::exception&) {
-    throw RpcError("RPC " + url_ + " " + method + ": reply is not JSON");
-  }
-  if (j.contains("error") && !j["error"].is_null()) {
-    const auto& e = j["error"];
-    std::string data;
-    if (e.contains("data") && e["data"].is_string()) data = e["data"].get<std::string>();
-    throw RpcError("RPC " + url_ + " " + method + ": " + e.value("message", std::string("error")), data);
-  }
-  ATTRACE_CHECK(j.contains("result"), RpcError, "RPC " + url_ + " " + method + ": reply has no result");
-  return j["result"];
+  return parse_rpc_reply(reply, "RPC " + url_ + " " + method);
 }
 
 EvmLedger::EvmLedger(EvmOptions options, std::optional<PrivateKey> key)
@@ -245,8 +334,8 @@ U256 EvmLedger::balance(const Address& a) {
 }
 
 Bytes EvmLedger::call(const Bytes& data) {
-  const auto r = rpc_.call("eth_call", {{{"to", to_hex(opts_.contract)}, {"data", to_hex(data)}}, "latest"});
-  return from_hex(r.get<std::string>(), "eth_call result");
+  return parse_data(rpc_.call("eth_call", {{{"to", to_hex(opts_.contract)}, {"data", to_hex(data)}}, "latest"}),
+                    "eth_call result from " + opts_.rpc_url);
 }
 
 std::string EvmLedger::transact(const Bytes& data, const U256& value, const std::optional<Address>& to, nlohmann::json* receipt_out) {
@@ -265,8 +354,11 @@ std::string EvmLedger::transact(const Bytes& data, const U256& value, const std:
   TxRequest tx;
   tx.legacy = opts_.legacy;
   tx.chain_id = opts_.chain_id;
-  tx.nonce = static_cast<uint64_t>(parse_quantity(rpc_.call("eth_getTransactionCount", {to_hex(from), "pending"}), "nonce"));
-  tx.gas = static_cast<uint64_t>(estimate + estimate / 5 + 10000);
+  tx.nonce = parse_quantity_u64(rpc_.call("eth_getTransactionCount", {to_hex(from), "pending"}), "nonce");
+  const U256 gas = estimate + estimate / 5 + 10000;
+  ATTRACE_CHECK(estimate <= U256(std::numeric_limits<uint64_t>::max()) && gas <= U256(std::numeric_limits<uint64_t>::max()),
+                RpcError, "eth_estimateGas: " + to_decimal(estimate) + " gas does not fit a transaction");
+  tx.gas = static_cast<uint64_t>(gas);
   tx.to = to;
   tx.value = value;
   tx.data = data;
@@ -276,7 +368,7 @@ std::string EvmLedger::transact(const Bytes& data, const U256& value, const std:
     fee_cap = tx.gas_price;
   } else {
     const auto block = rpc_.call("eth_getBlockByNumber", {"latest", false});
-    const U256 base = parse_quantity(block.at("baseFeePerGas"), "baseFeePerGas");
+    const U256 base = parse_quantity(reply_field(block, "baseFeePerGas", "eth_getBlockByNumber"), "baseFeePerGas");
     U256 tip = 1'000'000'000;
     try {
       tip = parse_quantity(rpc_.call("eth_maxPriorityFeePerGas", nlohmann::json::array()), "eth_maxPriorityFeePerGas");
@@ -289,15 +381,17 @@ std::string EvmLedger::transact(const Bytes& data, const U256& value, const std:
   }
   const U256 needed = value + fee_cap * tx.gas;
   ATTRACE_CHECK(have >= needed, InputError, insufficient(have, needed));
-  const std::string hash = rpc_.call("eth_sendRawTransaction", {to_hex(sign_transaction(tx, *key_))}).get<std::string>();
+  const std::string hash =
+      to_hex(parse_hash(rpc_.call("eth_sendRawTransaction", {to_hex(sign_transaction(tx, *key_))}), "eth_sendRawTransaction"));
   const auto deadline = std::chrono::steady_clock::now() + opts_.receipt_timeout;
   while (true) {
     const auto receipt = rpc_.call("eth_getTransactionReceipt", {hash});
     if (!receipt.is_null()) {
-      const U256 mined = parse_quantity(receipt.at("blockNumber"), "receipt blockNumber");
+      const TxReceipt parsed = parse_receipt(receipt, "receipt of " + hash);
+      const U256 mined = parsed.block_number;
       const U256 head = parse_quantity(rpc_.call("eth_blockNumber", nlohmann::json::array()), "eth_blockNumber");
       if (head + 1 >= mined + opts_.confirmations) {
-        ATTRACE_CHECK(receipt.at("status") == "0x1", InputError, "transaction " + hash + " reverted");
+        ATTRACE_CHECK(parsed.succeeded, InputError, "transaction " + hash + " reverted");
         if (receipt_out) *receipt_out = receipt;
         return hash;
       }
@@ -312,22 +406,7 @@ std::string EvmLedger::transact(const Bytes& data, const U256& value, const std:
 EpochStatus EvmLedger::status(uint64_t epoch) {
   Bytes d = selector("epochs(uint64)");
   put_uint(d, epoch);
-  const Bytes r = call(d);
-  ATTRACE_CHECK(r.size() >= 7 * 32, RpcError, "epochs(" + std::to_string(epoch) + "): short reply from " + opts_.rpc_url);
-  EpochStatus s;
-  s.epoch = epoch;
-  static const char* states[] = {"none", "committed", "disputed", "cancelled"};
-  const auto state = static_cast<unsigned>(from_word(r.data() + 6 * 32));
-  ATTRACE_CHECK(state < 4, RpcError, "epochs(): unknown state " + std::to_string(state));
-  s.exists = state != 0;
-  s.state = states[state];
-  std::copy(r.begin(), r.begin() + 32, s.root.begin());
-  std::copy(r.begin() + 32, r.begin() + 64, s.manifest_hash.begin());
-  s.total_reward = from_word(r.data() + 64);
-  s.claimed = from_word(r.data() + 96);
-  s.committed_at = static_cast<int64_t>(from_word(r.data() + 128));
-  s.challenge_ends = static_cast<int64_t>(from_word(r.data() + 160));
-  return s;
+  return decode_epoch_status(epoch, call(d), "epochs(" + std::to_string(epoch) + ") from " + opts_.rpc_url);
 }
 
 CommitResult EvmLedger::commit(const EpochCommitment& c, const std::string& uri) {
@@ -430,8 +509,8 @@ Address EvmLedger::deploy(const std::string& artifact_path, const Address& arbit
   } catch (const nlohmann::json::exception&) {
     throw InputError("contract artifact '" + artifact_path + "': malformed JSON");
   }
-  ATTRACE_CHECK(art.contains("bytecode") && art["bytecode"].contains("object"), InputError,
-                "contract artifact '" + artifact_path + "': no bytecode.object");
+  ATTRACE_CHECK(art.contains("bytecode") && art["bytecode"].contains("object") && art["bytecode"]["object"].is_string(),
+                InputError, "contract artifact '" + artifact_path + "': no bytecode.object string");
   Bytes code = from_hex(art["bytecode"]["object"].get<std::string>(), artifact_path + ": bytecode");
   put_address(code, arbiter);
   put_uint(code, challenge_period);
@@ -441,7 +520,9 @@ Address EvmLedger::deploy(const std::string& artifact_path, const Address& arbit
   } catch (const RpcError& e) {
     throw_revert("deploy", e);
   }
-  const Address a = address_from_hex(receipt.at("contractAddress").get<std::string>(), "contractAddress");
+  const auto created = parse_receipt(receipt, "deploy receipt").contract_address;
+  ATTRACE_CHECK(created.has_value(), RpcError, "deploy: the receipt from " + opts_.rpc_url + " names no contractAddress");
+  const Address a = *created;
   opts_.contract = a;
   return a;
 }

@@ -49,6 +49,40 @@ class RpcError : public RuntimeFailure {
   std::string revert_data_;
 };
 
+// ---- Replies: pure parsing, no network (RpcClient and EvmLedger use these; fuzz/fuzz_rpc_reply
+// feeds them arbitrary bytes). Every malformed reply is an RpcError naming what was being read.
+
+/// The `result` of a JSON-RPC 2.0 reply body; RpcError "<context>: ..." if the body is not JSON, is
+/// an error reply (its message and revert data kept) or has no result.
+nlohmann::json parse_rpc_reply(const std::string& body, const std::string& context);
+/// Member `key` of an object in a reply; RpcError naming `what` if `j` is no object or lacks it.
+const nlohmann::json& reply_field(const nlohmann::json& j, const char* key, const std::string& what);
+/// A hex quantity ("0x1a", 1 to 64 digits); RpcError naming `what` otherwise.
+U256 parse_quantity(const nlohmann::json& j, const std::string& what);
+/// A hex quantity that must fit in 64 bits (nonces, gas); RpcError naming `what` otherwise.
+uint64_t parse_quantity_u64(const nlohmann::json& j, const std::string& what);
+/// Hex data ("0x" + an even number of digits, e.g. eth_call's return data); RpcError naming `what`.
+Bytes parse_data(const nlohmann::json& j, const std::string& what);
+/// A 32-byte hash (a transaction hash); RpcError naming `what` otherwise.
+Bytes32 parse_hash(const nlohmann::json& j, const std::string& what);
+
+/// The fields of an eth_getTransactionReceipt result the client uses.
+struct TxReceipt {
+  U256 block_number = 0;                  ///< block the transaction was mined in
+  bool succeeded = false;                 ///< status 0x1 (0x0: reverted)
+  std::optional<Address> contract_address;  ///< set for contract creations
+};
+/// Parses a non-null receipt object; RpcError naming `what` on a missing or malformed field.
+TxReceipt parse_receipt(const nlohmann::json& j, const std::string& what);
+
+/// Decodes the return data of AttributionLedger.epochs(uint64) for `epoch`; RpcError naming `what`
+/// on a short reply, an unknown state or a timestamp beyond int64.
+EpochStatus decode_epoch_status(uint64_t epoch, const Bytes& data, const std::string& what);
+
+/// Rethrows an RpcError of a contract call as the refusal its revert data names (LedgerRefusal,
+/// or InputError for another custom error of the contract), or as RpcError prefixed with `what`.
+[[noreturn]] void throw_revert(const std::string& what, const RpcError& e);
+
 /// Minimal JSON-RPC 2.0 client over HTTP POST.
 class RpcClient {
  public:
