@@ -421,6 +421,30 @@ TEST(EngineErrors, NoParameterMatches) {
 
 }  // namespace
 
+// Manifest settings that no config file could give are refused with a message, not a stack
+// overflow (found by fuzz_manifest) or a wrapped-around value.
+TEST(EngineConfig, ImpossibleManifestSettingsAreRefused) {
+  std::string deep;
+  for (int i = 0; i < 100000; ++i) deep += "{\"a\":";
+  deep += "1";
+  for (int i = 0; i < 100000; ++i) deep += "}";
+  const auto nested = nlohmann::json::parse(deep);
+  try {
+    ae::config_from_json(nested, "manifest.json");
+    ADD_FAILURE() << "accepted settings nested 100000 deep";
+  } catch (const attrace::InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("nested more than 8 tables deep"), std::string::npos) << e.what();
+  }
+  auto huge = nlohmann::json::parse(R"({"attribution": {"top_k": 18446744073709551615}})");
+  try {
+    ae::config_from_json(huge, "manifest.json");
+    ADD_FAILURE() << "accepted top_k = 2^64 - 1";
+  } catch (const attrace::InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("settings.top_k = 18446744073709551615 is out of range"), std::string::npos)
+        << e.what();
+  }
+}
+
 // The typed config survives the manifest: an auditor rebuilds exactly the settings of a run.
 TEST(EngineConfig, RebuiltFromManifestSettings) {
   TempDir d;

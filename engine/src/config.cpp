@@ -5,6 +5,7 @@
 #include <attrace/error.hpp>
 
 #include <cmath>
+#include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -336,16 +337,25 @@ Config config_from_table(const toml::table& doc, const std::string& path, const 
   return c;
 }
 
+// Deepest table nesting a settings object may have: config files have sections of keys, so
+// anything deeper is not a config (and must not reach the recursion below unbounded).
+constexpr int kMaxSettingsDepth = 8;
+
 // JSON (the manifest's settings object) to the same TOML document a config file would give.
-toml::table table_from_json(const nlohmann::json& j, const std::string& what) {
+toml::table table_from_json(const nlohmann::json& j, const std::string& what, int depth = 1) {
+  ATTRACE_CHECK(depth <= kMaxSettingsDepth, InputError,
+                what + ": settings are nested more than " + std::to_string(kMaxSettingsDepth) + " tables deep");
   toml::table t;
   for (const auto& [key, v] : j.items()) {
     if (v.is_object()) {
-      t.insert_or_assign(key, table_from_json(v, what));
+      t.insert_or_assign(key, table_from_json(v, what, depth + 1));
     } else if (v.is_string()) {
       t.insert_or_assign(key, v.get<std::string>());
     } else if (v.is_boolean()) {
       t.insert_or_assign(key, v.get<bool>());
+    } else if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) {
+      throw InputError(what + ": settings." + key + " = " + std::to_string(v.get<uint64_t>()) +
+                       " is out of range (largest allowed: " + std::to_string(INT64_MAX) + ")");
     } else if (v.is_number_integer()) {
       t.insert_or_assign(key, v.get<int64_t>());
     } else if (v.is_number()) {
