@@ -187,20 +187,11 @@ TEST_F(Cuda, CanonicalScoreBitIdentical) {
 // The FMA order (the default scoring kernel): bit-identical to the CPU backend on sizes that
 // straddle lanes, chunks (512) and the GPU's 64-element steps, values over many binades (so a
 // different order would show), with poisoned start values and a non-unit alpha.
-std::vector<float> wide_values(int64_t rows, int64_t cols, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<float> mant(-1.0f, 1.0f);
-  std::uniform_int_distribution<int> ex(-12, 12);
-  std::vector<float> v(static_cast<size_t>(rows * cols));
-  for (auto& x : v) x = std::ldexp(mant(rng), ex(rng));
-  return v;
-}
-
 TEST_F(Cuda, FmaScoreBitIdentical) {
   for (const auto& [n, m, p] : {Shape{1, 1, 1}, Shape{3, 5, 7}, Shape{33, 31, 511}, Shape{17, 65, 513}, Shape{64, 64, 1024},
                                 Shape{70, 33, 1025}, Shape{5, 300, 4097}, Shape{257, 3, 64},
                                 Shape{130, 97, 1028}, Shape{9, 40, 516}}) {  // p % 4 == 0: the 16-byte staging path
-    const auto a = wide_values(n, p, 3 + p), b = wide_values(m, p, 4 + p);
+    const auto a = attrace::test::wide_matrix(n, p, 3 + p), b = attrace::test::wide_matrix(m, p, 4 + p);
     std::vector<double> c(static_cast<size_t>(n * m)), g;
     for (size_t e = 0; e < c.size(); ++e) c[e] = 0.125 * static_cast<double>(e % 5) - 0.25;
     g = c;

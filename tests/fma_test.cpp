@@ -33,6 +33,7 @@ namespace ak = attrace::kernels;
 namespace {
 
 using attrace::test::bit_equal;
+using attrace::test::wide_matrix;
 using Shape = std::tuple<int64_t, int64_t, int64_t>;
 
 // The FMA order, written out independently of the kernels: chunks of 512, element q of a chunk in
@@ -47,17 +48,6 @@ double fma_by_definition(const float* a, const float* b, int64_t p, int64_t chun
     total += ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
   }
   return total;
-}
-
-// Values over many binades (uniform mantissa, exponent in [-12, 12]), so that a different order of
-// operations shows up in the last bits.
-std::vector<float> wide_matrix(int64_t rows, int64_t cols, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<float> mant(-1.0f, 1.0f);
-  std::uniform_int_distribution<int> ex(-12, 12);
-  std::vector<float> v(static_cast<size_t>(rows * cols));
-  for (auto& x : v) x = std::ldexp(mant(rng), ex(rng));
-  return v;
 }
 
 std::vector<double> by_definition(const std::vector<float>& a, const std::vector<float>& b, int64_t n, int64_t m,

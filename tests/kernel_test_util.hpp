@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -17,6 +18,17 @@ std::vector<T> random_matrix(int64_t rows, int64_t cols, uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::vector<T> v(static_cast<size_t>(rows * cols));
   for (auto& x : v) x = static_cast<T>(static_cast<double>(rng() >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+  return v;
+}
+
+/// rows x cols values over many binades (uniform mantissa in [-1, 1), exponent in [-12, 12]), so
+/// that a different order of operations shows up in the last bits.
+inline std::vector<float> wide_matrix(int64_t rows, int64_t cols, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> mant(-1.0f, 1.0f);
+  std::uniform_int_distribution<int> ex(-12, 12);
+  std::vector<float> v(static_cast<size_t>(rows * cols));
+  for (auto& x : v) x = std::ldexp(mant(rng), ex(rng));
   return v;
 }
 

@@ -273,20 +273,10 @@ struct Featurizer::Impl {
           std::copy(d, d + t_n * d_out, row + fl.delta_offset());
           continue;
         }
-        // Entry (o, q) is sum_t d_t[o] x_t[q], t ascending, unfused: the chain path's own order
-        // (gradients.cpp, layer_gradients), so these columns equal its dense gradient bit for bit.
+        // The chain path's own order (outer_row_sum), so these columns equal its gradient bit for bit.
         const int64_t n_in = d_in - (bias[l] ? 1 : 0);
         float* wg = row + dense_at;
-        for (int64_t o = 0; o < d_out; ++o) {
-          float* __restrict gr = wg + o * n_in;
-          const float d0 = d[o];
-          for (int64_t q = 0; q < n_in; ++q) gr[q] = d0 * x[q];
-          for (int64_t t = 1; t < t_n; ++t) {
-            const float dv = d[t * d_out + o];
-            const float* __restrict xr = x + t * d_in;
-            for (int64_t q = 0; q < n_in; ++q) gr[q] += dv * xr[q];
-          }
-        }
+        for (int64_t o = 0; o < d_out; ++o) outer_row_sum(wg + o * n_in, d, o, d_out, x, d_in, n_in, t_n);
         if (bias[l])
           for (int64_t o = 0; o < d_out; ++o) {
             float b = d[o];

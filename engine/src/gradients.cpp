@@ -634,14 +634,8 @@ struct CheckpointModel::Impl {
         if (woff >= 0) {
           T* g = dst + i * p + woff;
           for (int64_t o = 0; o < n_out; ++o) {
-            T* __restrict gr = g + o * n_in;
-            const T d0 = d[o];
-            for (int64_t q = 0; q < n_in; ++q) gr[q] = d0 * x[q];
-            for (int64_t t = 1; t < pos; ++t) {
-              const T dv = d[t * n_out + o];
-              const T* __restrict xr = x + t * ldx;
-              for (int64_t q = 0; q < n_in; ++q) gr[q] += dv * xr[q];
-            }
+            T* gr = g + o * n_in;
+            outer_row_sum(gr, d, o, n_out, x, ldx, n_in, pos);
             ok &= all_finite(gr, n_in);
           }
         }

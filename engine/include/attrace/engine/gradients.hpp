@@ -50,6 +50,21 @@ struct LayerFactors {
   std::vector<float> delta;  ///< (rows * positions) x d_out
 };
 
+/// Row o of one example's weight gradient sum_t delta_t[o] x_t[0 .. n_in) over its `positions`
+/// rows (x rows `ldx` apart, delta rows `n_out` apart), t ascending, unfused: the chain path's
+/// order, shared with the featurizer's dense columns of factored rows so both give the same bits.
+template <class T>
+inline void outer_row_sum(T* __restrict out, const T* delta, int64_t o, int64_t n_out, const T* x, int64_t ldx,
+                          int64_t n_in, int64_t positions) {
+  const T d0 = delta[o];
+  for (int64_t q = 0; q < n_in; ++q) out[q] = d0 * x[q];
+  for (int64_t t = 1; t < positions; ++t) {
+    const T dv = delta[t * n_out + o];
+    const T* __restrict xr = x + t * ldx;
+    for (int64_t q = 0; q < n_in; ++q) out[q] += dv * xr[q];
+  }
+}
+
 /// One loaded checkpoint, able to produce per-example gradients of selected parameters.
 class CheckpointModel {
  public:
