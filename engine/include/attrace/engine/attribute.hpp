@@ -4,10 +4,12 @@
 #include <attrace/engine/config.hpp>
 #include <attrace/connectors/dataset.hpp>
 #include <attrace/connectors/run.hpp>
+#include <attrace/engine/registry.hpp>
 #include <attrace/engine/report.hpp>
 
 #include <nlohmann/json.hpp>
 
+#include <optional>
 #include <string>
 
 namespace attrace::engine {
@@ -17,6 +19,8 @@ struct RunOptions {
   std::string out_dir;   ///< directory to create
   bool replace = false;  ///< replace an existing out_dir
   bool quiet = false;    ///< no progress on stderr
+  /// Registry the training set was checked against (first_registered order, manifest block).
+  std::optional<RegistryBinding> registry;
 };
 
 /// What a finished run produced, for printing.
