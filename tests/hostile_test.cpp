@@ -11,6 +11,8 @@
 
 #include <sys/stat.h>
 
+#include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -89,6 +91,8 @@ mutate("train_huge_shape", "vec_train", huge_shape)
 const Shared& shared() {
   static const Shared s = [] {
     Shared r;
+    // Rows with damaged HDF5 files that make libhdf5 loop wait this long (the default is 120 s).
+    ::setenv("ATTRACE_HDF5_CHECK_TIMEOUT", "10", 1);
     r.dir = (fs::temp_directory_path() / ("attrace-hostile-" + std::to_string(::getpid()))).string();
     fs::remove_all(r.dir);
     fs::create_directories(r.dir);
@@ -158,6 +162,21 @@ struct Env {
   std::string truncated(const std::string& from, const std::string& f, double fraction) {
     const std::string bytes = read_text(from);
     return file(f, bytes.substr(0, static_cast<size_t>(static_cast<double>(bytes.size()) * fraction)));
+  }
+  // A copy of `from` whose global heap of variable-length strings (the ids) is damaged the way
+  // that makes libhdf5 1.10.8 fault (SIGSEGV in H5HG_read, shown with h5py on the same files):
+  // `object_size` declares the first heap object 2^47 bytes long, `collection_size` shrinks the
+  // heap collection to its 16-byte header. Layout: "GCOL", version, 3 reserved, uint64 collection
+  // size; then per object uint16 index, uint16 refcount, 4 reserved, uint64 size.
+  std::string heap_damaged(const std::string& from, const std::string& f, bool object_size) {
+    std::string bytes = read_text(from);
+    const size_t at = bytes.find("GCOL");
+    EXPECT_NE(at, std::string::npos) << from << " has no global heap";
+    if (at == std::string::npos) return file(f, bytes);
+    const uint64_t value = object_size ? uint64_t{0x7fffffffffff} : uint64_t{16};
+    const size_t field = object_size ? at + 16 + 8 : at + 8;
+    for (int b = 0; b < 8; ++b) bytes[field + static_cast<size_t>(b)] = static_cast<char>((value >> (8 * b)) & 0xff);
+    return file(f, bytes);
   }
   // The attribute command on config `c` writing d/out (registered as an output).
   std::string attribute(const std::string& c, const std::string& extra = "") {
@@ -414,6 +433,17 @@ std::vector<Row> rows() {
           return e.attribute(as_query ? e.config("", "", "", p) : e.config("", "", p));
         }, 2, file + ".h5: " + frag);
   };
+  // libhdf5 itself faults on these files; attrace reads every HDF5 input through a child process
+  // first (h5::check_in_child), so they end as a refusal naming the file.
+  add("TrainHeapObjectSizeDamaged", [](Env& e) {
+        return e.attribute(e.config("", "", e.heap_damaged(fixture("vec_train.h5"), "t.h5", true)));
+      }, 2, "t.h5: damaged dataset: libhdf5 crashed (signal 11, SIGSEGV)");
+  add("TrainHeapCollectionSizeDamaged", [](Env& e) {
+        return e.attribute(e.config("", "", e.heap_damaged(fixture("vec_train.h5"), "t.h5", false)));
+      }, 2, "t.h5: damaged dataset: libhdf5 crashed");
+  add("QueryHeapDamaged", [](Env& e) {
+        return e.attribute(e.config("", "", "", e.heap_damaged(fixture("vec_train.h5"), "q.h5", true)));
+      }, 2, "q.h5: damaged dataset: libhdf5 crashed");
   ds_row("TrainInvalidUtf8Id", "train_bad_utf8_id", false, "/ids row 3 is not valid UTF-8");
   ds_row("QueryInvalidUtf8Id", "query_bad_utf8_id", true, "/ids row 5 is not valid UTF-8");
   ds_row("TrainInvalidUtf8TrancheName", "train_bad_utf8_tranche", false, "/tranches/name row 1 is not valid UTF-8");
@@ -490,6 +520,23 @@ std::vector<Row> rows() {
   add("ScoreStoreIsDirectory", [score](Env& e) { return score(e, e.dir("s.h5")); }, 2, "s.h5");
   add("ScoreStoreGarbage", [score](Env& e) { return score(e, e.file("s.h5", garbage(5000, 6))); }, 2, "s.h5");
   add("ScoreStoreTruncated", [score](Env& e) { return score(e, e.truncated(e.shared("store.h5"), "s.h5", 0.6)); }, 2, "s.h5");
+  add("ScoreStoreHeapDamaged", [score](Env& e) { return score(e, e.heap_damaged(e.shared("store.h5"), "s.h5", true)); }, 2,
+      "s.h5: damaged feature store: libhdf5 crashed");
+  add("ScoreQueryStoreHeapDamaged", [score](Env& e) {
+        return score(e, e.copy(e.shared("store.h5"), "s.h5"), " --query-store " + e.heap_damaged(e.shared("store.h5"), "q.h5", false));
+      }, 2, "q.h5: damaged feature store: libhdf5 crashed");
+  // Reproducers found by fuzz_feature_store (docs/fuzzing.md): a SIGSEGV and an endless loop in H5HG_read.
+  add("ScoreStoreFuzzFindingSegv", [score](Env& e) {
+        return score(e, e.copy(std::string(ATTRACE_FINDINGS_DIR) + "/feature_store-libhdf5-segv.h5", "s.h5"));
+      }, 2, "s.h5: damaged feature store: libhdf5 crashed");
+  add("ScoreStoreFuzzFindingHang", [score](Env& e) {
+        return score(e, e.copy(std::string(ATTRACE_FINDINGS_DIR) + "/feature_store-libhdf5-hang.h5", "s.h5"));
+      }, 2, "s.h5: damaged feature store: libhdf5 did not finish reading its structure within 10 s");
+  add("FeaturizeOverHeapDamagedStore", [](Env& e) {
+        return "featurize -q -c " + e.config("[projection]\nkind = \"dense\"\nk = 16\n") + " -o " +
+               e.heap_damaged(e.shared("store.h5"), "s.h5", true);
+      }, 2, "s.h5: damaged feature store: libhdf5 crashed (signal 11, SIGSEGV) while reading its structure in a separate "
+            "check process; not reading it (--force replaces it)");
   add("ScoreStoreIsDataset", [score](Env& e) { return score(e, e.copy(fixture("vec_train.h5"), "s.h5")); }, 2, "s.h5");
   add("ScoreStoreOtherSettings", [](Env& e) {
         e.outputs.push_back(e / "out");

@@ -205,7 +205,8 @@ void validate_dataset(const Dataset& ds, bool require_tranches, const std::strin
                       ") has no examples");
 }
 
-Dataset read_dataset(const std::string& path, bool require_tranches) {
+namespace {
+Dataset read_dataset_unchecked(const std::string& path, bool require_tranches) {
   h5::Handle f = h5::open_file_ro(path);
   const hid_t file = f.get();
   Dataset ds;
@@ -260,7 +261,14 @@ Dataset read_dataset(const std::string& path, bool require_tranches) {
     const auto licenses = optional("license");
     for (size_t k = 0; k < ids.size(); ++k) ds.tranches.push_back({ids[k], accounts[k], names[k], licenses[k]});
   }
-  f.reset();
+  return ds;
+}
+}  // namespace
+
+Dataset read_dataset(const std::string& path, bool require_tranches) {
+  // The HDF5 reads once in a child first: a damaged file faults there, not here.
+  h5::check_in_child(path, "dataset", [&] { (void)read_dataset_unchecked(path, require_tranches); });
+  Dataset ds = read_dataset_unchecked(path, require_tranches);
   validate_dataset(ds, require_tranches, path);
   ds.sha256 = sha256_file(path);
   return ds;

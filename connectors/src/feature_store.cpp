@@ -172,6 +172,23 @@ StoreLayout read_layout(hid_t f, const std::string& path, std::vector<int64_t>* 
   return l;
 }
 
+// What reading a store does to libhdf5, rehearsed in h5::check_in_child: the layout and every
+// string in it, each checkpoint's features dataset and its chunk index (walked whole without
+// reading a chunk; the chunks themselves are unfiltered bytes).
+void rehearse_store_read(const std::string& path) {
+  h5::Handle fapl = fapl_unlocked();
+  h5::Handle f(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.get()), H5Fclose);
+  if (!f.valid()) return;
+  std::vector<int64_t> progress;
+  const StoreLayout layout = read_layout(f.get(), path, &progress);
+  for (size_t c = 0; c < layout.checkpoints.size(); ++c) {
+    h5::Handle d(H5Dopen2(f.get(), (ckpt_group(c) + "/features").c_str(), H5P_DEFAULT), H5Dclose);
+    if (!d.valid()) continue;
+    hsize_t chunks = 0;
+    H5Dget_num_chunks(d.get(), H5S_ALL, &chunks);
+  }
+}
+
 // Converts float rows to the stored element type in `buf`.
 const void* encode(const float* rows, int64_t count, FeatureDtype d, std::vector<uint16_t>& buf) {
   if (d == FeatureDtype::f32) return rows;
@@ -374,7 +391,17 @@ FeatureStoreWriter::FeatureStoreWriter(const std::string& path, const StoreLayou
   if (present) {
     ATTRACE_CHECK(fs::is_regular_file(path, ec), InputError, path + ": exists and is not a regular file; not overwriting it");
     std::string difference;
-    {
+    // A damaged existing store must end as a refusal (or, with --force, be replaced), never as a
+    // fault inside libhdf5 while its layout is compared.
+    bool damaged = false;
+    try {
+      h5::check_in_child(path, "feature store", [&] { rehearse_store_read(path); });
+    } catch (const InputError& e) {
+      ATTRACE_CHECK(replace, InputError, std::string(e.what()) + " (--force replaces it)");
+      damaged = true;
+      difference = "damaged";
+    }
+    if (!damaged) {
       h5::Handle fapl = fapl_unlocked();
       h5::Handle f(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.get()), H5Fclose);
       if (!f.valid()) {
@@ -463,6 +490,7 @@ FeatureStoreReader::FeatureStoreReader(const std::string& path) {
   impl->path = path;
   std::error_code ec;
   ATTRACE_CHECK(fs::is_regular_file(path, ec), InputError, path + ": no such feature store");
+  h5::check_in_child(path, "feature store", [&] { rehearse_store_read(path); });
   h5::Handle fapl = fapl_unlocked();
   impl->file = h5::Handle(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.get()), H5Fclose);
   ATTRACE_CHECK(impl->file.valid(), InputError, path + ": not a readable HDF5 file (truncated or foreign?)");

@@ -2,11 +2,24 @@
 
 #include <attrace/connectors/fs.hpp>
 
+#include <attrace/interrupt.hpp>
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <memory>
+#include <thread>
 
 namespace attrace::h5 {
 
@@ -23,6 +36,209 @@ Handle open_file_ro(const std::string& path) {
   hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
   ATTRACE_CHECK(f >= 0, InputError, path + ": HDF5 file cannot be opened");
   return Handle(f, H5Fclose);
+}
+
+namespace {
+
+// Exit codes of the structure-check child: anything else (or a signal) is a fault.
+constexpr int kWalkClean = 0;
+constexpr int kWalkErrors = 20;  // libhdf5 returned errors but did not fault: the reader names them
+
+struct WalkState {
+  bool errors = false;
+};
+
+// Reads `size` bytes of a fixed-size type, or the variable-length data of one, and frees what
+// libhdf5 allocated for it. Errors are recorded, not thrown: the walk is to fault or finish.
+herr_t walk_attribute(hid_t loc, const char* name, const H5A_info_t*, void* op) {
+  auto& st = *static_cast<WalkState*>(op);
+  Handle a(H5Aopen(loc, name, H5P_DEFAULT), H5Aclose);
+  if (!a.valid()) return st.errors = true, 0;
+  Handle t(H5Aget_type(a.get()), H5Tclose);
+  Handle s(H5Aget_space(a.get()), H5Sclose);
+  if (!t.valid() || !s.valid()) return st.errors = true, 0;
+  const hssize_t n = H5Sget_simple_extent_npoints(s.get());
+  const size_t width = H5Tget_size(t.get());
+  if (n < 0 || width == 0) return st.errors = true, 0;
+  if (static_cast<double>(n) * static_cast<double>(width) > (1 << 30)) return st.errors = true, 0;
+  Handle mt(H5Tget_native_type(t.get(), H5T_DIR_DEFAULT), H5Tclose);
+  if (!mt.valid()) return st.errors = true, 0;
+  std::vector<unsigned char> mbuf(static_cast<size_t>(n) * std::max<size_t>(H5Tget_size(mt.get()), 1) + 1);
+  if (H5Aread(a.get(), mt.get(), mbuf.data()) < 0) st.errors = true;
+  else if (H5Tdetect_class(mt.get(), H5T_VLEN) > 0 || H5Tis_variable_str(mt.get()) > 0)
+    H5Dvlen_reclaim(mt.get(), s.get(), H5P_DEFAULT, mbuf.data());
+  return 0;
+}
+
+void walk_dataset(hid_t d, WalkState& st) {
+  Handle t(H5Dget_type(d), H5Tclose);
+  Handle s(H5Dget_space(d), H5Sclose);
+  Handle dcpl(H5Dget_create_plist(d), H5Pclose);
+  if (!t.valid() || !s.valid() || !dcpl.valid()) return void(st.errors = true);
+  const hssize_t n = H5Sget_simple_extent_npoints(s.get());
+  if (n < 0) return void(st.errors = true);
+  if (H5Pget_layout(dcpl.get()) == H5D_CHUNKED) {
+    hsize_t chunks = 0;  // walks the whole chunk index (B-tree) without reading any chunk
+    if (H5Dget_num_chunks(d, H5S_ALL, &chunks) < 0) st.errors = true;
+  }
+  const bool variable = H5Tdetect_class(t.get(), H5T_VLEN) > 0 || H5Tis_variable_str(t.get()) > 0;
+  if (!variable || n == 0) return;  // fixed-size values are plain bytes to libhdf5
+  // Variable-length values live in the global heap, where libhdf5 1.10 faults on damage: read
+  // them all, a block of rows at a time (bounded memory), the way the readers do.
+  Handle mt(H5Tget_native_type(t.get(), H5T_DIR_DEFAULT), H5Tclose);
+  const int rank = H5Sget_simple_extent_ndims(s.get());
+  if (!mt.valid() || rank < 0) return void(st.errors = true);
+  const size_t mwidth = std::max<size_t>(H5Tget_size(mt.get()), 1);
+  if (rank == 0) {  // one scalar value
+    std::vector<unsigned char> buf(mwidth, 0);
+    const herr_t read = H5Dread(d, mt.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, buf.data());
+    H5Dvlen_reclaim(mt.get(), s.get(), H5P_DEFAULT, buf.data());
+    if (read < 0) st.errors = true;
+    return;
+  }
+  std::vector<hsize_t> dims(static_cast<size_t>(rank));
+  H5Sget_simple_extent_dims(s.get(), dims.data(), nullptr);
+  hsize_t row_elems = 1;
+  for (int i = 1; i < rank; ++i) row_elems *= dims[static_cast<size_t>(i)];
+  const hsize_t block = std::max<hsize_t>(1, (hsize_t{1} << 24) / std::max<hsize_t>(row_elems * mwidth, 1));
+  for (hsize_t r0 = 0; r0 < dims[0]; r0 += block) {
+    std::vector<hsize_t> start(static_cast<size_t>(rank), 0), count = dims;
+    start[0] = r0;
+    count[0] = std::min(block, dims[0] - r0);
+    Handle fs(H5Scopy(s.get()), H5Sclose);
+    H5Sselect_hyperslab(fs.get(), H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr);
+    Handle ms(H5Screate_simple(rank, count.data(), nullptr), H5Sclose);
+    hsize_t elems = 1;
+    for (hsize_t c : count) elems *= c;
+    std::vector<unsigned char> buf(static_cast<size_t>(elems) * mwidth, 0);
+    const herr_t read = H5Dread(d, mt.get(), ms.get(), fs.get(), H5P_DEFAULT, buf.data());
+    H5Dvlen_reclaim(mt.get(), ms.get(), H5P_DEFAULT, buf.data());
+    if (read < 0) return void(st.errors = true);
+  }
+}
+
+herr_t walk_object(hid_t root, const char* name, const H5O_info_t* info, void* op) {
+  auto& st = *static_cast<WalkState*>(op);
+  Handle o(H5Oopen(root, name, H5P_DEFAULT), H5Oclose);
+  if (!o.valid()) return st.errors = true, 0;
+  hsize_t at = 0;
+  if (H5Aiterate2(o.get(), H5_INDEX_NAME, H5_ITER_NATIVE, &at, walk_attribute, &st) < 0) st.errors = true;
+  if (info->type == H5O_TYPE_DATASET) walk_dataset(o.get(), st);
+  return 0;
+}
+
+// Runs in the child: never returns. Faults end it by a signal; everything else is an exit code.
+[[noreturn]] void rehearse_and_exit(const std::string& path, const std::function<void()>& rehearse) {
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  WalkState st;
+  // The rehearsal first, on a fresh open as in the parent: what libhdf5 has cached from earlier
+  // reads of the file changes whether a damaged structure faults.
+  if (rehearse) {
+    try {
+      rehearse();
+    } catch (...) {
+      st.errors = true;
+    }
+  }
+  {
+    Handle fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+    H5Pset_file_locking(fapl.get(), 0, 1);  // the parent may hold the store's lock
+    Handle f(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.get()), H5Fclose);
+    if (!f.valid()) st.errors = true;
+    else if (H5Ovisit2(f.get(), H5_INDEX_NAME, H5_ITER_NATIVE, walk_object, &st, H5O_INFO_BASIC) < 0) st.errors = true;
+  }
+  ::_exit(st.errors ? kWalkErrors : kWalkClean);
+}
+
+// A child must not take the machine down if damage makes libhdf5 allocate wildly: its address
+// space may grow by at most half the physical memory (8 GiB at most) beyond the parent's.
+void limit_child_memory() {
+  long pages = 0;
+  if (FILE* f = std::fopen("/proc/self/statm", "r")) {
+    if (std::fscanf(f, "%ld", &pages) != 1) pages = 0;
+    std::fclose(f);
+  }
+  const double page = static_cast<double>(::sysconf(_SC_PAGESIZE));
+  const double phys = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * page;
+  const double extra = std::min(phys / 2, 8.0 * 1073741824.0);
+  rlimit lim{};
+  lim.rlim_cur = lim.rlim_max = static_cast<rlim_t>(static_cast<double>(pages) * page + extra);
+  ::setrlimit(RLIMIT_AS, &lim);
+}
+
+double check_timeout_s() {
+  const char* v = std::getenv("ATTRACE_HDF5_CHECK_TIMEOUT");
+  if (v == nullptr || *v == '\0') return 120;
+  char* end = nullptr;
+  const double t = std::strtod(v, &end);
+  ATTRACE_CHECK(end != v && *end == '\0' && t > 0 && t <= 1e6, InputError,
+                std::string("ATTRACE_HDF5_CHECK_TIMEOUT must be a number of seconds in (0, 1e6], got '") + v + "'");
+  return t;
+}
+
+}  // namespace
+
+void check_in_child(const std::string& path, const std::string& what, const std::function<void()>& rehearse) {
+  quiet_errors();
+  connectors::require_regular_file(path);  // opening a FIFO would block the child
+  const double timeout = check_timeout_s();
+  std::fflush(nullptr);  // nothing buffered is written twice
+  const pid_t pid = ::fork();
+  ATTRACE_CHECK(pid >= 0, RuntimeFailure, path + ": cannot fork to check the file (" + std::strerror(errno) + ")");
+  if (pid == 0) {
+    // The child reads and exits; stop signals end it at once, and it writes nothing anywhere.
+    ::signal(SIGINT, SIG_DFL);
+    ::signal(SIGTERM, SIG_DFL);
+    limit_child_memory();
+    rehearse_and_exit(path, rehearse);
+  }
+  const auto start = std::chrono::steady_clock::now();
+  int status = 0;
+  // A pidfd wakes the wait the moment the child exits (Linux >= 5.3); polling with a growing
+  // sleep is the fallback. Either way a stop signal or the time limit is seen within 0.1 s.
+  const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  struct CloseFd {
+    int fd;
+    ~CloseFd() {
+      if (fd >= 0) ::close(fd);
+    }
+  } close_pidfd{pidfd};
+  auto sleep_for = std::chrono::microseconds(200);
+  for (;;) {
+    const pid_t r = ::waitpid(pid, &status, WNOHANG);
+    if (r == pid) break;
+    if (r < 0 && errno != EINTR) throw RuntimeFailure(path + ": lost the file-check process (" + std::strerror(errno) + ")");
+    const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const bool stop = detail::pending_signal() != 0;
+    if (stop || waited > timeout) {
+      ::kill(pid, SIGKILL);
+      while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+      }
+      throw_if_interrupted();
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "%g", timeout);
+      throw InputError(path + ": damaged " + what + ": libhdf5 did not finish reading its structure within " + buf +
+                       " s (it loops on some damaged files); not reading it. If the file is intact but very large, "
+                       "raise ATTRACE_HDF5_CHECK_TIMEOUT");
+    }
+    if (pidfd >= 0) {
+      pollfd p{pidfd, POLLIN, 0};
+      ::poll(&p, 1, 100);
+    } else {
+      std::this_thread::sleep_for(sleep_for);
+      sleep_for = std::min(sleep_for * 2, std::chrono::microseconds(20000));
+    }
+  }
+  if (WIFEXITED(status) && (WEXITSTATUS(status) == kWalkClean || WEXITSTATUS(status) == kWalkErrors)) return;
+  std::string how;
+  if (WIFSIGNALED(status)) {
+    const int sig = WTERMSIG(status);
+    how = std::string("crashed (signal ") + std::to_string(sig) + ", " + (sigabbrev_np(sig) ? "SIG" + std::string(sigabbrev_np(sig)) : "?") + ")";
+  } else {
+    how = "failed (exit code " + std::to_string(WEXITSTATUS(status)) + ")";
+  }
+  throw InputError(path + ": damaged " + what + ": libhdf5 " + how +
+                   " while reading its structure in a separate check process; not reading it");
 }
 
 Handle create_file(const std::string& path) {

@@ -5,6 +5,7 @@
 #include <hdf5.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -50,8 +51,22 @@ class Handle {
 /// Silences HDF5's own error printing; attrace reports errors itself.
 void quiet_errors();
 
-/// Opens `path` read-only; InputError naming the file if it is missing or not HDF5.
+/// Opens `path` read-only; InputError naming the file if it is missing or not HDF5. Readers of
+/// files from outside call check_in_child first.
 Handle open_file_ro(const std::string& path);
+
+/// libhdf5 1.10 crashes (SIGSEGV, heap overflows) or loops forever on some damaged files — in its
+/// global heap of variable-length strings and its metadata cache — before attrace's own checks see
+/// anything. So a reader of an HDF5 file first rehearses its read in a forked child process: the
+/// child walks every object header, attribute, variable-length value and chunk index it can reach
+/// (best effort: damage may cut the walk short), then runs `rehearse` — the reader's own reads,
+/// which open objects by name and so reach what a cut-short walk missed. A child that dies by a
+/// signal or does not finish within ATTRACE_HDF5_CHECK_TIMEOUT seconds (default 120) makes this an
+/// InputError naming `path`, its role `what` ("dataset", "feature store", ...) and what happened.
+/// Errors that are not faults (exceptions in the rehearsal, HDF5 error returns) are left to the
+/// caller, whose own read then names them precisely. libhdf5 is deterministic for the same bytes,
+/// so a read rehearsed without a fault runs without one.
+void check_in_child(const std::string& path, const std::string& what, const std::function<void()>& rehearse);
 /// Creates (truncates) `path`; RuntimeFailure naming it on failure.
 Handle create_file(const std::string& path);
 

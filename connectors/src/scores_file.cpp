@@ -18,13 +18,23 @@ void write_scores_h5(const std::string& path, const std::vector<double>& scores,
   ATTRACE_H5_CHECK(H5Fflush(f.get(), H5F_SCOPE_GLOBAL), RuntimeFailure, path + ": flush failed");
 }
 
-std::vector<double> read_scores_h5(const std::string& path, int64_t* n, int64_t* m) {
+namespace {
+std::vector<double> read_scores_unchecked(const std::string& path, int64_t* n, int64_t* m) {
   h5::Handle f = h5::open_file_ro(path);
   const auto shape = h5::shape_of(f.get(), "scores", path);
   ATTRACE_CHECK(shape.size() == 2, InputError, path + ": /scores must be two-dimensional");
   *n = shape[0];
   *m = shape[1];
   return h5::read_numeric<double>(f.get(), "scores", H5T_NATIVE_DOUBLE, path);
+}
+}  // namespace
+
+std::vector<double> read_scores_h5(const std::string& path, int64_t* n, int64_t* m) {
+  h5::check_in_child(path, "scores file", [&] {
+    int64_t rn = 0, rm = 0;
+    (void)read_scores_unchecked(path, &rn, &rm);
+  });
+  return read_scores_unchecked(path, n, m);
 }
 
 }  // namespace attrace::connectors
