@@ -2,6 +2,7 @@
 // file/field/example at fault and exit non-zero.
 #include "demo.hpp"
 #include "ledger_cmd.hpp"
+#include "verify.hpp"
 
 #include <attrace/connectors/csv_import.hpp>
 #include <attrace/connectors/dataset.hpp>
@@ -139,6 +140,7 @@ int main(int argc, char** argv) {
   csv->add_flag("--force", co.replace, "Replace OUT.h5 if it exists (otherwise an existing file is refused)");
 
   auto* ledger = attrace::cli::add_ledger_commands(app);
+  auto* verify = attrace::cli::add_verify_command(app);
 
   auto* ver = app.add_subcommand("version", "Print the engine version and git revision");
 
@@ -149,7 +151,7 @@ int main(int argc, char** argv) {
   }
   setup_logging(quiet);
   // Commands that poll for stop signals (every batch and tile) stop cleanly on SIGINT/SIGTERM.
-  if (*attr || *feat || *sc || *demo) attrace::install_interrupt_handlers();
+  if (*attr || *feat || *sc || *demo || *verify) attrace::install_interrupt_handlers();
 
   try {
     if (*ver) {
@@ -162,6 +164,7 @@ int main(int argc, char** argv) {
       return attrace::cli::run_demo(demo_opts);
     }
     if (*ledger) return attrace::cli::run_ledger_command(ledger);
+    if (*verify) return attrace::cli::run_verify_command(quiet);
     if (*csv) {
       const long long n = attrace::connectors::import_csv(co);
       std::printf("wrote %lld examples to %s\n", n, co.output_h5.c_str());
