@@ -21,6 +21,9 @@
 #include <memory>
 #include <thread>
 
+// Present only in sanitizer builds (fuzz/): the hook a fuzzer uses to save a crashing input.
+extern "C" void __sanitizer_set_death_callback(void (*callback)(void)) __attribute__((weak));
+
 namespace attrace::h5 {
 
 void quiet_errors() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
@@ -186,9 +189,11 @@ void check_in_child(const std::string& path, const std::string& what, const std:
   const pid_t pid = ::fork();
   ATTRACE_CHECK(pid >= 0, RuntimeFailure, path + ": cannot fork to check the file (" + std::strerror(errno) + ")");
   if (pid == 0) {
-    // The child reads and exits; stop signals end it at once, and it writes nothing anywhere.
-    ::signal(SIGINT, SIG_DFL);
-    ::signal(SIGTERM, SIG_DFL);
+    // The child reads and exits; stop signals end it at once, and it writes nothing anywhere. A
+    // fault must end it by its signal (no inherited handler may catch it, report or write files:
+    // sanitizer and fuzzer builds install both), which is what the parent reads.
+    for (const int sig : {SIGINT, SIGTERM, SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL}) ::signal(sig, SIG_DFL);
+    if (__sanitizer_set_death_callback != nullptr) __sanitizer_set_death_callback(nullptr);
     limit_child_memory();
     rehearse_and_exit(path, rehearse);
   }
