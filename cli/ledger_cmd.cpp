@@ -1,5 +1,7 @@
 #include "ledger_cmd.hpp"
 
+#include <attrace/connectors/dataset.hpp>
+#include <attrace/connectors/feature_store.hpp>
 #include <attrace/connectors/fs.hpp>
 #include <attrace/connectors/toml_util.hpp>
 #include <attrace/error.hpp>
@@ -7,10 +9,17 @@
 #include <attrace/ledger/embedded.hpp>
 #include <attrace/ledger/evm.hpp>
 #include <attrace/ledger/files.hpp>
+#include <attrace/ledger/registry.hpp>
 
 #include <nlohmann/json.hpp>
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <limits>
 #include <set>
@@ -24,13 +33,14 @@ struct Options {
   std::string backend = "embedded";
   std::string db = "attrace-ledger.db";
   std::string actor = "local";
-  int64_t challenge_period = 3 * 24 * 3600;
+  std::string challenge_period = "3d";
   std::string arbiter = "local";
   std::string evm_config;
   std::string key_file;
   bool json = false;
   // per command
   std::string report_dir, epoch, pool, uri, account, tranche, manifest_file, reason_file, artifact, evm_arbiter;
+  std::string dataset, example, manifest_out;
   bool all = false, upheld = false, rejected = false;
 };
 
@@ -42,18 +52,87 @@ uint64_t parse_epoch(const std::string& s) {
   return static_cast<uint64_t>(v);
 }
 
+// Human durations: "3d", "10m", "1h30m", "90s", "0", or plain seconds ("3600").
+int64_t parse_duration(const std::string& text, const std::string& what) {
+  const std::string bad = what + ": '" + text + "' is not a duration (seconds, or e.g. 3d, 12h, 10m, 90s, 1h30m, 0)";
+  ATTRACE_CHECK(!text.empty(), InputError, bad);
+  int64_t total = 0;
+  size_t i = 0;
+  bool any_unit = false;
+  while (i < text.size()) {
+    size_t j = i;
+    while (j < text.size() && text[j] >= '0' && text[j] <= '9') ++j;
+    ATTRACE_CHECK(j > i && j - i <= 12, InputError, bad);
+    const int64_t n = std::stoll(text.substr(i, j - i));
+    int64_t unit = 1;
+    if (j < text.size()) {
+      switch (text[j]) {
+        case 'w': unit = 7 * 86400; break;
+        case 'd': unit = 86400; break;
+        case 'h': unit = 3600; break;
+        case 'm': unit = 60; break;
+        case 's': unit = 1; break;
+        default: throw InputError(bad);
+      }
+      any_unit = true;
+      ++j;
+    } else {
+      ATTRACE_CHECK(!any_unit || i == 0, InputError, bad + " (a number after units needs its own unit)");
+    }
+    total += n * unit;
+    ATTRACE_CHECK(total <= (int64_t{1} << 40), InputError, what + ": '" + text + "' is longer than 2^40 seconds");
+    i = j;
+  }
+  return total;
+}
+
+// "2026-12-03 21:15:29 UTC".
+std::string utc_time(int64_t t) {
+  const std::time_t tt = static_cast<std::time_t>(t);
+  std::tm tm{};
+  if (!gmtime_r(&tt, &tm)) return std::to_string(t) + " (unix time)";
+  char buf[64];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S UTC", &tm);
+  return buf;
+}
+
+// "2 d 23 h", "5 h 10 m", "3 m 20 s", "42 s": the two leading units.
+std::string duration_words(int64_t s) {
+  if (s < 0) s = 0;
+  const int64_t d = s / 86400, h = s % 86400 / 3600, m = s % 3600 / 60, sec = s % 60;
+  char buf[64];
+  if (d > 0)
+    std::snprintf(buf, sizeof buf, "%lld d %lld h", static_cast<long long>(d), static_cast<long long>(h));
+  else if (h > 0)
+    std::snprintf(buf, sizeof buf, "%lld h %lld m", static_cast<long long>(h), static_cast<long long>(m));
+  else if (m > 0)
+    std::snprintf(buf, sizeof buf, "%lld m %lld s", static_cast<long long>(m), static_cast<long long>(sec));
+  else
+    std::snprintf(buf, sizeof buf, "%lld s", static_cast<long long>(sec));
+  return buf;
+}
+
+// Where an epoch stands against its challenge window, in words.
+std::string window_words(const al::EpochStatus& s, int64_t now) {
+  if (s.state == "cancelled") return "cancelled by an upheld dispute";
+  if (s.state == "disputed") return "frozen by a dispute until the arbiter resolves it";
+  if (now < s.challenge_ends)
+    return duration_words(s.challenge_ends - now) + " left; disputes until then, claims after";
+  return "window closed: final, claims open";
+}
+
 std::optional<al::PrivateKey> load_key(const std::string& key_file) {
   if (!key_file.empty()) return al::PrivateKey::from_file(key_file);
   if (std::getenv("ATTRACE_PRIVATE_KEY")) return al::PrivateKey::from_env("ATTRACE_PRIVATE_KEY");
   return std::nullopt;
 }
 
-al::EvmOptions evm_options(std::string* key_file) {
-  ATTRACE_CHECK(!opts.evm_config.empty(), InputError, "--backend evm needs --evm-config FILE (see docs/cli.md)");
-  const toml::table doc = connectors::parse_toml_file(opts.evm_config);
+al::EvmOptions evm_options(std::string* key_file, const std::string& evm_config = opts.evm_config) {
+  ATTRACE_CHECK(!evm_config.empty(), InputError, "--backend evm needs --evm-config FILE (see docs/cli.md)");
+  const toml::table doc = connectors::parse_toml_file(evm_config);
   const toml::table* t = doc["evm"].as_table();
-  ATTRACE_CHECK(t, InputError, opts.evm_config + ": missing [evm] section");
-  const std::string f = opts.evm_config + ": evm.";
+  ATTRACE_CHECK(t, InputError, evm_config + ": missing [evm] section");
+  const std::string f = evm_config + ": evm.";
   al::EvmOptions o;
   for (auto&& [k, v] : *t) {
     (void)v;
@@ -80,7 +159,7 @@ al::EvmOptions evm_options(std::string* key_file) {
   if (key_file && key_file->empty()) {
     if (auto k = (*t)["key_file"].value<std::string>()) {
       const std::filesystem::path p(*k);
-      *key_file = p.is_absolute() ? *k : (std::filesystem::path(opts.evm_config).parent_path() / p).string();
+      *key_file = p.is_absolute() ? *k : (std::filesystem::path(evm_config).parent_path() / p).string();
     }
   }
   return o;
@@ -96,24 +175,34 @@ std::unique_ptr<al::Ledger> open_ledger() {
   return std::make_unique<al::EvmLedger>(o, load_key(key_file));
 }
 
-nlohmann::json status_json(const al::EpochStatus& s) {
-  return {{"epoch", std::to_string(s.epoch)},       {"exists", s.exists},
-          {"state", s.state},                       {"root", al::to_hex(s.root)},
-          {"manifestHash", al::to_hex(s.manifest_hash)}, {"totalReward", al::to_decimal(s.total_reward)},
-          {"claimed", al::to_decimal(s.claimed)},   {"committedAt", s.committed_at},
-          {"challengeEnds", s.challenge_ends},      {"uri", s.uri}};
+nlohmann::json status_json(const al::EpochStatus& s, int64_t now) {
+  nlohmann::json j = {{"epoch", std::to_string(s.epoch)},       {"exists", s.exists},
+                      {"state", s.state},                       {"root", al::to_hex(s.root)},
+                      {"manifestHash", al::to_hex(s.manifest_hash)}, {"totalReward", al::to_decimal(s.total_reward)},
+                      {"claimed", al::to_decimal(s.claimed)},   {"committedAt", s.committed_at},
+                      {"challengeEnds", s.challenge_ends},      {"uri", s.uri},
+                      {"revision", s.revision}};
+  if (s.exists) {
+    j["committedAtUtc"] = utc_time(s.committed_at);
+    j["challengeEndsUtc"] = utc_time(s.challenge_ends);
+    j["now"] = now;
+    j["secondsLeft"] = std::max<int64_t>(0, s.challenge_ends - now);
+  }
+  return j;
 }
 
-void print_status(const al::EpochStatus& s) {
+void print_status(const al::EpochStatus& s, int64_t now) {
   if (!s.exists) {
     std::printf("epoch %llu: not committed\n", static_cast<unsigned long long>(s.epoch));
     return;
   }
-  std::printf("epoch %llu: %s\n  root          %s\n  manifest hash %s\n  total reward  %s\n  claimed       %s\n"
-              "  committed at  %lld\n  challenge end %lld\n",
-              static_cast<unsigned long long>(s.epoch), s.state.c_str(), al::to_hex(s.root).c_str(),
-              al::to_hex(s.manifest_hash).c_str(), al::to_decimal(s.total_reward).c_str(), al::to_decimal(s.claimed).c_str(),
-              static_cast<long long>(s.committed_at), static_cast<long long>(s.challenge_ends));
+  std::printf("epoch %llu: %s (revision %u%s)\n  root          %s\n  manifest hash %s\n  total reward  %s\n  claimed       %s\n"
+              "  committed at  %s\n  challenge end %s (%s)\n",
+              static_cast<unsigned long long>(s.epoch), s.state.c_str(), s.revision,
+              s.revision > 1 ? (", replaces the cancelled revision " + std::to_string(s.revision - 1)).c_str() : "",
+              al::to_hex(s.root).c_str(), al::to_hex(s.manifest_hash).c_str(), al::to_decimal(s.total_reward).c_str(),
+              al::to_decimal(s.claimed).c_str(), utc_time(s.committed_at).c_str(), utc_time(s.challenge_ends).c_str(),
+              window_words(s, now).c_str());
   if (!s.uri.empty()) std::printf("  uri           %s\n", s.uri.c_str());
 }
 
@@ -141,17 +230,207 @@ nlohmann::json leaf_json(const al::EpochCommitment& c, size_t i) {
           {"amount", al::to_decimal(l.leaf.amount)}, {"leaf", al::to_hex(l.hash)}, {"proof", proof}};
 }
 
+bool looks_like_address(const std::string& s) {
+  return s.size() == 42 && s.compare(0, 2, "0x") == 0 && s.find_first_not_of("0123456789abcdefABCDEF", 2) == std::string::npos;
+}
+
+// The leaf `proof`/`claim` act on: ACCOUNT is an address (with --tranche when it holds several) or a
+// tranche id.
+size_t select_leaf(const al::EpochCommitment& c) {
+  if (looks_like_address(opts.account)) return c.find(al::address_from_hex(opts.account, "account"), opts.tranche);
+  for (size_t i = 0; i < c.leaves.size(); ++i)
+    if (c.leaves[i].tranche == opts.account && (opts.tranche.empty() || opts.tranche == opts.account)) return i;
+  std::string names;
+  for (const auto& l : c.leaves) names += (names.empty() ? "" : ", ") + l.tranche;
+  throw InputError("epoch " + std::to_string(c.epoch) + " has no leaf for '" + opts.account +
+                   "' (give an account 0x... or one of its tranche ids: " + names + ")");
+}
+
+// Refuses an existing epoch manifest file that holds another commitment (same bytes: a re-run).
+void refuse_other_manifest(const std::string& path, const al::EpochCommitment& c) {
+  std::error_code ec;
+  if (!std::filesystem::exists(std::filesystem::symlink_status(path, ec))) return;
+  std::string have;
+  try {
+    have = al::read_input_file(path, "epoch manifest");
+  } catch (const InputError&) {
+    have.clear();
+  }
+  if (have == c.manifest) return;
+  throw InputError(path + " already exists and holds another commitment (e.g. this report committed to another ledger or "
+                          "with another pool); epoch files are never replaced: pass --manifest-out FILE to write this one "
+                          "elsewhere");
+}
+
+// Writes the manifest under `path` unless a file is there (link() never replaces); an identical
+// file is fine, another one is refused as above.
+void write_manifest_no_replace(const std::string& path, const al::EpochCommitment& c) {
+  refuse_other_manifest(path, c);
+  if (std::filesystem::exists(path)) return;
+  const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
+  connectors::write_file_atomic(tmp, c.manifest);
+  const int rc = ::link(tmp.c_str(), path.c_str());
+  const int err = errno;
+  ::unlink(tmp.c_str());
+  if (rc != 0 && err == EEXIST) return refuse_other_manifest(path, c);
+  ATTRACE_CHECK(rc == 0, RuntimeFailure, "cannot write " + path + ": " + std::strerror(err));
+}
+
+std::string registration_note(const std::vector<al::Registration>& all, const al::Registration& r) {
+  const al::Registration* first = al::same_content_as(all, r);
+  if (!first) return "";
+  return "same content as '" + first->tranche + "' registered earlier (order " + std::to_string(first->order) + ") by " +
+         al::checksum_address(first->account);
+}
+
+nlohmann::json registration_json(const std::vector<al::Registration>& all, const al::Registration& r) {
+  const al::Registration* first = al::same_content_as(all, r);
+  return {{"order", r.order},
+          {"tranche", r.tranche},
+          {"trancheId", al::to_hex(r.tranche_id)},
+          {"account", al::checksum_address(r.account)},
+          {"license", r.license},
+          {"contentRoot", al::to_hex(r.content_root)},
+          {"examples", r.example_count},
+          {"registeredAt", r.registered_at},
+          {"registeredAtUtc", utc_time(r.registered_at)},
+          {"registrant", r.registrant},
+          {"sameContentAs", first ? nlohmann::json(first->tranche) : nlohmann::json(nullptr)}};
+}
+
+void print_registration_row(const std::vector<al::Registration>& all, const al::Registration& r, const char* status) {
+  std::printf("%5llu  %-20s %-42s %8llu  %s  %s%s%s\n", static_cast<unsigned long long>(r.order), r.tranche.c_str(),
+              al::checksum_address(r.account).c_str(), static_cast<unsigned long long>(r.example_count),
+              al::to_hex(r.content_root).c_str(), status, *status && !registration_note(all, r).empty() ? "; " : "",
+              registration_note(all, r).c_str());
+}
+
+int cmd_register() {
+  const auto ds = connectors::read_dataset(opts.dataset, true);
+  const auto contents = al::tranche_contents(ds, opts.dataset);
+  auto l = open_ledger();
+  std::vector<std::pair<al::RegisterResult, std::string>> done;
+  for (const auto& c : contents) {
+    al::TrancheRegistration r;
+    r.tranche = c.id;
+    r.account = al::address_from_hex(c.account, opts.dataset + ": tranche '" + c.id + "' account");
+    r.license = c.license;
+    r.digests = c.digests;
+    r.example_count = c.digests.size();
+    r.content_root = c.root();
+    done.emplace_back(l->register_tranche(r), c.id);
+  }
+  const auto all = l->registrations();
+  if (opts.json) {
+    nlohmann::json j = nlohmann::json::array();
+    for (const auto& [r, id] : done) {
+      auto e = registration_json(all, r.registration);
+      e["alreadyRegistered"] = r.already_registered;
+      j.push_back(e);
+    }
+    std::printf("%s\n", nlohmann::json{{"dataset", opts.dataset}, {"registry", l->source()}, {"tranches", j}}.dump(2).c_str());
+    return 0;
+  }
+  std::printf("%s: %zu tranches on %s\n", opts.dataset.c_str(), done.size(), l->source().c_str());
+  std::printf("%5s  %-20s %-42s %8s  %-66s  %s\n", "order", "tranche", "account", "examples", "content root", "");
+  for (const auto& [r, id] : done)
+    print_registration_row(all, r.registration, r.already_registered ? "already registered" : "registered now");
+  return 0;
+}
+
+int cmd_registrations() {
+  auto l = open_ledger();
+  const auto all = l->registrations();
+  if (opts.json) {
+    nlohmann::json j = nlohmann::json::array();
+    for (const auto& r : all) j.push_back(registration_json(all, r));
+    std::printf("%s\n", j.dump(2).c_str());
+    return 0;
+  }
+  if (all.empty()) {
+    std::printf("no tranches registered on %s (attrace ledger register --dataset FILE registers a dataset's tranches)\n",
+                l->source().c_str());
+    return 0;
+  }
+  std::printf("%5s  %-20s %-42s %8s  %-66s  %s\n", "order", "tranche", "account", "examples", "content root", "");
+  for (const auto& r : all) print_registration_row(all, r, "");
+  return 0;
+}
+
+int cmd_prove_example() {
+  const auto ds = connectors::read_dataset(opts.dataset, true);
+  int64_t index = -1;
+  if (!opts.example.empty() && opts.example.find_first_not_of("0123456789") == std::string::npos && opts.example.size() <= 18)
+    index = std::stoll(opts.example);
+  else
+    for (size_t i = 0; i < ds.ids.size(); ++i)
+      if (ds.ids[i] == opts.example) index = static_cast<int64_t>(i);
+  ATTRACE_CHECK(index >= 0 && index < ds.size(), InputError,
+                opts.dataset + ": no example '" + opts.example + "' (give an index 0.." + std::to_string(ds.size() - 1) +
+                    " or an example id)");
+  const auto contents = al::tranche_contents(ds, opts.dataset);
+  const auto& c = contents[static_cast<size_t>(ds.tranche[static_cast<size_t>(index)])];
+  const size_t k = static_cast<size_t>(std::find(c.examples.begin(), c.examples.end(), index) - c.examples.begin());
+  const auto proof = al::content_proof(c.digests, k);
+  const al::Bytes32 root = c.root();
+  auto l = open_ledger();
+  const auto all = l->registrations();
+  const al::Registration* reg = nullptr;
+  for (const auto& r : all)
+    if (r.tranche == c.id) reg = &r;
+  ATTRACE_CHECK(reg, InputError, "tranche '" + c.id + "' of example " + std::to_string(index) + " is not registered on " + l->source());
+  const bool local = al::verify_content_proof(proof, reg->content_root, c.digests[k]);
+  std::optional<bool> on_chain;
+  if (auto* evm = dynamic_cast<al::EvmLedger*>(l.get())) on_chain = evm->verify_example(reg->tranche_id, c.digests[k], proof);
+  const bool ok = local && (!on_chain || *on_chain);
+  if (opts.json) {
+    std::vector<std::string> p;
+    for (const auto& x : proof) p.push_back(al::to_hex(x));
+    nlohmann::json j = {{"example", index}, {"id", ds.ids[static_cast<size_t>(index)]}, {"tranche", c.id},
+                        {"digest", al::to_hex(c.digests[k])}, {"leaf", al::to_hex(al::content_leaf(c.digests[k]))},
+                        {"contentRoot", al::to_hex(reg->content_root)}, {"datasetRoot", al::to_hex(root)},
+                        {"order", reg->order}, {"proof", p}, {"verified", ok}};
+    if (on_chain) j["verifiedOnChain"] = *on_chain;
+    std::printf("%s\n", j.dump(2).c_str());
+  } else {
+    std::printf("example %lld (id '%s') of tranche '%s' (registered, order %llu)\n  digest       %s\n  leaf         %s\n"
+                "  content root %s\n  proof:\n",
+                static_cast<long long>(index), ds.ids[static_cast<size_t>(index)].c_str(), c.id.c_str(),
+                static_cast<unsigned long long>(reg->order), al::to_hex(c.digests[k]).c_str(),
+                al::to_hex(al::content_leaf(c.digests[k])).c_str(), al::to_hex(reg->content_root).c_str());
+    for (const auto& x : proof) std::printf("    %s\n", al::to_hex(x).c_str());
+    std::printf("  %s%s\n", local ? "proof verified against the registered root" : "proof does NOT lead to the registered root",
+                on_chain ? (*on_chain ? "; the contract's verifyExample accepts it" : "; the contract's verifyExample REFUSES it") : "");
+  }
+  ATTRACE_CHECK(ok, InputError,
+                "example " + std::to_string(index) + " is not in the registered content of tranche '" + c.id +
+                    "' (the dataset's tranche root is " + al::to_hex(root) + ", registered " + al::to_hex(reg->content_root) + ")");
+  return 0;
+}
+
+int cmd_migrate() {
+  const std::string was = al::migrate_embedded_ledger(opts.db);
+  if (was == al::kEmbeddedSchemaVersion)
+    std::printf("%s: already at schema version %s, nothing to do\n", opts.db.c_str(), was.c_str());
+  else
+    std::printf("%s: migrated from schema version %s to %s (registrations table, epoch revisions)\n", opts.db.c_str(), was.c_str(),
+                al::kEmbeddedSchemaVersion);
+  return 0;
+}
+
 int cmd_init() {
   al::EmbeddedSettings s;
-  s.challenge_period = opts.challenge_period;
+  s.challenge_period = parse_duration(opts.challenge_period, "--challenge-period");
   s.arbiter = opts.arbiter;
   al::create_embedded_ledger(opts.db, s);
   if (opts.json)
     std::printf("%s\n", nlohmann::json{{"db", opts.db}, {"challengePeriod", s.challenge_period}, {"arbiter", s.arbiter},
                                        {"schema", al::kEmbeddedSchemaVersion}}.dump(2).c_str());
   else
-    std::printf("created embedded ledger %s (challenge period %lld s, arbiter '%s')\n", opts.db.c_str(),
-                static_cast<long long>(s.challenge_period), s.arbiter.c_str());
+    std::printf("created embedded ledger %s (challenge period %s = %lld s: an epoch is final and claimable that long after "
+                "its commit; arbiter '%s')\n",
+                opts.db.c_str(), duration_words(s.challenge_period).c_str(), static_cast<long long>(s.challenge_period),
+                s.arbiter.c_str());
   return 0;
 }
 
@@ -159,16 +438,23 @@ int cmd_commit() {
   const uint64_t epoch = parse_epoch(opts.epoch);
   const al::U256 pool = al::u256_from_decimal(opts.pool, "--pool");
   const auto c = al::build_epoch(opts.report_dir, epoch, pool);
-  const std::string manifest_path =
-      std::filesystem::absolute(std::filesystem::path(opts.report_dir) / ("epoch-" + std::to_string(epoch) + ".json")).string();
+  const std::string manifest_path = std::filesystem::absolute(
+      opts.manifest_out.empty() ? std::filesystem::path(opts.report_dir) / ("epoch-" + std::to_string(epoch) + ".json")
+                                : std::filesystem::path(opts.manifest_out)).string();
+  // An epoch file is never replaced: another commitment's file (e.g. the same report committed
+  // to a second ledger with another pool) is refused before anything is committed.
   auto l = open_ledger();
+  const auto live = l->status(epoch);
+  const bool refused_anyway = live.exists && live.state != "cancelled" &&
+                              (live.root != c.root || live.manifest_hash != c.manifest_hash || live.total_reward != c.pool);
+  if (!refused_anyway) refuse_other_manifest(manifest_path, c);  // else the ledger's EpochExists says more
   const auto r = l->commit(c, opts.uri.empty() ? "file://" + manifest_path : opts.uri);
-  // Written once the ledger holds this commitment (a refused commit must not replace the
-  // manifest of the one on record); a re-run after a crash writes it again, identically.
-  connectors::write_file_atomic(manifest_path, c.manifest);
+  // Written once the ledger holds this commitment (a refused commit must not leave a manifest);
+  // a re-run after a crash finds the identical file, or writes it.
+  write_manifest_no_replace(manifest_path, c);
   if (opts.json) {
     nlohmann::json j = {{"backend", l->kind()}, {"already_committed", r.already_committed}, {"transaction", r.transaction},
-                        {"manifest", manifest_path}, {"status", status_json(r.status)}};
+                        {"manifest", manifest_path}, {"status", status_json(r.status, l->current_time())}};
     j["leaves"] = nlohmann::json::array();
     for (size_t i = 0; i < c.leaves.size(); ++i) j["leaves"].push_back(leaf_json(c, i));
     std::printf("%s\n", j.dump(2).c_str());
@@ -182,17 +468,52 @@ int cmd_commit() {
 int cmd_status() {
   auto l = open_ledger();
   const auto s = l->status(parse_epoch(opts.epoch));
+  const int64_t now = l->current_time();
   if (opts.json)
-    std::printf("%s\n", status_json(s).dump(2).c_str());
+    std::printf("%s\n", status_json(s, now).dump(2).c_str());
   else
-    print_status(s);
+    print_status(s, now);
+  return 0;
+}
+
+int cmd_epochs() {
+  auto l = open_ledger();
+  const auto all = l->epochs();
+  const int64_t now = l->current_time();
+  if (opts.json) {
+    nlohmann::json j = nlohmann::json::array();
+    for (const auto& s : all) j.push_back(status_json(s, now));
+    std::printf("%s\n", j.dump(2).c_str());
+    return 0;
+  }
+  if (all.empty()) {
+    std::printf("no epochs committed on this ledger yet\n");
+    return 0;
+  }
+  std::printf("%-8s %-4s %-10s %24s %24s  %-24s %s\n", "epoch", "rev", "state", "total reward", "claimed", "challenge end", "");
+  for (const auto& s : all)
+    std::printf("%-8llu %-4u %-10s %24s %24s  %-24s %s\n", static_cast<unsigned long long>(s.epoch), s.revision, s.state.c_str(),
+                al::to_decimal(s.total_reward).c_str(), al::to_decimal(s.claimed).c_str(), utc_time(s.challenge_ends).c_str(),
+                window_words(s, now).c_str());
+  return 0;
+}
+
+int cmd_balance() {
+  auto l = open_ledger();
+  const al::Address a = al::address_from_hex(opts.account, "account");
+  const al::U256 b = l->balance_of(a);
+  if (opts.json)
+    std::printf("%s\n", nlohmann::json{{"account", al::checksum_address(a)}, {"balance", al::to_decimal(b)}, {"backend", l->kind()}}.dump(2).c_str());
+  else
+    std::printf("%s: %s %s\n", al::checksum_address(a).c_str(), al::to_decimal(b).c_str(),
+                l->kind() == "embedded" ? "(claimed on this ledger, smallest unit)" : "(native balance on chain, smallest unit)");
   return 0;
 }
 
 int cmd_proof() {
   auto l = open_ledger();
   const auto c = epoch_manifest(*l, parse_epoch(opts.epoch));
-  const size_t i = c.find(al::address_from_hex(opts.account, "account"), opts.tranche);
+  const size_t i = select_leaf(c);
   const auto j = leaf_json(c, i);
   if (opts.json) {
     std::printf("%s\n", j.dump(2).c_str());
@@ -214,7 +535,7 @@ int cmd_claim() {
       if (!l->claimed(c.leaves[i].leaf)) which.push_back(i);
   } else {
     ATTRACE_CHECK(!opts.account.empty(), InputError, "claim: name an ACCOUNT or pass --all");
-    which.push_back(c.find(al::address_from_hex(opts.account, "account"), opts.tranche));
+    which.push_back(select_leaf(c));
   }
   nlohmann::json out = nlohmann::json::array();
   for (size_t i : which) {
@@ -276,13 +597,14 @@ int cmd_deploy() {
   const auto key = std::optional<al::PrivateKey>(signer);
   al::EvmLedger l(o, key);
   const al::Address arbiter = opts.evm_arbiter.empty() ? key->address() : al::address_from_hex(opts.evm_arbiter, "--arbiter");
-  const al::Address a = l.deploy(opts.artifact, arbiter, static_cast<uint64_t>(opts.challenge_period));
+  const int64_t period = parse_duration(opts.challenge_period, "--challenge-period");
+  const al::Address a = l.deploy(opts.artifact, arbiter, static_cast<uint64_t>(period));
   if (opts.json)
     std::printf("%s\n", nlohmann::json{{"contract", al::checksum_address(a)}, {"arbiter", al::checksum_address(arbiter)},
-                                       {"challengePeriod", opts.challenge_period}}.dump(2).c_str());
+                                       {"challengePeriod", period}}.dump(2).c_str());
   else
-    std::printf("AttributionLedger deployed at %s (arbiter %s, challenge period %lld s)\n", al::checksum_address(a).c_str(),
-                al::checksum_address(arbiter).c_str(), static_cast<long long>(opts.challenge_period));
+    std::printf("AttributionLedger deployed at %s (arbiter %s, challenge period %s = %lld s)\n", al::checksum_address(a).c_str(),
+                al::checksum_address(arbiter).c_str(), duration_words(period).c_str(), static_cast<long long>(period));
   return 0;
 }
 
@@ -305,14 +627,72 @@ int cmd_receipt() {
 void print_commitment(const al::EpochCommitment& c, const al::CommitResult& r, const std::string& where) {
   std::printf("epoch %llu %s %s\n", static_cast<unsigned long long>(c.epoch),
               r.already_committed ? "was already committed (identical) on the" : "committed to the", where.c_str());
-  std::printf("  root %s\n  manifest hash %s\n  pool %s, challenge window ends at %lld (unix time)%s%s\n\n",
+  std::printf("  revision %u%s\n  root %s\n  manifest hash %s\n  pool %s\n  challenge window ends %s (%s after the commit; "
+              "disputes until then, claims after)%s%s\n\n",
+              r.status.revision,
+              r.status.revision > 1 ? (" (replaces the cancelled revision " + std::to_string(r.status.revision - 1) + ")").c_str() : "",
               al::to_hex(c.root).c_str(), al::to_hex(c.manifest_hash).c_str(), al::to_decimal(c.pool).c_str(),
-              static_cast<long long>(r.status.challenge_ends), r.transaction.empty() ? "" : "\n  transaction ",
-              r.transaction.c_str());
+              utc_time(r.status.challenge_ends).c_str(), duration_words(r.status.challenge_ends - r.status.committed_at).c_str(),
+              r.transaction.empty() ? "" : "\n  transaction ", r.transaction.c_str());
   std::printf("  %-16s %-44s %22s %18s\n", "tranche", "account", "score (1e18 = 100%)", "amount");
   for (const auto& l : c.leaves)
     std::printf("  %-16s %-44s %22s %18s\n", l.tranche.c_str(), al::checksum_address(l.leaf.account).c_str(),
                 al::to_decimal(l.leaf.score).c_str(), al::to_decimal(l.leaf.amount).c_str());
+}
+
+void add_registry_options(CLI::App* cmd, RegistryOptions& o) {
+  auto* db = cmd->add_option("--registry-db", o.db,
+                             "Check the training set against the tranches registered on this embedded ledger (content roots)");
+  auto* evm = cmd->add_option("--registry-evm", o.evm_config,
+                              "Check the training set against the tranches registered on the contract of this [evm] config");
+  db->excludes(evm);
+}
+
+std::unique_ptr<al::Ledger> open_registry_ledger(const RegistryOptions& o) {
+  if (!o.db.empty()) return al::open_embedded_ledger(o.db, {}, "registry-check");
+  const al::EvmOptions e = evm_options(nullptr, o.evm_config);
+  return std::make_unique<al::EvmLedger>(e, std::nullopt);
+}
+
+engine::RegistryBinding check_registry(const RegistryOptions& o, const connectors::Dataset& ds, const std::string& what) {
+  auto l = open_registry_ledger(o);
+  const auto contents = al::tranche_contents(ds, what);
+  std::vector<std::vector<al::Bytes32>> digests;
+  for (const auto& c : contents) digests.push_back(l->registered_digests(c.id));
+  const std::string name = l->kind() == "embedded" ? "the registry " + o.db : "the registry contract (" + o.evm_config + ")";
+  const auto regs = al::check_against_registry(contents, l->registrations(), digests, name);
+  engine::RegistryBinding b;
+  b.source = l->source();
+  for (size_t t = 0; t < contents.size(); ++t)
+    b.tranches.push_back({contents[t].id, contents[t].account, contents[t].license, al::to_hex(regs[t].content_root), regs[t].order});
+  return b;
+}
+
+std::optional<engine::RegistryBinding> check_registry_for_dataset(const RegistryOptions& o, const std::string& train_file) {
+  if (o.db.empty() && o.evm_config.empty()) return std::nullopt;
+  return check_registry(o, connectors::read_dataset(train_file, true), train_file);
+}
+
+std::optional<engine::RegistryBinding> check_registry_for_store(const RegistryOptions& o, const std::string& store) {
+  if (o.db.empty() && o.evm_config.empty()) return std::nullopt;
+  const connectors::FeatureStoreReader reader(store);
+  const auto& l = reader.layout();
+  connectors::Dataset d;
+  d.path = store;
+  d.input_shape = {l.rows};
+  d.ids = l.ids;
+  d.tranche = l.tranche;
+  d.digests = l.digests;
+  nlohmann::json spec;
+  try {
+    spec = nlohmann::json::parse(l.spec);
+    for (const auto& t : spec.at("tranches"))
+      d.tranches.push_back({t.at("id").get<std::string>(), t.at("account").get<std::string>(), t.value("name", std::string()),
+                            t.value("license", std::string())});
+  } catch (const nlohmann::json::exception& e) {
+    throw InputError(store + ": the store's spec has no readable tranche table (" + e.what() + ")");
+  }
+  return check_registry(o, d, store);
 }
 
 CLI::App* add_ledger_commands(CLI::App& app) {
@@ -329,14 +709,15 @@ CLI::App* add_ledger_commands(CLI::App& app) {
   // EPOCH ACCOUNT [--tranche] [--manifest]: which leaf `proof` and `claim` act on. Returns ACCOUNT.
   auto leaf_selector = [](CLI::App* c) {
     c->add_option("EPOCH", opts.epoch, "Epoch number")->required();
-    auto* account = c->add_option("ACCOUNT", opts.account, "Contributor account (0x...)");
+    auto* account = c->add_option("ACCOUNT", opts.account, "Contributor account (0x...) or tranche id");
     c->add_option("--tranche", opts.tranche, "Tranche id, when the account holds several");
     c->add_option("--manifest", opts.manifest_file, "Epoch manifest file (evm; embedded keeps its own)");
     return account;
   };
   auto* init = ledger->add_subcommand("init", "Create a new embedded ledger database (its settings are fixed then)");
   init->add_option("--db", opts.db, "Database file to create (must not exist)")->capture_default_str();
-  init->add_option("--challenge-period", opts.challenge_period, "Seconds from commit until an epoch is final")
+  init->add_option("--challenge-period", opts.challenge_period,
+                   "Time from commit until an epoch is final and claimable: seconds or 3d, 12h, 10m, 90s, 1h30m, 0")
       ->capture_default_str();
   init->add_option("--arbiter", opts.arbiter, "Identity (`--as NAME`) allowed to resolve disputes")->capture_default_str();
   init->add_flag("--json", opts.json, "Machine-readable output");
@@ -345,11 +726,30 @@ CLI::App* add_ledger_commands(CLI::App& app) {
   commit->add_option("--epoch", opts.epoch, "Epoch number (uint64)")->required();
   commit->add_option("--pool", opts.pool, "Reward pool in the token's smallest unit (uint256, decimal)")->required();
   commit->add_option("--uri", opts.uri, "Where the epoch manifest can be fetched (default: file:// path written next to the report)");
+  commit->add_option("--manifest-out", opts.manifest_out,
+                     "Epoch manifest file to write (default REPORT_DIR/epoch-N.json; an existing file with another commitment is "
+                     "refused, never replaced)");
   common(commit);
   auto* status = ledger->add_subcommand("status", "Show an epoch's state");
   status->add_option("EPOCH", opts.epoch, "Epoch number")->required();
   common(status);
-  auto* proof = ledger->add_subcommand("proof", "Print an account's leaf and Merkle proof");
+  auto* epochs = ledger->add_subcommand("epochs", "List every committed epoch: revision, state, pool, claimed, challenge window");
+  common(epochs);
+  auto* balance = ledger->add_subcommand("balance", "Amount an account has received (embedded: its claims; evm: native balance)");
+  balance->add_option("ACCOUNT", opts.account, "Account (0x...)")->required();
+  common(balance);
+  auto* reg = ledger->add_subcommand("register", "Register every tranche of a training dataset by content root (idempotent)");
+  reg->add_option("--dataset", opts.dataset, "Training dataset (.h5) with a tranche table")->required();
+  common(reg);
+  auto* regs = ledger->add_subcommand("registrations", "List registered tranches in registration order (duplicated content named)");
+  common(regs);
+  auto* prove = ledger->add_subcommand("prove-example", "Membership proof of one example in its tranche's registered content root");
+  prove->add_option("--dataset", opts.dataset, "Training dataset (.h5)")->required();
+  prove->add_option("--example", opts.example, "Example index (0-based) or example id")->required();
+  common(prove);
+  auto* migrate = ledger->add_subcommand("migrate", "Upgrade an embedded ledger of an older schema (1) to the current one");
+  migrate->add_option("--db", opts.db, "Embedded ledger database")->required();
+  auto* proof = ledger->add_subcommand("proof", "Print a leaf (by account or tranche id) and its Merkle proof");
   leaf_selector(proof)->required();
   common(proof);
   auto* claim = ledger->add_subcommand("claim", "Claim an account's reward (or every unclaimed leaf with --all)");
@@ -368,7 +768,8 @@ CLI::App* add_ledger_commands(CLI::App& app) {
   auto* deploy = ledger->add_subcommand("deploy", "Deploy the AttributionLedger contract (evm)");
   deploy->add_option("--artifact", opts.artifact, "forge artifact: out/AttributionLedger.sol/AttributionLedger.json")->required();
   deploy->add_option("--arbiter-address", opts.evm_arbiter, "Arbiter address (default: the deployer)");
-  deploy->add_option("--challenge-period", opts.challenge_period, "Seconds from commit until an epoch is final")
+  deploy->add_option("--challenge-period", opts.challenge_period,
+                     "Time from commit until an epoch is final: seconds or 3d, 12h, 10m, 90s, 1h30m, 0")
       ->capture_default_str();
   common(deploy);
   auto* receipt = ledger->add_subcommand("receipt", "Sign an EIP-712 EpochCommitment receipt for an epoch on chain (evm)");
@@ -389,6 +790,12 @@ int run_ledger_command(CLI::App* ledger) {
     if (n == "resolve") return cmd_resolve();
     if (n == "deploy") return cmd_deploy();
     if (n == "receipt") return cmd_receipt();
+    if (n == "epochs") return cmd_epochs();
+    if (n == "balance") return cmd_balance();
+    if (n == "register") return cmd_register();
+    if (n == "registrations") return cmd_registrations();
+    if (n == "prove-example") return cmd_prove_example();
+    if (n == "migrate") return cmd_migrate();
   }
   return 2;
 }

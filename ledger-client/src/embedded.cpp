@@ -2,6 +2,7 @@
 #include <attrace/ledger/crypto.hpp>
 #include <attrace/ledger/embedded.hpp>
 #include <attrace/ledger/merkle.hpp>
+#include <attrace/ledger/registry.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -12,10 +13,12 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <algorithm>
 #include <map>
 #include <utility>
 #include <vector>
@@ -35,6 +38,7 @@ std::string refusal_name(Refusal r) {
     case Refusal::invalid_proof: return "InvalidProof";
     case Refusal::over_budget: return "ExceedsTotal";
     case Refusal::unauthorized: return "Unauthorized";
+    case Refusal::tranche_exists: return "TrancheExists";
   }
   return "Refused";
 }
@@ -147,6 +151,15 @@ class Transaction {
   bool done_ = false;
 };
 
+// Added by schema 2, both to new ledgers and by the 1 -> 2 migration.
+constexpr const char* kRegistrySchema = R"(
+CREATE TABLE registrations(
+  seq INTEGER PRIMARY KEY, tranche TEXT NOT NULL UNIQUE, tranche_id TEXT NOT NULL, account TEXT NOT NULL,
+  license TEXT NOT NULL, content_root TEXT NOT NULL, example_count INTEGER NOT NULL, registered_at INTEGER NOT NULL,
+  registrant TEXT NOT NULL, digests BLOB NOT NULL);
+CREATE INDEX registrations_by_content ON registrations(content_root);
+)";
+
 constexpr const char* kSchema = R"(
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE commitments(
@@ -154,7 +167,8 @@ CREATE TABLE commitments(
   epoch TEXT NOT NULL, root TEXT NOT NULL, manifest_hash TEXT NOT NULL, total_reward TEXT NOT NULL,
   claimed TEXT NOT NULL DEFAULT '0', uri TEXT NOT NULL, manifest BLOB NOT NULL,
   committed_at INTEGER NOT NULL, challenge_ends INTEGER NOT NULL,
-  state TEXT NOT NULL CHECK (state IN ('committed', 'disputed', 'cancelled')), submitter TEXT NOT NULL);
+  state TEXT NOT NULL CHECK (state IN ('committed', 'disputed', 'cancelled')), submitter TEXT NOT NULL,
+  revision INTEGER NOT NULL DEFAULT 1);
 CREATE UNIQUE INDEX one_live_commitment_per_epoch ON commitments(epoch) WHERE state != 'cancelled';
 CREATE TABLE leaves(
   commitment INTEGER NOT NULL REFERENCES commitments(id), tranche TEXT NOT NULL, tranche_id TEXT NOT NULL,
@@ -164,7 +178,7 @@ CREATE TABLE balances(account TEXT PRIMARY KEY, amount TEXT NOT NULL);
 CREATE TABLE history(
   id INTEGER PRIMARY KEY AUTOINCREMENT, time INTEGER NOT NULL, actor TEXT NOT NULL, event TEXT NOT NULL,
   epoch TEXT, detail TEXT NOT NULL);
-)";
+)";  // + kRegistrySchema: schema 2 adds registrations and the revision column above
 
 // Every table with every column the ledger reads or writes: a file that cannot answer these is
 // not an attrace ledger (of this schema version).
@@ -172,10 +186,13 @@ constexpr std::pair<const char*, const char*> kTables[] = {
     {"meta", "SELECT key, value FROM meta"},
     {"commitments",
      "SELECT id, epoch, root, manifest_hash, total_reward, claimed, uri, manifest, committed_at, challenge_ends, state,"
-     " submitter FROM commitments"},
+     " submitter, revision FROM commitments"},
     {"leaves", "SELECT commitment, tranche, tranche_id, account, score, amount, leaf, claimed_at, claimed_by FROM leaves"},
     {"balances", "SELECT account, amount FROM balances"},
     {"history", "SELECT id, time, actor, event, epoch, detail FROM history"},
+    {"registrations",
+     "SELECT seq, tranche, tranche_id, account, license, content_root, example_count, registered_at, registrant, digests"
+     " FROM registrations"},
 };
 
 /// What the `meta` table fixes for the life of a ledger.
@@ -211,8 +228,28 @@ void check_ledger_file(const std::string& path) {
     file_error(path, " is not an attrace ledger (not an SQLite database, or its header is damaged)");
 }
 
+// What a file's meta table says, read before the other tables are checked: an older schema is
+// named as such (with the command that upgrades it) instead of as "not an attrace ledger".
+std::map<std::string, std::string> read_meta(const Connection& c) {
+  {
+    sqlite3_stmt* st = nullptr;
+    const int rc = sqlite3_prepare_v2(c.get(), "SELECT key, value FROM meta", -1, &st, nullptr);
+    sqlite3_finalize(st);
+    if ((rc & 0xff) == SQLITE_ERROR)
+      throw InputError(c.where() + " is not an attrace ledger (table 'meta' is missing or incomplete: " +
+                       sqlite3_errmsg(c.get()) + ")");
+    ATTRACE_SQLITE_CHECK(c, rc, "SELECT key, value FROM meta");
+  }
+  std::map<std::string, std::string> meta;
+  Stmt q(c, "SELECT key, value FROM meta");
+  while (q.step()) meta[q.text(0)] = q.text(1);
+  if (!meta.count("schema")) throw InputError(c.where() + " is not an attrace ledger (no schema version in its meta table)");
+  return meta;
+}
+
 // Opens an existing ledger and proves it is one, intact, before anything reads or writes it.
-std::unique_ptr<Connection> open_checked(const std::string& path, Stored* stored) {
+// With `schema_out` a schema-1 ledger is accepted (for the migration) and its version returned.
+std::unique_ptr<Connection> open_checked(const std::string& path, Stored* stored, std::string* schema_out = nullptr) {
   check_ledger_file(path);
   auto c = std::make_unique<Connection>(path, SQLITE_OPEN_READWRITE);  // never SQLITE_OPEN_CREATE
   // quick_check reads every page and checks the b-tree structure (not index contents): garbage
@@ -227,25 +264,28 @@ std::unique_ptr<Connection> open_checked(const std::string& path, Stored* stored
     for (const auto& p : problems) list += (list.empty() ? "" : "; ") + p;
     throw InputError(c->where() + " is corrupt (PRAGMA quick_check: " + list + "); restore it from a backup");
   }
+  auto meta = read_meta(*c);
+  const std::string schema = meta["schema"];
+  const bool old = schema == kEmbeddedSchemaVersionV1;
+  if (old && !schema_out)
+    throw InputError(c->where() + " has schema version 1 (written by an older attrace); run `attrace ledger migrate --db " + path +
+                     "` once to upgrade it to version " + kEmbeddedSchemaVersion +
+                     " (adds tranche registrations and epoch revisions; commitments, claims and history are kept)");
+  ATTRACE_CHECK(old || schema == kEmbeddedSchemaVersion, InputError,
+                c->where() + ": schema version '" + schema + "' is not supported (this attrace reads version " +
+                    kEmbeddedSchemaVersion + ")");
   for (const auto& [table, sql] : kTables) {
+    std::string q = sql;
+    if (old && std::string(table) == "registrations") continue;
+    if (old && std::string(table) == "commitments") q.replace(q.find(", revision"), 10, "");
     sqlite3_stmt* st = nullptr;
-    const int rc = sqlite3_prepare_v2(c->get(), sql, -1, &st, nullptr);
+    const int rc = sqlite3_prepare_v2(c->get(), q.c_str(), -1, &st, nullptr);
     sqlite3_finalize(st);
     if ((rc & 0xff) == SQLITE_ERROR)  // no such table / column
       throw InputError(c->where() + " is not an attrace ledger (table '" + table + "' is missing or incomplete: " +
                        sqlite3_errmsg(c->get()) + ")");
     ATTRACE_SQLITE_CHECK(*c, rc, sql);
   }
-  std::map<std::string, std::string> meta;
-  {
-    Stmt q(*c, "SELECT key, value FROM meta");
-    while (q.step()) meta[q.text(0)] = q.text(1);
-  }
-  const auto schema = meta.find("schema");
-  if (schema == meta.end()) throw InputError(c->where() + " is not an attrace ledger (no schema version in its meta table)");
-  ATTRACE_CHECK(schema->second == kEmbeddedSchemaVersion, InputError,
-                c->where() + ": schema version '" + schema->second + "' is not supported (this attrace reads version " +
-                    kEmbeddedSchemaVersion + ")");
   const std::string period = meta.count("challenge_period") ? meta["challenge_period"] : "";
   const bool digits = !period.empty() && period.size() <= 18 && period.find_first_not_of("0123456789") == std::string::npos;
   ATTRACE_CHECK(digits, InputError, c->where() + ": meta.challenge_period '" + period + "' is not a number of seconds");
@@ -253,6 +293,7 @@ std::unique_ptr<Connection> open_checked(const std::string& path, Stored* stored
   stored->arbiter = meta.count("arbiter") ? meta["arbiter"] : "";
   ATTRACE_CHECK(!stored->arbiter.empty(), InputError, c->where() + ": meta.arbiter is missing");
   c->exec("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;");
+  if (schema_out) *schema_out = schema;
   return c;
 }
 
@@ -282,11 +323,13 @@ class EmbeddedLedger final : public Ledger {
                                                      " (dispute and cancel it before committing another)");
     }
     const int64_t t = now();
+    // Revision n+1 replaces the cancelled revision n (only a cancelled epoch is committed again).
+    const int64_t revision = live.exists ? live.revision + 1 : 1;
     Stmt ins(*conn_,
              "INSERT INTO commitments(epoch, root, manifest_hash, total_reward, uri, manifest, committed_at, challenge_ends,"
-             " state, submitter) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'committed', ?9)");
+             " state, submitter, revision) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'committed', ?9, ?10)");
     ins.bind(1, epoch).bind(2, to_hex(c.root)).bind(3, to_hex(c.manifest_hash)).bind(4, to_decimal(c.pool)).bind(5, uri);
-    ins.bind_blob(6, c.manifest).bind(7, t).bind(8, t + period_).bind(9, actor_).step();
+    ins.bind_blob(6, c.manifest).bind(7, t).bind(8, t + period_).bind(9, actor_).bind(10, revision).step();
     const int64_t id = sqlite3_last_insert_rowid(conn_->get());
     for (size_t k = 0; k < c.leaves.size(); ++k) {
       const auto& l = c.leaves[k];
@@ -298,7 +341,7 @@ class EmbeddedLedger final : public Ledger {
     }
     record(t, "EpochCommitted", epoch,
            "root=" + to_hex(c.root) + " manifestHash=" + to_hex(c.manifest_hash) + " totalReward=" + to_decimal(c.pool) +
-               " challengeEnds=" + std::to_string(t + period_) + " uri=" + uri);
+               " challengeEnds=" + std::to_string(t + period_) + " uri=" + uri + " revision=" + std::to_string(revision));
     tx.commit();
     r.status = load(c.epoch);
     return r;
@@ -379,6 +422,111 @@ class EmbeddedLedger final : public Ledger {
     return "";
   }
 
+  int64_t current_time() override { return now(); }
+  std::string source() const override { return "embedded:" + std::filesystem::absolute(conn_->path()).string(); }
+
+  std::vector<EpochStatus> epochs() override {
+    std::vector<uint64_t> numbers;
+    {
+      Stmt q(*conn_, "SELECT DISTINCT epoch FROM commitments");
+      while (q.step()) {
+        const U256 e = u256_from_decimal(q.text(0), conn_->where() + ": commitments.epoch");
+        ATTRACE_CHECK(e <= U256(UINT64_MAX), InputError, conn_->where() + ": commitments.epoch " + q.text(0) + " exceeds uint64");
+        numbers.push_back(static_cast<uint64_t>(e));
+      }
+    }
+    std::sort(numbers.begin(), numbers.end());
+    std::vector<EpochStatus> out;
+    for (const uint64_t e : numbers) out.push_back(status(e));
+    return out;
+  }
+
+  U256 balance_of(const Address& account) override {
+    Stmt q(*conn_, "SELECT amount FROM balances WHERE account = ?1");
+    q.bind(1, to_hex(account));
+    return q.step() ? u256_from_decimal(q.text(0), conn_->where() + ": balance of " + to_hex(account)) : U256(0);
+  }
+
+  RegisterResult register_tranche(const TrancheRegistration& r) override {
+    ATTRACE_CHECK(!r.tranche.empty(), InputError, "register: the tranche id is empty");
+    ATTRACE_CHECK(r.example_count > 0 && r.digests.size() == r.example_count, InputError,
+                  "register: tranche '" + r.tranche + "': " + std::to_string(r.digests.size()) + " example digests for " +
+                      std::to_string(r.example_count) + " examples");
+    ATTRACE_CHECK(content_root(r.digests) == r.content_root, InputError,
+                  "register: tranche '" + r.tranche + "': the example digests do not hash to content root " + to_hex(r.content_root));
+    Transaction tx(*conn_);
+    RegisterResult out;
+    for (const auto& have : registrations())
+      if (have.tranche == r.tranche) {
+        if (have.content_root == r.content_root && have.account == r.account) {
+          out.already_registered = true;
+          out.registration = have;
+          return out;
+        }
+        throw LedgerRefusal(Refusal::tranche_exists,
+                            "tranche '" + r.tranche + "' is registered (order " + std::to_string(have.order) + ") with content root " +
+                                to_hex(have.content_root) + " for " + checksum_address(have.account) +
+                                "; a tranche id is registered once: changed content needs a new tranche id");
+      }
+    Stmt next(*conn_, "SELECT COALESCE(MAX(seq), 0) + 1 FROM registrations");
+    next.step();
+    const int64_t seq = next.integer(0), t = now();
+    std::string blob;
+    blob.reserve(r.digests.size() * 32);
+    for (const auto& d : r.digests) blob.append(reinterpret_cast<const char*>(d.data()), 32);
+    Stmt ins(*conn_,
+             "INSERT INTO registrations(seq, tranche, tranche_id, account, license, content_root, example_count, registered_at,"
+             " registrant, digests) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
+    ins.bind(1, seq).bind(2, r.tranche).bind(3, to_hex(keccak256(r.tranche))).bind(4, to_hex(r.account)).bind(5, r.license);
+    ins.bind(6, to_hex(r.content_root)).bind(7, static_cast<int64_t>(r.example_count)).bind(8, t).bind(9, actor_);
+    ins.bind_blob(10, blob).step();
+    record(t, "TrancheRegistered", "",
+           "tranche=" + r.tranche + " trancheId=" + to_hex(keccak256(r.tranche)) + " account=" + to_hex(r.account) +
+               " contentRoot=" + to_hex(r.content_root) + " examples=" + std::to_string(r.example_count) +
+               " order=" + std::to_string(seq) + " license=" + r.license);
+    tx.commit();
+    for (const auto& have : registrations())
+      if (have.tranche == r.tranche) out.registration = have;
+    return out;
+  }
+
+  std::vector<Registration> registrations() override {
+    Stmt q(*conn_,
+           "SELECT seq, tranche, tranche_id, account, license, content_root, example_count, registered_at, registrant"
+           " FROM registrations ORDER BY seq");
+    std::vector<Registration> out;
+    while (q.step()) {
+      Registration r;
+      const std::string where = conn_->where() + ": registration " + std::to_string(q.integer(0)) + " ";
+      r.order = static_cast<uint64_t>(q.integer(0));
+      r.tranche = q.text(1);
+      r.tranche_id = bytes32_from_hex(q.text(2), where + "tranche_id");
+      r.account = address_from_hex(q.text(3), where + "account");
+      r.license = q.text(4);
+      r.content_root = bytes32_from_hex(q.text(5), where + "content_root");
+      r.example_count = static_cast<uint64_t>(q.integer(6));
+      r.registered_at = q.integer(7);
+      r.registrant = q.text(8);
+      out.push_back(std::move(r));
+    }
+    return out;
+  }
+
+  std::vector<Bytes32> registered_digests(const std::string& tranche) override {
+    Stmt q(*conn_, "SELECT digests, content_root, example_count FROM registrations WHERE tranche = ?1");
+    q.bind(1, tranche);
+    if (!q.step()) return {};
+    const std::string blob = q.text(0);
+    const std::string where = conn_->where() + " is inconsistent: registration of tranche '" + tranche + "': ";
+    ATTRACE_CHECK(blob.size() % 32 == 0 && blob.size() / 32 == static_cast<size_t>(q.integer(2)), InputError,
+                  where + "the stored digests do not match its example count");
+    std::vector<Bytes32> out(blob.size() / 32);
+    for (size_t k = 0; k < out.size(); ++k) std::copy(blob.begin() + k * 32, blob.begin() + (k + 1) * 32, out[k].begin());
+    ATTRACE_CHECK(content_root(out) == bytes32_from_hex(q.text(1), where + "content_root"), InputError,
+                  where + "the stored digests do not hash to its content root");
+    return out;
+  }
+
   bool claimed(const Leaf& leaf) override {
     Stmt q(*conn_, "SELECT l.claimed_at FROM leaves l JOIN commitments c ON c.id = l.commitment"
                 " WHERE c.epoch = ?1 AND c.state != 'cancelled' AND l.leaf = ?2");
@@ -392,7 +540,7 @@ class EmbeddedLedger final : public Ledger {
   // The newest commitment of an epoch (live if any, else the last cancelled one).
   EpochStatus load(uint64_t epoch) {
     Stmt q(*conn_,
-           "SELECT root, manifest_hash, total_reward, claimed, committed_at, challenge_ends, state, uri FROM commitments"
+           "SELECT root, manifest_hash, total_reward, claimed, committed_at, challenge_ends, state, uri, revision FROM commitments"
            " WHERE epoch = ?1 ORDER BY (state = 'cancelled'), id DESC LIMIT 1");
     q.bind(1, std::to_string(epoch));
     EpochStatus s;
@@ -408,6 +556,9 @@ class EmbeddedLedger final : public Ledger {
     s.challenge_ends = q.integer(5);
     s.state = q.text(6);
     s.uri = q.text(7);
+    const int64_t revision = q.integer(8);
+    ATTRACE_CHECK(revision >= 1 && revision <= int64_t{0xffffffff}, InputError, where + "revision " + std::to_string(revision) + " is not valid");
+    s.revision = static_cast<uint32_t>(revision);
     return s;
   }
 
@@ -531,6 +682,7 @@ void create_embedded_ledger(const std::string& path, const EmbeddedSettings& set
     c.exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;");
     Transaction tx(c);
     c.exec(kSchema);
+    c.exec(kRegistrySchema);
     Stmt ins(c, "INSERT INTO meta(key, value) VALUES ('schema', ?1), ('challenge_period', ?2), ('arbiter', ?3)");
     ins.bind(1, std::string(kEmbeddedSchemaVersion)).bind(2, std::to_string(settings.challenge_period)).bind(3, settings.arbiter).step();
     tx.commit();
@@ -544,6 +696,26 @@ std::unique_ptr<Ledger> open_embedded_ledger(const std::string& path, const Embe
   Stored stored;
   auto conn = open_checked(path, &stored);
   return std::make_unique<EmbeddedLedger>(std::move(conn), stored, options, actor);
+}
+
+std::string migrate_embedded_ledger(const std::string& path) {
+  Stored stored;
+  std::string schema;
+  auto c = open_checked(path, &stored, &schema);
+  if (schema == kEmbeddedSchemaVersion) return schema;
+  Transaction tx(*c);
+  // Revisions of existing commitments: 1, 2, ... per epoch in commit (id) order, as a schema-2
+  // ledger would have numbered them.
+  c->exec("ALTER TABLE commitments ADD COLUMN revision INTEGER NOT NULL DEFAULT 1;"
+          "UPDATE commitments SET revision = (SELECT COUNT(*) FROM commitments AS o WHERE o.epoch = commitments.epoch"
+          " AND o.id <= commitments.id);");
+  c->exec(kRegistrySchema);
+  Stmt up(*c, "UPDATE meta SET value = ?1 WHERE key = 'schema'");
+  up.bind(1, std::string(kEmbeddedSchemaVersion)).step();
+  Stmt h(*c, "INSERT INTO history(time, actor, event, epoch, detail) VALUES (?1, 'attrace', 'SchemaMigrated', NULL, ?2)");
+  h.bind(1, static_cast<int64_t>(std::time(nullptr))).bind(2, std::string("schema 1 -> ") + kEmbeddedSchemaVersion).step();
+  tx.commit();
+  return schema;
 }
 
 }  // namespace attrace::ledger

@@ -4,6 +4,7 @@
 
 #include <curl/curl.h>
 
+#include <algorithm>
 #include <fstream>
 #include <limits>
 #include <map>
@@ -92,6 +93,9 @@ const std::map<std::string, ErrorInfo>& known_errors() {
     add("InvalidProof()", Refusal::invalid_proof);
     add("ExceedsTotal(uint64)", Refusal::over_budget);
     add("TransferFailed()", std::nullopt);
+    add("TrancheExists(bytes32)", Refusal::tranche_exists);
+    add("UnknownTranche(bytes32)", std::nullopt);
+    add("EmptyTranche()", std::nullopt);
     return r;
   }();
   return m;
@@ -235,6 +239,11 @@ EpochStatus decode_epoch_status(uint64_t epoch, const Bytes& r, const std::strin
   ATTRACE_CHECK(committed <= int64_max && ends <= int64_max, RpcError, what + ": a timestamp exceeds 2^63 - 1");
   s.committed_at = static_cast<int64_t>(committed);
   s.challenge_ends = static_cast<int64_t>(ends);
+  if (r.size() >= 8 * 32) {  // contracts with revisions (an older deployment answers 7 words)
+    const U256 revision = from_word(r.data() + 7 * 32);
+    ATTRACE_CHECK(revision <= U256(0xffffffffu), RpcError, what + ": revision " + to_decimal(revision) + " exceeds uint32");
+    s.revision = static_cast<uint32_t>(revision);
+  }
   return s;
 }
 
@@ -546,6 +555,147 @@ Address EvmLedger::receipt_signer(uint64_t epoch, const Bytes32& root, const Byt
   Address a;
   std::copy(r.begin() + 12, r.begin() + 32, a.begin());
   return a;
+}
+
+std::string EvmLedger::source() const { return "evm:" + std::to_string(opts_.chain_id) + ":" + checksum_address(opts_.contract); }
+
+int64_t EvmLedger::current_time() {
+  const auto block = rpc_.call("eth_getBlockByNumber", {"latest", false});
+  const uint64_t t = parse_quantity_u64(reply_field(block, "timestamp", "eth_getBlockByNumber"), "block timestamp");
+  ATTRACE_CHECK(t <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()), RpcError, "block timestamp exceeds 2^63 - 1");
+  return static_cast<int64_t>(t);
+}
+
+std::vector<EpochStatus> EvmLedger::epochs() {
+  // Every epoch that ever had an EpochCommitted event (the contract keeps no list of epochs).
+  const auto topic = to_hex(keccak256("EpochCommitted(uint64,bytes32,bytes32,uint256,uint64,string)"));
+  const auto logs = rpc_.call("eth_getLogs", {{{"address", to_hex(opts_.contract)}, {"fromBlock", "0x0"}, {"toBlock", "latest"},
+                                              {"topics", {topic}}}});
+  ATTRACE_CHECK(logs.is_array(), RpcError, "eth_getLogs: expected an array");
+  std::vector<uint64_t> numbers;
+  for (const auto& log : logs) {
+    const auto& topics = reply_field(log, "topics", "eth_getLogs log");
+    ATTRACE_CHECK(topics.is_array() && topics.size() >= 2, RpcError, "eth_getLogs: EpochCommitted log without its epoch topic");
+    const Bytes32 w = parse_hash(topics[1], "EpochCommitted epoch topic");
+    const U256 e = from_word(w.data());
+    ATTRACE_CHECK(e <= U256(std::numeric_limits<uint64_t>::max()), RpcError, "EpochCommitted epoch exceeds uint64");
+    numbers.push_back(static_cast<uint64_t>(e));
+  }
+  std::sort(numbers.begin(), numbers.end());
+  numbers.erase(std::unique(numbers.begin(), numbers.end()), numbers.end());
+  std::vector<EpochStatus> out;
+  for (const uint64_t e : numbers) out.push_back(status(e));
+  return out;
+}
+
+namespace {
+
+// A string at byte offset `at` of return data (length word, then bytes); RpcError when out of range.
+std::string abi_string(const Bytes& r, size_t at, const std::string& what) {
+  ATTRACE_CHECK(at + 32 <= r.size(), RpcError, what + ": string offset out of range");
+  const U256 n = from_word(r.data() + at);
+  ATTRACE_CHECK(n <= U256(r.size() - at - 32), RpcError, what + ": string length out of range");
+  return std::string(r.begin() + static_cast<std::ptrdiff_t>(at + 32), r.begin() + static_cast<std::ptrdiff_t>(at + 32 + static_cast<size_t>(n)));
+}
+
+uint64_t abi_u64(const uint8_t* w, const std::string& what) {
+  const U256 v = from_word(w);
+  ATTRACE_CHECK(v <= U256(std::numeric_limits<uint64_t>::max()), RpcError, what + ": value exceeds uint64");
+  return static_cast<uint64_t>(v);
+}
+
+}  // namespace
+
+Registration decode_registration(const Bytes& r, const std::string& what) {
+  // returns (Registration memory): offset word, then the tuple (contentRoot, account, exampleCount,
+  // order, registeredAt, registrant, id offset, license offset) and the two strings.
+  ATTRACE_CHECK(r.size() >= 9 * 32, RpcError, what + ": short reply (" + std::to_string(r.size()) + " bytes)");
+  const U256 base_word = from_word(r.data());
+  ATTRACE_CHECK(base_word <= U256(r.size() - 8 * 32), RpcError, what + ": tuple offset out of range");
+  const size_t base = static_cast<size_t>(base_word);
+  const uint8_t* t = r.data() + base;
+  Registration g;
+  std::copy(t, t + 32, g.content_root.begin());
+  std::copy(t + 32 + 12, t + 64, g.account.begin());
+  g.example_count = abi_u64(t + 64, what);
+  g.order = abi_u64(t + 96, what);
+  const uint64_t at = abi_u64(t + 128, what);
+  ATTRACE_CHECK(at <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()), RpcError, what + ": time exceeds 2^63 - 1");
+  g.registered_at = static_cast<int64_t>(at);
+  Address registrant;
+  std::copy(t + 160 + 12, t + 192, registrant.begin());
+  g.registrant = checksum_address(registrant);
+  const uint64_t id_off = abi_u64(t + 192, what), lic_off = abi_u64(t + 224, what);
+  ATTRACE_CHECK(id_off < r.size() && lic_off < r.size(), RpcError, what + ": string offset out of range");
+  g.tranche = abi_string(r, base + static_cast<size_t>(id_off), what + " id");
+  g.license = abi_string(r, base + static_cast<size_t>(lic_off), what + " license");
+  g.tranche_id = keccak256(g.tranche);
+  return g;
+}
+
+std::vector<Registration> EvmLedger::registrations() {
+  const Bytes n_reply = call(selector("registrationCount()"));
+  ATTRACE_CHECK(n_reply.size() >= 32, RpcError, "registrationCount(): short reply");
+  const uint64_t n = abi_u64(n_reply.data(), "registrationCount()");
+  std::vector<Registration> out;
+  for (uint64_t k = 1; k <= n; ++k) {
+    Bytes d = selector("registrationAt(uint64)");
+    put_uint(d, k);
+    out.push_back(decode_registration(call(d), "registrationAt(" + std::to_string(k) + ") from " + opts_.rpc_url));
+  }
+  return out;
+}
+
+RegisterResult EvmLedger::register_tranche(const TrancheRegistration& reg) {
+  RegisterResult out;
+  // Read first: a re-run after a crash (or of the same dataset) sends nothing.
+  Bytes q = selector("registration(bytes32)");
+  put_word(q, keccak256(reg.tranche));
+  const Registration have = decode_registration(call(q), "registration(" + reg.tranche + ")");
+  if (have.order != 0) {
+    if (have.content_root == reg.content_root && have.account == reg.account) {
+      out.already_registered = true;
+      out.registration = have;
+      return out;
+    }
+    throw LedgerRefusal(Refusal::tranche_exists, "tranche '" + reg.tranche + "' is registered (order " + std::to_string(have.order) +
+                                                     ") with content root " + to_hex(have.content_root) + " for " +
+                                                     checksum_address(have.account) +
+                                                     "; a tranche id is registered once: changed content needs a new tranche id");
+  }
+  Bytes d = selector("registerTranche(string,address,string,bytes32,uint64)");
+  const Bytes id(reg.tranche.begin(), reg.tranche.end()), license(reg.license.begin(), reg.license.end());
+  put_uint(d, 5 * 32);
+  put_address(d, reg.account);
+  put_uint(d, 5 * 32 + 32 + (id.size() + 31) / 32 * 32);
+  put_word(d, reg.content_root);
+  put_uint(d, reg.example_count);
+  put_bytes_tail(d, id);
+  put_bytes_tail(d, license);
+  try {
+    transact(d, 0, opts_.contract);
+  } catch (const RpcError& e) {
+    throw_revert("registerTranche(" + reg.tranche + ")", e);
+  }
+  out.registration = decode_registration(call(q), "registration(" + reg.tranche + ")");
+  return out;
+}
+
+bool EvmLedger::verify_example(const Bytes32& tranche_id, const Bytes32& digest, const std::vector<Bytes32>& proof) {
+  Bytes d = selector("verifyExample(bytes32,bytes32,bytes32[])");
+  put_word(d, tranche_id);
+  put_word(d, digest);
+  put_uint(d, 3 * 32);
+  put_uint(d, proof.size());
+  for (const auto& p : proof) put_word(d, p);
+  Bytes r;
+  try {
+    r = call(d);
+  } catch (const RpcError& e) {
+    throw_revert("verifyExample", e);
+  }
+  ATTRACE_CHECK(r.size() >= 32, RpcError, "verifyExample(): short reply");
+  return from_word(r.data()) != 0;
 }
 
 }  // namespace attrace::ledger

@@ -12,6 +12,14 @@ interface Vm {
     function expectRevert(bytes4) external;
     function addr(uint256) external returns (address);
     function sign(uint256, bytes32) external returns (uint8, bytes32, bytes32);
+    function recordLogs() external;
+    function getRecordedLogs() external returns (Log[] memory);
+}
+
+struct Log {
+    bytes32[] topics;
+    bytes data;
+    address emitter;
 }
 
 contract AttributionLedgerTest {
@@ -128,5 +136,95 @@ contract AttributionLedgerTest {
         bytes32 digest = ledger.receiptDigest(EPOCH, keccak256("root"), keccak256("m"), 1000);
         (uint8 v, bytes32 r, bytes32 s) = vm.sign(pk, digest);
         require(ledger.receiptSigner(EPOCH, keccak256("root"), keccak256("m"), 1000, abi.encodePacked(r, s, v)) == vm.addr(pk), "signer");
+    }
+
+    // ---- registry ----
+
+    function contentLeaf(bytes32 digest) internal pure returns (bytes32) {
+        return keccak256(bytes.concat(keccak256(abi.encode(digest))));
+    }
+
+    function pairRoot(bytes32 a, bytes32 b) internal pure returns (bytes32) {
+        return a < b ? keccak256(abi.encode(a, b)) : keccak256(abi.encode(b, a));
+    }
+
+    function testRegistrationIsOrderedIdempotentAndDuplicatesAreVisible() public {
+        bytes32 root = pairRoot(contentLeaf(keccak256("ex-1")), contentLeaf(keccak256("ex-2")));
+        vm.recordLogs();
+        require(ledger.registerTranche("clinic-north", ALICE, "CC-BY-4.0", root, 2) == 1, "first order");
+        require(ledger.registerTranche("clinic-north", ALICE, "CC-BY-4.0", root, 2) == 1, "idempotent");
+        vm.prank(BOB);
+        require(ledger.registerTranche("mirror-north", BOB, "CC0", root, 2) == 2, "copy is recorded");
+        Log[] memory logs = ledger_logs();
+        require(logs.length == 2, "one event per new registration");
+        (uint64 order,,, bytes32 sameContentAs,,) =
+            abi.decode(logs[1].data, (uint64, uint64, address, bytes32, string, string));
+        require(order == 2 && sameContentAs == keccak256("clinic-north"), "copy names the original");
+        (,,, bytes32 firstSame,,) = abi.decode(logs[0].data, (uint64, uint64, address, bytes32, string, string));
+        require(firstSame == bytes32(0), "the original names nobody");
+        require(ledger.registrationCount() == 2, "count");
+        AttributionLedger.Registration memory r = ledger.registrationAt(2);
+        require(r.account == BOB && r.registrant == BOB && r.order == 2 && r.contentRoot == root, "copy record");
+        require(keccak256(bytes(r.id)) == keccak256("mirror-north") && keccak256(bytes(r.license)) == keccak256("CC0"), "strings");
+        require(ledger.registration(keccak256("clinic-north")).registrant == address(this), "registrant");
+        require(ledger.firstWithContent(root) == keccak256("clinic-north"), "first with content");
+        bytes32 tid = keccak256("clinic-north");
+        vm.expectRevert(abi.encodeWithSelector(AttributionLedger.TrancheExists.selector, tid));
+        ledger.registerTranche("clinic-north", ALICE, "CC-BY-4.0", keccak256("other"), 2); // other content
+        vm.expectRevert(abi.encodeWithSelector(AttributionLedger.TrancheExists.selector, tid));
+        ledger.registerTranche("clinic-north", BOB, "CC-BY-4.0", root, 2); // other account
+        vm.expectRevert(AttributionLedger.EmptyTranche.selector);
+        ledger.registerTranche("", ALICE, "", root, 2);
+        vm.expectRevert(AttributionLedger.EmptyTranche.selector);
+        ledger.registerTranche("x", ALICE, "", root, 0);
+        vm.expectRevert(abi.encodeWithSelector(AttributionLedger.UnknownTranche.selector, bytes32(uint256(3))));
+        ledger.registrationAt(3);
+    }
+
+    function ledger_logs() internal returns (Log[] memory) {
+        return vm.getRecordedLogs();
+    }
+
+    function testExampleMembershipIsProvenWithStandardTreeProofs() public {
+        bytes32 d1 = keccak256("ex-1");
+        bytes32 d2 = keccak256("ex-2");
+        ledger.registerTranche("t", ALICE, "", pairRoot(contentLeaf(d1), contentLeaf(d2)), 2);
+        bytes32 tid = keccak256("t");
+        require(ledger.verifyExample(tid, d1, proofOf(contentLeaf(d2))), "d1 is in");
+        require(ledger.verifyExample(tid, d2, proofOf(contentLeaf(d1))), "d2 is in");
+        require(!ledger.verifyExample(tid, keccak256("ex-3"), proofOf(contentLeaf(d2))), "other digest is not");
+        require(!ledger.verifyExample(tid, d1, proofOf(contentLeaf(d1))), "wrong sibling");
+        vm.expectRevert(abi.encodeWithSelector(AttributionLedger.UnknownTranche.selector, keccak256("u")));
+        ledger.verifyExample(keccak256("u"), d1, proofOf(d2));
+    }
+
+    // ---- revisions ----
+
+    function revisionOf(uint64 epoch) internal view returns (uint32 revision, bytes32 root) {
+        (root,,,,,,, revision) = ledger.epochs(epoch);
+    }
+
+    function testUpheldDisputeThenCorrectedRevisionClaimsFollowIt() public {
+        (bytes32 l1, bytes32 l2) = commitTwo();
+        (uint32 rev, bytes32 oldRoot) = revisionOf(EPOCH);
+        require(rev == 1, "first revision");
+        ledger.dispute(EPOCH, keccak256("verification.json"));
+        vm.prank(ARBITER);
+        ledger.resolve(EPOCH, true);
+        // Corrected: ALICE 500, BOB 500.
+        bytes32 n1 = leaf(T1, ALICE, 5e17, 500);
+        bytes32 n2 = leaf(T2, BOB, 5e17, 500);
+        ledger.commitEpoch{value: 1000}(EPOCH, pairRoot(n1, n2), keccak256("manifest-2"), 1000, "file://m2.json");
+        (uint32 rev2, bytes32 newRoot) = revisionOf(EPOCH);
+        require(rev2 == 2 && newRoot == pairRoot(n1, n2), "second revision is live");
+        require(ledger.revisionRoot(EPOCH, 1) == oldRoot && ledger.revisionRoot(EPOCH, 2) == newRoot, "history");
+        vm.warp(block.timestamp + 1 days);
+        vm.expectRevert(AttributionLedger.InvalidProof.selector); // the cancelled revision's leaf
+        ledger.claim(EPOCH, T1, ALICE, 6e17, 600, proofOf(l2));
+        ledger.claim(EPOCH, T1, ALICE, 5e17, 500, proofOf(n2));
+        ledger.claim(EPOCH, T2, BOB, 5e17, 500, proofOf(n1));
+        require(ALICE.balance == 500 && BOB.balance == 500 && address(ledger).balance == 0, "claims add up to the pool");
+        vm.expectRevert(abi.encodeWithSelector(AttributionLedger.EpochExists.selector, EPOCH)); // live: no third revision
+        ledger.commitEpoch{value: 1000}(EPOCH, l1, bytes32(0), 1000, "");
     }
 }

@@ -27,7 +27,10 @@ struct EmbeddedOptions {
 };
 
 /// The schema version this build writes and reads (`meta.schema`).
-constexpr const char* kEmbeddedSchemaVersion = "1";
+constexpr const char* kEmbeddedSchemaVersion = "2";
+/// The previous schema (no registrations, no revisions): refused on open, upgraded by
+/// migrate_embedded_ledger.
+constexpr const char* kEmbeddedSchemaVersionV1 = "1";
 
 /// Creates a new, empty embedded ledger at `path`. The file appears complete or not at all (built
 /// under a hidden temporary name, then linked into place without replacing anything).
@@ -39,5 +42,11 @@ void create_embedded_ledger(const std::string& path, const EmbeddedSettings& set
 /// fails `PRAGMA quick_check` or lacks attrace's tables and schema version.
 std::unique_ptr<Ledger> open_embedded_ledger(const std::string& path, const EmbeddedOptions& options = {},
                                              const std::string& actor = "local");
+
+/// Upgrades a schema-1 ledger to the current schema in one transaction (adds the registrations
+/// table and the revision of every commitment, numbered per epoch by commit order); the file is
+/// checked like open_embedded_ledger first. Returns the version found ("1": migrated; the current
+/// version: nothing to do). InputError for anything that is not an intact attrace ledger.
+std::string migrate_embedded_ledger(const std::string& path);
 
 }  // namespace attrace::ledger

@@ -79,6 +79,10 @@ TxReceipt parse_receipt(const nlohmann::json& j, const std::string& what);
 /// on a short reply, an unknown state or a timestamp beyond int64.
 EpochStatus decode_epoch_status(uint64_t epoch, const Bytes& data, const std::string& what);
 
+/// Decodes the return data of AttributionLedger.registration(bytes32) / registrationAt(uint64)
+/// (order 0: not registered); RpcError naming `what` on a malformed reply.
+Registration decode_registration(const Bytes& data, const std::string& what);
+
 /// Rethrows an RpcError of a contract call as the refusal its revert data names (LedgerRefusal,
 /// or InputError for another custom error of the contract), or as RpcError prefixed with `what`.
 [[noreturn]] void throw_revert(const std::string& what, const RpcError& e);
@@ -120,6 +124,16 @@ class EvmLedger final : public Ledger {
   std::string resolve(uint64_t epoch, bool upheld) override;
   std::string claim(const Leaf& leaf, const std::vector<Bytes32>& proof) override;
   bool claimed(const Leaf& leaf) override;
+  std::string source() const override;
+  int64_t current_time() override;
+  std::vector<EpochStatus> epochs() override;
+  U256 balance_of(const Address& account) override { return balance(account); }
+  RegisterResult register_tranche(const TrancheRegistration& r) override;
+  std::vector<Registration> registrations() override;
+  std::vector<Bytes32> registered_digests(const std::string&) override { return {}; }
+  /// The contract's own check (OpenZeppelin MerkleProof, eth_call of verifyExample) that an
+  /// example digest is in a registered tranche's content root.
+  bool verify_example(const Bytes32& tranche_id, const Bytes32& digest, const std::vector<Bytes32>& proof);
 
   /// Deploys AttributionLedger from a forge artifact (out/AttributionLedger.sol/...json) with
   /// the given arbiter and challenge period; returns the contract address.

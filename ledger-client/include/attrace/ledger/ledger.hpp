@@ -3,6 +3,7 @@
 // shared/specs/ledger.md ("Contract behaviour").
 #include <attrace/error.hpp>
 #include <attrace/ledger/epoch.hpp>
+#include <attrace/ledger/registry.hpp>
 #include <attrace/ledger/types.hpp>
 
 #include <cstdint>
@@ -24,6 +25,7 @@ enum class Refusal {
   invalid_proof,    ///< InvalidProof
   over_budget,      ///< ExceedsTotal: total claimed would exceed totalReward
   unauthorized,     ///< Unauthorized: wrong submitter/arbiter
+  tranche_exists,   ///< TrancheExists: the tranche id is registered with another root or account
 };
 
 /// Name of a refusal as the contract's custom error ("NotFinal", ...).
@@ -48,6 +50,7 @@ struct EpochStatus {
   int64_t committed_at = 0, challenge_ends = 0;  ///< unix seconds (chain time for EVM)
   std::string state;  ///< "committed", "disputed", "cancelled"
   std::string uri;
+  uint32_t revision = 0;  ///< 1 for the first commitment of the epoch, +1 for each one after a cancel
 };
 
 /// Result of a commit: the new commitment, or the identical one found already in place.
@@ -78,6 +81,26 @@ class Ledger {
   virtual std::string claim(const Leaf& leaf, const std::vector<Bytes32>& proof) = 0;
   /// Whether a leaf of an epoch has been claimed.
   virtual bool claimed(const Leaf& leaf) = 0;
+
+  /// The ledger's clock now (unix seconds): the embedded ledger's clock, or the latest block's time.
+  virtual int64_t current_time() = 0;
+  /// Where this ledger lives, for manifests: "embedded:/abs/path.db" or "evm:<chainId>:<contract>".
+  virtual std::string source() const = 0;
+  /// Every epoch ever committed (its live, or else latest, commitment), ascending by epoch.
+  virtual std::vector<EpochStatus> epochs() = 0;
+  /// Amount credited to `account` (embedded: sum of its claims; EVM: its native balance).
+  virtual U256 balance_of(const Address& account) = 0;
+
+  /// Registers a tranche by content. Idempotent: the same (tranche, content root, account) again
+  /// returns the registration on record; the same tranche id with another root or account is
+  /// refused (TrancheExists). The same content under another tranche id is recorded (and is
+  /// visible through same_content_as).
+  virtual RegisterResult register_tranche(const TrancheRegistration& r) = 0;
+  /// Every registration, by order.
+  virtual std::vector<Registration> registrations() = 0;
+  /// The per-example digests registered for a tranche, in registration order (embedded keeps
+  /// them; empty when the backend keeps only the root).
+  virtual std::vector<Bytes32> registered_digests(const std::string& tranche) = 0;
 };
 
 }  // namespace attrace::ledger
