@@ -89,6 +89,8 @@ int main(int argc, char** argv) {
   attr->add_flag("-q,--quiet", quiet, "No progress or info messages on stderr");
   std::string memory_limit;
   attr->add_option("--memory-limit", memory_limit, "Overrides attribution.memory_limit (e.g. 8GiB; speed only, never a result)");
+  attrace::cli::RegistryOptions attr_registry, sc_registry;
+  attrace::cli::add_registry_options(attr, attr_registry);
 
   // featurize
   auto* feat = app.add_subcommand("featurize", "Per-example features of every checkpoint into a feature store (resumable)");
@@ -117,6 +119,7 @@ int main(int argc, char** argv) {
   sc->add_option("--memory-limit", sc_memory, "Overrides attribution.memory_limit (e.g. 8GiB; speed only, never a result)");
   sc->add_option("--set", sc_sets, "Overrides any setting: section.key=value (TOML value), repeatable");
   sc->add_flag("-q,--quiet", quiet, "No progress or info messages on stderr");
+  attrace::cli::add_registry_options(sc, sc_registry);
 
   // demo
   auto* demo = app.add_subcommand("demo", "Build a scenario from real data, train, attribute, print the vector");
@@ -186,7 +189,8 @@ int main(int argc, char** argv) {
       std::vector<std::string> overrides = sc_sets;
       if (!sc_memory.empty()) overrides.push_back("attribution.memory_limit=\"" + sc_memory + "\"");
       const auto config = attrace::engine::load_config(sc_config, overrides);
-      const auto summary = attrace::engine::run_score(config, sc_store, sc_query_store, {sc_out, sc_force, quiet});
+      const auto summary = attrace::engine::run_score(config, sc_store, sc_query_store,
+                                                      {sc_out, sc_force, quiet, attrace::cli::check_registry_for_store(sc_registry, sc_store)});
       print_vector(summary);
       std::printf("wrote %s (report.json, report.html, attribution.csv, manifest.json%s)\n", sc_out.c_str(),
                   summary.wrote_scores ? ", scores.h5" : "");
@@ -208,7 +212,8 @@ int main(int argc, char** argv) {
       if (batch_size > 0) overrides.push_back("gradients.batch_size=" + std::to_string(batch_size));
       if (top_k >= 0) overrides.push_back("attribution.top_k=" + std::to_string(top_k));
       const auto config = attrace::engine::load_config(config_path, overrides);
-      const auto summary = attrace::engine::run_attribute(config, {out_dir, force, quiet});
+      const auto summary = attrace::engine::run_attribute(
+          config, {out_dir, force, quiet, attrace::cli::check_registry_for_dataset(attr_registry, config.train_file)});
       print_vector(summary);
       std::printf("wrote %s (report.json, report.html, attribution.csv, manifest.json%s)\n", out_dir.c_str(),
                   summary.wrote_scores ? ", scores.h5" : "");
