@@ -10,15 +10,20 @@
 #include <attrace/ledger/epoch.hpp>
 #include <attrace/ledger/files.hpp>
 #include <attrace/ledger/merkle.hpp>
+#include <attrace/ledger/registry.hpp>
 #include <attrace/ledger/rewards.hpp>
+#include <attrace/connectors/dataset.hpp>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <sqlite3.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <csignal>
+#include <functional>
 #include <filesystem>
 #include <map>
 #include <random>
@@ -622,6 +627,355 @@ TEST(EmbeddedLedger, ChangedValuesInIntactPagesAreRefusedByStatus) {
     EXPECT_GE(seen, 1u) << value;
     EXPECT_GE(refused, 1u) << value << ": the column status reads was not checked";
   }
+}
+
+// ---- registry plane ----
+
+// Content roots and proofs equal OpenZeppelin's StandardMerkleTree.of(rows, ["bytes32"]), and
+// OpenZeppelin's verify accepts every proof made here.
+class ContentRootVsOpenZeppelin : public ::testing::TestWithParam<int> {};
+
+TEST_P(ContentRootVsOpenZeppelin, RootsLeavesAndProofs) {
+  ASSERT_TRUE(std::filesystem::exists(contracts_dir() + "/node_modules/@openzeppelin/merkle-tree"));
+  const int n = GetParam();
+  std::mt19937_64 rng(7000 + n);
+  std::vector<al::Bytes32> digests;
+  for (int i = 0; i < n; ++i) digests.push_back(random_bytes32(rng));
+  if (n >= 3) digests[2] = digests[0];  // a tranche may hold the same example twice
+  nlohmann::json rows = nlohmann::json::array(), mine = nlohmann::json::array();
+  for (size_t i = 0; i < digests.size(); ++i) {
+    rows.push_back({al::to_hex(digests[i])});
+    nlohmann::json p = nlohmann::json::array();
+    for (const auto& x : al::content_proof(digests, i)) p.push_back(al::to_hex(x));
+    mine.push_back(p);
+  }
+  TempDir d;
+  write_text(d / "in.json", nlohmann::json{{"types", {"bytes32"}}, {"rows", rows}, {"check", mine}}.dump());
+  const std::string cmd = "cd '" + contracts_dir() + "' && node tools/oz_merkle.mjs '" + (d / "in.json") + "' '" + (d / "out.json") + "'";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  const auto ref = nlohmann::json::parse(read_text(d / "out.json"));
+  const al::Bytes32 root = al::content_root(digests);
+  ASSERT_EQ(al::to_hex(root), ref["root"]);
+  for (size_t i = 0; i < digests.size(); ++i) {
+    ASSERT_EQ(al::to_hex(al::content_leaf(digests[i])), ref["leaves"][i]) << "leaf " << i;
+    ASSERT_TRUE(ref["checked"][i].get<bool>()) << "OpenZeppelin refuses the C++ proof of example " << i;
+    if (n < 3 || (i != 0 && i != 2)) {  // a duplicated digest has two valid proofs
+      ASSERT_EQ(mine[i], ref["proofs"][i]) << "proof " << i;
+    }
+    ASSERT_TRUE(al::verify_content_proof(al::content_proof(digests, i), root, digests[i]));
+  }
+  auto other = digests[0];
+  other[0] ^= 1;
+  EXPECT_FALSE(al::verify_content_proof(al::content_proof(digests, 0), root, other));
+  // The root commits to the multiset of digests, not to their order.
+  auto shuffled = digests;
+  std::shuffle(shuffled.begin(), shuffled.end(), rng);
+  EXPECT_EQ(al::content_root(shuffled), root);
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, ContentRootVsOpenZeppelin, ::testing::Values(1, 2, 3, 8, 301));
+
+TEST(Registry, EmptyTrancheHasNoRoot) { EXPECT_THROW(al::content_root({}), attrace::InputError); }
+
+// A small training set: 3 tranches (the third an exact copy of the first under another account).
+attrace::connectors::Dataset registry_dataset() {
+  attrace::connectors::Dataset ds;
+  const int64_t n = 15, w = 4;
+  ds.input_shape = {n, w};
+  ds.target_shape = {n};
+  std::mt19937_64 rng(42);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t k = 0; k < w; ++k) ds.inputs.push_back(static_cast<float>(rng() % 1000) / 100.0f);
+    ds.class_targets.push_back(static_cast<int64_t>(rng() % 3));
+    ds.ids.push_back("ex" + std::to_string(i));
+    ds.tranche.push_back(i < 6 ? 0 : i < 10 ? 1 : 2);
+  }
+  for (int64_t i = 10; i < 15; ++i) {  // tranche 2 = copies of examples 0..4 of tranche 0
+    std::copy(ds.inputs.begin() + (i - 10) * w, ds.inputs.begin() + (i - 9) * w, ds.inputs.begin() + i * w);
+    ds.class_targets[static_cast<size_t>(i)] = ds.class_targets[static_cast<size_t>(i - 10)];
+  }
+  ds.tranches = {{"clinic", kA, "", "CC-BY-4.0"}, {"school", kB, "", "CC0"}, {"mirror", kC, "", "CC-BY-4.0"}};
+  return ds;
+}
+
+std::vector<al::Registration> register_all(al::Ledger& l, const std::vector<al::TrancheContent>& contents) {
+  std::vector<al::Registration> out;
+  for (const auto& c : contents) {
+    al::TrancheRegistration r;
+    r.tranche = c.id;
+    r.account = al::address_from_hex(c.account, "account");
+    r.license = c.license;
+    r.digests = c.digests;
+    r.example_count = c.digests.size();
+    r.content_root = c.root();
+    out.push_back(l.register_tranche(r).registration);
+  }
+  return out;
+}
+
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const attrace::InputError& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "no InputError";
+  return "";
+}
+
+TEST(Registry, EmbeddedRegistrationsAreOrderedIdempotentAndNameCopies) {
+  TempDir d;
+  int64_t now = 1'700'000'000;
+  al::create_embedded_ledger(d / "l.db", {60, "judge"});
+  al::EmbeddedOptions o;
+  o.clock = [&] { return now; };
+  auto l = al::open_embedded_ledger(d / "l.db", o, "registrar");
+  auto ds = registry_dataset();
+  const auto contents = al::tranche_contents(ds, "train.h5");
+  ASSERT_EQ(contents.size(), 3u);
+  EXPECT_EQ(contents[1].examples, (std::vector<int64_t>{6, 7, 8, 9}));
+  const auto regs = register_all(*l, {contents[0], contents[1]});
+  // The copy of 5 of clinic's 6 examples has its own root; a full copy has the same root.
+  auto copy = contents[0];
+  copy.id = "mirror-full";
+  copy.account = kC;
+  now += 10;
+  const auto copy_reg = register_all(*l, {copy})[0];
+  EXPECT_EQ(copy_reg.order, 3u);
+  EXPECT_EQ(copy_reg.registered_at, now);
+  EXPECT_EQ(copy_reg.registrant, "registrar");
+  const auto all = l->registrations();
+  ASSERT_EQ(all.size(), 3u);
+  EXPECT_EQ(all[0].order, 1u);
+  EXPECT_EQ(all[0].tranche_id, al::keccak256("clinic"));
+  EXPECT_EQ(all[0].license, "CC-BY-4.0");
+  EXPECT_EQ(all[1].example_count, 4u);
+  const al::Registration* first = al::same_content_as(all, all[2]);
+  ASSERT_NE(first, nullptr);
+  EXPECT_EQ(first->tranche, "clinic");
+  EXPECT_EQ(al::same_content_as(all, all[0]), nullptr);
+  EXPECT_EQ(al::same_content_as(all, all[1]), nullptr);
+  // Idempotent: the same registration again changes nothing.
+  al::TrancheRegistration again;
+  again.tranche = "clinic";
+  again.account = al::address_from_hex(kA, "a");
+  again.digests = contents[0].digests;
+  again.example_count = again.digests.size();
+  again.content_root = contents[0].root();
+  const auto r = l->register_tranche(again);
+  EXPECT_TRUE(r.already_registered);
+  EXPECT_EQ(r.registration.order, 1u);
+  EXPECT_EQ(l->registrations().size(), 3u);
+  // The same id with other content, or for another account: refused.
+  auto changed = again;
+  changed.digests.pop_back();
+  changed.example_count = changed.digests.size();
+  changed.content_root = al::content_root(changed.digests);
+  EXPECT_EQ(refusal_of([&] { l->register_tranche(changed); }), al::Refusal::tranche_exists);
+  auto moved = again;
+  moved.account = al::address_from_hex(kB, "b");
+  EXPECT_EQ(refusal_of([&] { l->register_tranche(moved); }), al::Refusal::tranche_exists);
+  // Digests that do not hash to the claimed root are refused before anything is written.
+  auto lying = again;
+  lying.tranche = "liar";
+  lying.content_root = contents[1].root();
+  EXPECT_THROW(l->register_tranche(lying), attrace::InputError);
+  EXPECT_EQ(l->registrations().size(), 3u);
+  EXPECT_EQ(l->registered_digests("school"), contents[1].digests);
+  EXPECT_TRUE(l->registered_digests("nobody").empty());
+  EXPECT_EQ(l->source(), "embedded:" + std::filesystem::absolute(d / "l.db").string());
+}
+
+TEST(Registry, ATrainingSetIsCheckedAgainstTheRegistryNamingTheFirstDifferingExample) {
+  TempDir d;
+  al::create_embedded_ledger(d / "l.db", {60, "judge"});
+  auto l = al::open_embedded_ledger(d / "l.db");
+  auto ds = registry_dataset();
+  const auto contents = al::tranche_contents(ds, "train.h5");
+  register_all(*l, contents);
+  auto check = [&](const attrace::connectors::Dataset& x) {
+    const auto c = al::tranche_contents(x, "train.h5");
+    std::vector<std::vector<al::Bytes32>> digests;
+    for (const auto& t : c) digests.push_back(l->registered_digests(t.id));
+    return al::check_against_registry(c, l->registrations(), digests, "registry l.db");
+  };
+  const auto ok = check(ds);
+  ASSERT_EQ(ok.size(), 3u);
+  EXPECT_EQ(ok[2].order, 3u);
+  EXPECT_EQ(ok[1].content_root, contents[1].root());
+
+  auto changed = ds;
+  changed.inputs[8 * 4 + 1] += 0.5f;  // example 8, in tranche school
+  std::string e = error_of([&] { check(changed); });
+  EXPECT_NE(e.find("tranche 'school'"), std::string::npos) << e;
+  EXPECT_NE(e.find("dataset example 8 (id 'ex8'"), std::string::npos) << e;
+
+  auto relabeled = ds;
+  relabeled.class_targets[3] = (relabeled.class_targets[3] + 1) % 3;  // a label is content too
+  e = error_of([&] { check(relabeled); });
+  EXPECT_NE(e.find("tranche 'clinic'"), std::string::npos) << e;
+  EXPECT_NE(e.find("dataset example 3 "), std::string::npos) << e;
+
+  auto reordered = ds;  // swapping two examples of a tranche keeps its content
+  std::swap_ranges(reordered.inputs.begin() + 6 * 4, reordered.inputs.begin() + 7 * 4, reordered.inputs.begin() + 7 * 4);
+  std::swap(reordered.class_targets[6], reordered.class_targets[7]);
+  EXPECT_NO_THROW(check(reordered));
+
+  auto dropped = ds;  // example 9 moved out of school into clinic
+  dropped.tranche[9] = 0;
+  e = error_of([&] { check(dropped); });
+  EXPECT_NE(e.find("tranche 'clinic'"), std::string::npos) << e;
+  EXPECT_NE(e.find("dataset example 9 "), std::string::npos) << e;
+
+  auto shrunk = ds;  // school's last example removed entirely: named as missing
+  shrunk.input_shape[0] = 14;
+  shrunk.inputs.erase(shrunk.inputs.begin() + 9 * 4, shrunk.inputs.begin() + 10 * 4);
+  shrunk.class_targets.erase(shrunk.class_targets.begin() + 9);
+  shrunk.ids.erase(shrunk.ids.begin() + 9);
+  shrunk.tranche.erase(shrunk.tranche.begin() + 9);
+  shrunk.target_shape = {14};
+  e = error_of([&] { check(shrunk); });
+  EXPECT_NE(e.find("tranche 'school'"), std::string::npos) << e;
+  EXPECT_NE(e.find("registered example 3 of the tranche"), std::string::npos) << e;
+
+  auto other_account = ds;
+  other_account.tranches[1].account = kC;
+  e = error_of([&] { check(other_account); });
+  EXPECT_NE(e.find("tranche 'school' is registered"), std::string::npos) << e;
+
+  auto unregistered = ds;
+  unregistered.tranches[2].id = "newcomer";
+  e = error_of([&] { check(unregistered); });
+  EXPECT_NE(e.find("tranche 'newcomer' is not registered"), std::string::npos) << e;
+
+  // Without per-example digests (an EVM registry), the mismatch still names the tranche.
+  e = error_of([&] { al::check_against_registry(al::tranche_contents(changed, "t"), l->registrations(), {}, "the contract"); });
+  EXPECT_NE(e.find("tranche 'school'"), std::string::npos) << e;
+  EXPECT_NE(e.find("keeps only the root"), std::string::npos) << e;
+  // A dataset rebuilt from a feature store (digests, no inputs) checks the same way.
+  auto from_store = ds;
+  from_store.digests = attrace::connectors::example_digests(ds);
+  from_store.inputs.clear();
+  EXPECT_NO_THROW(check(from_store));
+}
+
+// ---- revisions and schema migration ----
+
+TEST(Revisions, UpheldDisputeThenCorrectedRevisionClaimsFollowIt) {
+  TempDir d;
+  write_report(d / "r", {{"alpha", kA, 0.6}, {"beta", kB, 0.4}});
+  write_report(d / "fixed", {{"alpha", kA, 0.5}, {"beta", kB, 0.5}});
+  int64_t now = 10'000;
+  al::create_embedded_ledger(d / "l.db", {100, "judge"});
+  al::EmbeddedOptions o;
+  o.clock = [&] { return now; };
+  auto alice = al::open_embedded_ledger(d / "l.db", o, "alice");
+  auto judge = al::open_embedded_ledger(d / "l.db", o, "judge");
+  const auto wrong = al::build_epoch(d / "r", 4, 1000);
+  EXPECT_EQ(alice->commit(wrong, "").status.revision, 1u);
+  alice->dispute(4, al::keccak256("verification.json"));
+  judge->resolve(4, true);
+  EXPECT_EQ(alice->status(4).revision, 1u);
+  EXPECT_EQ(alice->status(4).state, "cancelled");
+  const auto fixed = al::build_epoch(d / "fixed", 4, 1000);
+  const auto r = alice->commit(fixed, "");
+  EXPECT_EQ(r.status.revision, 2u);
+  EXPECT_EQ(alice->status(4).root, fixed.root);
+  EXPECT_EQ(alice->manifest(4), fixed.manifest);
+  now += 100;
+  EXPECT_EQ(refusal_of([&] { alice->claim(wrong.leaves[0].leaf, wrong.proof(0)); }), al::Refusal::invalid_proof);
+  al::U256 paid = 0;
+  for (size_t i = 0; i < fixed.leaves.size(); ++i) {
+    alice->claim(fixed.leaves[i].leaf, fixed.proof(i));
+    paid += fixed.leaves[i].leaf.amount;
+  }
+  EXPECT_EQ(paid, al::U256(1000));
+  EXPECT_EQ(alice->status(4).claimed, al::U256(1000));
+  EXPECT_EQ(alice->balance_of(al::address_from_hex(kA, "a")), fixed.leaves[0].leaf.amount);
+  EXPECT_EQ(alice->balance_of(al::address_from_hex(kC, "c")), al::U256(0));
+  // A third revision only after another upheld dispute.
+  EXPECT_EQ(refusal_of([&] { alice->commit(wrong, ""); }), al::Refusal::epoch_exists);
+  alice->commit(al::build_epoch(d / "r", 2, 10), "");
+  const auto list = alice->epochs();
+  ASSERT_EQ(list.size(), 2u);
+  EXPECT_EQ(list[0].epoch, 2u);
+  EXPECT_EQ(list[1].epoch, 4u);
+  EXPECT_EQ(list[1].revision, 2u);
+  EXPECT_EQ(alice->current_time(), now);
+}
+
+// The schema-1 layout, exactly as attrace wrote it before registrations and revisions.
+constexpr const char* kSchemaV1 = R"(
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE commitments(
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  epoch TEXT NOT NULL, root TEXT NOT NULL, manifest_hash TEXT NOT NULL, total_reward TEXT NOT NULL,
+  claimed TEXT NOT NULL DEFAULT '0', uri TEXT NOT NULL, manifest BLOB NOT NULL,
+  committed_at INTEGER NOT NULL, challenge_ends INTEGER NOT NULL,
+  state TEXT NOT NULL CHECK (state IN ('committed', 'disputed', 'cancelled')), submitter TEXT NOT NULL);
+CREATE UNIQUE INDEX one_live_commitment_per_epoch ON commitments(epoch) WHERE state != 'cancelled';
+CREATE TABLE leaves(
+  commitment INTEGER NOT NULL REFERENCES commitments(id), tranche TEXT NOT NULL, tranche_id TEXT NOT NULL,
+  account TEXT NOT NULL, score TEXT NOT NULL, amount TEXT NOT NULL, leaf TEXT NOT NULL,
+  claimed_at INTEGER, claimed_by TEXT, PRIMARY KEY (commitment, tranche_id, account));
+CREATE TABLE balances(account TEXT PRIMARY KEY, amount TEXT NOT NULL);
+CREATE TABLE history(
+  id INTEGER PRIMARY KEY AUTOINCREMENT, time INTEGER NOT NULL, actor TEXT NOT NULL, event TEXT NOT NULL,
+  epoch TEXT, detail TEXT NOT NULL);
+INSERT INTO meta(key, value) VALUES ('schema', '1'), ('challenge_period', '0'), ('arbiter', 'local');
+)";
+
+void sql(const std::string& db, const std::string& text) {
+  sqlite3* h = nullptr;
+  ASSERT_EQ(sqlite3_open(db.c_str(), &h), SQLITE_OK);
+  char* err = nullptr;
+  const int rc = sqlite3_exec(h, text.c_str(), nullptr, nullptr, &err);
+  const std::string msg = err ? err : "";
+  sqlite3_free(err);
+  sqlite3_close(h);
+  ASSERT_EQ(rc, SQLITE_OK) << msg;
+}
+
+TEST(Migration, SchemaOneIsRefusedNamingMigrateThenUpgradedKeepingEverything) {
+  TempDir d;
+  const std::string db = d / "old.db";
+  write_report(d / "r", {{"alpha", kA, 0.6}, {"beta", kB, 0.4}});
+  const auto c = al::build_epoch(d / "r", 1, 1000);
+  // An old ledger with epoch 1 committed twice (the first cancelled) and one claim.
+  std::string rows = kSchemaV1;
+  for (int id = 1; id <= 2; ++id) {
+    rows += "INSERT INTO commitments(epoch, root, manifest_hash, total_reward, uri, manifest, committed_at, challenge_ends, state,"
+            " submitter) VALUES ('1', '" + al::to_hex(c.root) + "', '" + al::to_hex(c.manifest_hash) + "', '1000', '', X'" +
+            al::to_hex(al::Bytes(c.manifest.begin(), c.manifest.end())).substr(2) + "', 5, 5, '" +
+            (id == 1 ? "cancelled" : "committed") + "', 'local');";
+    for (const auto& l : c.leaves)
+      rows += "INSERT INTO leaves(commitment, tranche, tranche_id, account, score, amount, leaf) VALUES (" + std::to_string(id) +
+              ", '" + l.tranche + "', '" + al::to_hex(l.leaf.tranche_id) + "', '" + al::to_hex(l.leaf.account) + "', '" +
+              al::to_decimal(l.leaf.score) + "', '" + al::to_decimal(l.leaf.amount) + "', '" + al::to_hex(l.hash) + "');";
+  }
+  sql(db, rows);
+  const std::string before = attrace::connectors::sha256_file(db);
+  std::string e = error_of([&] { al::open_embedded_ledger(db); });
+  EXPECT_NE(e.find("schema version 1"), std::string::npos) << e;
+  EXPECT_NE(e.find("attrace ledger migrate --db " + db), std::string::npos) << e;
+  EXPECT_EQ(attrace::connectors::sha256_file(db), before) << "a refused open changed the file";
+
+  EXPECT_EQ(al::migrate_embedded_ledger(db), "1");
+  auto l = al::open_embedded_ledger(db);
+  const auto s = l->status(1);
+  EXPECT_EQ(s.state, "committed");
+  EXPECT_EQ(s.revision, 2u) << "the live commitment was the epoch's second";
+  EXPECT_EQ(s.root, c.root);
+  l->claim(c.leaves[0].leaf, c.proof(0));  // claims work on the migrated file
+  EXPECT_TRUE(l->registrations().empty());
+  register_all(*l, al::tranche_contents(registry_dataset(), "train.h5"));
+  EXPECT_EQ(l->registrations().size(), 3u);
+  l.reset();
+  EXPECT_EQ(al::migrate_embedded_ledger(db), al::kEmbeddedSchemaVersion);  // again: nothing to do
+  // A file of an unknown future schema stays refused, by name.
+  sql(db, "UPDATE meta SET value = '3' WHERE key = 'schema';");
+  e = error_of([&] { al::migrate_embedded_ledger(db); });
+  EXPECT_NE(e.find("schema version '3' is not supported"), std::string::npos) << e;
 }
 
 }  // namespace
