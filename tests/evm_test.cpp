@@ -5,6 +5,7 @@
 
 #include <attrace/error.hpp>
 #include <attrace/ledger/evm.hpp>
+#include <attrace/ledger/registry.hpp>
 
 #include <gtest/gtest.h>
 
@@ -321,6 +322,107 @@ TEST(EvmCrash, NodeKilledMidCommitThenRerunCommitsExactlyOnce) {
   EXPECT_EQ(commit_events(l, contract, 8), 1u) << "exactly one commitment on chain";
   EXPECT_EQ(l.balance(contract), al::U256(5000));
   (void)first;
+}
+
+// ---- registry and revisions on the contract ----
+
+al::TrancheRegistration registration_of(const std::string& id, const al::Address& account, const std::vector<al::Bytes32>& digests) {
+  al::TrancheRegistration r;
+  r.tranche = id;
+  r.account = account;
+  r.license = "CC-BY-4.0";
+  r.digests = digests;
+  r.example_count = digests.size();
+  r.content_root = al::content_root(digests);
+  return r;
+}
+
+size_t registration_events(al::EvmLedger& l, const al::Address& contract) {
+  const auto topic =
+      al::to_hex(al::keccak256("TrancheRegistered(bytes32,bytes32,address,uint64,uint64,address,bytes32,string,string)"));
+  return l.rpc()
+      .call("eth_getLogs", {{{"address", al::to_hex(contract)}, {"fromBlock", "0x0"}, {"toBlock", "latest"}, {"topics", {topic}}}})
+      .size();
+}
+
+TEST_F(Evm, TranchesRegisterByContentIdempotentlyCopiesVisibleProofsCheckedOnChain) {
+  std::mt19937_64 rng(99);
+  std::vector<al::Bytes32> digests(37);
+  for (auto& d : digests)
+    for (auto& b : d) b = static_cast<uint8_t>(rng());
+  const al::Address alice = al::PrivateKey::from_hex(attrace::test::kAnvilKey1).address();
+  const al::Address bob = al::address_from_hex("0x" + std::string(40, 'b'), "bob");
+  const auto first = ledger_->register_tranche(registration_of("clinic-north", alice, digests));
+  EXPECT_FALSE(first.already_registered);
+  EXPECT_EQ(first.registration.order, 1u);
+  EXPECT_EQ(first.registration.registrant, al::checksum_address(ledger_->sender()));
+  EXPECT_EQ(first.registration.content_root, al::content_root(digests));
+  EXPECT_EQ(first.registration.example_count, 37u);
+  EXPECT_EQ(first.registration.license, "CC-BY-4.0");
+  EXPECT_GT(first.registration.registered_at, 0);
+  const auto again = ledger_->register_tranche(registration_of("clinic-north", alice, digests));
+  EXPECT_TRUE(again.already_registered);
+  EXPECT_EQ(registration_events(*ledger_, contract_), 1u) << "a re-run sends nothing";
+  const auto copy = ledger_->register_tranche(registration_of("mirror-north", bob, digests));
+  EXPECT_EQ(copy.registration.order, 2u);
+  auto fewer = digests;
+  fewer.pop_back();
+  EXPECT_EQ(refusal_of([&] { ledger_->register_tranche(registration_of("clinic-north", alice, fewer)); }),
+            al::Refusal::tranche_exists);
+  EXPECT_EQ(refusal_of([&] { ledger_->register_tranche(registration_of("clinic-north", bob, digests)); }),
+            al::Refusal::tranche_exists);
+  const auto all = ledger_->registrations();
+  ASSERT_EQ(all.size(), 2u);
+  EXPECT_EQ(all[1].tranche, "mirror-north");
+  EXPECT_EQ(all[1].account, bob);
+  const al::Registration* same = al::same_content_as(all, all[1]);
+  ASSERT_NE(same, nullptr);
+  EXPECT_EQ(same->tranche, "clinic-north");
+  EXPECT_EQ(registration_events(*ledger_, contract_), 2u);
+  // Every example's C++ proof is accepted by the contract's OpenZeppelin MerkleProof; a changed
+  // digest or sibling is not.
+  for (size_t i = 0; i < digests.size(); ++i) {
+    const auto proof = al::content_proof(digests, i);
+    ASSERT_TRUE(ledger_->verify_example(al::keccak256("clinic-north"), digests[i], proof)) << "example " << i;
+    if (i % 9 == 0) {
+      auto other = digests[i];
+      other[31] ^= 1;
+      EXPECT_FALSE(ledger_->verify_example(al::keccak256("clinic-north"), other, proof));
+      auto wrong = proof;
+      wrong[0][0] ^= 1;
+      EXPECT_FALSE(ledger_->verify_example(al::keccak256("clinic-north"), digests[i], wrong));
+    }
+  }
+  EXPECT_THROW(ledger_->verify_example(al::keccak256("nobody"), digests[0], {}), attrace::InputError);
+  EXPECT_EQ(ledger_->source(), "evm:31337:" + al::checksum_address(contract_));
+}
+
+TEST_F(Evm, UpheldDisputeThenCorrectedRevisionClaimsFollowIt) {
+  write_report(dir_ / "r", random_tranches(4, 21));
+  write_report(dir_ / "fixed", random_tranches(4, 22));
+  const auto wrong = al::build_epoch(dir_ / "r", 3, al::U256(4000));
+  EXPECT_EQ(ledger_->commit(wrong, "").status.revision, 1u);
+  ledger_->dispute(3, al::keccak256("verification.json"));
+  arbiter_ledger().resolve(3, true);
+  EXPECT_EQ(ledger_->status(3).state, "cancelled");
+  const auto fixed = al::build_epoch(dir_ / "fixed", 3, al::U256(4000));
+  const auto r = ledger_->commit(fixed, "");
+  EXPECT_EQ(r.status.revision, 2u);
+  EXPECT_EQ(ledger_->status(3).root, fixed.root);
+  advance(*ledger_, 3600);
+  EXPECT_EQ(refusal_of([&] { ledger_->claim(wrong.leaves[0].leaf, wrong.proof(0)); }), al::Refusal::invalid_proof);
+  al::U256 paid = 0;
+  for (size_t i = 0; i < fixed.leaves.size(); ++i) {
+    ledger_->claim(fixed.leaves[i].leaf, fixed.proof(i));
+    paid += fixed.leaves[i].leaf.amount;
+  }
+  EXPECT_EQ(paid, al::U256(4000));
+  EXPECT_EQ(ledger_->balance(contract_), al::U256(0)) << "revision 1 refunded, revision 2 paid out in full";
+  const auto list = ledger_->epochs();
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0].epoch, 3u);
+  EXPECT_EQ(list[0].revision, 2u);
+  EXPECT_GE(ledger_->current_time(), list[0].challenge_ends);
 }
 
 }  // namespace
