@@ -186,7 +186,8 @@ void flag_quality(const Config& config, const QualityReport& q, Attribution& a) 
 // The writers: shared by attribute and score, so both produce the same bytes.
 RunSummary write_outputs(const Config& config, const connectors::TrainingRun& run, const connectors::Dataset& train,
                          const connectors::Dataset& query, const TracinResult& r, const FeatureSource& train_features,
-                         kernels::Backend& backend, connectors::StagedDir& out, Progress& progress) {
+                         kernels::Backend& backend, connectors::StagedDir& out, Progress& progress,
+                         const std::optional<RegistryBinding>& registry) {
   RunSummary summary;
   summary.attribution = summarize(config, train, r);
   summary.n_train = r.n_train;
@@ -205,8 +206,13 @@ RunSummary write_outputs(const Config& config, const connectors::TrainingRun& ru
   qi.self_influence = r.self_influence.data();
   QualitySettings qs;
   if (const char* env = std::getenv("ATTRACE_THREADS")) qs.threads = std::max(0, std::atoi(env));  // speed only
-  const QualityReport quality = quality_signals(qi, qs);
+  // Near-duplicate example pairs are kept only when duplicate credit uses them.
+  const bool want_pairs = config.duplicate_credit != DuplicateCredit::none && config.duplicate_match == DuplicateMatch::near;
+  std::vector<ExamplePair> near_pairs;
+  const QualityReport quality = quality_signals(qi, qs, want_pairs ? &near_pairs : nullptr);
   flag_quality(config, quality, summary.attribution);
+  apply_rewards(config, train, r, want_pairs ? &near_pairs : nullptr, registry, quality.settings.outlier_top_fraction,
+                summary.attribution);
 
   nlohmann::json report = report_json(config, train, query, r, summary.attribution);
   report["quality"] = quality_json(quality, summary.attribution, sketch_description(train_features));
@@ -232,6 +238,8 @@ RunSummary write_outputs(const Config& config, const connectors::TrainingRun& ru
                                              "and sum of the kernel's dot products)"},
                              {"checkpoints", per}};
   }
+  manifest["rewards"] = rewards_json(config, summary.attribution);
+  if (registry) manifest["registry"] = registry_json(*registry);
   manifest["quality"] = {{"near_duplicate_cosine", quality.settings.near_duplicate_cosine},
                          {"outlier_top_fraction", quality.settings.outlier_top_fraction},
                          {"probes", quality.settings.probes},
@@ -320,6 +328,7 @@ RunSummary run_attribute(const Config& config, const RunOptions& options) {
   out.protect(checkpoint_paths(run));
   const auto train = connectors::read_dataset(config.train_file, true);
   const auto query = connectors::read_dataset(config.query_file, false);
+  registration_order(train, options.registry);  // a registry binding that does not fit is refused before any work
   spdlog::info("run '{}': {} checkpoints; train '{}': {} examples in {} tranches; query '{}': {} examples", run.path,
                run.checkpoints.size(), train.path, train.size(), train.tranches.size(), query.path, query.size());
   {
@@ -342,7 +351,7 @@ RunSummary run_attribute(const Config& config, const RunOptions& options) {
   ScoreResult s = score_all(tf, qf, *backend, score_settings(config, train, query, keep_scores(config, train.size(), query.size())),
                             progress);
   const TracinResult r = tracin_result(std::move(s), uses);
-  return write_outputs(config, run, train, query, r, tf, *backend, out, progress);
+  return write_outputs(config, run, train, query, r, tf, *backend, out, progress, options.registry);
 }
 
 FeaturizeSummary run_featurize(const Config& config, const FeaturizeOptions& options) {
@@ -428,6 +437,7 @@ RunSummary run_score(const Config& config, const std::string& store_path, const 
     ATTRACE_CHECK(stored.contains(key) && stored.at(key) == value, InputError,
                   store_path + ": the store's '" + key + "' (" + (stored.contains(key) ? stored.at(key).dump() : "absent") +
                       ") differs from the config's (" + value.dump() + "); featurize again or use a matching config");
+  registration_order(train, options.registry);  // a registry binding that does not fit is refused before any work
   ATTRACE_CHECK(train.path == config.train_file, InputError,
                 store_path + ": the store was made from '" + train.path + "' but the config's data.train is '" +
                     config.train_file + "'");
@@ -460,7 +470,7 @@ RunSummary run_score(const Config& config, const std::string& store_path, const 
   ScoreResult s = score_all(tf, qsrc, *backend, score_settings(config, train, query, keep_scores(config, train.size(), query.size())),
                             progress);
   const TracinResult r = tracin_result(std::move(s), uses);
-  return write_outputs(config, run, train, query, r, tf, *backend, out, progress);
+  return write_outputs(config, run, train, query, r, tf, *backend, out, progress, options.registry);
 }
 
 }  // namespace attrace::engine

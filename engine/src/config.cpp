@@ -49,6 +49,12 @@ std::string to_string(Factoring v) {
   return v == Factoring::never ? "never" : v == Factoring::always ? "always" : "auto";
 }
 
+std::string to_string(DuplicateCredit v) {
+  return v == DuplicateCredit::split ? "split" : v == DuplicateCredit::none ? "none" : "first_registered";
+}
+std::string to_string(DuplicateMatch v) { return v == DuplicateMatch::exact ? "exact" : "near"; }
+std::string to_string(QualityHold v) { return v == QualityHold::none ? "none" : "downweight"; }
+
 connectors::FeatureDtype feature_dtype_of(const Config& c) {
   switch (c.feature_dtype) {
     case FeatureType::f32:
@@ -214,10 +220,11 @@ namespace {
 Config config_from_table(const toml::table& doc, const std::string& path, const Origins* origins = nullptr) {
   for (auto&& [k, v] : doc) {
     (void)v;
-    static const std::set<std::string> sections = {"run", "data", "gradients", "projection", "features", "attribution", "output"};
+    static const std::set<std::string> sections = {"run",         "data",    "gradients", "projection",
+                                                   "features",    "attribution", "rewards", "output"};
     ATTRACE_CHECK(sections.count(std::string(k.str())), InputError,
                   blame(origins, path, std::string(k.str())) + ": unknown section or key '" + std::string(k.str()) +
-                      "' (sections: run, data, gradients, projection, features, attribution, output)");
+                      "' (sections: run, data, gradients, projection, features, attribution, rewards, output)");
   }
   Reader r(doc, path, origins);
   Config c;
@@ -327,6 +334,24 @@ Config config_from_table(const toml::table& doc, const std::string& path, const 
   r.get(a, "attribution", "duplicate_threshold", c.duplicate_threshold);
   r.get(a, "attribution", "tolerance", c.tolerance);
 
+  const auto* rw = r.section("rewards", {"duplicate_credit", "duplicate_match", "quality_hold", "quality_hold_threshold",
+                                         "quality_hold_min_outliers"});
+  s = to_string(c.duplicate_credit);
+  r.get(rw, "rewards", "duplicate_credit", s);
+  c.duplicate_credit = parse_enum<DuplicateCredit>(
+      r.where("rewards", "duplicate_credit"), s,
+      {{"first_registered", DuplicateCredit::first_registered}, {"split", DuplicateCredit::split}, {"none", DuplicateCredit::none}});
+  s = to_string(c.duplicate_match);
+  r.get(rw, "rewards", "duplicate_match", s);
+  c.duplicate_match = parse_enum<DuplicateMatch>(r.where("rewards", "duplicate_match"), s,
+                                                 {{"exact", DuplicateMatch::exact}, {"near", DuplicateMatch::near}});
+  s = to_string(c.quality_hold);
+  r.get(rw, "rewards", "quality_hold", s);
+  c.quality_hold = parse_enum<QualityHold>(r.where("rewards", "quality_hold"), s,
+                                           {{"downweight", QualityHold::downweight}, {"none", QualityHold::none}});
+  r.get(rw, "rewards", "quality_hold_threshold", c.quality_hold_threshold);
+  r.get(rw, "rewards", "quality_hold_min_outliers", c.quality_hold_min_outliers);
+
   const auto* o = r.section("output", {"scores", "scores_max_entries"});
   s = to_string(c.scores);
   r.get(o, "output", "scores", s);
@@ -421,6 +446,11 @@ void check_settings(const Config& c, const std::function<std::string(const std::
                       gib(static_cast<double>(phys)) + "); lower projection.k (or gradients.batch_size)");
   }
   ATTRACE_CHECK(c.scores_max_entries >= 0, InputError, at("output.scores_max_entries") + " must be >= 0");
+  ATTRACE_CHECK(std::isfinite(c.quality_hold_threshold) && c.quality_hold_threshold > 0 && c.quality_hold_threshold < 1,
+                InputError, at("rewards.quality_hold_threshold") + " must be in (0, 1), got " +
+                                connectors::readable_number(c.quality_hold_threshold));
+  ATTRACE_CHECK(c.quality_hold_min_outliers >= 1, InputError,
+                at("rewards.quality_hold_min_outliers") + " must be >= 1, got " + std::to_string(c.quality_hold_min_outliers));
 }
 
 }  // namespace
@@ -482,6 +512,12 @@ nlohmann::json to_json(const Config& c) {
         {"negative_policy", to_string(c.negative_policy)},
         {"duplicate_threshold", c.duplicate_threshold},
         {"tolerance", c.tolerance}}},
+      {"rewards",
+       {{"duplicate_credit", to_string(c.duplicate_credit)},
+        {"duplicate_match", to_string(c.duplicate_match)},
+        {"quality_hold", to_string(c.quality_hold)},
+        {"quality_hold_threshold", c.quality_hold_threshold},
+        {"quality_hold_min_outliers", c.quality_hold_min_outliers}}},
       {"output", {{"scores", to_string(c.scores)}, {"scores_max_entries", c.scores_max_entries}}},
   };
 }

@@ -61,8 +61,10 @@ bool same_example(const connectors::Dataset& ds, int64_t i, int64_t j) {
                      static_cast<size_t>(tw) * sizeof(float)) == 0;
 }
 
+}  // namespace
+
 // Groups of identical examples (each group sorted, groups ordered by first member).
-std::vector<std::vector<int64_t>> identical_groups(const connectors::Dataset& ds) {
+std::vector<std::vector<int64_t>> identical_examples(const connectors::Dataset& ds) {
   std::map<uint64_t, std::vector<int64_t>> buckets;
   const int64_t w = ds.example_width(), tw = ds.target_width();
   const bool by_digest = ds.inputs.empty() && !ds.digests.empty();
@@ -96,6 +98,8 @@ std::vector<std::vector<int64_t>> identical_groups(const connectors::Dataset& ds
   std::sort(groups.begin(), groups.end());
   return groups;
 }
+
+namespace {
 
 nlohmann::json top_list(const std::vector<kernels::TopEntry>& entries, const connectors::Dataset& train) {
   nlohmann::json out = nlohmann::json::array();
@@ -149,7 +153,7 @@ Attribution summarize(const Config& config, const connectors::Dataset& train, co
 
   // Duplicates: per group of identical examples, which tranches hold a copy.
   std::map<std::pair<int64_t, int64_t>, std::pair<int64_t, int64_t>> shared;  // (a,b) -> (in a, in b)
-  for (const auto& g : identical_groups(train)) {
+  for (const auto& g : identical_examples(train)) {
     std::map<int64_t, int64_t> per_tranche;  // tranche -> members in this group
     for (int64_t i : g) ++per_tranche[train.tranche[static_cast<size_t>(i)]];
     for (const auto& [t, k] : per_tranche)
@@ -179,6 +183,109 @@ Attribution summarize(const Config& config, const connectors::Dataset& train, co
   for (auto& t : a.tranches)
     if (t.internal_duplicates > 0) t.flags.push_back("internal_duplicates");
   return a;
+}
+
+std::vector<uint64_t> registration_order(const connectors::Dataset& train, const std::optional<RegistryBinding>& registry) {
+  std::vector<uint64_t> order;
+  if (!registry) {
+    for (size_t t = 0; t < train.tranches.size(); ++t) order.push_back(t + 1);
+    return order;
+  }
+  ATTRACE_CHECK(registry->tranches.size() == train.tranches.size(), InputError,
+                "registry " + registry->source + ": " + std::to_string(registry->tranches.size()) + " registered tranches for " +
+                    std::to_string(train.tranches.size()) + " tranches in " + train.path);
+  for (size_t t = 0; t < train.tranches.size(); ++t) {
+    const auto& reg = registry->tranches[t];
+    ATTRACE_CHECK(reg.id == train.tranches[t].id, InputError,
+                  "registry " + registry->source + ": entry " + std::to_string(t) + " is tranche '" + reg.id + "' but " +
+                      train.path + " has '" + train.tranches[t].id + "' there (the binding must follow dataset order)");
+    ATTRACE_CHECK(reg.order > 0, InputError,
+                  "registry " + registry->source + ": tranche '" + reg.id + "' has no registration order (0)");
+    order.push_back(reg.order);
+  }
+  return order;
+}
+
+void apply_rewards(const Config& config, const connectors::Dataset& train, const TracinResult& r,
+                   const std::vector<ExamplePair>* near_pairs, const std::optional<RegistryBinding>& registry,
+                   double outlier_top_fraction, Attribution& a) {
+  ATTRACE_CHECK(static_cast<int64_t>(r.example_total.size()) == r.n_train && static_cast<int64_t>(r.self_influence.size()) == r.n_train,
+                InputError, "reward rules: the scorer's per-example totals or self-influence are missing");
+  const auto groups = identical_examples(train);
+  RewardInput in;
+  in.n = r.n_train;
+  in.n_tranches = static_cast<int64_t>(a.tranches.size());
+  in.tranche = train.tranche.data();
+  in.example_total = r.example_total.data();
+  in.self_influence = r.self_influence.data();
+  in.exact_groups = &groups;
+  in.near_pairs = near_pairs;
+  in.order = registration_order(train, registry);
+  in.outlier_top_fraction = outlier_top_fraction;
+  std::vector<double> before;
+  for (const auto& t : a.tranches) before.push_back(t.positive_mass);
+  a.rewards = reward_rules(config, in, before);
+  a.rewards.order_source = registry ? "registry" : "dataset";
+  // The total adds the masses in ascending order of value: the same multiset of masses gives the
+  // same bits whatever the tranche order, and a tranche credited 0 changes nothing.
+  std::vector<double> masses;
+  for (size_t t = 0; t < a.tranches.size(); ++t) {
+    a.tranches[t].positive_mass = a.rewards.tranches[t].mass_after_hold;
+    masses.push_back(a.tranches[t].positive_mass);
+    if (a.rewards.tranches[t].held) a.tranches[t].flags.push_back("quality_hold");
+  }
+  std::sort(masses.begin(), masses.end());
+  a.total_positive_mass = 0;
+  for (double m : masses) a.total_positive_mass += m;
+  for (auto& t : a.tranches) t.share = a.total_positive_mass > 0 ? t.positive_mass / a.total_positive_mass : 0;
+}
+
+nlohmann::json rewards_json(const Config& config, const Attribution& a) {
+  if (!a.rewards.applied) return nlohmann::json::object();
+  nlohmann::json per = nlohmann::json::array();
+  for (size_t t = 0; t < a.tranches.size(); ++t) {
+    const auto& w = a.rewards.tranches[t];
+    per.push_back({{"id", a.tranches[t].tranche.id},
+                   {"order", std::to_string(w.order)},
+                   {"grouped_examples", w.grouped_examples},
+                   {"uncredited_examples", w.uncredited_examples},
+                   {"credited_total", w.credited_total},
+                   {"duplicate_rule_changed", w.duplicate_rule_changed},
+                   {"mass_before", w.mass_before},
+                   {"mass_after_duplicate_credit", w.mass_after_duplicates},
+                   {"quality_hold",
+                    {{"units", w.hold_units},
+                     {"outliers", w.hold_outliers},
+                     {"outlier_share", w.hold_outlier_share},
+                     {"held", w.held},
+                     {"factor", w.hold_factor}}},
+                   {"mass_after_quality_hold", w.mass_after_hold}});
+  }
+  return {{"rule_order", "negative policy, then duplicate credit, then quality hold, then shares"},
+          {"duplicate_credit", to_string(config.duplicate_credit)},
+          {"duplicate_match", to_string(config.duplicate_match)},
+          {"registration_order", a.rewards.order_source},
+          {"quality_hold", to_string(config.quality_hold)},
+          {"quality_hold_threshold", config.quality_hold_threshold},
+          {"quality_hold_min_outliers", config.quality_hold_min_outliers},
+          {"outlier_top_fraction", a.rewards.outlier_top_fraction},
+          {"groups", a.rewards.groups},
+          {"grouped_examples", a.rewards.grouped_examples},
+          {"largest_group", a.rewards.largest_group},
+          {"units", a.rewards.units},
+          {"outlier_units", a.rewards.outlier_units},
+          {"tranches", per}};
+}
+
+nlohmann::json registry_json(const RegistryBinding& registry) {
+  nlohmann::json per = nlohmann::json::array();
+  for (const auto& t : registry.tranches)
+    per.push_back({{"id", t.id},
+                   {"account", t.account},
+                   {"license", t.license},
+                   {"content_root", t.content_root},
+                   {"order", std::to_string(t.order)}});
+  return {{"source", registry.source}, {"tranches", per}};
 }
 
 nlohmann::json report_json(const Config& config, const connectors::Dataset& train, const connectors::Dataset& query,
@@ -217,6 +324,11 @@ nlohmann::json report_json(const Config& config, const connectors::Dataset& trai
                                {"ratio_to_median", t.self_influence_ratio}}},
                              {"internal_duplicates", t.internal_duplicates},
                              {"flags", t.flags}});
+  }
+  if (a.rewards.applied) {
+    j["rewards"] = rewards_json(config, a);
+    for (size_t t = 0; t < a.tranches.size(); ++t) j["tranches"][t]["rewards"] = j["rewards"]["tranches"][t];
+    j["rewards"].erase("tranches");
   }
   j["duplicates"] = nlohmann::json::array();
   for (const auto& d : a.duplicates)
@@ -263,13 +375,22 @@ std::string num(double v) {
 }  // namespace
 
 std::string attribution_csv(const Attribution& a) {
-  std::string s = "tranche,account,name,examples,total_influence,mean_influence,share,flags\n";
-  for (const auto& t : a.tranches) {
+  // The reward columns come last, so readers of the first eight columns are unaffected.
+  std::string s = "tranche,account,name,examples,total_influence,mean_influence,share,flags";
+  if (a.rewards.applied) s += ",mass_before_rules,mass_after_duplicate_credit,quality_hold_factor,mass_after_quality_hold";
+  s += "\n";
+  for (size_t k = 0; k < a.tranches.size(); ++k) {
+    const auto& t = a.tranches[k];
     std::string flags;
     for (const auto& f : t.flags) flags += (flags.empty() ? "" : ";") + f;
     s += csv_field(t.tranche.id) + "," + t.tranche.account + "," + csv_field(t.tranche.name) + "," +
          std::to_string(t.examples) + "," + num(t.total_influence) + "," + num(t.mean_influence) + "," + num(t.share) +
-         "," + csv_field(flags) + "\n";
+         "," + csv_field(flags);
+    if (a.rewards.applied) {
+      const auto& w = a.rewards.tranches[k];
+      s += "," + num(w.mass_before) + "," + num(w.mass_after_duplicates) + "," + num(w.hold_factor) + "," + num(w.mass_after_hold);
+    }
+    s += "\n";
   }
   return s;
 }

@@ -254,6 +254,10 @@ struct TrancheRow {
   std::optional<double> self_median, self_ratio, near_duplicate_rate, outlier_share;
   std::vector<std::string> flags;
   bool has_quality = false;
+  // The reward rules (docs/rewards.md), when the report carries them.
+  bool has_rewards = false;
+  std::optional<double> mass_before, mass_after_duplicates, hold_factor, hold_outlier_share;
+  std::optional<int64_t> uncredited_examples;
 };
 
 std::vector<TrancheRow> read_tranches(const json& report) {
@@ -287,6 +291,17 @@ std::vector<TrancheRow> read_tranches(const json& report) {
       r.cross_duplicate_examples = opt_int(*q, "cross_duplicate_examples", at(wi, "quality"));
       r.outlier_examples = opt_int(*q, "outlier_examples", at(wi, "quality"));
       r.outlier_share = opt_num(*q, "outlier_share", at(wi, "quality"));
+    }
+    if (const json* rw = get(t, "rewards")) {
+      if (!rw->is_object()) wrong_type(at(wi, "rewards"), "an object", *rw);
+      const std::string wr = at(wi, "rewards");
+      r.has_rewards = true;
+      r.mass_before = opt_num(*rw, "mass_before", wr);
+      r.mass_after_duplicates = opt_num(*rw, "mass_after_duplicate_credit", wr);
+      r.uncredited_examples = opt_int(*rw, "uncredited_examples", wr);
+      const json& qh = opt_obj(*rw, "quality_hold", wr);
+      r.hold_factor = opt_num(qh, "factor", at(wr, "quality_hold"));
+      r.hold_outlier_share = opt_num(qh, "outlier_share", at(wr, "quality_hold"));
     }
     const json& fl = opt_arr(t, "flags", wi);
     for (size_t f = 0; f < fl.size(); ++f) {
@@ -331,6 +346,9 @@ FlagInfo flag_info(const std::string& f, const FlagThresholds& t = {}) {
   if (f == "self_influence_outliers")
     return {"warn", "more than " + t.outlier + " of its examples are self-influence outliers (see below)"};
   if (f == "internal_duplicates") return {"dup", "the tranche repeats some of its own examples"};
+  if (f == "quality_hold")
+    return {"warn", "its share of the top self-influence examples (counted once per duplicate group) exceeds the quality-hold "
+                    "threshold: its mass is multiplied by threshold / share (docs/rewards.md)"};
   if (f.rfind("duplicates:", 0) == 0)
     return {"dup", "at least " + t.duplicate + " of this or the other tranche's examples are exact copies of examples in the other"};
   if (f.rfind("near_duplicates:", 0) == 0)
@@ -679,16 +697,34 @@ std::string report_html(const json& report, const json& manifest) {
 
   // Per-tranche table. Positive mass gets a column only where the policy made it differ from
   // max(total influence, 0), so the common case keeps the table narrow enough for a laptop.
-  bool show_mass = false;
-  for (const auto& r : rows)
+  bool show_mass = false, any_rewards = false;
+  for (const auto& r : rows) {
     show_mass = show_mass || (r.positive_mass && r.total_influence && *r.positive_mass != std::max(*r.total_influence, 0.0));
+    any_rewards = any_rewards || r.has_rewards;
+  }
+  show_mass = show_mass || any_rewards;
   h += "<section id=\"tranches\"><h2>Tranches</h2><p class=\"note\">Influence is summed over a tranche's examples and all "
        "queries. Self-influence \xC3\x97median is the tranche's median self-influence over the training set's";
   if (auto m = opt_num(report, "self_influence_median", "report.json")) h += " (" + approx(*m) + ")";
-  h += "; hover it for the tranche's own median. Click a column to sort.</p><div class=\"scroll\"><table class=\"sortable\"><thead><tr>"
+  h += "; hover it for the tranche's own median.";
+  if (const json* rw = get(report, "rewards"); rw && rw->is_object()) {
+    // The reward rules in one sentence; the columns show what they did to each tranche.
+    h += " Reward rules (docs/rewards.md): duplicate credit <b>" + esc(opt_str(*rw, "duplicate_credit", "report.json: rewards")) +
+         "</b> (" + esc(opt_str(*rw, "duplicate_match", "report.json: rewards")) + " copies, registration order: " +
+         esc(opt_str(*rw, "registration_order", "report.json: rewards")) + "), then quality hold <b>" +
+         esc(opt_str(*rw, "quality_hold", "report.json: rewards")) + "</b>";
+    if (auto th = opt_num(*rw, "quality_hold_threshold", "report.json: rewards")) h += " above an outlier share of " + approx(*th);
+    h += "; positive mass is the result.";
+  }
+  h += " Click a column to sort.</p><div class=\"scroll\"><table class=\"sortable\"><thead><tr>"
        "<th class=\"n\" data-sort=\"num\">#</th><th data-sort=\"text\">Tranche and flags</th><th data-sort=\"text\">Account</th>"
        "<th class=\"n\" data-sort=\"num\">Examples</th><th class=\"n\" data-sort=\"num\">Share</th>"
        "<th class=\"n\" data-sort=\"num\">Total influence</th><th class=\"n\" data-sort=\"num\">Mean influence</th>";
+  if (any_rewards)
+    h += "<th class=\"n\" data-sort=\"num\" title=\"mass under the negative-influence policy alone\">Mass before rules</th>"
+         "<th class=\"n\" data-sort=\"num\" title=\"examples credited nothing: another holder of the same example is paid\">"
+         "Uncredited ex.</th><th class=\"n\" data-sort=\"num\" title=\"quality hold: threshold / outlier share when held\">"
+         "Hold factor</th>";
   if (show_mass) h += "<th class=\"n\" data-sort=\"num\">Positive mass</th>";
   h += "<th class=\"n\" data-sort=\"num\">Self-infl. \xC3\x97median</th><th class=\"n\" data-sort=\"num\">Internal dup.</th>";
   if (any_quality)
@@ -706,6 +742,16 @@ std::string report_html(const json& report, const json& manifest) {
     if (!r.flags.empty()) h += "<div class=\"flagrow\">" + flag_chips(r.flags) + "</div>";
     h += "</td><td class=\"mono acct\" data-v=\"" + esc(r.account) + "\" title=\"" + esc(r.account) + "\">" + esc(short_account(r.account)) + "</td>";
     h += int_cell(r.examples) + pct_cell(r.share) + num_cell(r.total_influence) + num_cell(r.mean_influence);
+    if (any_rewards) {
+      std::string hold_more;
+      if (r.hold_outlier_share) hold_more = "; outlier share " + exact(*r.hold_outlier_share);
+      h += num_cell(r.mass_before) + int_cell(r.uncredited_examples);
+      if (r.hold_factor)
+        h += "<td class=\"n" + std::string(*r.hold_factor < 1 ? " hot" : "") + "\" data-v=\"" + exact(*r.hold_factor) +
+             "\" title=\"factor " + exact(*r.hold_factor) + hold_more + "\">" + approx(*r.hold_factor) + "</td>";
+      else
+        h += num_cell(std::nullopt);
+    }
     if (show_mass) h += num_cell(r.positive_mass);
     if (r.self_ratio)
       h += "<td class=\"n" + std::string(*r.self_ratio > 2 ? " hot" : "") + "\" data-v=\"" + exact(*r.self_ratio) +

@@ -288,8 +288,8 @@ ScorePlan plan_scoring(const FeatureSource& train, const FeatureSource& query, c
   for (size_t c = 0; c < query.checkpoints(); ++c) all_width += query.width(c);
   for (size_t c = 0; c < train.checkpoints(); ++c) max_width = std::max(max_width, train.width(c));
   const double kept = s.keep_scores ? 8.0 * static_cast<double>(n) * static_cast<double>(m) : 0.0;
-  // Fixed costs: the results (self-influence, tranche sums, top-k lists) and the kept matrix.
-  const double fixed = 8.0 * n + 16.0 * s.n_tranches * m + 2.0 * 16.0 * std::max<int64_t>(s.top_k, 0) * m + kept;
+  // Fixed costs: the results (self-influence, per-example totals, tranche sums, top-k lists) and the kept matrix.
+  const double fixed = 16.0 * n + 16.0 * s.n_tranches * m + 2.0 * 16.0 * std::max<int64_t>(s.top_k, 0) * m + kept;
   const double free_bytes = static_cast<double>(plan.budget) - fixed;
   // Per query row: its features at every checkpoint, its tranche partials; per train row: one
   // checkpoint's features and a row of the score tile (plus the top-k scratch of one tile).
@@ -343,6 +343,7 @@ ScoreResult score_all(const FeatureSource& train, const FeatureSource& query, ke
   r.plan = plan_scoring(train, query, s);
   r.self_influence.assign(static_cast<size_t>(n), 0.0);
   r.tranche_query.assign(static_cast<size_t>(s.n_tranches * m), 0.0);
+  r.example_total.assign(static_cast<size_t>(n), 0.0);
   r.topk.resize(static_cast<size_t>(m));
   if (s.keep_scores) r.scores.assign(static_cast<size_t>(n * m), 0.0);
   const size_t n_ckpt = train.checkpoints();
@@ -437,6 +438,14 @@ ScoreResult score_all(const FeatureSource& train, const FeatureSource& query, ke
         backend.segmented_row_sum(kernels::view<double>(scores.data() + (b0 - t0) * nq, b1 - b0, nq), s.tranche.data() + b0,
                                   kernels::view_mut(partial.data(), s.n_tranches, nq));
         for (size_t e = 0; e < acc.size(); ++e) acc[e] += partial[e];
+      }
+      // Per-example totals: each row's running sum continues where the previous query tile left
+      // it, columns ascending, so the order is j = 0, 1, ..., m - 1 for any tiling.
+      for (int64_t i = 0; i < nt; ++i) {
+        double total = r.example_total[static_cast<size_t>(t0 + i)];
+        const double* row = scores.data() + i * nq;
+        for (int64_t j = 0; j < nq; ++j) total += row[j];
+        r.example_total[static_cast<size_t>(t0 + i)] = total;
       }
       // Top-k: the rows of this tile against each query's running lists.
       if (s.top_k > 0) top.add(scores.data(), t0, nt);

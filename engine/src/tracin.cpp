@@ -79,6 +79,7 @@ TracinResult tracin_result(ScoreResult&& s, std::vector<CheckpointUse> uses) {
   r.scores = std::move(s.scores);
   r.self_influence = std::move(s.self_influence);
   r.tranche_query = std::move(s.tranche_query);
+  r.example_total = std::move(s.example_total);
   r.topk = std::move(s.topk);
   r.checkpoints = std::move(uses);
   r.plan = s.plan;

@@ -20,7 +20,7 @@ struct RunOptions {
   bool replace = false;  ///< replace an existing out_dir
   bool quiet = false;    ///< no progress on stderr
   /// Registry the training set was checked against (first_registered order, manifest block).
-  std::optional<RegistryBinding> registry;
+  std::optional<RegistryBinding> registry = std::nullopt;
 };
 
 /// What a finished run produced, for printing.

@@ -36,6 +36,14 @@ enum class FeatureType { automatic, f32, f64, bf16, f16 };
 /// Whether exact features hold a layer's gradient or its factors (inputs and output gradients):
 /// auto = factors where they cost fewer operations per pair (docs/formats.md, "Factored features").
 enum class Factoring { automatic, never, always };
+/// Who is credited for an example held by several tranches (docs/rewards.md): the earliest
+/// registered holder, every holder evenly, or every copy as before (none).
+enum class DuplicateCredit { first_registered, split, none };
+/// Which examples count as the same for duplicate credit: content-identical copies only, or
+/// also near-duplicates found by the quality signals (sketch cosine >= the threshold).
+enum class DuplicateMatch { exact, near };
+/// What happens to a tranche whose outlier share exceeds the threshold (docs/rewards.md).
+enum class QualityHold { downweight, none };
 
 /// All settings of `attrace attribute`. Paths are resolved relative to the config file.
 struct Config {
@@ -68,6 +76,12 @@ struct Config {
   NegativePolicy negative_policy = NegativePolicy::clip;
   double duplicate_threshold = 0.5;  ///< flag tranche pairs sharing at least this fraction
   double tolerance = 1e-6;           ///< declared verification tolerance on tranche shares
+  // [rewards] (docs/rewards.md)
+  DuplicateCredit duplicate_credit = DuplicateCredit::first_registered;
+  DuplicateMatch duplicate_match = DuplicateMatch::near;
+  QualityHold quality_hold = QualityHold::downweight;
+  double quality_hold_threshold = 0.10;    ///< held when the tranche's deduplicated outlier share exceeds this
+  int64_t quality_hold_min_outliers = 5;   ///< ... and it holds at least this many outliers
   // [output]
   ScoresOutput scores = ScoresOutput::automatic;
   int64_t scores_max_entries = 10'000'000;  ///< automatic: write scores.h5 up to this many entries
@@ -102,5 +116,8 @@ std::string to_string(Scoring v);
 std::string to_string(Distribution v);
 std::string to_string(FeatureType v);
 std::string to_string(Factoring v);
+std::string to_string(DuplicateCredit v);
+std::string to_string(DuplicateMatch v);
+std::string to_string(QualityHold v);
 
 }  // namespace attrace::engine

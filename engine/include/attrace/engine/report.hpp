@@ -4,11 +4,14 @@
 #include <attrace/connectors/dataset.hpp>
 #include <attrace/connectors/run.hpp>
 #include <attrace/engine/config.hpp>
+#include <attrace/engine/registry.hpp>
+#include <attrace/engine/rewards.hpp>
 #include <attrace/engine/tracin.hpp>
 
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,7 +24,7 @@ struct TrancheSummary {
   int64_t examples = 0;
   double total_influence = 0;  ///< sum over its examples and all queries of the TracIn score
   double mean_influence = 0;   ///< total_influence / examples
-  double positive_mass = 0;    ///< its mass after the negative-influence policy
+  double positive_mass = 0;    ///< its mass after the negative-influence policy and the reward rules
   double share = 0;            ///< positive_mass / sum of positive_mass (the attribution vector)
   double self_influence_mean = 0, self_influence_median = 0, self_influence_p90 = 0, self_influence_max = 0;
   double self_influence_ratio = 0;  ///< tranche median / training-set median self-influence
@@ -42,10 +45,33 @@ struct Attribution {
   std::vector<TrancheSummary> tranches;
   std::vector<DuplicatePair> duplicates;
   double total_positive_mass = 0;
+  RewardSummary rewards;  ///< what the reward rules did (applied = false until apply_rewards)
 };
 
 /// Aggregates per tranche, applies the negative-influence policy and finds duplicates.
 Attribution summarize(const Config& config, const connectors::Dataset& train, const TracinResult& r);
+
+/// Groups of content-identical examples (same inputs and target bit for bit, or the same content
+/// digest for a dataset rebuilt from a feature store): each sorted, ordered by first member.
+std::vector<std::vector<int64_t>> identical_examples(const connectors::Dataset& ds);
+
+/// Per-tranche registration order for first_registered: the registry's `order` when a binding is
+/// given (InputError unless it lists the dataset's tranches in dataset order), else 1, 2, ...
+std::vector<uint64_t> registration_order(const connectors::Dataset& train, const std::optional<RegistryBinding>& registry);
+
+/// Runs the reward rules on a summary (duplicate credit, then quality hold) and replaces each
+/// tranche's positive mass and share with the result; `near_pairs` may be null.
+void apply_rewards(const Config& config, const connectors::Dataset& train, const TracinResult& r,
+                   const std::vector<ExamplePair>* near_pairs, const std::optional<RegistryBinding>& registry,
+                   double outlier_top_fraction, Attribution& a);
+
+/// The rewards block of report.json and manifest.json: policies, order source, and per tranche
+/// the mass before and after each rule (empty object when no rule ran).
+nlohmann::json rewards_json(const Config& config, const Attribution& a);
+
+/// The registry block of manifest.json: source and per tranche id, account, license, content
+/// root and registration order.
+nlohmann::json registry_json(const RegistryBinding& registry);
 
 /// report.json contents.
 nlohmann::json report_json(const Config& config, const connectors::Dataset& train, const connectors::Dataset& query,

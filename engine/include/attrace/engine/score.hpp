@@ -6,6 +6,9 @@
 //   - tranche sums: fixed blocks of kTrancheBlock consecutive training rows, rows ascending inside
 //     a block, block partials folded in ascending block order (so work can be split at block
 //     boundaries across tiles, processes or GPUs without changing a bit);
+//   - per-example totals sum_j score(i, j): one running float64 sum per training row, queries
+//     added in ascending order (query tiles run in ascending order, columns ascending inside a
+//     tile), so the sum is the plain left-to-right one whatever the tiles or threads;
 //   - top-k proponents/opponents per query, merged under the total order (score, then row);
 //   - optionally the full score matrix.
 // Tile sizes follow the memory limit; no result depends on them (tested).
@@ -123,6 +126,7 @@ struct ScoreResult {
   int64_t n_train = 0, n_query = 0;
   std::vector<double> self_influence;  ///< n_train
   std::vector<double> tranche_query;   ///< n_tranches x n_query
+  std::vector<double> example_total;   ///< n_train: sum over queries (ascending) of score(i, j)
   std::vector<kernels::TopK> topk;     ///< per query
   std::vector<double> scores;          ///< n_train x n_query when keep_scores
   ScorePlan plan;

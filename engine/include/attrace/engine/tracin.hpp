@@ -21,6 +21,7 @@ struct TracinResult {
   std::vector<double> scores;          ///< n_train x n_query, row-major
   std::vector<double> self_influence;  ///< n_train
   std::vector<double> tranche_query;   ///< n_tranches x n_query: sum of scores per tranche
+  std::vector<double> example_total;   ///< n_train: sum over queries (ascending) of score(i, j)
   std::vector<kernels::TopK> topk;     ///< per query
   std::vector<CheckpointUse> checkpoints;
   ScorePlan plan;                      ///< tile sizes used (never part of a result)
