@@ -13,6 +13,7 @@
 #include <attrace/ledger/registry.hpp>
 #include <attrace/ledger/rewards.hpp>
 #include <attrace/connectors/dataset.hpp>
+#include <attrace/connectors/hash.hpp>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -976,6 +977,157 @@ TEST(Migration, SchemaOneIsRefusedNamingMigrateThenUpgradedKeepingEverything) {
   sql(db, "UPDATE meta SET value = '3' WHERE key = 'schema';");
   e = error_of([&] { al::migrate_embedded_ledger(db); });
   EXPECT_NE(e.find("schema version '3' is not supported"), std::string::npos) << e;
+}
+
+// ---- the ledger commands as a newcomer uses them (the real binary) ----
+
+using attrace::test::fixture;
+using attrace::test::run_attrace;
+
+size_t count(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+TEST(LedgerCommands, ChallengePeriodsInHumanDurationsAndTimesInWords) {
+  TempDir d;
+  for (const auto& [text, seconds] : std::vector<std::pair<std::string, int64_t>>{
+           {"3d", 259200}, {"10m", 600}, {"0", 0}, {"1h30m", 5400}, {"3600", 3600}, {"2w", 1209600}}) {
+    const std::string db = d / ("p" + std::to_string(seconds) + ".db");
+    const auto r = run_attrace("ledger init --json --challenge-period " + text + " --db " + db);
+    ASSERT_EQ(r.code, 0) << text << ": " << r.out;
+    EXPECT_EQ(nlohmann::json::parse(r.out)["challengePeriod"], seconds) << text;
+  }
+  for (const std::string bad : {"3q", "d", "1.5d", "-1", "10m5", ""}) {
+    const auto r = run_attrace("ledger init --challenge-period '" + bad + "' --db " + (d / "bad.db"));
+    EXPECT_EQ(r.code, 2) << bad << ": " << r.out;
+    EXPECT_FALSE(fs::exists(d / "bad.db")) << bad;
+  }
+  const auto r = run_attrace("ledger init --challenge-period 3d --db " + (d / "l.db"));
+  EXPECT_NE(r.out.find("challenge period 3 d 0 h"), std::string::npos) << r.out;
+  write_report(d / "r", {{"alpha", kA, 0.6}, {"beta", kB, 0.4}});
+  auto c = run_attrace("ledger commit " + (d / "r") + " --epoch 1 --pool 1000 --db " + (d / "l.db"));
+  ASSERT_EQ(c.code, 0) << c.out;
+  EXPECT_NE(c.out.find("UTC (3 d 0 h after the commit"), std::string::npos) << c.out;
+  c = run_attrace("ledger status 1 --db " + (d / "l.db"));
+  EXPECT_NE(c.out.find("(revision 1)"), std::string::npos) << c.out;
+  // Committed seconds ago: 2 d 23 h left (the window is 3 d).
+  EXPECT_NE(c.out.find("2 d 23 h left"), std::string::npos) << c.out;
+  const auto st = nlohmann::json::parse(run_attrace("ledger status 1 --json --db " + (d / "l.db")).out);
+  EXPECT_GT(st["secondsLeft"].get<int64_t>(), 259000);
+  EXPECT_NE(st["challengeEndsUtc"].get<std::string>().find(" UTC"), std::string::npos);
+  c = run_attrace("ledger claim 1 --all --db " + (d / "l.db"));
+  EXPECT_EQ(c.code, 2);
+  EXPECT_NE(c.out.find("NotFinal"), std::string::npos) << c.out;
+}
+
+TEST(LedgerCommands, EpochsBalanceProofByTrancheAndEpochFilesNeverReplaced) {
+  TempDir d;
+  write_report(d / "r", {{"alpha", kA, 0.6}, {"beta", kB, 0.4}});
+  const std::string a = " --db " + (d / "a.db"), b = " --db " + (d / "b.db");
+  ASSERT_EQ(run_attrace("ledger init --challenge-period 0" + a).code, 0);
+  ASSERT_EQ(run_attrace("ledger init --challenge-period 0" + b).code, 0);
+  auto r = run_attrace("ledger epochs" + a);
+  EXPECT_NE(r.out.find("no epochs committed"), std::string::npos) << r.out;
+  ASSERT_EQ(run_attrace("ledger commit " + (d / "r") + " --epoch 1 --pool 1000" + a).code, 0);
+  const std::string first = read_text(d / "r/epoch-1.json");
+  // The same report, another pool, another ledger: refused before anything is committed.
+  r = run_attrace("ledger commit " + (d / "r") + " --epoch 1 --pool 5000" + b);
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("epoch-1.json already exists"), std::string::npos) << r.out;
+  EXPECT_EQ(read_text(d / "r/epoch-1.json"), first);
+  EXPECT_NE(run_attrace("ledger status 1" + b).out.find("not committed"), std::string::npos);
+  r = run_attrace("ledger commit " + (d / "r") + " --epoch 1 --pool 5000 --manifest-out " + (d / "b-epoch-1.json") + b);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(read_text(d / "r/epoch-1.json"), first);
+  // The same commitment to a second ledger writes nothing new and is accepted (identical bytes).
+  ASSERT_EQ(run_attrace("ledger init --challenge-period 0 --db " + (d / "c.db")).code, 0);
+  EXPECT_EQ(run_attrace("ledger commit " + (d / "r") + " --epoch 1 --pool 1000 --db " + (d / "c.db")).code, 0);
+  // Proofs against the first ledger still work (its manifest is intact).
+  r = run_attrace("ledger proof 1 beta --json" + a);  // by tranche id
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto leaf = nlohmann::json::parse(r.out);
+  EXPECT_EQ(leaf["tranche"], "beta");
+  EXPECT_EQ(leaf["account"], al::checksum_address(al::address_from_hex(kB, "b")));
+  EXPECT_EQ(run_attrace("ledger proof 1 gamma" + a).code, 2);
+  ASSERT_EQ(run_attrace("ledger claim 1 beta" + a).code, 0);
+  r = run_attrace("ledger balance " + kB + " --json" + a);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["balance"], leaf["amount"]);
+  EXPECT_EQ(nlohmann::json::parse(run_attrace("ledger balance " + kA + " --json" + a).out)["balance"], "0");
+  r = run_attrace("ledger epochs --json" + a);
+  const auto list = nlohmann::json::parse(r.out);
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0]["claimed"], leaf["amount"]);
+  EXPECT_EQ(list[0]["revision"], 1);
+  r = run_attrace("ledger migrate" + a);
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("nothing to do"), std::string::npos) << r.out;
+}
+
+TEST(LedgerCommands, RegisterListProveAndCheckARunAgainstTheRegistry) {
+  TempDir d;
+  auto ds = registry_dataset();
+  ds.tranche[5] = 1;  // clinic = examples 0..4, mirror (10..14) an exact copy of it
+  attrace::connectors::write_dataset(d / "train.h5", ds);
+  const std::string db = " --db " + (d / "l.db");
+  ASSERT_EQ(run_attrace("ledger init" + db).code, 0);
+  auto r = run_attrace("ledger register --dataset " + (d / "train.h5") + db);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(count(r.out, "registered now"), 3u) << r.out;
+  const std::string sha = attrace::connectors::sha256_file(d / "l.db");
+  r = run_attrace("ledger register --dataset " + (d / "train.h5") + db);  // idempotent
+  EXPECT_EQ(count(r.out, "already registered"), 3u) << r.out;
+  r = run_attrace("ledger registrations" + db);
+  EXPECT_NE(r.out.find("same content as 'clinic' registered earlier (order 1) by " + al::checksum_address(al::address_from_hex(kA, "a"))),
+            std::string::npos)
+      << r.out;
+  const auto regs = nlohmann::json::parse(run_attrace("ledger registrations --json" + db).out);
+  ASSERT_EQ(regs.size(), 3u);
+  EXPECT_EQ(regs[2]["sameContentAs"], "clinic");
+  EXPECT_EQ(regs[1]["sameContentAs"], nullptr);
+  r = run_attrace("ledger prove-example --json --dataset " + (d / "train.h5") + " --example ex7" + db);
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto p = nlohmann::json::parse(r.out);
+  EXPECT_EQ(p["tranche"], "school");
+  EXPECT_EQ(p["verified"], true);
+  std::vector<al::Bytes32> proof;
+  for (const auto& x : p["proof"]) proof.push_back(al::bytes32_from_hex(x.get<std::string>(), "proof"));
+  EXPECT_TRUE(al::verify_content_proof(proof, al::bytes32_from_hex(p["contentRoot"].get<std::string>(), "root"),
+                                       al::bytes32_from_hex(p["digest"].get<std::string>(), "digest")));
+  // A changed example: its proof no longer reaches the registered root (exit 2, named).
+  auto changed = ds;
+  changed.inputs[7 * 4] += 1.0f;
+  attrace::connectors::write_dataset(d / "changed.h5", changed);
+  r = run_attrace("ledger prove-example --dataset " + (d / "changed.h5") + " --example 7" + db);
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("example 7 is not in the registered content of tranche 'school'"), std::string::npos) << r.out;
+  EXPECT_EQ(attrace::connectors::sha256_file(d / "l.db"), sha) << "re-registering or proving wrote to the ledger";
+
+  // attribute --registry-db: the fixture run is checked against a registry of another dataset
+  // that uses the same tranche ids (refused, the tranche and example named), then against its own.
+  const std::string config = d / "c.toml";
+  write_text(config, "[run]\ncheckpoints = \"" + fixture("mlp_run.toml") + "\"\n[data]\ntrain = \"" + fixture("vec_train.h5") +
+                         "\"\nquery = \"" + fixture("vec_query.h5") + "\"\n[gradients]\nbatch_size = 8\n");
+  ASSERT_EQ(run_attrace("ledger init --db " + (d / "other.db")).code, 0);
+  ASSERT_EQ(run_attrace("ledger register --dataset " + fixture("digits_train.h5") + " --db " + (d / "other.db")).code, 0);
+  r = run_attrace("attribute -q -c " + config + " -o " + (d / "out") + " --registry-db " + (d / "other.db"));
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("tranche 't0'"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("first differing example: dataset example 0 (id"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(d / "out"));
+  r = run_attrace("attribute -q -c " + config + " -o " + (d / "out") + " --registry-db " + (d / "l.db"));
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("is not registered in the registry"), std::string::npos) << r.out;
+  ASSERT_EQ(run_attrace("ledger init --db " + (d / "own.db")).code, 0);
+  ASSERT_EQ(run_attrace("ledger register --dataset " + fixture("vec_train.h5") + " --db " + (d / "own.db")).code, 0);
+  r = run_attrace("attribute -q -c " + config + " -o " + (d / "out") + " --registry-db " + (d / "own.db"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(run_attrace("attribute -q -c " + config + " -o " + (d / "out2") + " --registry-db " + (d / "own.db") +
+                        " --registry-evm " + (d / "evm.toml"))
+                .code,
+            0);  // one registry at a time
 }
 
 }  // namespace
