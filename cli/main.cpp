@@ -1,6 +1,7 @@
 // The attrace command line. Every subcommand has --help; errors print one line naming the
 // file/field/example at fault and exit non-zero.
 #include "demo.hpp"
+#include "eval.hpp"
 #include "ledger_cmd.hpp"
 #include "verify.hpp"
 
@@ -144,6 +145,7 @@ int main(int argc, char** argv) {
 
   auto* ledger = attrace::cli::add_ledger_commands(app);
   auto* verify = attrace::cli::add_verify_command(app);
+  auto* eval = attrace::cli::add_eval_command(app);
 
   auto* ver = app.add_subcommand("version", "Print the engine version and git revision");
 
@@ -154,7 +156,7 @@ int main(int argc, char** argv) {
   }
   setup_logging(quiet);
   // Commands that poll for stop signals (every batch and tile) stop cleanly on SIGINT/SIGTERM.
-  if (*attr || *feat || *sc || *demo || *verify) attrace::install_interrupt_handlers();
+  if (*attr || *feat || *sc || *demo || *verify || *eval) attrace::install_interrupt_handlers();
 
   try {
     if (*ver) {
@@ -168,6 +170,7 @@ int main(int argc, char** argv) {
     }
     if (*ledger) return attrace::cli::run_ledger_command(ledger);
     if (*verify) return attrace::cli::run_verify_command(quiet);
+    if (*eval) return attrace::cli::run_eval_command(quiet);
     if (*csv) {
       const long long n = attrace::connectors::import_csv(co);
       std::printf("wrote %lld examples to %s\n", n, co.output_h5.c_str());

@@ -8,6 +8,7 @@
 #include <attrace/connectors/run.hpp>
 #include <attrace/connectors/scores_file.hpp>
 #include <attrace/engine/attribute.hpp>
+#include <attrace/engine/methods.hpp>
 #include <attrace/engine/quality.hpp>
 #include <attrace/engine/report_html.hpp>
 #include <attrace/engine/tracin.hpp>
@@ -348,8 +349,11 @@ RunSummary run_attribute(const Config& config, const RunOptions& options) {
   std::vector<CheckpointUse> uses;
   const MemoryFeatures tf = featurize_in_memory(config, run, train, {&train}, *backend, progress, "train features", &uses);
   const MemoryFeatures qf = featurize_in_memory(config, run, query, {&query}, *backend, progress, "query features", nullptr);
-  ScoreResult s = score_all(tf, qf, *backend, score_settings(config, train, query, keep_scores(config, train.size(), query.size())),
+  const MethodView mv = method_view(config, run, train, tf, qf);  // attribution.method (engine/methods.hpp)
+  ScoreResult s = score_all(mv.train_or(tf), mv.query_or(qf), *backend,
+                            score_settings(config, train, query, keep_scores(config, train.size(), query.size())),
                             progress);
+  keep_tracin_self_influence(config, mv, tf, qf, *backend, progress, s);
   const TracinResult r = tracin_result(std::move(s), uses);
   return write_outputs(config, run, train, query, r, tf, *backend, out, progress, options.registry);
 }
@@ -467,8 +471,12 @@ RunSummary run_score(const Config& config, const std::string& store_path, const 
   const FeatureSource& qsrc = qf ? *qf : static_cast<const FeatureSource&>(qmem);
   spdlog::info("store '{}': {} examples x {} checkpoints; query '{}': {} examples", store_path, train.size(),
                store.layout().checkpoints.size(), query.path, query.size());
-  ScoreResult s = score_all(tf, qsrc, *backend, score_settings(config, train, query, keep_scores(config, train.size(), query.size())),
+  // attribution.method; TRAK's kernel factors are kept beside the store, keyed by its spec.
+  const MethodView mv = method_view(config, run, train, tf, qsrc, store_path + ".trak-kernel", store.layout().spec);
+  ScoreResult s = score_all(mv.train_or(tf), mv.query_or(qsrc), *backend,
+                            score_settings(config, train, query, keep_scores(config, train.size(), query.size())),
                             progress);
+  keep_tracin_self_influence(config, mv, tf, qsrc, *backend, progress, s);
   const TracinResult r = tracin_result(std::move(s), uses);
   return write_outputs(config, run, train, query, r, tf, *backend, out, progress, options.registry);
 }

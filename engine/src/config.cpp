@@ -54,6 +54,9 @@ std::string to_string(DuplicateCredit v) {
 }
 std::string to_string(DuplicateMatch v) { return v == DuplicateMatch::exact ? "exact" : "near"; }
 std::string to_string(QualityHold v) { return v == QualityHold::none ? "none" : "downweight"; }
+std::string to_string(Method v) {
+  return v == Method::grad_dot ? "grad_dot" : v == Method::grad_cos ? "grad_cos" : v == Method::trak ? "trak" : "tracin";
+}
 
 connectors::FeatureDtype feature_dtype_of(const Config& c) {
   switch (c.feature_dtype) {
@@ -305,7 +308,7 @@ Config config_from_table(const toml::table& doc, const std::string& path, const 
                                      {{"auto", Factoring::automatic}, {"never", Factoring::never}, {"always", Factoring::always}});
 
   const auto* a = r.section("attribution", {"top_k", "scoring", "gemm_math", "negative_policy", "duplicate_threshold",
-                                             "tolerance", "memory_limit"});
+                                             "tolerance", "memory_limit", "method", "checkpoint", "trak_lambda"});
   r.get(a, "attribution", "top_k", c.top_k);
   s = to_string(c.scoring);
   r.get(a, "attribution", "scoring", s);
@@ -333,6 +336,13 @@ Config config_from_table(const toml::table& doc, const std::string& path, const 
       {{"clip", NegativePolicy::clip}, {"clip_per_query", NegativePolicy::clip_per_query}});
   r.get(a, "attribution", "duplicate_threshold", c.duplicate_threshold);
   r.get(a, "attribution", "tolerance", c.tolerance);
+  s = to_string(c.method);
+  r.get(a, "attribution", "method", s);
+  c.method = parse_enum<Method>(r.where("attribution", "method"), s,
+                                {{"tracin", Method::tracin}, {"grad_dot", Method::grad_dot}, {"grad_cos", Method::grad_cos},
+                                 {"trak", Method::trak}});
+  r.get(a, "attribution", "checkpoint", c.method_checkpoint);
+  r.get(a, "attribution", "trak_lambda", c.trak_lambda);
 
   const auto* rw = r.section("rewards", {"duplicate_credit", "duplicate_match", "quality_hold", "quality_hold_threshold",
                                          "quality_hold_min_outliers"});
@@ -426,6 +436,10 @@ void check_settings(const Config& c, const std::function<std::string(const std::
                 InputError, at("features.factored") + " = \"always\" needs exact float32 features (projection.kind = \"none\", " +
                                 "gradients.precision = \"fp32\"); layer factors are float32 and projections have their own");
   ATTRACE_CHECK(c.memory_limit >= 0, InputError, at("attribution.memory_limit") + " must be >= 0");
+  ATTRACE_CHECK(c.method_checkpoint >= -1, InputError,
+                at("attribution.checkpoint") + " must be >= 0 (or -1: the last), got " + std::to_string(c.method_checkpoint));
+  ATTRACE_CHECK(std::isfinite(c.trak_lambda) && c.trak_lambda > 0, InputError,
+                at("attribution.trak_lambda") + " must be finite and > 0, got " + connectors::readable_number(c.trak_lambda));
   ATTRACE_CHECK(c.duplicate_threshold > 0 && c.duplicate_threshold <= 1, InputError,
                 at("attribution.duplicate_threshold") + " must be in (0, 1], got " +
                     connectors::readable_number(c.duplicate_threshold));
@@ -511,7 +525,10 @@ nlohmann::json to_json(const Config& c) {
         {"gemm_math", kernels::to_string(c.gemm_math)},
         {"negative_policy", to_string(c.negative_policy)},
         {"duplicate_threshold", c.duplicate_threshold},
-        {"tolerance", c.tolerance}}},
+        {"tolerance", c.tolerance},
+        {"method", to_string(c.method)},
+        {"checkpoint", c.method_checkpoint},
+        {"trak_lambda", c.trak_lambda}}},
       {"rewards",
        {{"duplicate_credit", to_string(c.duplicate_credit)},
         {"duplicate_match", to_string(c.duplicate_match)},

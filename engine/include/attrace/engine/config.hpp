@@ -42,6 +42,9 @@ enum class DuplicateCredit { first_registered, split, none };
 /// Which examples count as the same for duplicate credit: content-identical copies only, or
 /// also near-duplicates found by the quality signals (sketch cosine >= the threshold).
 enum class DuplicateMatch { exact, near };
+/// Attribution method scoring train x query pairs (docs/eval.md): TracIn (lr-weighted sum over
+/// checkpoints), Grad-Dot (one checkpoint), Grad-Cos (unit features), TRAK-style (kernel-whitened).
+enum class Method { tracin, grad_dot, grad_cos, trak };
 /// What happens to a tranche whose outlier share exceeds the threshold (docs/rewards.md).
 enum class QualityHold { downweight, none };
 
@@ -76,6 +79,9 @@ struct Config {
   NegativePolicy negative_policy = NegativePolicy::clip;
   double duplicate_threshold = 0.5;  ///< flag tranche pairs sharing at least this fraction
   double tolerance = 1e-6;           ///< declared verification tolerance on tranche shares
+  Method method = Method::tracin;    ///< attribution.method (engine/methods.hpp)
+  int64_t method_checkpoint = -1;    ///< attribution.checkpoint: grad_dot's checkpoint (0-based; -1: the last)
+  double trak_lambda = 1e-3;         ///< attribution.trak_lambda: ridge, relative to the kernel's mean diagonal
   // [rewards] (docs/rewards.md)
   DuplicateCredit duplicate_credit = DuplicateCredit::first_registered;
   DuplicateMatch duplicate_match = DuplicateMatch::near;
@@ -119,5 +125,6 @@ std::string to_string(Factoring v);
 std::string to_string(DuplicateCredit v);
 std::string to_string(DuplicateMatch v);
 std::string to_string(QualityHold v);
+std::string to_string(Method v);
 
 }  // namespace attrace::engine
