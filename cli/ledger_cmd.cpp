@@ -307,23 +307,12 @@ void print_registration_row(const std::vector<al::Registration>& all, const al::
 
 int cmd_register() {
   const auto ds = connectors::read_dataset(opts.dataset, true);
-  const auto contents = al::tranche_contents(ds, opts.dataset);
   auto l = open_ledger();
-  std::vector<std::pair<al::RegisterResult, std::string>> done;
-  for (const auto& c : contents) {
-    al::TrancheRegistration r;
-    r.tranche = c.id;
-    r.account = al::address_from_hex(c.account, opts.dataset + ": tranche '" + c.id + "' account");
-    r.license = c.license;
-    r.digests = c.digests;
-    r.example_count = c.digests.size();
-    r.content_root = c.root();
-    done.emplace_back(l->register_tranche(r), c.id);
-  }
+  const auto done = al::register_dataset(*l, ds, opts.dataset);
   const auto all = l->registrations();
   if (opts.json) {
     nlohmann::json j = nlohmann::json::array();
-    for (const auto& [r, id] : done) {
+    for (const auto& r : done) {
       auto e = registration_json(all, r.registration);
       e["alreadyRegistered"] = r.already_registered;
       j.push_back(e);
@@ -333,7 +322,7 @@ int cmd_register() {
   }
   std::printf("%s: %zu tranches on %s\n", opts.dataset.c_str(), done.size(), l->source().c_str());
   std::printf("%5s  %-20s %-42s %8s  %-66s  %s\n", "order", "tranche", "account", "examples", "content root", "");
-  for (const auto& [r, id] : done)
+  for (const auto& r : done)
     print_registration_row(all, r.registration, r.already_registered ? "already registered" : "registered now");
   return 0;
 }

@@ -1124,6 +1124,17 @@ TEST(LedgerCommands, RegisterListProveAndCheckARunAgainstTheRegistry) {
   ASSERT_EQ(run_attrace("ledger register --dataset " + fixture("vec_train.h5") + " --db " + (d / "own.db")).code, 0);
   r = run_attrace("attribute -q -c " + config + " -o " + (d / "out") + " --registry-db " + (d / "own.db"));
   ASSERT_EQ(r.code, 0) << r.out;
+  // score checks the store's training set (ids, tranche table, digests) the same way.
+  ASSERT_EQ(run_attrace("featurize -q -c " + config + " -o " + (d / "store.h5")).code, 0);
+  r = run_attrace("score -q -c " + config + " --store " + (d / "store.h5") + " -o " + (d / "scored") + " --registry-db " +
+                  (d / "other.db"));
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("tranche 't0'"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("first differing example: dataset example 0 (id"), std::string::npos) << r.out;
+  r = run_attrace("score -q -c " + config + " --store " + (d / "store.h5") + " -o " + (d / "scored") + " --registry-db " +
+                  (d / "own.db"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(read_text(d / "scored/report.json"), read_text(d / "out/report.json"));
   EXPECT_NE(run_attrace("attribute -q -c " + config + " -o " + (d / "out2") + " --registry-db " + (d / "own.db") +
                         " --registry-evm " + (d / "evm.toml"))
                 .code,

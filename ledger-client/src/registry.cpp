@@ -2,6 +2,7 @@
 #include <attrace/connectors/hash.hpp>
 #include <attrace/error.hpp>
 #include <attrace/ledger/crypto.hpp>
+#include <attrace/ledger/ledger.hpp>
 #include <attrace/ledger/merkle.hpp>
 #include <attrace/ledger/registry.hpp>
 
@@ -66,6 +67,21 @@ std::vector<TrancheContent> tranche_contents(const connectors::Dataset& ds, cons
   }
   for (const auto& c : out)
     ATTRACE_CHECK(!c.digests.empty(), InputError, what + ": tranche '" + c.id + "' has no examples");
+  return out;
+}
+
+std::vector<RegisterResult> register_dataset(Ledger& ledger, const connectors::Dataset& ds, const std::string& what) {
+  std::vector<RegisterResult> out;
+  for (const auto& c : tranche_contents(ds, what)) {
+    TrancheRegistration r;
+    r.tranche = c.id;
+    r.account = address_from_hex(c.account, what + ": tranche '" + c.id + "' account");
+    r.license = c.license;
+    r.digests = c.digests;
+    r.example_count = c.digests.size();
+    r.content_root = c.root();
+    out.push_back(ledger.register_tranche(r));
+  }
   return out;
 }
 

@@ -69,6 +69,12 @@ struct RegisterResult {
   Registration registration;
 };
 
+class Ledger;
+/// Registers every tranche of a training dataset on `ledger`, in tranche table order (idempotent:
+/// see Ledger::register_tranche); `what` names the dataset in messages. Used by `ledger register`
+/// and the demo.
+std::vector<RegisterResult> register_dataset(Ledger& ledger, const connectors::Dataset& ds, const std::string& what);
+
 /// The earliest registration (lowest order) with the same content root as `r` under another tranche
 /// id, or nullptr when `r` is the first with that content.
 const Registration* same_content_as(const std::vector<Registration>& all, const Registration& r);
