@@ -13,6 +13,7 @@
 #include <attrace/engine/model_builder.hpp>
 #include <attrace/error.hpp>
 #include <attrace/ledger/embedded.hpp>
+#include <attrace/ledger/registry.hpp>
 
 #include <spdlog/spdlog.h>
 #include <torch/script.h>
@@ -244,59 +245,118 @@ int run_demo(const DemoOptions& options) {
   }
   connectors::write_file_atomic((fs::path(options.dir) / "run.toml").string(), run_toml);
   const std::string config_path = (fs::path(options.dir) / "attrace.toml").string();
-  connectors::write_file_atomic(config_path,
-                                "# attrace configuration written by `attrace demo`\n"
-                                "[run]\ncheckpoints = \"run.toml\"\n\n"
-                                "[data]\ntrain = \"train.h5\"\nquery = \"query.h5\"\n\n"
-                                "[gradients]\nloss = \"cross_entropy\"\nparameters = [\"*\"]\nbatch_size = 64\n"
-                                "precision = \"fp32\"\n\n"
-                                "[attribution]\ntop_k = 5\nnegative_policy = \"clip\"\n");
+  auto config_text = [](const std::string& train_file) {
+    return "# attrace configuration written by `attrace demo`\n"
+           "[run]\ncheckpoints = \"run.toml\"\n\n"
+           "[data]\ntrain = \"" + train_file + "\"\nquery = \"query.h5\"\n\n"
+           "[gradients]\nloss = \"cross_entropy\"\nparameters = [\"*\"]\nbatch_size = 64\n"
+           "precision = \"fp32\"\n\n"
+           "[attribution]\ntop_k = 5\nnegative_policy = \"clip\"\n";
+  };
+  connectors::write_file_atomic(config_path, config_text("train.h5"));
+
+  // Every tranche is registered by content on a fresh embedded ledger before it is used, in
+  // tranche table order (so mirror-north registers after clinic-north); the run is checked
+  // against the registry and duplicate credit follows its registration order.
+  const std::string db = (fs::path(options.dir) / "ledger.db").string();
+  for (const char* suffix : {"", "-wal", "-shm"}) fs::remove(db + suffix);
+  ledger::create_embedded_ledger(db, {});  // opening never creates a ledger
+  ledger::register_dataset(*ledger::open_embedded_ledger(db), train, train_path);
+  RegistryOptions registry;
+  registry.db = db;
 
   const auto config = engine::load_config(config_path);
   const std::string out_dir = (fs::path(options.dir) / "report").string();
-  const auto summary = engine::run_attribute(config, {out_dir, true, options.quiet});
+  const auto summary =
+      engine::run_attribute(config, {out_dir, true, options.quiet, check_registry(registry, train, train_path)});
 
-  std::printf("\nAttribution vector (exact TracIn over %zu checkpoints, %lld train x %lld queries, %lld gradient dims, "
-              "%s path)\n\n",
-              phases.size(), static_cast<long long>(summary.n_train), static_cast<long long>(summary.n_query),
-              static_cast<long long>(summary.dim), summary.path_used.c_str());
-  std::printf("  %-14s %-12s %8s %8s %14s %7s  %-28s %s\n", "tranche", "account", "examples", "share",
-              "total infl.", "self-inf", "scenario", "flags");
+  // The same model and queries on the training set without the copy: what clinic-north earns
+  // when nobody copied it. Duplicate credit must leave it exactly that (docs/rewards.md).
+  std::vector<std::vector<size_t>> members_alone;
+  std::vector<TrancheSpec> specs_alone;
+  for (size_t t = 0; t < specs.size(); ++t)
+    if (t != copy) {
+      members_alone.push_back(members[t]);
+      specs_alone.push_back(specs[t]);
+    }
+  const Dataset train_alone = make_dataset(ex, members_alone, specs_alone, labels, "train-");
+  const std::string alone_path = (fs::path(options.dir) / "train-without-copy.h5").string();
+  connectors::write_dataset(alone_path, train_alone);
+  const std::string alone_config = (fs::path(options.dir) / "attrace-without-copy.toml").string();
+  connectors::write_file_atomic(alone_config, config_text("train-without-copy.h5"));
+  const auto without = engine::load_config(alone_config);
+  const auto alone = engine::run_attribute(without, {(fs::path(options.dir) / "report-without-copy").string(), true, true,
+                                                     check_registry(registry, train_alone, alone_path)});
+
   const auto& ts = summary.attribution.tranches;
-  size_t lowest = 0;
+  const auto& rw = summary.attribution.rewards;
+  double before_total = 0;
+  for (const auto& w : rw.tranches) before_total += w.mass_before;
+  std::printf("\nAttribution vector (exact TracIn over %zu checkpoints, %lld train x %lld queries, %lld gradient dims, "
+              "%s path; reward rules: duplicate credit %s, quality hold %s)\n\n",
+              phases.size(), static_cast<long long>(summary.n_train), static_cast<long long>(summary.n_query),
+              static_cast<long long>(summary.dim), summary.path_used.c_str(), engine::to_string(config.duplicate_credit).c_str(),
+              engine::to_string(config.quality_hold).c_str());
+  std::printf("  %-14s %8s %9s %7s %8s  %-28s %-36s %s\n", "tranche", "examples", "no rules", "share", "self-inf", "scenario",
+              "reward rules", "flags");
+  size_t lowest = 0;  // among the tranches with data of their own (not the two copies)
   for (size_t t = 0; t < ts.size(); ++t) {
-    if (ts[t].share < ts[lowest].share || (ts[t].share == ts[lowest].share && ts[t].total_influence < ts[lowest].total_influence))
-      lowest = t;
-    std::string flags;
-    for (const auto& f : ts[t].flags) flags += (flags.empty() ? "" : " ") + f;
-    std::printf("  %-14s %.10s.. %8lld %7.2f%% %14.5g %7.2fx  %-28s %s\n", ts[t].tranche.id.c_str(),
-                ts[t].tranche.account.c_str(), static_cast<long long>(ts[t].examples), 100.0 * ts[t].share,
-                ts[t].total_influence, ts[t].self_influence_ratio, specs[t].note.c_str(), flags.c_str());
+    if (t != copy && t != rescan && ts[t].share < ts[lowest].share) lowest = t;
+    std::string flags, rule;
+    for (const auto& f : ts[t].flags)
+      if (f != "quality_hold") flags += (flags.empty() ? "" : " ") + f;
+    const auto& w = rw.tranches[t];
+    char buf[160];
+    if (w.uncredited_examples > 0) {
+      std::snprintf(buf, sizeof buf, "%lld ex. credited elsewhere", static_cast<long long>(w.uncredited_examples));
+      rule = buf;
+    }
+    if (w.held) {
+      std::snprintf(buf, sizeof buf, "%sheld x%.2f", rule.empty() ? "" : ", ", w.hold_factor);
+      rule += buf;
+    }
+    std::printf("  %-14s %8lld %8.2f%% %6.2f%% %7.2fx  %-28s %-36s %s\n", ts[t].tranche.id.c_str(),
+                static_cast<long long>(ts[t].examples), before_total > 0 ? 100.0 * w.mass_before / before_total : 0.0,
+                100.0 * ts[t].share, ts[t].self_influence_ratio, specs[t].note.c_str(), rule.empty() ? "-" : rule.c_str(),
+                flags.c_str());
   }
   bool dup_flagged = false;
   for (const auto& d : summary.attribution.duplicates)
     dup_flagged |= d.flagged && static_cast<size_t>(d.a) == copied && static_cast<size_t>(d.b) == copy;
-  std::printf("\n  lowest share: %s (%s)\n", ts[lowest].tranche.id.c_str(),
+  std::printf("\n  (\"no rules\": the shares before duplicate credit and the quality hold, as attrace paid until issue 11; "
+              "registration order: %s)\n",
+              rw.order_source == "registry" ? ("the registry's, " + db).c_str() : "dataset tranche order");
+  std::printf("  lowest share among tranches with data of their own: %s (%s)\n", ts[lowest].tranche.id.c_str(),
               lowest == noisy ? "the noisy tranche, as expected" : "NOT the noisy tranche");
-  std::printf("  duplicated pair %s / %s: %s\n", specs[copied].id.c_str(), specs[copy].id.c_str(),
-              dup_flagged ? "flagged" : "NOT flagged");
+  const bool copy_unpaid = ts[copy].share == 0.0;
+  std::printf("  exact copy %s: %s; %lld of %lld examples credited to an earlier holder, share %.2f%%%s\n", specs[copy].id.c_str(),
+              dup_flagged ? "flagged" : "NOT flagged", static_cast<long long>(rw.tranches[copy].uncredited_examples),
+              static_cast<long long>(ts[copy].examples), 100.0 * ts[copy].share, copy_unpaid ? "" : " (NOT zero)");
+  const double alone_share = alone.attribution.tranches[copied].share;
+  const bool original_kept = ts[copied].share == alone_share;
+  std::printf("  original %s: share %.4f%% with the copy present, %.4f%% in a run without it (same model and queries): %s\n",
+              specs[copied].id.c_str(), 100.0 * ts[copied].share, 100.0 * alone_share,
+              original_kept ? "the same, bit for bit" : "DIFFERENT");
   bool rescan_exact = false;
   for (const auto& d : summary.attribution.duplicates)
     rescan_exact |= static_cast<size_t>(d.a) == rescanned && static_cast<size_t>(d.b) == rescan && d.shared_b > 0;
   const auto& rescan_flags = ts[rescanned].flags;
   const bool rescan_near = std::find(rescan_flags.begin(), rescan_flags.end(), "near_duplicates:" + specs[rescan].id) != rescan_flags.end();
-  std::printf("  noisy copy %s / %s: %s, %s\n", specs[rescanned].id.c_str(), specs[rescan].id.c_str(),
+  std::printf("  noisy copy %s / %s: %s, %s; %lld of %lld examples credited to an earlier holder\n", specs[rescanned].id.c_str(),
+              specs[rescan].id.c_str(),
               rescan_exact ? "matched exactly (unexpected: the noise should hide it)" : "invisible to exact matching",
-              rescan_near ? "flagged as near-duplicates" : "NOT flagged as near-duplicates");
+              rescan_near ? "flagged as near-duplicates" : "NOT flagged as near-duplicates",
+              static_cast<long long>(rw.tranches[rescan].uncredited_examples), static_cast<long long>(ts[rescan].examples));
+  const auto& hw = rw.tranches[noisy];
+  std::printf("  quality hold on %s: outlier share %.3f of its units (threshold %.2f): %s\n", specs[noisy].id.c_str(),
+              hw.hold_outlier_share, config.quality_hold_threshold,
+              hw.held ? ("held, mass x" + std::to_string(hw.hold_factor).substr(0, 4)).c_str() : "not held");
 
-  // The epoch goes to a fresh embedded ledger: integer scores, the exact split of the pool, the
+  // The epoch goes to the same embedded ledger: integer scores, the exact split of the pool, the
   // Merkle root and the manifest hash, ready for claims after the challenge window.
-  const std::string db = (fs::path(options.dir) / "ledger.db").string();
-  for (const char* suffix : {"", "-wal", "-shm"}) fs::remove(db + suffix);
   const ledger::U256 pool(1'000'000'000);
   const auto epoch = ledger::build_epoch(out_dir, 1, pool);
   connectors::write_file_atomic((fs::path(out_dir) / "epoch-1.json").string(), epoch.manifest);
-  ledger::create_embedded_ledger(db, {});  // opening never creates a ledger
   auto book = ledger::open_embedded_ledger(db);
   const auto committed = book->commit(epoch, "file://" + fs::absolute(fs::path(out_dir) / "epoch-1.json").string());
   std::printf("\n");
@@ -305,7 +365,7 @@ int run_demo(const DemoOptions& options) {
   std::printf("\n  report: %s/report.json  manifest: %s/manifest.json  (%.1f s)\n", out_dir.c_str(), out_dir.c_str(), secs);
   const fs::path html = fs::path(out_dir) / "report.html";
   if (fs::exists(html)) std::printf("  open in a browser: %s\n", fs::absolute(html).string().c_str());
-  return lowest == noisy && dup_flagged ? 0 : 1;
+  return lowest == noisy && dup_flagged && copy_unpaid && original_kept ? 0 : 1;
 }
 
 }  // namespace attrace::cli
