@@ -432,6 +432,7 @@ TEST_F(Verify, DisputeResolveCorrectedCommitConfirmedClaimsAddUpToThePool) {
   r = verify(1, dir_ / "fixed.json");
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_EQ(read_json(dir_ / "fixed.json")["match"], "bit_identical");
+  EXPECT_EQ(read_json(dir_ / "fixed.json")["commitment"]["revision"], 2);  // the corrected commitment
 
   // Claims follow the corrected commitment once its window has passed.
   const json st = json::parse(run_attrace("ledger status 1 --json --db " + q(db())).out);
@@ -443,6 +444,136 @@ TEST_F(Verify, DisputeResolveCorrectedCommitConfirmedClaimsAddUpToThePool) {
   for (const auto& c : json::parse(r.out)) paid += al::u256_from_decimal(c["amount"].get<std::string>(), "amount");
   EXPECT_EQ(paid, al::U256(kPool));
   EXPECT_EQ(json::parse(run_attrace("ledger status 1 --json --db " + q(db())).out)["claimed"], kPool);
+}
+
+// ---- The registry plane ------------------------------------------------------------------------
+
+// Writes a variant of a training set with h5py: "changed" alters one input value of example 2
+// (tranche t2); "merged" moves tranche t1's examples into t0 under the new id t0b (t1 left out).
+void dataset_variant(const std::string& from, const std::string& to, const std::string& kind) {
+  const std::string py =
+      "import h5py, numpy as np, sys\n"
+      "src, dst, kind = sys.argv[1:4]\n"
+      "with h5py.File(src, 'r') as f:\n"
+      "    x = f['inputs'][:]; y = f['targets'][:]; ids = [s.decode() if isinstance(s, bytes) else s for s in f['ids'][:]]\n"
+      "    tr = f['tranche'][:]; g = f['tranches']\n"
+      "    tab = {k: [s.decode() if isinstance(s, bytes) else s for s in g[k][:]] for k in ('id', 'account', 'name', 'license')}\n"
+      "if kind == 'changed':\n"
+      "    x[2, 0] += 1.0\n"
+      "else:\n"
+      "    tr = np.array([0 if t == 1 else (t - 1 if t > 1 else t) for t in tr])\n"
+      "    for k in tab: del tab[k][1]\n"
+      "    tab['id'][0] = 't0b'\n"
+      "with h5py.File(dst, 'w') as f:\n"
+      "    f['inputs'] = x; f['targets'] = y\n"
+      "    f.create_dataset('ids', data=ids, dtype=h5py.string_dtype())\n"
+      "    f['tranche'] = tr.astype(np.int32)\n"
+      "    g = f.create_group('tranches')\n"
+      "    for k, v in tab.items(): g.create_dataset(k, data=v, dtype=h5py.string_dtype())\n";
+  write_text(to + ".py", py);
+  const auto r = attrace::test::run_shell("/usr/bin/python3 " + q(to + ".py") + " " + q(from) + " " + q(to) + " " + kind);
+  ASSERT_EQ(r.code, 0) << r.out;
+}
+
+class VerifyRegistry : public Verify {
+ protected:
+  // Registers `dataset`'s tranches, then attributes the published inputs with the registry check
+  // (config `cfg`, default the published one) into DIR/NAME.
+  std::string registered_run(const std::string& name, const std::string& cfg = "") {
+    const std::string out = dir_ / name;
+    const auto r = run_attrace("attribute -q -c " + q(cfg.empty() ? inputs() + "/attrace.toml" : cfg) + " -o " + q(out) +
+                               " --registry-db " + q(db()));
+    EXPECT_EQ(r.code, 0) << r.out;
+    return out;
+  }
+  void register_dataset(const std::string& dataset) {
+    const auto r = run_attrace("ledger register --dataset " + q(dataset) + " --db " + q(db()));
+    ASSERT_EQ(r.code, 0) << r.out;
+  }
+};
+
+TEST_F(VerifyRegistry, RegisteredRunIsConfirmedAndAFakedOrderIsNamed) {
+  init_ledger();
+  register_dataset(inputs() + "/vec_train.h5");
+  const std::string out = registered_run("good");
+  ASSERT_TRUE(read_json(out + "/manifest.json").contains("registry"));
+  ASSERT_EQ(commit(out, 1, "--db " + q(db())).code, 0);
+  auto r = verify(1, dir_ / "v.json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  json v = read_json(dir_ / "v.json");
+  EXPECT_EQ(v["match"], "bit_identical");
+  EXPECT_EQ(v["registry"]["checked"], true);
+
+  // The builder swaps two registration orders in the manifest (first_registered credit moves).
+  const std::string d = report_copy("faked");
+  for (const auto& e : fs::directory_iterator(out))
+    fs::copy(e.path(), d + "/" + e.path().filename().string(), fs::copy_options::overwrite_existing);
+  json man = read_json(d + "/manifest.json");
+  std::swap(man["registry"]["tranches"][0]["order"], man["registry"]["tranches"][3]["order"]);
+  write_text(d + "/manifest.json", man.dump());
+  fs::remove(d + "/epoch-1.json");
+  ASSERT_EQ(commit(d, 2, "--db " + q(db())).code, 0);
+  r = verify(2, dir_ / "faked.json");
+  ASSERT_EQ(r.code, 3) << r.out;
+  v = read_json(dir_ / "faked.json");
+  const auto f = findings(v, "registry_mismatch");
+  ASSERT_EQ(f.size(), 2u) << v.dump(1);
+  EXPECT_TRUE(names_tranche(f, "t0"));
+  EXPECT_TRUE(names_tranche(f, "t3"));
+  EXPECT_EQ(f[0]["field"], "registry.order");
+}
+
+TEST_F(VerifyRegistry, DatasetThatIsNotTheRegisteredOneIsNamed) {
+  init_ledger();
+  // Registered: a training set whose example 2 (tranche t2) differs from the published one. The
+  // builder attributes the published set without the check and copies a registered run's
+  // registry block into its manifest.
+  const std::string other = dir_ / "other";
+  make_inputs(other);
+  dataset_variant(inputs() + "/vec_train.h5", other + "/vec_train.h5", "changed");
+  register_dataset(other + "/vec_train.h5");
+  const std::string reg_run = registered_run("registered", other + "/attrace.toml");
+  const std::string d = report_copy("unregistered");
+  json man = read_json(d + "/manifest.json");
+  man["registry"] = read_json(reg_run + "/manifest.json")["registry"];
+  write_text(d + "/manifest.json", man.dump());
+  ASSERT_EQ(commit(d, 1, "--db " + q(db())).code, 0);
+  const auto r = verify(1, dir_ / "v.json");
+  ASSERT_EQ(r.code, 3) << r.out;
+  const json v = read_json(dir_ / "v.json");
+  const auto f = findings(v, "registry_mismatch");
+  ASSERT_EQ(f.size(), 1u) << v.dump(1);
+  EXPECT_NE(f[0]["message"].get<std::string>().find("'t2'"), std::string::npos) << f[0].dump();
+  EXPECT_NE(f[0]["message"].get<std::string>().find("ex002"), std::string::npos) << f[0].dump();
+  EXPECT_TRUE(findings(v, "share_out_of_tolerance").empty());  // the shares are honest for these inputs
+}
+
+TEST_F(VerifyRegistry, TrancheLeftOutWhileItsRegisteredExamplesAreInTheDataIsNamed) {
+  init_ledger();
+  register_dataset(inputs() + "/vec_train.h5");
+  // The builder publishes a training set where t0's and t1's examples form one new tranche t0b
+  // (t0's account), registers that, and runs with the registry check: every tranche in the data
+  // is registered, t0 and t1 are simply gone.
+  const std::string pub = dir_ / "published";
+  make_inputs(pub);
+  dataset_variant(inputs() + "/vec_train.h5", pub + "/vec_train.h5", "merged");
+  register_dataset(pub + "/vec_train.h5");
+  const std::string out = registered_run("merged", pub + "/attrace.toml");
+  ASSERT_EQ(commit(out, 1, "--db " + q(db())).code, 0);
+  const auto r = verify(1, dir_ / "v.json");
+  ASSERT_EQ(r.code, 3) << r.out;
+  const json v = read_json(dir_ / "v.json");
+  // t0 and t1 (registered #1 and #2) are both gone from the tranche table; their 8 examples each
+  // (rows k with k % 5 == 0 or 1 of the 37) are all in t0b.
+  const auto f = findings(v, "tranche_left_out");
+  ASSERT_EQ(f.size(), 2u) << v.dump(1);
+  EXPECT_TRUE(names_tranche(f, "t0"));
+  EXPECT_TRUE(names_tranche(f, "t1"));
+  for (const auto& one : f) {
+    EXPECT_EQ(one["examples"], 8);
+    EXPECT_EQ(one["in"], json::array({"t0b"}));
+  }
+  EXPECT_EQ(findings(v, "share_out_of_tolerance").size(), 0u);
 }
 
 // ---- The contract on anvil ---------------------------------------------------------------------
