@@ -475,6 +475,30 @@ void dataset_variant(const std::string& from, const std::string& to, const std::
   ASSERT_EQ(r.code, 0) << r.out;
 }
 
+TEST_F(Verify, FromAFeatureStoreConfirmedAndAStoreOfOtherDataNamed) {
+  init_ledger();
+  ASSERT_EQ(commit(honest(), 1, "--db " + q(db())).code, 0);
+  auto r = run_attrace("featurize -q -c " + q(inputs() + "/attrace.toml") + " -o " + q(dir_ / "train-features.h5"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = verify(1, dir_ / "v.json", "--store " + q(dir_ / "train-features.h5"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  json v = read_json(dir_ / "v.json");
+  EXPECT_EQ(v["match"], "bit_identical");
+  EXPECT_EQ(v["recomputation"]["store"], dir_ / "train-features.h5");
+  // A store featurized from another training set (example 2 changed): named by its dataset hash.
+  const std::string other = dir_ / "other";
+  make_inputs(other);
+  dataset_variant(inputs() + "/vec_train.h5", other + "/vec_train.h5", "changed");
+  r = run_attrace("featurize -q -c " + q(other + "/attrace.toml") + " -o " + q(dir_ / "other-features.h5"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = verify(1, dir_ / "other.json", "--store " + q(dir_ / "other-features.h5"));
+  ASSERT_EQ(r.code, 3) << r.out;
+  v = read_json(dir_ / "other.json");
+  const auto f = findings(v, "input_hash");
+  ASSERT_EQ(f.size(), 1u) << v.dump(1);
+  EXPECT_EQ(f[0]["recomputed"], attrace::connectors::sha256_file(other + "/vec_train.h5"));
+}
+
 class VerifyRegistry : public Verify {
  protected:
   // Registers `dataset`'s tranches, then attributes the published inputs with the registry check
