@@ -11,6 +11,7 @@ PKGS=(
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-h5py git                      # h5py writes the test datasets (the documented layout)
   python3-sklearn                       # ships the handwritten-digits data used by `attrace demo`
+  pybind11-dev python3-dev              # the Python module `attrace` (-DATTRACE_PYTHON=ON, docs/recorder.md)
   python3-scipy                         # tests/eval_lds_check.py: an independent LDS (Spearman) check
   time                                  # /usr/bin/time -v: wall time and peak RSS in bench/scale/run.sh
   libsqlite3-dev libcurl4-openssl-dev   # embedded ledger; JSON-RPC to EVM nodes

@@ -1,0 +1,351 @@
+// The LibTorch half of the recorder (docs/recorder.md): capturing a TorchScript Sequential's
+// Linear inputs and output gradients during ordinary training, and finalizing a recording into
+// checkpoints, a run file, a config and a feature store that `attrace score` reads.
+#include <attrace/connectors/dataset.hpp>
+#include <attrace/connectors/fs.hpp>
+#include <attrace/connectors/hash.hpp>
+#include <attrace/connectors/run.hpp>
+#include <attrace/engine/attribute.hpp>
+#include <attrace/engine/config.hpp>
+#include <attrace/engine/recorder.hpp>
+#include <attrace/engine/report.hpp>
+#include <attrace/error.hpp>
+
+#include <nlohmann/json.hpp>
+#include <torch/script.h>
+#include <torch/torch.h>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <functional>
+#include <cmath>
+#include <filesystem>
+
+namespace attrace::engine {
+namespace {
+
+namespace fs = std::filesystem;
+
+bool type_ends_with(const torch::jit::Module& m, const std::string& suffix) {
+  const auto name = m.type()->name();
+  if (!name) return false;
+  const std::string q = name->qualifiedName();
+  return q.size() >= suffix.size() && q.compare(q.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+std::string type_name(const torch::jit::Module& m) {
+  const auto name = m.type()->name();
+  return name ? name->qualifiedName() : "<anonymous>";
+}
+
+// A child of the flattened chain: a Linear layer (layer >= 0) or a parameter-free module.
+struct ChainChild {
+  torch::jit::Module module;
+  std::string name;
+  int layer = -1;
+  int64_t n_in = 0, n_out = 0;
+  bool bias = false;
+};
+
+// The chain as the CLI's gradient path lays it out (gradients.cpp, build_chain): nested
+// Sequentials flattened, children named by their path, so layer names and order match.
+std::vector<ChainChild> flatten_chain(const torch::jit::Module& model, std::vector<RecordedLayer>& layers) {
+  ATTRACE_CHECK(type_ends_with(model, ".Sequential"), InputError,
+                "recorder: the model is a " + type_name(model) + ", not a Sequential (TorchScript)");
+  std::vector<ChainChild> chain;
+  std::function<void(const torch::jit::Module&, const std::string&)> walk = [&](const torch::jit::Module& m,
+                                                                                const std::string& prefix) {
+    for (const auto& c : m.named_children()) {
+      const std::string name = prefix + c.name;
+      if (type_ends_with(c.value, ".Sequential")) {
+        walk(c.value, name + ".");
+        continue;
+      }
+      ChainChild ch{c.value, name};
+      std::vector<std::pair<std::string, torch::Tensor>> ps;
+      for (const auto& p : c.value.named_parameters(true)) ps.emplace_back(p.name, p.value);
+      if (!ps.empty()) {
+        const bool ok = type_ends_with(c.value, ".Linear") && ps[0].first == "weight" && ps[0].second.dim() == 2 &&
+                        (ps.size() == 1 || (ps.size() == 2 && ps[1].first == "bias" && ps[1].second.dim() == 1 &&
+                                            ps[1].second.size(0) == ps[0].second.size(0)));
+        ATTRACE_CHECK(ok, InputError,
+                      "recorder: child '" + name + "' (" + type_name(c.value) +
+                          ") has parameters and is not a Linear layer; the recorder covers Linear layers only");
+        ch.layer = static_cast<int>(layers.size());
+        ch.n_out = ps[0].second.size(0);
+        ch.n_in = ps[0].second.size(1);
+        ch.bias = ps.size() == 2;
+        layers.push_back({name, ch.n_in + (ch.bias ? 1 : 0), ch.n_out, ch.bias});
+      }
+      chain.push_back(ch);
+    }
+  };
+  walk(model, "");
+  for (const auto& p : model.named_parameters(false))
+    throw InputError("recorder: the Sequential holds a parameter of its own ('" + p.name + "')");
+  return chain;
+}
+
+// A double that TOML reads back as the same float (never as an integer).
+std::string toml_double(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.17g", v);
+  std::string s = buf;
+  if (s.find_first_of(".eE") == std::string::npos) s += ".0";
+  return s;
+}
+
+}  // namespace
+
+struct Recorder::Impl {
+  torch::jit::Module model;
+  std::vector<ChainChild> chain;
+  std::vector<RecordedLayer> layers;
+  std::vector<torch::Tensor> params;
+  std::unique_ptr<RecordingWriter> writer;
+  int64_t next_step = 0;
+  bool capturing = false, checked = false;
+  std::vector<torch::Tensor> inputs, grads;
+};
+
+Recorder::Recorder(torch::jit::Module& model, const std::string& dir, const RecorderSettings& settings)
+    : impl_(std::make_unique<Impl>()) {
+  auto& m = *impl_;
+  m.model = model;  // a handle: the same module object, its parameters shared
+  m.chain = flatten_chain(model, m.layers);
+  std::vector<RecordedParameter> info;
+  for (const auto& p : model.named_parameters(true)) {
+    ATTRACE_CHECK(p.value.scalar_type() == torch::kFloat, InputError,
+                  "recorder: parameter '" + p.name + "' is not float32 (the recorder records float32 models)");
+    info.push_back({p.name, p.value.sizes().vec()});
+    m.params.push_back(p.value);
+  }
+  // The template: the model's structure, from which finalize rebuilds each step's checkpoint.
+  const std::string tmpl = (fs::temp_directory_path() / ("attrace-template-" + std::to_string(::getpid()) + ".pt")).string();
+  model.save(tmpl);
+  try {
+    m.writer = std::make_unique<RecordingWriter>(dir, settings, m.layers, std::move(info), tmpl);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove(tmpl, ec);
+    throw;
+  }
+  std::error_code ec;
+  fs::remove(tmpl, ec);
+  m.next_step = m.writer->last_step() + 1;
+}
+
+Recorder::~Recorder() = default;
+
+at::Tensor Recorder::forward(const at::Tensor& x) {
+  auto& m = *impl_;
+  m.capturing = m.writer->wants(m.next_step) && torch::GradMode::is_enabled();
+  m.inputs.assign(m.layers.size(), torch::Tensor());
+  m.grads.assign(m.layers.size(), torch::Tensor());
+  torch::Tensor h = x;
+  for (auto& c : m.chain) {
+    if (c.layer < 0 || !m.capturing) {
+      h = c.module.forward({h}).toTensor();
+      continue;
+    }
+    const auto l = static_cast<size_t>(c.layer);
+    m.inputs[l] = h.detach();
+    h = c.module.forward({h}).toTensor();
+    if (h.requires_grad()) {
+      Impl* self = impl_.get();
+      h.register_hook([self, l](const torch::Tensor& g) { self->grads[l] = g.detach(); });
+    }
+  }
+  if (!m.checked) {
+    // Once: the chain must be the model's own forward (a Sequential whose forward does more
+    // would be recorded wrongly).
+    torch::NoGradGuard ng;
+    const auto ref = m.model.forward({x}).toTensor();
+    const double scale = std::max(1e-30, ref.abs().max().item<double>());
+    ATTRACE_CHECK(ref.sizes() == h.sizes() && (ref - h.detach()).abs().max().item<double>() <= 1e-4 * scale, InputError,
+                  "recorder: running the model's children in order does not give its forward(); the recorder needs a plain "
+                  "Sequential");
+    m.checked = true;
+  }
+  return h;
+}
+
+bool Recorder::step(const std::vector<int64_t>& ids, double lr, double loss_scale) {
+  auto& m = *impl_;
+  const int64_t t = m.next_step++;
+  if (!m.capturing) return false;
+  m.capturing = false;
+  const auto batch = static_cast<int64_t>(ids.size());
+  const float scale = static_cast<float>(loss_scale > 0 ? loss_scale : static_cast<double>(batch));
+  std::vector<torch::Tensor> xs, ds, ps;
+  std::vector<LayerBatch> lb;
+  for (size_t l = 0; l < m.layers.size(); ++l) {
+    const auto& L = m.layers[l];
+    ATTRACE_CHECK(m.inputs[l].defined() && m.grads[l].defined(), InputError,
+                  "recorder: step " + std::to_string(t) + ": no gradient reached layer '" + L.name +
+                      "' (call step() after the backward pass of the loss of this step's forward())");
+    const int64_t n_in = L.d_in - (L.bias ? 1 : 0);
+    const auto x = m.inputs[l].to(torch::kFloat).contiguous();
+    ATTRACE_CHECK(x.dim() >= 1 && x.size(0) == batch && x.numel() % (batch * n_in) == 0, InputError,
+                  "recorder: step " + std::to_string(t) + ": " + std::to_string(batch) + " ids for a batch of " +
+                      std::to_string(x.dim() ? x.size(0) : 0) + " rows");
+    const int64_t positions = x.numel() / (batch * n_in);
+    auto xr = x.reshape({batch * positions, n_in});
+    if (L.bias) xr = torch::cat({xr, torch::ones({batch * positions, 1}, torch::kFloat)}, 1);
+    xs.push_back(xr.contiguous());
+    // The batch-mean loss scaled each example's gradient by 1/B: undone by the same factor
+    // (exact when it is a power of two, docs/recorder.md).
+    ds.push_back((m.grads[l].to(torch::kFloat).reshape({batch * positions, L.d_out}) * scale).contiguous());
+    lb.push_back({xs.back().data_ptr<float>(), ds.back().data_ptr<float>(), positions});
+  }
+  std::vector<const float*> pp;
+  for (const auto& p : m.params) {
+    ps.push_back(p.detach().contiguous());
+    pp.push_back(ps.back().data_ptr<float>());
+  }
+  m.writer->record(t, lr, ids.data(), batch, lb, pp);
+  m.inputs.clear();
+  m.grads.clear();
+  return true;
+}
+
+int64_t Recorder::current_step() const { return impl_->next_step; }
+void Recorder::set_step(int64_t step) { impl_->next_step = step; }
+void Recorder::flush() { impl_->writer->flush(); }
+const RecordingWriter& Recorder::writer() const { return *impl_->writer; }
+
+FinalizeSummary finalize_recording(const FinalizeOptions& o) {
+  const RecordingReader rec(o.recording);
+  ATTRACE_CHECK(rec.steps() > 0, InputError, o.recording + ": no durable recorded step to finalize");
+  const fs::path dir = fs::absolute(o.recording);
+  const auto& rs = rec.settings();
+  ATTRACE_CHECK(rs.seed <= static_cast<uint64_t>(INT64_MAX), InputError,
+                o.recording + ": seed " + std::to_string(rs.seed) + " does not fit a config file's integer");
+
+  // One TorchScript checkpoint per recorded step: the template with that step's parameters.
+  // Written under a temporary name, synced and renamed, so an existing file is complete.
+  torch::jit::Module tmpl = torch::jit::load(rec.template_file());
+  std::vector<torch::Tensor> tp;
+  {
+    size_t k = 0;
+    for (const auto& p : tmpl.named_parameters(true)) {
+      ATTRACE_CHECK(k < rec.parameters().size() && rec.parameters()[k].name == p.name &&
+                        rec.parameters()[k].shape == p.value.sizes().vec(),
+                    InputError, rec.template_file() + ": parameter '" + p.name + "' does not match recording.json");
+      tp.push_back(p.value);
+      ++k;
+    }
+    ATTRACE_CHECK(k == rec.parameters().size(), InputError, rec.template_file() + ": parameters do not match recording.json");
+  }
+  std::string run_text = "# Recorded steps of a training run (attrace recorder): one checkpoint per recorded step,\n"
+                         "# saved from the parameters the step's gradients were taken at, with the lr of that step.\n";
+  std::vector<RecordedStep> meta_steps;
+  for (size_t c = 0; c < rec.steps(); ++c) {
+    RecordedStep s = rec.step(c);
+    char name[32];
+    std::snprintf(name, sizeof name, "ckpt_%06zu.pt", c);
+    const std::string path = (dir / name).string();
+    if (!fs::exists(path)) {
+      {
+        torch::NoGradGuard ng;
+        int64_t at = 0;
+        for (auto& t : tp) {
+          t.copy_(torch::from_blob(s.parameters.data() + at, t.sizes(), torch::kFloat));
+          at += t.numel();
+        }
+      }
+      const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
+      tmpl.save(tmp);
+      connectors::fsync_path(tmp);
+      fs::rename(tmp, path);
+    }
+    run_text += "\n[[checkpoint]]\nfile = \"" + std::string(name) + "\"\nstep = " + std::to_string(s.step) +
+                "\nlr = " + toml_double(s.lr) + "\n";
+    s.rows.clear();
+    s.parameters.clear();
+    meta_steps.push_back(std::move(s));
+  }
+  connectors::fsync_path(dir.string());
+  FinalizeSummary summary;
+  summary.run_file = (dir / "run.toml").string();
+  summary.config_file = (dir / "attrace.toml").string();
+  connectors::write_file_atomic(summary.run_file, run_text);
+  const std::string config_text =
+      "# attrace configuration for a recording (written by finalize_recording; docs/recorder.md)\n"
+      "[run]\ncheckpoints = \"run.toml\"\n\n[data]\ntrain = " +
+      nlohmann::json(fs::absolute(o.train_file).string()).dump() + "\nquery = " +
+      nlohmann::json(fs::absolute(o.query_file).string()).dump() + "\n\n[gradients]\nloss = " + nlohmann::json(o.loss).dump() +
+      "\nparameters = [\"*\"]\nprecision = \"fp32\"\n\n[projection]\nkind = \"kronecker\"\nk = " + std::to_string(rs.k) +
+      "\nseed = " + std::to_string(rs.seed) + "\ndistribution = \"" +
+      (rs.distribution == kernels::ProjectionKind::gaussian ? "gaussian" : "rademacher") + "\"\n\n[features]\ndtype = \"" +
+      connectors::to_string(rs.dtype) + "\"\n";
+  connectors::write_file_atomic(summary.config_file, config_text);
+
+  const Config config = load_config(summary.config_file);
+  const auto run = connectors::read_run_file(config.run_file);
+  const auto ds = connectors::read_dataset(config.train_file, true);
+  for (const auto& s : meta_steps)
+    for (const auto id : s.ids)
+      ATTRACE_CHECK(id < ds.size(), InputError,
+                    o.recording + ": step " + std::to_string(s.step) + " holds example id " + std::to_string(id) + " but '" +
+                        config.train_file + "' has " + std::to_string(ds.size()) + " examples (ids are its row numbers)");
+  auto backend = kernels::make_backend(to_string(config.device));
+  connectors::StoreLayout layout;
+  layout.spec = canonical(feature_spec(config, run, ds, false));
+  layout.dtype = rs.dtype;
+  layout.rows = ds.size();
+  layout.ids = ds.ids;
+  layout.tranche = ds.tranche;
+  layout.digests = connectors::example_digests(ds);
+  for (size_t c = 0; c < meta_steps.size(); ++c) {
+    // The featurizer's plan for the saved checkpoint must be the one the rows were made with.
+    Featurizer fz(config, run, c, {&ds}, *backend);
+    const auto plan = plan_recorded_projection(rec.layers(), rs.k, c);
+    const auto& use = fz.use().kronecker;
+    const std::string what = o.recording + ": step " + std::to_string(meta_steps[c].step) + " (checkpoint " + std::to_string(c) + ")";
+    ATTRACE_CHECK(use.size() == plan.size() && fz.width() == rec.width(), InputError,
+                  what + ": the featurizer plans " + std::to_string(use.size()) + " layers of " + std::to_string(fz.width()) +
+                      " columns, the recording " + std::to_string(plan.size()) + " of " + std::to_string(rec.width()));
+    for (size_t l = 0; l < plan.size(); ++l) {
+      const auto &a = use[l], &b = plan[l];
+      ATTRACE_CHECK(a.layer == b.layer && a.d_in == b.d_in && a.d_out == b.d_out && a.k_in == b.k_in && a.k_out == b.k_out &&
+                        a.stream_in == b.stream_in && a.stream_out == b.stream_out,
+                    InputError,
+                    what + ": layer " + std::to_string(l) + " is '" + a.layer + "' " + std::to_string(a.d_in) + "x" +
+                        std::to_string(a.d_out) + " for the featurizer, '" + b.layer + "' " + std::to_string(b.d_in) + "x" +
+                        std::to_string(b.d_out) + " in the recording");
+    }
+    nlohmann::json meta = checkpoint_use_json(config, fz.use());
+    meta["recording"] = {{"step", meta_steps[c].step},
+                         {"lr", meta_steps[c].lr},
+                         {"examples", meta_steps[c].ids.size()},
+                         {"rows", "recorded features for the examples of this step's batch, zero rows for the others"}};
+    layout.checkpoints.push_back({fz.width(), fz.weight(), canonical(meta)});
+  }
+  const int64_t width = rec.width();
+  layout.chunk_rows = std::clamp<int64_t>((int64_t{1} << 20) / std::max<int64_t>(1, width * 4), 1, 4096);
+  connectors::FeatureStoreWriter writer(o.store, layout, o.replace);
+  std::vector<float> buf;
+  for (size_t c = 0; c < meta_steps.size(); ++c) {
+    int64_t b0 = writer.rows_done(c);
+    if (b0 == ds.size()) continue;
+    const RecordedStep s = rec.step(c);
+    std::vector<std::pair<int64_t, int64_t>> order;  // (dataset row, batch row)
+    for (size_t k = 0; k < s.ids.size(); ++k) order.emplace_back(s.ids[k], static_cast<int64_t>(k));
+    std::sort(order.begin(), order.end());
+    auto it = std::lower_bound(order.begin(), order.end(), std::make_pair(b0, int64_t{-1}));
+    for (; b0 < ds.size(); b0 += layout.chunk_rows) {
+      const int64_t b1 = std::min(ds.size(), b0 + layout.chunk_rows);
+      buf.assign(static_cast<size_t>((b1 - b0) * width), 0.0f);
+      for (; it != order.end() && it->first < b1; ++it)
+        std::copy_n(s.rows.data() + it->second * width, width, buf.data() + (it->first - b0) * width);
+      writer.write(c, b0, b1, buf.data());
+    }
+    summary.rows += static_cast<int64_t>(s.ids.size());
+  }
+  summary.steps = static_cast<int64_t>(meta_steps.size());
+  return summary;
+}
+
+}  // namespace attrace::engine

@@ -1,0 +1,187 @@
+// _attrace: the C++ half of the `attrace` Python module (docs/recorder.md). It takes numpy
+// buffers only (layer inputs, output gradients, parameters), so no torch object crosses the
+// boundary; the hooks on nn.Linear live in attrace/__init__.py.
+#include <attrace/connectors/feature_store.hpp>
+#include <attrace/engine/recorder.hpp>
+#include <attrace/error.hpp>
+#include <attrace/kernels/backend.hpp>
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace py = pybind11;
+namespace eng = attrace::engine;
+
+namespace {
+
+using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using I64 = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+
+attrace::kernels::ProjectionKind distribution_of(const std::string& s) {
+  if (s == "rademacher") return attrace::kernels::ProjectionKind::rademacher;
+  if (s == "gaussian") return attrace::kernels::ProjectionKind::gaussian;
+  throw attrace::InputError("distribution '" + s + "' is not rademacher or gaussian");
+}
+
+eng::RecorderSettings settings_of(int64_t k, uint64_t seed, const std::string& distribution, const std::string& dtype,
+                                  int64_t every, const std::vector<int64_t>& steps, int64_t flush_steps) {
+  eng::RecorderSettings s;
+  s.k = k;
+  s.seed = seed;
+  s.distribution = distribution_of(distribution);
+  s.dtype = attrace::connectors::parse_feature_dtype(dtype, "dtype");
+  s.every = every;
+  s.steps = steps;
+  s.flush_steps = flush_steps;
+  return s;
+}
+
+std::vector<eng::RecordedLayer> layers_of(const std::vector<std::tuple<std::string, int64_t, int64_t, bool>>& layers) {
+  std::vector<eng::RecordedLayer> out;
+  for (const auto& [name, d_in, d_out, bias] : layers) out.push_back({name, d_in, d_out, bias});
+  return out;
+}
+
+// Checks one layer's buffers against its sizes and returns the LayerBatch over them.
+eng::LayerBatch layer_batch(const eng::RecordedLayer& l, const F32& x, const F32& d, int64_t positions, int64_t batch) {
+  const int64_t rows = batch * positions;
+  ATTRACE_CHECK(x.ndim() == 2 && x.shape(0) == rows && x.shape(1) == l.d_in, attrace::InputError,
+                "layer '" + l.name + "': inputs must be (" + std::to_string(rows) + ", " + std::to_string(l.d_in) + ")");
+  ATTRACE_CHECK(d.ndim() == 2 && d.shape(0) == rows && d.shape(1) == l.d_out, attrace::InputError,
+                "layer '" + l.name + "': output gradients must be (" + std::to_string(rows) + ", " + std::to_string(l.d_out) + ")");
+  return {x.data(), d.data(), positions};
+}
+
+// A recording writer owned by Python; close() flushes and releases the directory lock.
+class PyWriter {
+ public:
+  PyWriter(const std::string& dir, const std::vector<std::tuple<std::string, int64_t, int64_t, bool>>& layers,
+           const std::vector<std::pair<std::string, std::vector<int64_t>>>& params, const std::string& template_file, int64_t k,
+           uint64_t seed, const std::string& distribution, const std::string& dtype, int64_t every,
+           const std::vector<int64_t>& steps, int64_t flush_steps)
+      : layers_(layers_of(layers)) {
+    std::vector<eng::RecordedParameter> ps;
+    for (const auto& [name, shape] : params) ps.push_back({name, shape});
+    params_ = ps;
+    w_ = std::make_unique<eng::RecordingWriter>(dir, settings_of(k, seed, distribution, dtype, every, steps, flush_steps), layers_,
+                                                ps, template_file);
+  }
+  eng::RecordingWriter& w() {
+    ATTRACE_CHECK(w_ != nullptr, attrace::InputError, "the recording is closed");
+    return *w_;
+  }
+  void record(int64_t step, double lr, const I64& ids, const std::vector<F32>& xs, const std::vector<F32>& ds,
+              const std::vector<int64_t>& positions, const std::vector<F32>& params) {
+    const int64_t batch = ids.ndim() == 1 ? ids.shape(0) : -1;
+    ATTRACE_CHECK(batch > 0, attrace::InputError, "step " + std::to_string(step) + ": ids must be a non-empty 1-d array");
+    ATTRACE_CHECK(xs.size() == layers_.size() && ds.size() == layers_.size() && positions.size() == layers_.size(),
+                  attrace::InputError, "step " + std::to_string(step) + ": one input and gradient array per layer expected");
+    ATTRACE_CHECK(params.size() == params_.size(), attrace::InputError, "one array per parameter expected");
+    std::vector<eng::LayerBatch> lb;
+    for (size_t l = 0; l < layers_.size(); ++l) lb.push_back(layer_batch(layers_[l], xs[l], ds[l], positions[l], batch));
+    std::vector<const float*> pp;
+    for (size_t p = 0; p < params.size(); ++p) {
+      ATTRACE_CHECK(params[p].size() == params_[p].numel(), attrace::InputError, "parameter '" + params_[p].name + "' has another size");
+      pp.push_back(params[p].data());
+    }
+    py::gil_scoped_release release;
+    w().record(step, lr, ids.data(), batch, lb, pp);
+  }
+  void close() { w_.reset(); }
+
+ private:
+  std::vector<eng::RecordedLayer> layers_;
+  std::vector<eng::RecordedParameter> params_;
+  std::unique_ptr<eng::RecordingWriter> w_;
+};
+
+}  // namespace
+
+PYBIND11_MODULE(_attrace, m) {
+  m.doc() = "attrace's recorder and store writer (C++); use the `attrace` package";
+  py::register_exception<attrace::InputError>(m, "InputError", PyExc_ValueError);
+  py::register_exception<attrace::NumericError>(m, "NumericError", PyExc_ArithmeticError);
+
+  py::class_<PyWriter>(m, "RecordingWriter")
+      .def(py::init<const std::string&, const std::vector<std::tuple<std::string, int64_t, int64_t, bool>>&,
+                    const std::vector<std::pair<std::string, std::vector<int64_t>>>&, const std::string&, int64_t, uint64_t,
+                    const std::string&, const std::string&, int64_t, const std::vector<int64_t>&, int64_t>(),
+           py::arg("dir"), py::arg("layers"), py::arg("parameters"), py::arg("template"), py::arg("k") = 4096,
+           py::arg("seed") = 0, py::arg("distribution") = "rademacher", py::arg("dtype") = "f32", py::arg("every") = 1,
+           py::arg("steps") = std::vector<int64_t>{}, py::arg("flush_steps") = 64)
+      .def("wants", [](PyWriter& p, int64_t step) { return p.w().wants(step); })
+      .def("record", &PyWriter::record, py::arg("step"), py::arg("lr"), py::arg("ids"), py::arg("inputs"),
+           py::arg("output_grads"), py::arg("positions"), py::arg("parameters"))
+      .def("flush", [](PyWriter& p) { p.w().flush(); })
+      .def("close", &PyWriter::close)
+      .def_property_readonly("recorded", [](PyWriter& p) { return p.w().recorded(); })
+      .def_property_readonly("durable", [](PyWriter& p) { return p.w().durable(); })
+      .def_property_readonly("last_step", [](PyWriter& p) { return p.w().last_step(); })
+      .def_property_readonly("width", [](PyWriter& p) { return p.w().width(); })
+      .def_property_readonly("timings", [](PyWriter& p) {
+        const auto& t = p.w().timings();
+        return py::dict(py::arg("project") = t.project, py::arg("write") = t.write);
+      });
+
+  m.def(
+      "recorded_rows",
+      [](const std::vector<std::tuple<std::string, int64_t, int64_t, bool>>& layers, int64_t k, uint64_t seed,
+         const std::string& distribution, const std::string& dtype, int64_t checkpoint, double lr, const std::vector<F32>& xs,
+         const std::vector<F32>& ds, const std::vector<int64_t>& positions, int64_t batch) {
+        const auto ls = layers_of(layers);
+        const auto s = settings_of(k, seed, distribution, dtype, 1, {}, 1);
+        const auto plan = eng::plan_recorded_projection(ls, k, static_cast<size_t>(checkpoint));
+        std::vector<eng::LayerBatch> lb;
+        ATTRACE_CHECK(xs.size() == ls.size() && ds.size() == ls.size() && positions.size() == ls.size(), attrace::InputError,
+                      "one input and gradient array per layer expected");
+        for (size_t l = 0; l < ls.size(); ++l) lb.push_back(layer_batch(ls[l], xs[l], ds[l], positions[l], batch));
+        py::array_t<float> out({batch, eng::recorded_width(plan)});
+        auto backend = attrace::kernels::make_cpu_backend(0);
+        eng::recorded_rows(*backend, plan, s, lr, batch, lb, out.mutable_data());
+        return out;
+      },
+      "Features of one batch at recorded step `checkpoint` (the recorder's computation, for tests)");
+
+  m.def(
+      "read_recording",
+      [](const std::string& dir) {
+        const eng::RecordingReader r(dir);
+        py::list steps;
+        for (size_t c = 0; c < r.steps(); ++c) {
+          auto s = r.step(c);
+          const auto b = static_cast<int64_t>(s.ids.size());
+          py::array_t<int64_t> ids(b, s.ids.data());
+          py::array_t<float> rows({b, r.width()}, s.rows.data());
+          py::array_t<float> params(static_cast<int64_t>(s.parameters.size()), s.parameters.data());
+          steps.append(py::dict(py::arg("step") = s.step, py::arg("lr") = s.lr, py::arg("ids") = ids, py::arg("rows") = rows,
+                                py::arg("parameters") = params));
+        }
+        py::list layers;
+        for (const auto& l : r.layers()) layers.append(py::make_tuple(l.name, l.d_in, l.d_out, l.bias));
+        return py::dict(py::arg("layers") = layers, py::arg("width") = r.width(), py::arg("steps") = steps);
+      },
+      py::arg("dir"), "The durable steps of a recording (ids, rows, parameters per step)");
+
+  m.def(
+      "finalize",
+      [](const std::string& recording, const std::string& train, const std::string& query, const std::string& store,
+         const std::string& loss, bool replace) {
+        eng::FinalizeOptions o{recording, train, query, store, loss, replace};
+        eng::FinalizeSummary s;
+        {
+          py::gil_scoped_release release;
+          s = eng::finalize_recording(o);
+        }
+        return py::dict(py::arg("config") = s.config_file, py::arg("run") = s.run_file, py::arg("steps") = s.steps,
+                        py::arg("rows") = s.rows, py::arg("store") = store);
+      },
+      py::arg("recording"), py::arg("train"), py::arg("query"), py::arg("store"), py::arg("loss") = "cross_entropy",
+      py::arg("replace") = false,
+      "Checkpoints, run.toml, attrace.toml and a feature store from a recording (engine::finalize_recording)");
+}
