@@ -221,13 +221,18 @@ TEST(Cli, DemoShowsNoisyTrancheLowestAndFlagsTheDuplicate) {
   TempDir d;
   const auto r = run("demo -q --dir " + (d / "demo"));
   ASSERT_EQ(r.code, 0) << r.out;
-  EXPECT_NE(r.out.find("lowest share: crowd-labels (the noisy tranche, as expected)"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("clinic-north / mirror-north: flagged"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("lowest share among tranches with data of their own: crowd-labels (the noisy tranche, as expected)"),
+            std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("exact copy mirror-north: flagged"), std::string::npos) << r.out;
+  // Reward rules (docs/rewards.md): the copy earns nothing, the original keeps its share.
+  EXPECT_NE(r.out.find("in a run without it (same model and queries): the same, bit for bit"), std::string::npos) << r.out;
   const auto report = nlohmann::json::parse(read_text(d / "demo/report/report.json"));
+  EXPECT_EQ(report["tranches"][5]["share"].get<double>(), 0.0);
+  EXPECT_EQ(report["rewards"]["registration_order"], "registry");
   double lowest = 2;
   std::string lowest_id;
   for (const auto& t : report["tranches"])
-    if (t["share"].get<double>() < lowest) {
+    if (t["id"] != "mirror-north" && t["id"] != "school-rescan" && t["share"].get<double>() < lowest) {
       lowest = t["share"].get<double>();
       lowest_id = t["id"];
     }
