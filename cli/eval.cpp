@@ -177,6 +177,9 @@ CLI::App* add_eval_command(CLI::App& app) {
   g.lds->add_option("--alpha", g.lo.alpha, "Subset size as a share of the training set")->check(CLI::Range(0.01, 0.99))->capture_default_str();
   g.lds->add_option("--lds-seed", g.lo.seed, "Subset s uses this seed + s")->capture_default_str();
   g.lds->add_flag("--margin", g.lo.margin, "Query output: the margin instead of the negative loss");
+  g.lds->add_option("--ground-truth", g.lo.ground_truth,
+                    "HDF5 with /masks (M x n_train, 0/1) and /outputs (M x n_query): no retraining (docs/eval.md)")
+      ->check(CLI::ExistingFile);
   g.lds->add_option("--bootstrap", g.lo.bootstrap, "Bootstrap resamples of the queries")->check(CLI::Range(int64_t{10}, int64_t{1000000}))->capture_default_str();
   return g.eval;
 }
@@ -221,9 +224,7 @@ int run_eval_command(bool quiet) {
   if (*g.noisy) doc["noisy"] = ev::run_noisy(task, g.o, g.no);
   if (*g.lds) doc["lds"] = ev::run_lds(task, g.o, g.lo);
   ev::write_eval_outputs(g.o.out_dir, doc);
-  std::printf("%-12s", "method");
-  if (doc.contains("lds")) std::printf(" %8s %19s %8s", "LDS", "95% CI", "time s");
-  std::printf("\n");
+  if (*g.lds) std::printf("%-12s %8s %21s %8s\n", "method", "LDS", "95% CI", "time s");
   if (doc.contains("lds") && *g.lds)
     for (const auto& m : doc["lds"]["methods"])
       std::printf("%-12s %8.4f [%8.4f, %8.4f] %8.2f\n", m["method"].get<std::string>().c_str(), m["lds"]["mean"].get<double>(),

@@ -207,6 +207,131 @@ TEST(Eval, LdsResumesToTheSameBits) {
   EXPECT_NE(read_text(dir.path / "eval.html").find("<svg"), std::string::npos);
 }
 
+std::string quote(const std::string& s);
+
+// Ground truth brought in HDF5 (written here with h5py from a retrained run's records) gives the
+// same LDS as the retrained run; malformed files are refused naming the dataset.
+TEST(Eval, GroundTruthFromHdf5GivesTheSameLds) {
+  TempDir dir;
+  const auto task = tiny_task();
+  auto o = tiny_options(dir.path / "run");
+  ev::LdsOptions lo;
+  lo.subsets = 5;
+  lo.bootstrap = 50;
+  const auto retrained = ev::run_lds(task, o, lo);
+  // Each subset record holds its mask and outputs: converted to the documented HDF5 layout.
+  nlohmann::json gt = {{"outputs", nlohmann::json::array()}, {"masks", nlohmann::json::array()}, {"train_ids", task.train.ids}};
+  for (int s = 0; s < 5; ++s) {
+    char name[64];
+    std::snprintf(name, sizeof name, "subset-%06d.json", s);
+    const auto rec = nlohmann::json::parse(read_text(dir.path / "run" / "work" / "lds" / name));
+    gt["outputs"].push_back(rec["outputs"]);
+    gt["masks"].push_back(rec["mask"]);
+  }
+  std::ofstream(dir.path / "gt.json") << gt.dump();
+  const std::string py = "import h5py, json, numpy as np\n"
+                         "d = json.load(open('" + (dir.path / "gt.json").string() + "'))\n"
+                         "with h5py.File('" + (dir.path / "gt.h5").string() + "', 'w') as f:\n"
+                         "    f['masks'] = np.asarray(d['masks'], dtype=np.uint8)\n"
+                         "    f['outputs'] = np.asarray(d['outputs'], dtype=np.float64)\n"
+                         "    f['train_ids'] = np.asarray(d['train_ids'], dtype=h5py.string_dtype())\n"
+                         "with h5py.File('" + (dir.path / "bad.h5").string() + "', 'w') as f:\n"
+                         "    f['masks'] = np.full((5, 60), 2, dtype=np.uint8)\n"
+                         "    f['outputs'] = np.asarray(d['outputs'], dtype=np.float64)\n";
+  std::ofstream(dir.path / "w.py") << py;
+  ASSERT_EQ(std::system(("/usr/bin/python3 " + quote((dir.path / "w.py").string())).c_str()), 0);
+  lo.ground_truth = (dir.path / "gt.h5").string();
+  auto o2 = tiny_options(dir.path / "gt-run");
+  const auto read = ev::run_lds(task, o2, lo);
+  ASSERT_EQ(read["methods"].size(), retrained["methods"].size());
+  for (size_t k = 0; k < read["methods"].size(); ++k)
+    EXPECT_EQ(read["methods"][k]["lds"].dump(), retrained["methods"][k]["lds"].dump());
+  lo.ground_truth = (dir.path / "bad.h5").string();
+  try {
+    ev::run_lds(task, o2, lo);
+    ADD_FAILURE() << "a mask of 2 was accepted";
+  } catch (const attrace::InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("/masks holds 2"), std::string::npos) << e.what();
+  }
+}
+
+std::string quote(const std::string& s) {
+  std::string o = "'";
+  for (char c : s) o += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return o + "'";
+}
+
+// The real binary, killed with SIGKILL while it records subsets, then run again: it resumes and
+// ends with the same eval.json LDS block as an uninterrupted run.
+TEST(Eval, CliLdsKilledAndResumedGivesTheSameResult) {
+  TempDir dir;
+  const std::string common = std::string(ATTRACE_BIN_PATH) +
+                             " -q eval lds --subsets 40 --ensemble 1 --projection-k 64 --hidden 8 --phases 2:0.05,2:0.02"
+                             " --bootstrap 100 --threads 2 --out ";
+  const fs::path a = dir.path / "a", b = dir.path / "b";
+  ASSERT_EQ(std::system((common + quote(a.string()) + " > /dev/null").c_str()), 0);
+  // Start, wait for a few records, kill.
+  const std::string start = "( " + common + quote(b.string()) + " > /dev/null 2>&1 & echo $! > " +
+                            quote((dir.path / "pid").string()) + " )";
+  ASSERT_EQ(std::system(start.c_str()), 0);
+  const fs::path records = b / "work" / "lds";
+  int seen = 0;
+  for (int i = 0; i < 600 && seen < 5; ++i) {
+    std::system("sleep 0.1");
+    seen = 0;
+    if (fs::exists(records))
+      for (const auto& e : fs::directory_iterator(records)) seen += e.path().extension() == ".json";
+  }
+  const std::string pid = read_text(dir.path / "pid");
+  std::system(("kill -9 " + pid + " 2>/dev/null; sleep 0.5").c_str());
+  ASSERT_GE(seen, 5) << "no subset records appeared";
+  ASSERT_FALSE(fs::exists(b / "eval.json")) << "the run finished before it was killed: nothing resumed";
+  ASSERT_EQ(std::system((common + quote(b.string()) + " > /dev/null").c_str()), 0);
+  const auto ja = nlohmann::json::parse(read_text(a / "eval.json")), jb = nlohmann::json::parse(read_text(b / "eval.json"));
+  EXPECT_GE(jb["lds"]["resumed_subsets"].get<int>(), 5);
+  EXPECT_EQ(ja["lds"]["methods"].dump(), [&] {
+    auto m = jb["lds"]["methods"];
+    for (size_t k = 0; k < m.size(); ++k) m[k]["seconds"] = ja["lds"]["methods"][k]["seconds"];  // wall time differs
+    return m.dump();
+  }());
+}
+
+// eval.html renders in headless chromium: the charts are drawn, no console message, a screenshot.
+TEST(Eval, HtmlRendersInChromium) {
+  if (!fs::exists("/usr/bin/chromium")) GTEST_SKIP() << "/usr/bin/chromium is not installed (scripts/setup.sh installs it)";
+  TempDir dir;
+  nlohmann::json m = nlohmann::json::array();
+  for (const char* name : {"tracin", "trak"})
+    m.push_back({{"method", name}, {"description", "d"}, {"seconds", 1.5}, {"lds", {{"mean", 0.3}, {"ci95", {0.25, 0.35}}, {"n", 9}}}});
+  nlohmann::json noisy = nlohmann::json::array();
+  noisy.push_back({{"method", "tracin"}, {"applicable", true}, {"auc", 0.97}, {"found_top5", 0.4}, {"found_top10", 0.8},
+                   {"found_top20", 1.0}, {"seconds", 0.5}});
+  noisy.push_back({{"method", "grad_cos"}, {"applicable", false}, {"seconds", 0.5}});
+  const nlohmann::json doc = {
+      {"data", "<script>alert(1)</script> digits"},
+      {"lds", {{"methods", m}, {"subsets", 10}, {"alpha", 0.5}, {"n_train", 60}, {"n_query", 9}, {"output", "negative loss"},
+               {"ground_truth", "retrained by attrace"}, {"bootstrap", 100}}},
+      {"noisy", {{"methods", noisy}, {"flipped", 6}, {"n_train", 60}, {"fraction", 0.1}}}};
+  ev::write_eval_outputs(dir.path.string(), doc);
+  const std::string html = read_text(dir.path / "eval.html");
+  EXPECT_EQ(html.find("<script>alert"), std::string::npos) << "user text must be escaped";
+  const fs::path png = dir.path / "shot.png", dom = dir.path / "dom.html", err = dir.path / "err.txt";
+  const std::string cmd = "timeout 120 /usr/bin/chromium --headless --no-sandbox --disable-gpu --no-first-run --user-data-dir=" +
+                          quote((dir.path / "profile").string()) + " --enable-logging=stderr --v=0 --window-size=1100,1400" +
+                          " --screenshot=" + quote(png.string()) + " --dump-dom " +
+                          quote("file://" + (dir.path / "eval.html").string()) + " > " + quote(dom.string()) + " 2> " +
+                          quote(err.string());
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << read_text(err);
+  const std::string d = read_text(dom);
+  EXPECT_EQ(std::count(d.begin(), d.end(), '\0'), 0);
+  size_t svgs = 0;
+  for (size_t at = d.find("<svg"); at != std::string::npos; at = d.find("<svg", at + 1)) ++svgs;
+  EXPECT_EQ(svgs, 4u) << "LDS, LDS time, AUC and top-10% charts";
+  EXPECT_NE(d.find("trak"), std::string::npos);
+  EXPECT_EQ(read_text(err).find(":CONSOLE"), std::string::npos) << read_text(err);
+  EXPECT_GT(fs::file_size(png), 5000u);
+}
+
 TEST(Eval, NoisyReportsEveryMethod) {
   TempDir dir;
   const auto task = tiny_task();

@@ -560,9 +560,13 @@ nlohmann::json run_noisy(const Task& task_in, const EvalOptions& o, const NoisyO
           {"methods", methods}};
 }
 
+void read_ground_truth(const std::string& path, const Task& task, std::vector<uint8_t>& masks, std::vector<double>& outputs,
+                       int64_t& m);  // eval_ground_truth.cpp
+
 nlohmann::json run_lds(const Task& task, const EvalOptions& o, const LdsOptions& lo) {
   const auto t0 = Clock::now();
-  const int64_t n = task.train.size(), nq = task.query.size(), M = lo.subsets;
+  const int64_t n = task.train.size(), nq = task.query.size();
+  int64_t M = lo.subsets;
   ATTRACE_CHECK(M >= 2, InputError, "--subsets must be >= 2, got " + std::to_string(M));
   ATTRACE_CHECK(lo.alpha > 0 && lo.alpha < 1, InputError, "--alpha must be in (0, 1)");
   const fs::path work = fs::path(o.out_dir) / "work";
@@ -572,7 +576,11 @@ nlohmann::json run_lds(const Task& task, const EvalOptions& o, const LdsOptions&
   double retrain_s = 0;
   int64_t resumed = 0;
   std::string gt_source = "retrained by attrace";
-  {
+  if (!lo.ground_truth.empty()) {
+    read_ground_truth(lo.ground_truth, task, masks, outputs, M);
+    gt_source = "read from " + lo.ground_truth;
+    spdlog::info("lds: {} subsets of ground truth from {}", M, lo.ground_truth);
+  } else {
     const std::string init = init_model(task, o.recipe, work.string());
     const std::string key = task_key(task, o.recipe, connectors::sha256_file(init), lo);
     auto record_path = [&](int64_t s) {
@@ -631,6 +639,11 @@ nlohmann::json run_lds(const Task& task, const EvalOptions& o, const LdsOptions&
                                 {"key", key},
                                 {"subset", s},
                                 {"rows", rows.size()},
+                                {"mask", [&] {
+                                   std::vector<uint8_t> mk(static_cast<size_t>(n), 0);
+                                   for (const auto i : rows) mk[static_cast<size_t>(i)] = 1;
+                                   return mk;
+                                 }()},
                                 {"rows_sha256", connectors::sha256_hex(std::string_view(
                                                     reinterpret_cast<const char*>(rows.data()), rows.size() * 8))},
                                 {"outputs", out}};
