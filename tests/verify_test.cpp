@@ -622,13 +622,83 @@ class VerifyEvm : public Verify {
                                q(attrace::test::contract_artifact()) + " --challenge-period 3600");
     ASSERT_EQ(r.code, 0) << r.out;
     const std::string contract = json::parse(r.out)["contract"];
+    contract_ = contract;
     write_text(evm(), "[evm]\nrpc_url = \"" + anvil_->url() + "\"\nchain_id = 31337\ncontract = \"" + contract + "\"\n");
   }
   void TearDown() override { ::unsetenv("ATTRACE_PRIVATE_KEY"); }
   std::string evm() const { return dir_ / "ledger.toml"; }
   std::string on_chain() const { return "--backend evm --evm-config " + q(evm()); }
+  // Commits a crafted epoch straight to the contract, its manifest published at a file:// uri.
+  void commit_crafted(const al::EpochCommitment& c) {
+    al::EvmOptions o;
+    o.rpc_url = anvil_->url();
+    o.chain_id = 31337;
+    o.contract = al::address_from_hex(contract_, "contract");
+    al::EvmLedger l(o, al::PrivateKey::from_hex(attrace::test::kAnvilKey0));
+    const std::string path = dir_ / ("crafted-" + std::to_string(c.epoch) + ".json");
+    write_text(path, c.manifest);
+    l.commit(c, "file://" + path);
+  }
   std::unique_ptr<attrace::test::Anvil> anvil_;
+  std::string contract_;
 };
+
+TEST_F(VerifyEvm, TamperMatrixOnTheContract) {
+  const std::string good = report_copy("good");
+  ASSERT_EQ(commit(good, 1, on_chain()).code, 0);
+  const std::string honest_manifest = read_text(good + "/epoch-1.json");
+  auto verify_evm = [&](int epoch, const std::string& out, const std::string& extra = "") {
+    return run_attrace("verify " + std::to_string(epoch) + " -q " + on_chain() + " --out " + q(dir_ / out) + " " + extra);
+  };
+  // Swapped checkpoint.
+  const std::string pub = dir_ / "published";
+  make_inputs(pub);
+  fs::copy_file(fixture("mlp_1.pt"), pub + "/mlp_3.pt", fs::copy_options::overwrite_existing);
+  auto r = verify_evm(1, "swap.json", "--inputs-dir " + q(pub));
+  ASSERT_EQ(r.code, 3) << r.out;
+  auto f = findings(read_json(dir_ / "swap.json"), "input_hash");
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_NE(f[0]["input"].get<std::string>().find("mlp_3.pt"), std::string::npos);
+  // Changed amounts, hashed honestly.
+  std::string a;
+  commit_crafted(edited_epoch(
+      honest_manifest, 3,
+      [&](size_t k, json& j, al::Leaf&) {
+        if (k > 1) return;
+        const al::U256 amount = al::u256_from_decimal(j["amount"].get<std::string>(), "amount");
+        j["amount"] = al::to_decimal(k == 0 ? amount + 7 : amount - 7);
+        if (k == 0) a = j["tranche"];
+      },
+      true));
+  r = verify_evm(3, "amount.json");
+  ASSERT_EQ(r.code, 3) << r.out;
+  f = findings(read_json(dir_ / "amount.json"), "amount_mismatch");
+  EXPECT_EQ(f.size(), 2u);
+  EXPECT_TRUE(names_tranche(f, a));
+  // A leaf whose hash in the tree is not its stated content.
+  commit_crafted(edited_epoch(
+      honest_manifest, 4,
+      [&](size_t k, json&, al::Leaf& l) {
+        if (k == 0) l.amount += 9;
+        if (k == 1) l.amount -= 9;
+      },
+      false));
+  r = verify_evm(4, "leaf.json");
+  ASSERT_EQ(r.code, 3) << r.out;
+  f = findings(read_json(dir_ / "leaf.json"), "leaf_mismatch");
+  EXPECT_EQ(f.size(), 2u);
+  EXPECT_TRUE(names_tranche(f, a));
+  // A manifest file at the uri that is not the committed one: bad input, no verdict.
+  std::string crafted = read_text(dir_ / "crafted-4.json");
+  crafted[crafted.size() - 2] = crafted[crafted.size() - 2] == 'a' ? 'b' : 'a';
+  write_text(dir_ / "crafted-4.json", crafted);
+  r = verify_evm(4, "swapped-manifest.json");
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("not the committed manifest"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(dir_ / "swapped-manifest.json"));
+  // An epoch the contract does not know.
+  EXPECT_EQ(verify_evm(9, "unknown.json").code, 2);
+}
 
 TEST_F(VerifyEvm, ConfirmedTamperedDisputedOnChainResolvedCorrectedClaimed) {
   const std::string good = report_copy("good");
