@@ -468,6 +468,12 @@ TEST(RewardsPipeline, ManifestRecordsPoliciesAndRebuildsSettings) {
   EXPECT_EQ(back.quality_hold_threshold, 0.2);
   EXPECT_EQ(back.quality_hold_min_outliers, 1);
   EXPECT_EQ(ae::to_json(back), m.at("settings"));
+  // A manifest from before the reward rules (no settings.rewards) is recomputed without them.
+  nlohmann::json old_settings = m.at("settings");
+  old_settings.erase("rewards");
+  const auto old = ae::config_from_json(old_settings, "old manifest");
+  EXPECT_EQ(old.duplicate_credit, ae::DuplicateCredit::none);
+  EXPECT_EQ(old.quality_hold, ae::QualityHold::none);
   const auto& rw = m.at("rewards");
   EXPECT_EQ(rw.at("duplicate_credit"), "split");
   EXPECT_EQ(rw.at("registration_order"), "dataset");

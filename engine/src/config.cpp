@@ -494,6 +494,12 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 Config config_from_json(const nlohmann::json& settings, const std::string& what) {
   ATTRACE_CHECK(settings.is_object(), InputError, what + ": settings must be an object");
   Config c = config_from_table(table_from_json(settings, what), what);
+  // A manifest echoes every setting; one without [rewards] was written before the reward rules
+  // existed, so it was paid with none of them (not with today's defaults).
+  if (!settings.contains("rewards")) {
+    c.duplicate_credit = DuplicateCredit::none;
+    c.quality_hold = QualityHold::none;
+  }
   validate(c);
   return c;
 }

@@ -98,7 +98,9 @@ struct Config {
 Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
 
 /// Rebuilds a config from the `settings` object of a manifest (the output of to_json), e.g. for
-/// an auditor's recomputation. Paths are taken as written. InputError naming `what` otherwise.
+/// an auditor's recomputation. Paths are taken as written; settings without a `rewards` table
+/// (manifests written before the reward rules) get duplicate_credit and quality_hold = none.
+/// InputError naming `what` otherwise.
 Config config_from_json(const nlohmann::json& settings, const std::string& what);
 
 /// The storage type features get under this config (resolves `auto`).
