@@ -310,7 +310,7 @@ RecordingWriter::RecordingWriter(const std::string& dir, const RecorderSettings&
     ::close(m.lock_fd);  // the destructor does not run for a constructor that throws
     throw;
   }
-  m.backend = kernels::make_cpu_backend(0);
+  m.backend = kernels::make_cpu_backend(std::max(1, settings.threads));
 }
 
 void RecordingWriter::open_locked(const std::string& dir, const RecorderSettings& settings) {

@@ -56,7 +56,7 @@ class Recorder:
     """
 
     def __init__(self, model, store, k=4096, seed=0, every=1, steps=None, distribution="rademacher", dtype="f32",
-                 flush_steps=64):
+                 flush_steps=64, threads=1):
         self.model = model
         self.layers = []  # (name, module)
         specs = []
@@ -82,7 +82,8 @@ class Recorder:
             torch.jit.script(model).save(tmpl)
             self._writer = _attrace.RecordingWriter(
                 str(store), specs, [(n, list(p.shape)) for n, p in self.params], tmpl, k=k, seed=seed,
-                distribution=distribution, dtype=dtype, every=every, steps=list(steps or []), flush_steps=flush_steps)
+                distribution=distribution, dtype=dtype, every=every, steps=list(steps or []), flush_steps=flush_steps,
+                threads=threads)
         finally:
             os.remove(tmpl)
         self.store = str(store)

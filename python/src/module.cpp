@@ -30,8 +30,9 @@ attrace::kernels::ProjectionKind distribution_of(const std::string& s) {
 }
 
 eng::RecorderSettings settings_of(int64_t k, uint64_t seed, const std::string& distribution, const std::string& dtype,
-                                  int64_t every, const std::vector<int64_t>& steps, int64_t flush_steps) {
+                                  int64_t every, const std::vector<int64_t>& steps, int64_t flush_steps, int threads = 1) {
   eng::RecorderSettings s;
+  s.threads = threads;
   s.k = k;
   s.seed = seed;
   s.distribution = distribution_of(distribution);
@@ -64,12 +65,12 @@ class PyWriter {
   PyWriter(const std::string& dir, const std::vector<std::tuple<std::string, int64_t, int64_t, bool>>& layers,
            const std::vector<std::pair<std::string, std::vector<int64_t>>>& params, const std::string& template_file, int64_t k,
            uint64_t seed, const std::string& distribution, const std::string& dtype, int64_t every,
-           const std::vector<int64_t>& steps, int64_t flush_steps)
+           const std::vector<int64_t>& steps, int64_t flush_steps, int threads)
       : layers_(layers_of(layers)) {
     std::vector<eng::RecordedParameter> ps;
     for (const auto& [name, shape] : params) ps.push_back({name, shape});
     params_ = ps;
-    w_ = std::make_unique<eng::RecordingWriter>(dir, settings_of(k, seed, distribution, dtype, every, steps, flush_steps), layers_,
+    w_ = std::make_unique<eng::RecordingWriter>(dir, settings_of(k, seed, distribution, dtype, every, steps, flush_steps, threads), layers_,
                                                 ps, template_file);
   }
   eng::RecordingWriter& w() {
@@ -111,10 +112,10 @@ PYBIND11_MODULE(_attrace, m) {
   py::class_<PyWriter>(m, "RecordingWriter")
       .def(py::init<const std::string&, const std::vector<std::tuple<std::string, int64_t, int64_t, bool>>&,
                     const std::vector<std::pair<std::string, std::vector<int64_t>>>&, const std::string&, int64_t, uint64_t,
-                    const std::string&, const std::string&, int64_t, const std::vector<int64_t>&, int64_t>(),
+                    const std::string&, const std::string&, int64_t, const std::vector<int64_t>&, int64_t, int>(),
            py::arg("dir"), py::arg("layers"), py::arg("parameters"), py::arg("template"), py::arg("k") = 4096,
            py::arg("seed") = 0, py::arg("distribution") = "rademacher", py::arg("dtype") = "f32", py::arg("every") = 1,
-           py::arg("steps") = std::vector<int64_t>{}, py::arg("flush_steps") = 64)
+           py::arg("steps") = std::vector<int64_t>{}, py::arg("flush_steps") = 64, py::arg("threads") = 1)
       .def("wants", [](PyWriter& p, int64_t step) { return p.w().wants(step); })
       .def("record", &PyWriter::record, py::arg("step"), py::arg("lr"), py::arg("ids"), py::arg("inputs"),
            py::arg("output_grads"), py::arg("positions"), py::arg("parameters"))
@@ -142,7 +143,7 @@ PYBIND11_MODULE(_attrace, m) {
                       "one input and gradient array per layer expected");
         for (size_t l = 0; l < ls.size(); ++l) lb.push_back(layer_batch(ls[l], xs[l], ds[l], positions[l], batch));
         py::array_t<float> out({batch, eng::recorded_width(plan)});
-        auto backend = attrace::kernels::make_cpu_backend(0);
+        auto backend = attrace::kernels::make_cpu_backend(1);
         eng::recorded_rows(*backend, plan, s, lr, batch, lb, out.mutable_data());
         return out;
       },

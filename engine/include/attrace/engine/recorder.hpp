@@ -58,6 +58,10 @@ struct RecorderSettings {
   std::vector<int64_t> steps;   ///< when non-empty: exactly these steps, ascending
   int64_t flush_steps = 64;     ///< recorded steps kept in memory before a durable write (speed only)
   int64_t flush_bytes = int64_t{256} << 20;  ///< ... or this many bytes of them
+  /// OpenMP threads of the recorder's projection (speed only). 1 by default: it runs between
+  /// training steps on cores the training already uses, where waking a thread pool per call
+  /// costs more than the projection.
+  int threads = 1;
 };
 
 /// The projection of each layer at recorded step `checkpoint` (the run's checkpoint index): the
