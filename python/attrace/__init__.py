@@ -156,18 +156,18 @@ class Recorder:
             if x is None or g is None:
                 raise InputError("attrace.Recorder: step %d: no gradient reached layer '%s' (call step() after "
                                  "loss.backward() of this step's forward)" % (t, name))
-            x = x.to(torch.float32).reshape(-1, mod.in_features).numpy()
+            x = x.to(torch.float32).reshape(-1, mod.in_features).cpu().numpy()
             rows = x.shape[0]
             if rows % batch:
                 raise InputError("attrace.Recorder: step %d: %d ids for %d rows of layer '%s'" % (t, batch, rows, name))
             if mod.bias is not None:
                 x = np.concatenate([x, np.ones((rows, 1), np.float32)], axis=1)
             # The batch-mean loss scaled each example's gradient by 1/B; undone by the same factor.
-            d = g.to(torch.float32).reshape(-1, mod.out_features).numpy() * scale
+            d = g.to(torch.float32).reshape(-1, mod.out_features).cpu().numpy() * scale
             xs.append(np.ascontiguousarray(x))
             ds.append(np.ascontiguousarray(d, dtype=np.float32))
             pos.append(rows // batch)
-        params = [p.detach().reshape(-1).numpy() for _, p in self.params]
+        params = [p.detach().reshape(-1).cpu().numpy() for _, p in self.params]
         self._writer.record(t, float(lr), ids, xs, ds, pos, params)
         self._x = [None] * len(self.layers)
         self._g = [None] * len(self.layers)
