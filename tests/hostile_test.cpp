@@ -674,8 +674,9 @@ TEST_P(Hostile, RefusedWithAMessageAndNothingLeft) {
   for (size_t at = frag.find("{d}"); at != std::string::npos; at = frag.find("{d}")) frag.replace(at, 3, e.d.str());
   EXPECT_EQ(r.code, row.code) << "attrace " << args << "\n" << r.out;
   EXPECT_NE(r.out.find(frag), std::string::npos) << "expected '" << frag << "' in:\n" << r.out;
-  if (r.code == 2 || r.code == 1)
+  if (r.code == 2 || r.code == 1) {
     EXPECT_NE(r.out.find("attrace: "), std::string::npos) << "one-line attrace message expected:\n" << r.out;
+  }
   EXPECT_EQ(r.out.find("std::"), std::string::npos) << "a raw C++ exception reached the user:\n" << r.out;
   // Nothing complete-looking, no staging or temporary leftovers, no input changed.
   for (const auto& o : e.outputs) {

@@ -278,8 +278,11 @@ TEST_F(Verify, ChangedReportSharesAreDisputedNamingTheTranches) {
   EXPECT_TRUE(names_tranche(f, to));
   EXPECT_FALSE(findings(v, "report_differs").empty());
   EXPECT_NE(r.out.find("DISPUTED"), std::string::npos);
-  for (const auto& t : v["tranches"])
-    if (t["tranche"] == from) EXPECT_NEAR(t["difference"].get<double>(), 0.03, 1e-9);
+  for (const auto& t : v["tranches"]) {
+    if (t["tranche"] == from) {
+      EXPECT_NEAR(t["difference"].get<double>(), 0.03, 1e-9);
+    }
+  }
 }
 
 TEST_F(Verify, ChangedAmountIsDisputedNamingTheTranches) {
