@@ -365,6 +365,8 @@ int run_demo(const DemoOptions& options) {
   std::printf("\n  report: %s/report.json  manifest: %s/manifest.json  (%.1f s)\n", out_dir.c_str(), out_dir.c_str(), secs);
   const fs::path html = fs::path(out_dir) / "report.html";
   if (fs::exists(html)) std::printf("  open in a browser: %s\n", fs::absolute(html).string().c_str());
+  // An auditor's check of the epoch just committed, from the same folder (docs/verify.md).
+  std::printf("  recompute and check it as an auditor would: attrace verify 1 --db %s\n", db.c_str());
   return lowest == noisy && dup_flagged && copy_unpaid && original_kept ? 0 : 1;
 }
 

@@ -187,7 +187,8 @@ TEST(Cli, FailureDuringComputationLeavesNoOutput) {
 }
 
 TEST(Cli, EverySubcommandHasHelp) {
-  for (auto sub : {"", "attribute", "demo", "import", "import csv", "version"}) {
+  for (auto sub : {"", "attribute", "featurize", "score", "demo", "import", "import csv", "version", "verify", "eval", "eval lds",
+                   "eval noisy", "ledger", "ledger register", "ledger epochs"}) {
     const auto r = run(std::string(sub) + " --help");
     EXPECT_EQ(r.code, 0) << sub;
     EXPECT_NE(r.out.find("Usage"), std::string::npos) << sub << ": " << r.out;
@@ -252,6 +253,13 @@ TEST(Cli, DemoShowsNoisyTrancheLowestAndFlagsTheDuplicate) {
   long long sum = 0;
   for (const auto& l : epoch["leaves"]) sum += std::stoll(l["amount"].get<std::string>());
   EXPECT_EQ(sum, 1000000000);
+  // An auditor confirms the demo's epoch in one command (the demo prints it), with its time.
+  EXPECT_NE(r.out.find("attrace verify 1 --db " + (d / "demo/ledger.db")), std::string::npos) << r.out;
+  const auto v = run("verify 1 --db " + (d / "demo/ledger.db") + " -o " + (d / "verification.json"));
+  ASSERT_EQ(v.code, 0) << v.out;
+  EXPECT_NE(v.out.find("verdict: CONFIRMED (bit-identical"), std::string::npos) << v.out;
+  EXPECT_NE(v.out.find("verified in"), std::string::npos) << v.out;
+  EXPECT_EQ(nlohmann::json::parse(read_text(d / "verification.json"))["verdict"], "confirmed");
 }
 
 double pearson(const std::vector<double>& a, const std::vector<double>& b) {
