@@ -3,6 +3,7 @@
 // pixel noise that exact matching cannot see), a small MLP trained with LibTorch and saved as
 // TorchScript checkpoints with their learning rates, then the same attribution pipeline as
 // `attrace attribute`.
+#include <attrace/random.hpp>
 #include "demo.hpp"
 #include "ledger_cmd.hpp"
 
@@ -37,15 +38,7 @@ constexpr const char* kDigitsPath = "/usr/lib/python3/dist-packages/sklearn/data
 constexpr uint64_t kSeed = 20261122;
 constexpr int kFeatures = 64, kClasses = 10;
 
-// Uniform integer in [0, n) from raw 64-bit draws (rejection sampling; the standard
-// distributions are implementation-defined, this is the same on every platform).
-uint64_t draw_below(std::mt19937_64& rng, uint64_t n) {
-  const uint64_t limit = UINT64_MAX - UINT64_MAX % n;
-  uint64_t v;
-  do v = rng();
-  while (v >= limit);
-  return v % n;
-}
+using attrace::draw_below;
 
 struct Examples {
   std::vector<std::vector<float>> x;

@@ -1,6 +1,7 @@
 // `attrace eval noisy|lds`: the command line of engine/eval.hpp. The data is the handwritten
 // digits shipped by Debian's python3-sklearn (as in `attrace demo`) unless --train/--query name
 // attrace datasets; eval.json and eval.html go to --out, merged with an earlier run's other block.
+#include <attrace/random.hpp>
 #include "eval.hpp"
 
 #include <attrace/connectors/dataset.hpp>
@@ -36,13 +37,7 @@ struct EvalCli {
   uint64_t data_seed = 20261130;
 } g;
 
-uint64_t draw_below(std::mt19937_64& rng, uint64_t n) {
-  const uint64_t limit = UINT64_MAX - UINT64_MAX % n;
-  uint64_t v;
-  do v = rng();
-  while (v >= limit);
-  return v % n;
-}
+using attrace::draw_below;
 
 connectors::Dataset make_set(const std::vector<std::vector<float>>& x, const std::vector<int64_t>& y,
                              const std::vector<size_t>& rows, const std::string& prefix, bool tranche) {

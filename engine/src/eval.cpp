@@ -1,4 +1,5 @@
 // `attrace eval`: noisy-label detection and LDS (engine/eval.hpp, docs/eval.md).
+#include <attrace/random.hpp>
 #include <attrace/engine/eval.hpp>
 
 #include <attrace/connectors/fs.hpp>
@@ -38,15 +39,7 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-// Uniform integer in [0, n) from raw 64-bit draws (rejection sampling): the standard
-// distributions are implementation-defined, this is the same on every platform.
-uint64_t draw_below(std::mt19937_64& rng, uint64_t n) {
-  const uint64_t limit = UINT64_MAX - UINT64_MAX % n;
-  uint64_t v;
-  do v = rng();
-  while (v >= limit);
-  return v % n;
-}
+using attrace::draw_below;
 
 int64_t class_count(const Task& t) {
   int64_t c = 0;

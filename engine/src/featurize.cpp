@@ -7,6 +7,26 @@
 #include <cmath>
 
 namespace attrace::engine {
+
+KroneckerUse plan_kronecker_layer(const std::string& layer, int64_t d_in, int64_t d_out, int64_t k, size_t checkpoint,
+                                  size_t layer_index) {
+  KroneckerUse u;
+  u.layer = layer;
+  u.d_in = d_in;
+  u.d_out = d_out;
+  if (d_in * d_out <= k) {
+    u.k_in = d_in;
+    u.k_out = d_out;
+  } else {
+    const auto side = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(k))));
+    u.k_out = std::min(d_out, side);
+    u.k_in = std::min(d_in, std::max<int64_t>(1, k / u.k_out));
+  }
+  u.stream_in = static_cast<uint32_t>(2 * (4096 * checkpoint + layer_index));
+  u.stream_out = u.stream_in + 1;
+  return u;
+}
+
 namespace {
 
 // The projection of one checkpoint: dense (one matrix over the whole gradient) or Kronecker
@@ -35,23 +55,10 @@ Projector plan_projection(const Config& config, CheckpointModel& model, size_t c
     // factors); otherwise k_out = min(d_out, ceil(sqrt(k))) and k_in = min(d_in, k / k_out). A
     // factor whose budget covers its width is passed through (identity), not projected.
     const int64_t k = config.projection_k;
-    const auto side = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(k))));
     const auto layers = model.kronecker_layers();
     ATTRACE_CHECK(layers.size() < 4096, InputError, "Kronecker projection: at most 4095 layers");
     for (size_t l = 0; l < layers.size(); ++l) {
-      KroneckerUse u;
-      u.layer = layers[l].name;
-      u.d_in = layers[l].d_in;
-      u.d_out = layers[l].d_out;
-      if (u.d_in * u.d_out <= k) {
-        u.k_in = u.d_in;
-        u.k_out = u.d_out;
-      } else {
-        u.k_out = std::min(u.d_out, side);
-        u.k_in = std::min(u.d_in, std::max<int64_t>(1, k / u.k_out));
-      }
-      u.stream_in = static_cast<uint32_t>(2 * (4096 * checkpoint + l));
-      u.stream_out = u.stream_in + 1;
+      const KroneckerUse u = plan_kronecker_layer(layers[l].name, layers[l].d_in, layers[l].d_out, k, checkpoint, l);
       pr.offsets.push_back(pr.width);
       pr.width += u.k_in * u.k_out;
       pr.layers.push_back(u);

@@ -8,6 +8,7 @@
 // computed by one thread in a fixed order, and what threads add up (pair counts, sets of
 // tranches) does not depend on the order of addition, so the report has the same bits for any
 // thread count and on every run (docs/architecture.md, "Data-quality signals").
+#include <attrace/random.hpp>
 #include <attrace/engine/quality.hpp>
 #include <attrace/error.hpp>
 
@@ -63,15 +64,7 @@ void validate(const QualityInput& in, const QualitySettings& s) {
   }
 }
 
-// Uniform integer in [0, n) from raw 64-bit draws (the standard distributions are
-// implementation-defined; mt19937_64's output sequence is not).
-uint64_t draw_below(std::mt19937_64& rng, uint64_t n) {
-  const uint64_t limit = UINT64_MAX - UINT64_MAX % n;
-  uint64_t v;
-  do v = rng();
-  while (v >= limit);
-  return v % n;
-}
+using attrace::draw_below;
 
 uint64_t hash_row(const float* row, int64_t dim) {
   uint64_t h = 0x9e3779b97f4a7c15ull;

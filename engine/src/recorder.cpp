@@ -191,24 +191,9 @@ int64_t RecordedParameter::numel() const {
 std::vector<KroneckerUse> plan_recorded_projection(const std::vector<RecordedLayer>& layers, int64_t k, size_t checkpoint) {
   ATTRACE_CHECK(k > 0, InputError, "recorder: projection k must be > 0");
   ATTRACE_CHECK(layers.size() < 4096, InputError, "recorder: at most 4095 layers");
-  const auto side = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(k))));
   std::vector<KroneckerUse> plan;
-  for (size_t l = 0; l < layers.size(); ++l) {
-    KroneckerUse u;
-    u.layer = layers[l].name;
-    u.d_in = layers[l].d_in;
-    u.d_out = layers[l].d_out;
-    if (u.d_in * u.d_out <= k) {
-      u.k_in = u.d_in;
-      u.k_out = u.d_out;
-    } else {
-      u.k_out = std::min(u.d_out, side);
-      u.k_in = std::min(u.d_in, std::max<int64_t>(1, k / u.k_out));
-    }
-    u.stream_in = static_cast<uint32_t>(2 * (4096 * checkpoint + l));
-    u.stream_out = u.stream_in + 1;
-    plan.push_back(u);
-  }
+  for (size_t l = 0; l < layers.size(); ++l)
+    plan.push_back(plan_kronecker_layer(layers[l].name, layers[l].d_in, layers[l].d_out, k, checkpoint, l));
   return plan;
 }
 

@@ -31,6 +31,13 @@ struct KroneckerUse {
   uint32_t stream_in = 0, stream_out = 0;
 };
 
+/// Layer `layer_index`'s Kronecker sizes and streams at `checkpoint` under a budget of k features:
+/// a layer with d_in * d_out <= k is kept exact (identity factors); otherwise k_out = min(d_out,
+/// ceil(sqrt(k))) and k_in = min(d_in, k / k_out); streams 2(4096 checkpoint + layer) and the next.
+/// The featurizer and the training recorder both plan with it, so their features agree.
+KroneckerUse plan_kronecker_layer(const std::string& layer, int64_t d_in, int64_t d_out, int64_t k, size_t checkpoint,
+                                  size_t layer_index);
+
 /// A layer kept as factors in a feature row: columns [offset, offset + positions * d_in) hold its
 /// input rows x_t (t ascending, a trailing 1 when the bias is selected), the next
 /// positions * d_out columns its output-gradient rows delta_t.
