@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <thread>
@@ -169,9 +170,15 @@ void limit_child_memory() {
   ::setrlimit(RLIMIT_AS, &lim);
 }
 
-double check_timeout_s() {
+// The rehearsal reads what the reader reads (a dataset whole), so an intact large file on a slow
+// disk needs time in proportion: 120 s plus one second per 50 MiB of file by default.
+double check_timeout_s(const std::string& path) {
   const char* v = std::getenv("ATTRACE_HDF5_CHECK_TIMEOUT");
-  if (v == nullptr || *v == '\0') return 120;
+  if (v == nullptr || *v == '\0') {
+    std::error_code ec;
+    const auto bytes = std::filesystem::file_size(path, ec);
+    return 120.0 + (ec ? 0.0 : static_cast<double>(bytes) / (50.0 * 1048576.0));
+  }
   char* end = nullptr;
   const double t = std::strtod(v, &end);
   ATTRACE_CHECK(end != v && *end == '\0' && t > 0 && t <= 1e6, InputError,
@@ -184,7 +191,7 @@ double check_timeout_s() {
 void check_in_child(const std::string& path, const std::string& what, const std::function<void()>& rehearse) {
   quiet_errors();
   connectors::require_regular_file(path);  // opening a FIFO would block the child
-  const double timeout = check_timeout_s();
+  const double timeout = check_timeout_s(path);
   std::fflush(nullptr);  // nothing buffered is written twice
   const pid_t pid = ::fork();
   ATTRACE_CHECK(pid >= 0, RuntimeFailure, path + ": cannot fork to check the file (" + std::strerror(errno) + ")");

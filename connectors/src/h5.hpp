@@ -61,7 +61,8 @@ Handle open_file_ro(const std::string& path);
 /// child walks every object header, attribute, variable-length value and chunk index it can reach
 /// (best effort: damage may cut the walk short), then runs `rehearse` — the reader's own reads,
 /// which open objects by name and so reach what a cut-short walk missed. A child that dies by a
-/// signal or does not finish within ATTRACE_HDF5_CHECK_TIMEOUT seconds (default 120) makes this an
+/// signal or does not finish within ATTRACE_HDF5_CHECK_TIMEOUT seconds (default 120 plus one per
+/// 50 MiB of file) makes this an
 /// InputError naming `path`, its role `what` ("dataset", "feature store", ...) and what happened.
 /// Errors that are not faults (exceptions in the rehearsal, HDF5 error returns) are left to the
 /// caller, whose own read then names them precisely. libhdf5 is deterministic for the same bytes,
