@@ -2,6 +2,7 @@
 // side by side, LDS with its 95% bootstrap interval) and the method x metric x time table. No
 // script; the Content-Security-Policy admits inline styles only. Strings from the document go
 // through esc() (a recipe's model path is user text).
+#include <attrace/engine/report_html.hpp>
 #include <attrace/engine/eval.hpp>
 
 #include <algorithm>
@@ -15,20 +16,7 @@ namespace {
 
 using nlohmann::json;
 
-std::string esc(const std::string& s) {
-  std::string o;
-  for (const unsigned char c : s) {
-    switch (c) {
-      case '&': o += "&amp;"; break;
-      case '<': o += "&lt;"; break;
-      case '>': o += "&gt;"; break;
-      case '"': o += "&quot;"; break;
-      case '\'': o += "&#39;"; break;
-      default: o += (c < 0x20 && c != '\n' && c != '\t') || c == 0x7F ? '?' : static_cast<char>(c);
-    }
-  }
-  return o;
-}
+std::string esc(const std::string& s) { return html_escape(s); }
 
 std::string num(double v, int digits = 3) {
   if (!std::isfinite(v)) return "n/a";

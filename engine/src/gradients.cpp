@@ -76,18 +76,6 @@ std::string shape_str(at::IntArrayRef s) {
   return o.str();
 }
 
-bool type_ends_with(const torch::jit::Module& m, const std::string& suffix) {
-  const auto name = m.type()->name();
-  if (!name) return false;
-  const std::string q = name->qualifiedName();
-  return q.size() >= suffix.size() && q.compare(q.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-std::string type_name(const torch::jit::Module& m) {
-  const auto name = m.type()->name();
-  return name ? name->qualifiedName() : "<anonymous>";
-}
-
 // Reads a pair attribute of a scripted Conv2d (stride, padding, dilation: an int pair or one
 // int). False when the module does not carry it (traced modules keep only tensors).
 bool int_pair(const torch::jit::Module& m, const char* attr, int64_t& a, int64_t& b) {
@@ -140,6 +128,19 @@ struct LayerRows {
 };
 
 }  // namespace
+
+bool type_ends_with(const torch::jit::Module& m, const std::string& suffix) {
+  const auto name = m.type()->name();
+  if (!name) return false;
+  const std::string q = name->qualifiedName();
+  return q.size() >= suffix.size() && q.compare(q.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+std::string type_name(const torch::jit::Module& m) {
+  const auto name = m.type()->name();
+  return name ? name->qualifiedName() : "<anonymous>";
+}
+
 
 struct CheckpointModel::Impl {
   std::string path;

@@ -7,6 +7,7 @@
 #include <attrace/connectors/run.hpp>
 #include <attrace/engine/attribute.hpp>
 #include <attrace/engine/config.hpp>
+#include <attrace/engine/gradients.hpp>
 #include <attrace/engine/recorder.hpp>
 #include <attrace/engine/report.hpp>
 #include <attrace/error.hpp>
@@ -26,18 +27,6 @@ namespace attrace::engine {
 namespace {
 
 namespace fs = std::filesystem;
-
-bool type_ends_with(const torch::jit::Module& m, const std::string& suffix) {
-  const auto name = m.type()->name();
-  if (!name) return false;
-  const std::string q = name->qualifiedName();
-  return q.size() >= suffix.size() && q.compare(q.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-std::string type_name(const torch::jit::Module& m) {
-  const auto name = m.type()->name();
-  return name ? name->qualifiedName() : "<anonymous>";
-}
 
 // A child of the flattened chain: a Linear layer (layer >= 0) or a parameter-free module.
 struct ChainChild {

@@ -592,6 +592,8 @@ std::string dd_row(const std::string& term, const std::string& html) { return "<
 
 }  // namespace
 
+std::string html_escape(std::string_view s) { return esc(s); }
+
 std::string report_html(const json& report, const json& manifest) {
   if (!report.is_object()) wrong_type("report.json", "an object", report);
   if (!manifest.is_object()) wrong_type("manifest.json", "an object", manifest);

@@ -18,7 +18,17 @@
 #include <string>
 #include <vector>
 
+namespace torch::jit {
+struct Module;
+}
+
 namespace attrace::engine {
+
+/// True when the TorchScript module's qualified type name ends with `suffix` (".Linear", ...).
+bool type_ends_with(const torch::jit::Module& m, const std::string& suffix);
+/// The module's qualified type name, or "<anonymous>".
+std::string type_name(const torch::jit::Module& m);
+
 
 /// Settings that change per-example gradients (all recorded in the manifest).
 struct GradientSettings {

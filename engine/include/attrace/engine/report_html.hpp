@@ -4,8 +4,13 @@
 #include <nlohmann/json.hpp>
 
 #include <string>
+#include <string_view>
 
 namespace attrace::engine {
+
+/// HTML-escapes user text for element content and quoted attributes alike; invalid UTF-8 and
+/// control characters become U+FFFD (shared by report.html and eval.html).
+std::string html_escape(std::string_view s);
 
 /// The HTML page for a run, rendered from its report.json and manifest.json documents; the same
 /// documents always give the same bytes. Throws InputError naming the field when a present field
