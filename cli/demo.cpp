@@ -34,7 +34,6 @@ namespace {
 namespace fs = std::filesystem;
 using connectors::Dataset;
 
-constexpr const char* kDigitsPath = "/usr/lib/python3/dist-packages/sklearn/datasets/data/digits.csv.gz";
 constexpr uint64_t kSeed = 20261122;
 constexpr int kFeatures = 64, kClasses = 10;
 
@@ -46,30 +45,9 @@ struct Examples {
   std::string source;
 };
 
-// The 1797 sklearn digits (8x8 images, values 0..16) scaled to [0, 1].
 Examples load_digits() {
   Examples e;
-  gzFile f = gzopen(kDigitsPath, "rb");
-  if (!f) return e;
-  std::string text;
-  char buf[1 << 16];
-  int n;
-  while ((n = gzread(f, buf, sizeof buf)) > 0) text.append(buf, static_cast<size_t>(n));
-  gzclose(f);
-  std::istringstream in(text);
-  std::string line;
-  while (std::getline(in, line)) {
-    std::vector<float> row;
-    std::istringstream ls(line);
-    std::string cell;
-    while (std::getline(ls, cell, ',')) row.push_back(std::stof(cell));
-    if (row.size() != kFeatures + 1) continue;
-    e.y.push_back(static_cast<int64_t>(row.back()));
-    row.pop_back();
-    for (float& v : row) v /= 16.0f;
-    e.x.push_back(std::move(row));
-  }
-  e.source = std::string("handwritten digits from ") + kDigitsPath;
+  if (read_digits(e.x, e.y)) e.source = std::string("handwritten digits from ") + kDigitsPath;
   return e;
 }
 
@@ -123,6 +101,30 @@ struct Phase {
 };
 
 }  // namespace
+
+bool read_digits(std::vector<std::vector<float>>& x, std::vector<int64_t>& y) {
+  gzFile f = gzopen(kDigitsPath, "rb");
+  if (!f) return false;
+  std::string text;
+  char buf[1 << 16];
+  int n;
+  while ((n = gzread(f, buf, sizeof buf)) > 0) text.append(buf, static_cast<size_t>(n));
+  gzclose(f);
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    std::vector<float> row;
+    std::istringstream ls(line);
+    std::string cell;
+    while (std::getline(ls, cell, ',')) row.push_back(std::stof(cell));
+    if (row.size() != kFeatures + 1) continue;
+    y.push_back(static_cast<int64_t>(row.back()));
+    row.pop_back();
+    for (float& v : row) v /= 16.0f;
+    x.push_back(std::move(row));
+  }
+  return true;
+}
 
 int run_demo(const DemoOptions& options) {
   const auto t0 = std::chrono::steady_clock::now();

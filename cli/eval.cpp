@@ -1,6 +1,7 @@
 // `attrace eval noisy|lds`: the command line of engine/eval.hpp. The data is the handwritten
 // digits shipped by Debian's python3-sklearn (as in `attrace demo`) unless --train/--query name
 // attrace datasets; eval.json and eval.html go to --out, merged with an earlier run's other block.
+#include "demo.hpp"
 #include <attrace/random.hpp>
 #include "eval.hpp"
 
@@ -10,7 +11,6 @@
 #include <attrace/error.hpp>
 
 #include <spdlog/spdlog.h>
-#include <zlib.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -25,7 +25,6 @@ namespace {
 namespace fs = std::filesystem;
 namespace ev = engine::eval;
 
-constexpr const char* kDigitsPath = "/usr/lib/python3/dist-packages/sklearn/datasets/data/digits.csv.gz";
 
 struct EvalCli {
   CLI::App *eval = nullptr, *noisy = nullptr, *lds = nullptr;
@@ -58,29 +57,10 @@ connectors::Dataset make_set(const std::vector<std::vector<float>>& x, const std
 // The 1797 sklearn digits scaled to [0, 1], shuffled with data_seed: n_query queries, the rest
 // training examples.
 ev::Task digits_task(int64_t n_query, uint64_t seed) {
-  gzFile f = gzopen(kDigitsPath, "rb");
-  ATTRACE_CHECK(f != nullptr, InputError,
-                std::string(kDigitsPath) + ": not found; install python3-sklearn (scripts/setup.sh) or give --train and --query");
-  std::string text;
-  char buf[1 << 16];
-  int n;
-  while ((n = gzread(f, buf, sizeof buf)) > 0) text.append(buf, static_cast<size_t>(n));
-  gzclose(f);
   std::vector<std::vector<float>> x;
   std::vector<int64_t> y;
-  std::istringstream in(text);
-  std::string line;
-  while (std::getline(in, line)) {
-    std::vector<float> row;
-    std::istringstream ls(line);
-    std::string cell;
-    while (std::getline(ls, cell, ',')) row.push_back(std::stof(cell));
-    if (row.size() != 65) continue;
-    y.push_back(static_cast<int64_t>(row.back()));
-    row.pop_back();
-    for (float& v : row) v /= 16.0f;
-    x.push_back(std::move(row));
-  }
+  ATTRACE_CHECK(read_digits(x, y), InputError,
+                std::string(kDigitsPath) + ": not found; install python3-sklearn (scripts/setup.sh) or give --train and --query");
   ATTRACE_CHECK(static_cast<int64_t>(x.size()) > n_query + 10, InputError, std::string(kDigitsPath) + ": too few digits read");
   std::mt19937_64 rng(seed);
   std::vector<size_t> order(x.size());
