@@ -121,48 +121,10 @@ std::string window_words(const al::EpochStatus& s, int64_t now) {
   return "window closed: final, claims open";
 }
 
-std::optional<al::PrivateKey> load_key(const std::string& key_file) {
-  if (!key_file.empty()) return al::PrivateKey::from_file(key_file);
-  if (std::getenv("ATTRACE_PRIVATE_KEY")) return al::PrivateKey::from_env("ATTRACE_PRIVATE_KEY");
-  return std::nullopt;
-}
+std::optional<al::PrivateKey> load_key(const std::string& key_file) { return load_private_key(key_file); }
 
 al::EvmOptions evm_options(std::string* key_file, const std::string& evm_config = opts.evm_config) {
-  ATTRACE_CHECK(!evm_config.empty(), InputError, "--backend evm needs --evm-config FILE (see docs/cli.md)");
-  const toml::table doc = connectors::parse_toml_file(evm_config);
-  const toml::table* t = doc["evm"].as_table();
-  ATTRACE_CHECK(t, InputError, evm_config + ": missing [evm] section");
-  const std::string f = evm_config + ": evm.";
-  al::EvmOptions o;
-  for (auto&& [k, v] : *t) {
-    (void)v;
-    static const std::set<std::string> keys = {"rpc_url", "chain_id", "contract", "confirmations", "rpc_timeout_ms",
-                                               "receipt_timeout_ms", "legacy", "key_file"};
-    ATTRACE_CHECK(keys.count(std::string(k.str())), InputError, f + std::string(k.str()) + ": unknown setting");
-  }
-  o.rpc_url = (*t)["rpc_url"].value_or(o.rpc_url);
-  // Integers only (toml++ would convert a float such as 1e22 without a range check), in range.
-  auto integer = [&](const char* key, int64_t fallback, int64_t lowest, int64_t highest) {
-    const toml::node_view<const toml::node> n = (*t)[key];
-    if (!n) return fallback;
-    ATTRACE_CHECK(n.is_integer() && *n.value<int64_t>() >= lowest && *n.value<int64_t>() <= highest, InputError,
-                  f + key + " must be an integer in [" + std::to_string(lowest) + ", " + std::to_string(highest) + "]");
-    return *n.value<int64_t>();
-  };
-  ATTRACE_CHECK((*t)["chain_id"].is_integer(), InputError, f + "chain_id (positive integer) is required");
-  o.chain_id = static_cast<uint64_t>(integer("chain_id", 0, 1, std::numeric_limits<int64_t>::max()));
-  if (auto c = (*t)["contract"].value<std::string>()) o.contract = al::address_from_hex(*c, f + "contract");
-  o.confirmations = static_cast<unsigned>(integer("confirmations", 1, 0, 1000000));
-  o.rpc_timeout = std::chrono::milliseconds(integer("rpc_timeout_ms", 10000, 1, int64_t{1} << 40));
-  o.receipt_timeout = std::chrono::milliseconds(integer("receipt_timeout_ms", 120000, 1, int64_t{1} << 40));
-  o.legacy = (*t)["legacy"].value_or(false);
-  if (key_file && key_file->empty()) {
-    if (auto k = (*t)["key_file"].value<std::string>()) {
-      const std::filesystem::path p(*k);
-      *key_file = p.is_absolute() ? *k : (std::filesystem::path(evm_config).parent_path() / p).string();
-    }
-  }
-  return o;
+  return read_evm_config(evm_config, key_file);
 }
 
 std::unique_ptr<al::Ledger> open_ledger() {
@@ -612,6 +574,50 @@ int cmd_receipt() {
 }
 
 }  // namespace
+
+std::optional<al::PrivateKey> load_private_key(const std::string& key_file) {
+  if (!key_file.empty()) return al::PrivateKey::from_file(key_file);
+  if (std::getenv("ATTRACE_PRIVATE_KEY")) return al::PrivateKey::from_env("ATTRACE_PRIVATE_KEY");
+  return std::nullopt;
+}
+
+al::EvmOptions read_evm_config(const std::string& evm_config, std::string* key_file) {
+  ATTRACE_CHECK(!evm_config.empty(), InputError, "--backend evm needs --evm-config FILE (see docs/cli.md)");
+  const toml::table doc = connectors::parse_toml_file(evm_config);
+  const toml::table* t = doc["evm"].as_table();
+  ATTRACE_CHECK(t, InputError, evm_config + ": missing [evm] section");
+  const std::string f = evm_config + ": evm.";
+  al::EvmOptions o;
+  for (auto&& [k, v] : *t) {
+    (void)v;
+    static const std::set<std::string> keys = {"rpc_url", "chain_id", "contract", "confirmations", "rpc_timeout_ms",
+                                               "receipt_timeout_ms", "legacy", "key_file"};
+    ATTRACE_CHECK(keys.count(std::string(k.str())), InputError, f + std::string(k.str()) + ": unknown setting");
+  }
+  o.rpc_url = (*t)["rpc_url"].value_or(o.rpc_url);
+  // Integers only (toml++ would convert a float such as 1e22 without a range check), in range.
+  auto integer = [&](const char* key, int64_t fallback, int64_t lowest, int64_t highest) {
+    const toml::node_view<const toml::node> n = (*t)[key];
+    if (!n) return fallback;
+    ATTRACE_CHECK(n.is_integer() && *n.value<int64_t>() >= lowest && *n.value<int64_t>() <= highest, InputError,
+                  f + key + " must be an integer in [" + std::to_string(lowest) + ", " + std::to_string(highest) + "]");
+    return *n.value<int64_t>();
+  };
+  ATTRACE_CHECK((*t)["chain_id"].is_integer(), InputError, f + "chain_id (positive integer) is required");
+  o.chain_id = static_cast<uint64_t>(integer("chain_id", 0, 1, std::numeric_limits<int64_t>::max()));
+  if (auto c = (*t)["contract"].value<std::string>()) o.contract = al::address_from_hex(*c, f + "contract");
+  o.confirmations = static_cast<unsigned>(integer("confirmations", 1, 0, 1000000));
+  o.rpc_timeout = std::chrono::milliseconds(integer("rpc_timeout_ms", 10000, 1, int64_t{1} << 40));
+  o.receipt_timeout = std::chrono::milliseconds(integer("receipt_timeout_ms", 120000, 1, int64_t{1} << 40));
+  o.legacy = (*t)["legacy"].value_or(false);
+  if (key_file && key_file->empty()) {
+    if (auto k = (*t)["key_file"].value<std::string>()) {
+      const std::filesystem::path p(*k);
+      *key_file = p.is_absolute() ? *k : (std::filesystem::path(evm_config).parent_path() / p).string();
+    }
+  }
+  return o;
+}
 
 void print_commitment(const al::EpochCommitment& c, const al::CommitResult& r, const std::string& where) {
   std::printf("epoch %llu %s %s\n", static_cast<unsigned long long>(c.epoch),

@@ -2,7 +2,9 @@
 // `attrace ledger ...`: commit attribution vectors to the embedded or EVM ledger, inspect them,
 // prove, claim, dispute, resolve, deploy; `init` creates an embedded ledger database.
 #include <attrace/engine/registry.hpp>
+#include <attrace/ledger/crypto.hpp>
 #include <attrace/ledger/epoch.hpp>
+#include <attrace/ledger/evm.hpp>
 #include <attrace/ledger/ledger.hpp>
 
 #include <CLI/CLI.hpp>
@@ -46,6 +48,14 @@ engine::RegistryBinding check_registry(const RegistryOptions& o, const connector
 
 /// Opens the registry's ledger read-only (embedded file or EVM node) for other commands.
 std::unique_ptr<ledger::Ledger> open_registry_ledger(const RegistryOptions& o);
+
+/// The [evm] table of an --evm-config file (docs/ledger.md): unknown keys refused, integers
+/// range-checked; when `key_file` is given and empty, it receives `key_file` from the table,
+/// resolved against the config's folder.
+ledger::EvmOptions read_evm_config(const std::string& evm_config, std::string* key_file);
+
+/// The signing key: from `key_file` when given, else $ATTRACE_PRIVATE_KEY, else none.
+std::optional<ledger::PrivateKey> load_private_key(const std::string& key_file);
 
 /// Prints a committed epoch's leaves and amounts (shared with `attrace demo`).
 void print_commitment(const ledger::EpochCommitment& c, const ledger::CommitResult& r, const std::string& where);

@@ -66,47 +66,13 @@ VerifyOptions vo;
 
 // ---- Ledger access ---------------------------------------------------------------------------
 
-std::optional<al::PrivateKey> load_key(const std::string& key_file) {
-  if (!key_file.empty()) return al::PrivateKey::from_file(key_file);
-  if (std::getenv("ATTRACE_PRIVATE_KEY")) return al::PrivateKey::from_env("ATTRACE_PRIVATE_KEY");
-  return std::nullopt;
-}
+std::optional<al::PrivateKey> load_key(const std::string& key_file) { return load_private_key(key_file); }
 
-// The [evm] table of --evm-config, read with the rules of `attrace ledger` (docs/ledger.md):
-// unknown keys refused, integers range-checked, key_file relative to the config file.
+// The [evm] table of --evm-config, read as `attrace ledger` reads it; verify also needs the contract.
 al::EvmOptions evm_options(std::string* key_file) {
-  ATTRACE_CHECK(!vo.evm_config.empty(), InputError, "--backend evm needs --evm-config FILE (see docs/ledger.md)");
-  const toml::table doc = connectors::parse_toml_file(vo.evm_config);
-  const toml::table* t = doc["evm"].as_table();
-  ATTRACE_CHECK(t, InputError, vo.evm_config + ": missing [evm] section");
-  const std::string f = vo.evm_config + ": evm.";
-  static const std::set<std::string> keys = {"rpc_url", "chain_id", "contract", "confirmations", "rpc_timeout_ms",
-                                             "receipt_timeout_ms", "legacy", "key_file"};
-  for (auto&& [k, v] : *t) {
-    (void)v;
-    ATTRACE_CHECK(keys.count(std::string(k.str())), InputError, f + std::string(k.str()) + ": unknown setting");
-  }
-  auto integer = [&](const char* key, int64_t fallback, int64_t lowest, int64_t highest) {
-    const auto n = (*t)[key];
-    if (!n) return fallback;
-    ATTRACE_CHECK(n.is_integer() && *n.value<int64_t>() >= lowest && *n.value<int64_t>() <= highest, InputError,
-                  f + key + " must be an integer in [" + std::to_string(lowest) + ", " + std::to_string(highest) + "]");
-    return *n.value<int64_t>();
-  };
-  al::EvmOptions o;
-  o.rpc_url = (*t)["rpc_url"].value_or(o.rpc_url);
-  ATTRACE_CHECK((*t)["chain_id"].is_integer(), InputError, f + "chain_id (positive integer) is required");
-  o.chain_id = static_cast<uint64_t>(integer("chain_id", 0, 1, std::numeric_limits<int64_t>::max()));
-  const auto contract = (*t)["contract"].value<std::string>();
-  ATTRACE_CHECK(contract.has_value(), InputError, f + "contract (the AttributionLedger address) is required to verify");
-  o.contract = al::address_from_hex(*contract, f + "contract");
-  o.confirmations = static_cast<unsigned>(integer("confirmations", 1, 0, 1000000));
-  o.rpc_timeout = std::chrono::milliseconds(integer("rpc_timeout_ms", 10000, 1, int64_t{1} << 40));
-  o.receipt_timeout = std::chrono::milliseconds(integer("receipt_timeout_ms", 120000, 1, int64_t{1} << 40));
-  o.legacy = (*t)["legacy"].value_or(false);
-  if (key_file->empty())
-    if (auto k = (*t)["key_file"].value<std::string>())
-      *key_file = fs::path(*k).is_absolute() ? *k : (fs::path(vo.evm_config).parent_path() / *k).string();
+  const al::EvmOptions o = read_evm_config(vo.evm_config, key_file);
+  ATTRACE_CHECK(o.contract != al::Address{}, InputError,
+                vo.evm_config + ": evm.contract (the AttributionLedger address) is required to verify");
   return o;
 }
 
