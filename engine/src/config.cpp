@@ -13,10 +13,10 @@
 
 namespace attrace::engine {
 
-std::string to_string(Loss v) { return v == Loss::mse ? "mse" : "cross_entropy"; }
+std::string to_string(Loss v) { return v == Loss::mse ? "mse" : v == Loss::next_token ? "next_token" : "cross_entropy"; }
 std::string to_string(Precision v) { return v == Precision::fp64 ? "fp64" : "fp32"; }
 std::string to_string(GradPath v) {
-  return v == GradPath::chain ? "chain" : v == GradPath::general ? "general" : "auto";
+  return v == GradPath::chain ? "chain" : v == GradPath::graph ? "graph" : v == GradPath::general ? "general" : "auto";
 }
 std::string to_string(NegativePolicy v) {
   return v == NegativePolicy::clip_per_query ? "clip_per_query" : "clip";
@@ -238,17 +238,18 @@ Config config_from_table(const toml::table& doc, const std::string& path, const 
   r.get(data, "data", "train", c.train_file);
   r.get(data, "data", "query", c.query_file);
 
-  const auto* g = r.section("gradients", {"loss", "parameters", "batch_size", "path", "precision", "device"});
+  const auto* g = r.section("gradients", {"loss", "parameters", "batch_size", "path", "model_output", "precision", "device"});
   std::string s = to_string(c.loss);
   r.get(g, "gradients", "loss", s);
   c.loss = parse_enum<Loss>(r.where("gradients", "loss"), s,
-                            {{"cross_entropy", Loss::cross_entropy}, {"mse", Loss::mse}});
+                            {{"cross_entropy", Loss::cross_entropy}, {"mse", Loss::mse}, {"next_token", Loss::next_token}});
   r.get(g, "gradients", "parameters", c.parameters);
   r.get(g, "gradients", "batch_size", c.batch_size);
   s = to_string(c.path);
   r.get(g, "gradients", "path", s);
   c.path = parse_enum<GradPath>(r.where("gradients", "path"), s,
-                                {{"auto", GradPath::automatic}, {"chain", GradPath::chain}, {"general", GradPath::general}});
+                                {{"auto", GradPath::automatic}, {"chain", GradPath::chain}, {"graph", GradPath::graph}, {"general", GradPath::general}});
+  r.get(g, "gradients", "model_output", c.model_output);
   s = to_string(c.precision);
   r.get(g, "gradients", "precision", s);
   c.precision = parse_enum<Precision>(r.where("gradients", "precision"), s,
@@ -510,7 +511,7 @@ void validate(const Config& c) {
 }
 
 nlohmann::json to_json(const Config& c) {
-  return {
+  nlohmann::json j = {
       {"run", {{"checkpoints", c.run_file}}},
       {"data", {{"train", c.train_file}, {"query", c.query_file}}},
       {"gradients",
@@ -543,6 +544,9 @@ nlohmann::json to_json(const Config& c) {
         {"quality_hold_min_outliers", c.quality_hold_min_outliers}}},
       {"output", {{"scores", to_string(c.scores)}, {"scores_max_entries", c.scores_max_entries}}},
   };
+  // Written only when set, so manifests of models returning one tensor keep their bytes.
+  if (!c.model_output.empty()) j["gradients"]["model_output"] = c.model_output;
+  return j;
 }
 
 }  // namespace attrace::engine

@@ -195,7 +195,7 @@ CheckpointUse checkpoint_use_from_json(const nlohmann::json& j, const std::strin
   try {
     CheckpointUse u;
     const std::string path = j.at("gradient_path").get<std::string>();
-    u.path = path == "chain" ? GradPath::chain : GradPath::general;
+    u.path = path == "chain" ? GradPath::chain : path == "graph" ? GradPath::graph : GradPath::general;
     u.dim = j.at("gradient_dim").get<int64_t>();
     u.feature_dim = j.at("feature_dim").get<int64_t>();
     u.parameters = j.at("parameters").get<std::vector<std::string>>();
@@ -347,6 +347,7 @@ Featurizer::Featurizer(const Config& config, const connectors::TrainingRun& run,
   gs.parameters = config.parameters;
   gs.batch_size = config.batch_size;
   gs.path = config.path;
+  gs.model_output = config.model_output;
   m.model = std::make_unique<CheckpointModel>(ck.path, gs, backend);
   for (const auto* ds : datasets) m.model->prepare(*ds);
   m.pr = plan_projection(config, *m.model, index, ck.lr);

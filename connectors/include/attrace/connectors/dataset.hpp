@@ -16,19 +16,30 @@ struct Tranche {
   std::string license;  ///< license tag, e.g. "CC-BY-4.0" (may be empty)
 };
 
-/// What the targets are: integer class labels or float regression targets.
-enum class TargetKind { class_index, regression };
+/// What the targets are: integer class labels, float regression targets, or per-position token
+/// targets of a token dataset ([N, T] ids; kIgnoreTarget marks positions without a target).
+enum class TargetKind { class_index, regression, tokens };
+
+/// What the inputs are: float values, or integer ids (token ids) passed to the model as int64.
+enum class InputKind { values, integers };
+
+/// Token target that no loss term is computed for (PyTorch's default ignore_index).
+inline constexpr int32_t kIgnoreTarget = -100;
 
 /// An in-memory dataset: inputs, targets, example ids and (for training sets) tranches.
 struct Dataset {
   std::string path;                  ///< file it was read from (empty if built in memory)
   std::string sha256;                ///< SHA-256 of that file (hex)
   std::vector<int64_t> input_shape;  ///< [N, ...]
-  std::vector<float> inputs;         ///< N * example_width() values, row-major
+  InputKind input_kind = InputKind::values;
+  std::vector<float> inputs;         ///< N * example_width() values, row-major (input_kind == values)
+  std::vector<int32_t> int_inputs;   ///< N * example_width() ids, row-major (input_kind == integers)
+  std::vector<int32_t> lengths;      ///< token datasets: N valid lengths (1..T); empty: every position valid
   TargetKind target_kind = TargetKind::class_index;
   std::vector<int64_t> target_shape;  ///< [N] for class labels, [N] or [N, D] for regression
   std::vector<int64_t> class_targets;       ///< N labels when target_kind == class_index
   std::vector<float> regression_targets;    ///< N * target_width() values when regression
+  std::vector<int32_t> token_targets;       ///< N * T ids (or kIgnoreTarget) when target_kind == tokens
   std::vector<std::string> ids;       ///< N unique example ids
   std::vector<int64_t> tranche;       ///< N tranche indices into `tranches` (empty: none)
   std::vector<Tranche> tranches;      ///< tranche table (empty for query sets without one)

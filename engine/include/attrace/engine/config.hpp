@@ -13,11 +13,11 @@
 namespace attrace::engine {
 
 /// Per-example loss whose gradient is attributed.
-enum class Loss { cross_entropy, mse };
+enum class Loss { cross_entropy, mse, next_token };
 /// Precision of the model, the per-example gradients and the features.
 enum class Precision { fp32, fp64 };
 /// How per-example gradients are computed.
-enum class GradPath { automatic, chain, general };
+enum class GradPath { automatic, chain, graph, general };
 /// What happens to negative influence when tranche shares are formed.
 enum class NegativePolicy { clip, clip_per_query };
 /// How gradients become features: exactly, or randomly projected to k dimensions.
@@ -60,6 +60,7 @@ struct Config {
   std::vector<std::string> parameters = {"*"};  ///< glob patterns over parameter names
   int64_t batch_size = 64;
   GradPath path = GradPath::automatic;
+  std::string model_output;  ///< which output is the logits: "" (forward returns a tensor), a tuple index, or a dict key
   Precision precision = Precision::fp32;
   Device device = Device::cpu;  ///< compute backend
   // [projection]

@@ -37,6 +37,7 @@ struct GradientSettings {
   std::vector<std::string> parameters = {"*"};  ///< glob patterns over parameter names
   int64_t batch_size = 64;
   GradPath path = GradPath::automatic;
+  std::string model_output;  ///< "" (forward returns the logits tensor), a tuple index or a dict key
 };
 
 /// A Linear or Conv2d layer covered by Kronecker projection: its gradient is
