@@ -39,7 +39,7 @@ const Case kCases[] = {
     {"mlptraced", "vec", ae::Loss::cross_entropy, ae::GradPath::chain},
     {"deep", "vec", ae::Loss::cross_entropy, ae::GradPath::chain},
     {"cnn", "img", ae::Loss::cross_entropy, ae::GradPath::chain},  // Conv2d on the chain path
-    {"branch", "vec", ae::Loss::cross_entropy, ae::GradPath::general},
+    {"branch", "vec", ae::Loss::cross_entropy, ae::GradPath::graph},  // not a chain; all Linear: graph path
     {"reg", "reg", ae::Loss::mse, ae::GradPath::chain},
 };
 
@@ -215,10 +215,13 @@ TEST(Engine, ChainAndGeneralPathsAgree) {
       const auto in = load(chain_cfg);
       const auto chain = tracin(chain_cfg, in);
       const auto general = tracin(config_for(c, precision, ae::GradPath::general), in);
+      const auto graph = tracin(config_for(c, precision, ae::GradPath::graph), in);  // the same chain as a graph
       ASSERT_EQ(chain.checkpoints.front().path, ae::GradPath::chain);
       ASSERT_EQ(general.checkpoints.front().path, ae::GradPath::general);
+      ASSERT_EQ(graph.checkpoints.front().path, ae::GradPath::graph);
       SCOPED_TRACE(c.model);
       expect_close(chain.scores, general.scores, precision == ae::Precision::fp64 ? 1e-11 : 1e-5, "chain vs general");
+      expect_close(graph.scores, general.scores, precision == ae::Precision::fp64 ? 1e-11 : 1e-5, "graph vs general");
     }
   }
 }
@@ -314,7 +317,8 @@ TEST(Engine, BlasScoringAgreesWithCanonical) {
 
 TEST(EngineErrors, KroneckerNeedsTheChainPath) {
   ATTRACE_REQUIRE_FIXTURES();
-  auto cfg = config_for(kCases[4], ae::Precision::fp32);  // two branches: general path
+  auto cfg = config_for(kCases[4], ae::Precision::fp32);  // two branches, forced onto the general path
+  cfg.path = ae::GradPath::general;
   cfg.projection = ae::Projection::kronecker;
   const auto in = load(cfg);
   const auto msg = error_of([&] { tracin(cfg, in); });
@@ -393,7 +397,7 @@ TEST(EngineErrors, NonFiniteGradientNamesTheExample) {
   auto cfg = config_for(kCases[0], ae::Precision::fp32);
   cfg.run_file = d / "run.toml";
   auto in = load(cfg);
-  for (auto path : {ae::GradPath::chain, ae::GradPath::general}) {
+  for (auto path : {ae::GradPath::chain, ae::GradPath::graph, ae::GradPath::general}) {
     cfg.path = path;
     auto backend = attrace::kernels::make_cpu_backend();
     ae::Progress quiet(false);

@@ -238,12 +238,13 @@ Config config_from_table(const toml::table& doc, const std::string& path, const 
   r.get(data, "data", "train", c.train_file);
   r.get(data, "data", "query", c.query_file);
 
-  const auto* g = r.section("gradients", {"loss", "parameters", "batch_size", "path", "model_output", "precision", "device"});
+  const auto* g = r.section("gradients", {"loss", "parameters", "exclude", "batch_size", "path", "model_output", "precision", "device"});
   std::string s = to_string(c.loss);
   r.get(g, "gradients", "loss", s);
   c.loss = parse_enum<Loss>(r.where("gradients", "loss"), s,
                             {{"cross_entropy", Loss::cross_entropy}, {"mse", Loss::mse}, {"next_token", Loss::next_token}});
   r.get(g, "gradients", "parameters", c.parameters);
+  r.get(g, "gradients", "exclude", c.exclude);
   r.get(g, "gradients", "batch_size", c.batch_size);
   s = to_string(c.path);
   r.get(g, "gradients", "path", s);
@@ -546,6 +547,7 @@ nlohmann::json to_json(const Config& c) {
   };
   // Written only when set, so manifests of models returning one tensor keep their bytes.
   if (!c.model_output.empty()) j["gradients"]["model_output"] = c.model_output;
+  if (!c.exclude.empty()) j["gradients"]["exclude"] = c.exclude;
   return j;
 }
 

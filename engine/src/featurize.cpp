@@ -107,7 +107,7 @@ void plan_factoring(const Config& config, CheckpointModel& model,
     use.factoring_note = "float64 gradients (layer factors are float32)";
     return;
   }
-  if (model.path_in_use() != GradPath::chain) {
+  if (model.path_in_use() == GradPath::general) {
     use.factoring_note = "general gradient path (no layer factors)";
     return;
   }
@@ -345,6 +345,7 @@ Featurizer::Featurizer(const Config& config, const connectors::TrainingRun& run,
   gs.loss = config.loss;
   gs.precision = config.precision;
   gs.parameters = config.parameters;
+  gs.exclude = config.exclude;
   gs.batch_size = config.batch_size;
   gs.path = config.path;
   gs.model_output = config.model_output;

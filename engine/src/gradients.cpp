@@ -1,10 +1,13 @@
-// The only engine translation unit that includes LibTorch.
+// Per-example gradients: the chain, graph and general paths (LibTorch; the graph path's module
+// rewriting is in graph_capture.cpp).
 #include <attrace/engine/gradients.hpp>
 #include <attrace/error.hpp>
 #include <attrace/kernels/backend.hpp>
 
 #include <torch/script.h>
 #include <torch/torch.h>
+
+#include "graph_capture.hpp"
 
 #include <ATen/Parallel.h>
 #include <fnmatch.h>
@@ -15,6 +18,8 @@
 
 #include <fstream>
 #include <functional>
+#include <map>
+#include <set>
 #include <sstream>
 
 namespace attrace::engine {
@@ -142,6 +147,14 @@ std::string type_name(const torch::jit::Module& m) {
 }
 
 
+// attrace::linear (graph path) uses this backend on this thread while the scope lives.
+struct LinearBackendScope {
+  explicit LinearBackendScope(kernels::Backend* b) { detail::set_linear_backend(b); }
+  ~LinearBackendScope() { detail::set_linear_backend(nullptr); }
+  LinearBackendScope(const LinearBackendScope&) = delete;
+  LinearBackendScope& operator=(const LinearBackendScope&) = delete;
+};
+
 struct CheckpointModel::Impl {
   std::string path;
   GradientSettings settings;
@@ -157,17 +170,35 @@ struct CheckpointModel::Impl {
   torch::ScalarType dtype = torch::kFloat;
   kernels::Backend* backend = nullptr;
   std::vector<double> acc;  // float64 accumulators of the chain's products, reused across batches
+  // graph path: the rewritten forward and one step (kind linear) per captured weight, in
+  // named_parameters() order of the weights
+  std::unique_ptr<detail::CaptureGraph> capture;
+  std::vector<ChainStep> graph_steps;
+  std::vector<size_t> graph_group;  // graph_steps[k] serves capture->groups()[graph_group[k]]
+
+  // Layers with a selected parameter, visited from the output back (chain) or in parameter order
+  // (graph), rows [begin, end).
+  using LayerVisitor = std::function<void(const LayerRows&)>;
 
   std::string where() const { return "checkpoint '" + path + "'"; }
 
   torch::Tensor inputs(const Dataset& ds, int64_t begin, int64_t end) const {
     std::vector<int64_t> shape(ds.input_shape.begin(), ds.input_shape.end());
     shape[0] = end - begin;
+    if (ds.input_kind == connectors::InputKind::integers) {  // token ids stay integers (int64, as embeddings want)
+      const int32_t* ip = ds.int_inputs.data() + begin * ds.example_width();
+      return torch::from_blob(const_cast<int32_t*>(ip), shape, torch::kInt).to(torch::kLong);
+    }
     const float* p = ds.inputs.data() + begin * ds.example_width();
     return torch::from_blob(const_cast<float*>(p), shape, torch::kFloat).to(dtype);
   }
 
   torch::Tensor targets(const Dataset& ds, int64_t begin, int64_t end) const {
+    if (ds.target_kind == TargetKind::tokens) {
+      const int64_t t = ds.example_width();
+      return torch::from_blob(const_cast<int32_t*>(ds.token_targets.data() + begin * t), {end - begin, t}, torch::kInt)
+          .to(torch::kLong);
+    }
     if (ds.target_kind == TargetKind::class_index)
       return torch::from_blob(const_cast<int64_t*>(ds.class_targets.data() + begin), {end - begin}, torch::kLong).clone();
     std::vector<int64_t> shape(ds.target_shape.begin(), ds.target_shape.end());
@@ -180,6 +211,18 @@ struct CheckpointModel::Impl {
   // Sum over the batch of per-example losses: its gradient w.r.t. row i's output is row i's own.
   torch::Tensor loss_sum(const torch::Tensor& out, const torch::Tensor& target) const {
     const int64_t b = out.size(0);
+    if (settings.loss == Loss::next_token) {
+      // Per example the mean over its positions with a target (kIgnoreTarget: none), then the sum
+      // over the batch. Examples without any target are refused when the dataset is read.
+      const int64_t v = out.size(-1);
+      const auto ce = torch::nn::functional::cross_entropy(
+                          out.reshape({-1, v}), target.reshape({-1}),
+                          torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone).ignore_index(
+                              connectors::kIgnoreTarget))
+                          .reshape({b, -1});
+      const auto count = (target.reshape({b, -1}) != connectors::kIgnoreTarget).sum(1).clamp_min(1).to(ce.scalar_type());
+      return (ce.sum(1) / count).sum();
+    }
     if (settings.loss == Loss::cross_entropy)
       return torch::nn::functional::cross_entropy(
           out, target, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
@@ -187,10 +230,42 @@ struct CheckpointModel::Impl {
     return (d * d).sum();
   }
 
-  torch::Tensor forward(const torch::Tensor& x) {
-    const auto r = module.forward({x});
-    ATTRACE_CHECK(r.isTensor(), InputError, where() + ": forward() must return one tensor");
-    return r.toTensor();
+  torch::Tensor forward(const torch::Tensor& x) { return select_output(module.forward({x})); }
+
+  // The logits among the model's outputs: the tensor itself, a tuple element or a dict entry
+  // (gradients.model_output).
+  torch::Tensor select_output(const c10::IValue& r) const {
+    const std::string& key = settings.model_output;
+    if (key.empty()) {
+      ATTRACE_CHECK(r.isTensor(), InputError,
+                    where() + ": forward() returns a " + r.tagKind() +
+                        ", not one tensor; set gradients.model_output to the tuple index or dict key of the logits");
+      return r.toTensor();
+    }
+    c10::IValue v;
+    if (r.isTuple() || r.isList()) {
+      const auto elems = r.isTuple() ? r.toTupleRef().elements().vec() : r.toListRef().vec();
+      const bool digits = !key.empty() && std::all_of(key.begin(), key.end(), [](char c) { return c >= '0' && c <= '9'; });
+      ATTRACE_CHECK(digits && key.size() < 10 && std::stoll(key) < static_cast<long long>(elems.size()), InputError,
+                    where() + ": forward() returns " + std::to_string(elems.size()) + " values; gradients.model_output = '" +
+                        key + "' is not an index below that");
+      v = elems[static_cast<size_t>(std::stoll(key))];
+    } else if (r.isGenericDict()) {
+      const auto d = r.toGenericDict();
+      std::string keys;
+      for (const auto& e : d) {
+        if (e.key().isString() && e.key().toStringRef() == key) v = e.value();
+        keys += (keys.empty() ? "" : ", ") + (e.key().isString() ? e.key().toStringRef() : std::string("<non-string>"));
+      }
+      ATTRACE_CHECK(!v.isNone(), InputError,
+                    where() + ": forward() returns a dict without the key gradients.model_output = '" + key + "' (keys: " + keys + ")");
+    } else {
+      throw InputError(where() + ": gradients.model_output = '" + key + "' but forward() returns a " + r.tagKind() +
+                       " (neither a tuple nor a dict)");
+    }
+    ATTRACE_CHECK(v.isTensor(), InputError,
+                  where() + ": output '" + key + "' of forward() is a " + v.tagKind() + ", not a tensor");
+    return v.toTensor();
   }
 
   // Reads a Conv2d child's geometry into `st`; returns "" or why the chain cannot take it.
@@ -432,10 +507,13 @@ struct CheckpointModel::Impl {
     const std::string dsw = "dataset '" + ds.path + "'";
     if (settings.loss == Loss::cross_entropy)
       ATTRACE_CHECK(ds.target_kind == TargetKind::class_index, InputError,
-                    dsw + ": loss cross_entropy needs integer class labels in /targets (use loss = \"mse\" for float targets)");
-    else
+                    dsw + ": loss cross_entropy needs integer class labels in /targets (use loss = \"mse\" for float targets, \"next_token\" for token datasets)");
+    else if (settings.loss == Loss::mse)
       ATTRACE_CHECK(ds.target_kind == TargetKind::regression, InputError,
-                    dsw + ": loss mse needs float regression targets in /targets (got integer class labels)");
+                    dsw + ": loss mse needs float regression targets in /targets");
+    else
+      ATTRACE_CHECK(ds.target_kind == TargetKind::tokens, InputError,
+                    dsw + ": loss next_token needs a token dataset (integer /inputs [N, T] with per-position targets; docs/formats.md)");
     torch::NoGradGuard no_grad;
     torch::Tensor out;
     try {
@@ -448,7 +526,20 @@ struct CheckpointModel::Impl {
     }
     ATTRACE_CHECK(out.dim() >= 1 && out.size(0) == 1, InputError,
                   where() + ": output for one example has shape " + shape_str(out.sizes()) + ", expected a batch of 1");
-    if (settings.loss == Loss::cross_entropy) {
+    if (settings.loss == Loss::next_token) {
+      const int64_t t = ds.example_width();
+      ATTRACE_CHECK(out.dim() == 3 && out.size(1) == t, InputError,
+                    where() + ": next_token needs logits of shape [batch, " + std::to_string(t) + ", vocabulary], got " +
+                        shape_str(out.sizes()));
+      const int64_t vocab = out.size(2);
+      for (size_t q = 0; q < ds.token_targets.size(); ++q) {
+        const int32_t y = ds.token_targets[q];
+        ATTRACE_CHECK(y == connectors::kIgnoreTarget || (y >= 0 && y < vocab), InputError,
+                      dsw + ": example '" + ds.ids[q / static_cast<size_t>(t)] + "' has target token " + std::to_string(y) +
+                          " at position " + std::to_string(q % static_cast<size_t>(t)) + " but " + where() + " has a vocabulary of " +
+                          std::to_string(vocab));
+      }
+    } else if (settings.loss == Loss::cross_entropy) {
       ATTRACE_CHECK(out.dim() == 2, InputError,
                     where() + ": cross_entropy needs logits of shape [batch, classes], got " + shape_str(out.sizes()));
       const int64_t classes = out.size(1);
@@ -471,7 +562,7 @@ struct CheckpointModel::Impl {
       chain_refusal = "path = general was requested";
       return;
     }
-    chain_refusal = build_chain();
+    chain_refusal = settings.path == GradPath::graph ? "path = graph was requested" : build_chain();
     if (chain_refusal.empty()) {
       // The chain must reproduce the model's own forward on real rows, or it is not a chain.
       // A fixed number of rows (never the batch size: a speed setting must not choose the path,
@@ -511,14 +602,200 @@ struct CheckpointModel::Impl {
       chain.clear();
       ATTRACE_CHECK(settings.path != GradPath::chain, InputError,
                     where() + ": path = chain requested but the model is not a chain of Linear/Conv2d layers: " + chain_refusal);
+      const std::string why = build_graph(ds);
+      if (why.empty()) {
+        path_in_use = GradPath::graph;
+        return;
+      }
+      capture.reset();
+      graph_steps.clear();
+      ATTRACE_CHECK(settings.path != GradPath::graph, InputError,
+                    where() + ": path = graph requested but the graph path cannot serve this model: " + why);
+      chain_refusal += "; graph path: " + why;
       path_in_use = GradPath::general;
     } else {
       path_in_use = GradPath::chain;
     }
   }
 
-  // Layers with a selected parameter, visited from the output back (rows [begin, end)).
-  using LayerVisitor = std::function<void(const LayerRows&)>;
+  // The graph path: every selected parameter must be the weight or bias of a captured Linear or
+  // Embedding, and the rewritten forward must return the model's own output on real rows (the
+  // rewrite adds exact zeros, so the check is for equality). Returns "" or why not.
+  std::string build_graph(const Dataset& ds) {
+    capture = std::make_unique<detail::CaptureGraph>();
+    std::string why;
+    try {
+      why = capture->build(module);
+    } catch (const std::exception& e) {
+      return std::string("rewriting the forward graph failed: ") + torch_message(e);
+    }
+    if (!why.empty()) return why;
+    const auto& groups = capture->groups();
+    std::map<std::string, int> slot;
+    for (size_t k = 0; k < names.size(); ++k) slot[names[k]] = static_cast<int>(k);
+    std::set<std::string> covered;
+    std::vector<std::pair<int64_t, size_t>> order;  // (first selected slot, group)
+    for (size_t gi = 0; gi < groups.size(); ++gi) {
+      const auto& gr = groups[gi];
+      const auto w = slot.find(gr.weight);
+      const auto b = gr.bias.empty() ? slot.end() : slot.find(gr.bias);
+      if (w == slot.end() && b == slot.end()) continue;
+      ChainStep st;
+      st.name = gr.name;
+      st.kind = StepKind::linear;
+      st.weight = params[0].new_empty({gr.d_out, gr.n_in});  // shape only; products are autograd's
+      st.weight_slot = w == slot.end() ? -1 : w->second;
+      st.bias_slot = b == slot.end() ? -1 : b->second;
+      covered.insert(gr.weight);
+      if (!gr.bias.empty()) covered.insert(gr.bias);
+      order.emplace_back(std::min(st.weight_slot < 0 ? INT64_MAX : st.weight_slot, st.bias_slot < 0 ? INT64_MAX : st.bias_slot), gi);
+      graph_steps.push_back(std::move(st));
+      graph_group.push_back(gi);
+    }
+    std::string missing;
+    int n_missing = 0;
+    for (const auto& n : names)
+      if (!covered.count(n) && n_missing++ < 6) missing += (missing.empty() ? "" : ", ") + n;
+    if (n_missing > 0)
+      return std::to_string(n_missing) + " selected parameter(s) are not the weight or bias of a Linear or Embedding (" + missing +
+             (n_missing > 6 ? ", ..." : "") + "); leave them out with gradients.exclude or gradients.parameters";
+    // Steps in parameter order, so per-example gradients and dense feature columns follow the
+    // parameters' layout (weight d_out x n_in row-major, then the bias).
+    std::vector<size_t> idx(order.size());
+    for (size_t k = 0; k < idx.size(); ++k) idx[k] = k;
+    std::sort(idx.begin(), idx.end(), [&](size_t a, size_t b) { return order[a].first < order[b].first; });
+    std::vector<ChainStep> steps;
+    std::vector<size_t> grp;
+    int64_t at = 0;
+    for (size_t k : idx) {
+      const auto& st = graph_steps[k];
+      for (int sl : {st.weight_slot, st.bias_slot})
+        if (sl >= 0) {
+          if (offsets[static_cast<size_t>(sl)] != at)
+            return "the parameters of layer '" + st.name + "' are not adjacent in named_parameters() order";
+          at += params[static_cast<size_t>(sl)].numel();
+        }
+      steps.push_back(st);
+      grp.push_back(graph_group[k]);
+    }
+    graph_steps = std::move(steps);
+    graph_group = std::move(grp);
+    // Same output as the model on real rows, and every site sees the batch in dimension 0.
+    const int64_t b = std::min<int64_t>(ds.size(), kChainCheckRows);
+    LinearBackendScope scope(backend);
+    try {
+      const auto x = inputs(ds, 0, b);
+      torch::NoGradGuard ng;
+      const auto want = forward(x);
+      const auto run = capture->run(module, x);
+      const auto got = select_output(run.output);
+      // Its Linear layers sum in the backend's fixed order, LibTorch's in its GEMM's: judged
+      // normwise against the outputs' scale, as the chain's check.
+      bool same = got.sizes().equals(want.sizes()) && torch::equal(got.isnan(), want.isnan());
+      double err = 0, scale = 0;
+      if (same) {
+        const auto g = torch::nan_to_num(got.to(torch::kDouble)), w = torch::nan_to_num(want.to(torch::kDouble));
+        scale = w.abs().max().item<double>();
+        err = (g - w).abs().max().item<double>();
+        same = err <= (dtype == torch::kDouble ? 1e-10 : 1e-4) * std::max(scale, 1e-30);
+      }
+      if (!same) {
+        std::ostringstream why;
+        why << "the rewritten forward does not reproduce forward() (max error " << err << " at output scale " << scale << ")";
+        return why.str();
+      }
+      for (size_t k = 0; k < capture->sites().size(); ++k) {
+        const auto& p = run.probes[k];
+        if (p.dim() < 2 || p.size(0) != b)
+          return "a layer's output of shape " + shape_str(p.sizes()) + " does not have the batch (" + std::to_string(b) +
+                 " rows) in dimension 0";
+      }
+      graph_positions(run);
+    } catch (const attrace::Error&) {
+      throw;
+    } catch (const std::exception& e) {
+      return std::string("running the rewritten forward failed: ") + torch_message(e);
+    }
+    return "";
+  }
+
+  // Positions per example for this dataset (a token dataset's T), from a one-row run.
+  void graph_prepare(const Dataset& ds) {
+    torch::NoGradGuard ng;
+    LinearBackendScope scope(backend);
+    try {
+      graph_positions(capture->run(module, inputs(ds, 0, 1)));
+    } catch (const attrace::Error&) {
+      throw;
+    } catch (const std::exception& e) {
+      throw InputError("dataset '" + ds.path + "': " + where() + " failed on its first example: " + torch_message(e));
+    }
+  }
+
+  // Positions per example of each graph step (sum over its sites) from a run's probes.
+  void graph_positions(const detail::CaptureGraph::Run& run) {
+    const auto& groups = capture->groups();
+    for (size_t k = 0; k < graph_steps.size(); ++k) {
+      int64_t pos = 0;
+      const auto& gr = groups[graph_group[k]];
+      for (int s : gr.sites) {
+        const auto& p = run.probes[static_cast<size_t>(s)];
+        const int64_t width = capture->sites()[static_cast<size_t>(s)].embedding ? gr.n_in : gr.d_out;
+        pos += p.numel() / (p.size(0) * width);
+      }
+      graph_steps[k].positions = pos;
+    }
+  }
+
+  // Graph path, rows [begin, end): one forward through the rewritten graph, one backward to the
+  // probes; per step (parameter order) the rows of inputs x and output gradients d, the sites of a
+  // tied weight one after another. Visits every step with a selected parameter.
+  template <class T>
+  void graph_backward(const Dataset& ds, int64_t begin, int64_t end, const LayerVisitor& visit) {
+    const int64_t b = end - begin;
+    LinearBackendScope scope(backend);
+    const auto run = capture->run(module, inputs(ds, begin, end));
+    const auto loss = loss_sum(select_output(run.output), targets(ds, begin, end));
+    const auto grads = torch::autograd::grad({loss}, run.probes, {}, false, false, true);
+    const auto& groups = capture->groups();
+    const auto& sites = capture->sites();
+    for (size_t k = 0; k < graph_steps.size(); ++k) {
+      const auto& gr = groups[graph_group[k]];
+      std::vector<torch::Tensor> xs, ds_;
+      for (int s : gr.sites) {
+        const auto su = static_cast<size_t>(s);
+        const auto& site = sites[su];
+        torch::Tensor g = grads[su].defined() ? grads[su] : torch::zeros_like(run.probes[su]);
+        ATTRACE_CHECK(g.dim() >= 2 && g.size(0) == b, InputError,
+                      where() + ": layer '" + gr.name + "' output of shape " + shape_str(g.sizes()) +
+                          " does not have the batch in dimension 0");
+        if (site.embedding) {  // x: the output gradient (d wide); d: the one-hot of the id (V wide)
+          const auto ids = run.inputs[su].reshape({b, -1});
+          auto onehot = torch::nn::functional::one_hot(ids, gr.d_out).to(dtype);
+          if (site.padding_idx >= 0) onehot.select(2, site.padding_idx).zero_();  // no gradient, as in PyTorch
+          xs.push_back(g.detach().reshape({b, -1, gr.n_in}).to(dtype));
+          ds_.push_back(onehot);
+        } else {
+          xs.push_back(run.inputs[su].detach().reshape({b, -1, gr.n_in}).to(dtype));
+          ds_.push_back(g.detach().reshape({b, -1, gr.d_out}).to(dtype));
+        }
+      }
+      const ChainStep& st = graph_steps[k];
+      LayerRows lr;
+      lr.step = &st;
+      lr.examples = b;
+      lr.n_in = gr.n_in;
+      lr.n_out = gr.d_out;
+      lr.ldx = gr.n_in;
+      lr.x = (xs.size() == 1 ? xs[0] : torch::cat(xs, 1)).contiguous();
+      lr.d = (ds_.size() == 1 ? ds_[0] : torch::cat(ds_, 1)).contiguous();
+      lr.positions = lr.x.size(1);
+      lr.x = lr.x.reshape({b * lr.positions, gr.n_in});
+      lr.d = lr.d.reshape({b * lr.positions, gr.d_out});
+      visit(lr);
+    }
+  }
+
 
   // The output gradient of a conv step's input: patches' gradients d W (B*L x n_in, float64), each
   // added to the input pixel it was read from, per example in a fixed order (t, then patch column,
@@ -658,12 +935,12 @@ struct CheckpointModel::Impl {
   // not made of whole such layers on the chain path.
   std::vector<KroneckerLayer> kronecker_layers() const {
     ATTRACE_CHECK(path_decided, RuntimeFailure, "kronecker_layers(): prepare() was not called");
-    ATTRACE_CHECK(path_in_use == GradPath::chain, InputError,
-                  where() + ": Kronecker projection needs the chain path (a Sequential of Linear and Conv2d layers): " +
-                      chain_refusal);
+    ATTRACE_CHECK(path_in_use == GradPath::chain || path_in_use == GradPath::graph, InputError,
+                  where() + ": Kronecker projection needs the chain path (a Sequential of Linear and Conv2d layers) or the "
+                            "graph path (Linear and Embedding layers anywhere): " + chain_refusal);
     std::vector<KroneckerLayer> layers;
     int64_t covered = 0;
-    for (const auto& st : chain) {
+    for (const auto& st : path_in_use == GradPath::graph ? graph_steps : chain) {
       if (st.kind == StepKind::call || !st.selected()) continue;
       ATTRACE_CHECK(st.weight_slot >= 0, InputError,
                     where() + ": Kronecker projection needs '" + st.name + ".weight' selected with its bias");
@@ -671,7 +948,8 @@ struct CheckpointModel::Impl {
       layers.push_back({st.name, st.n_in() + (bias ? 1 : 0), st.n_out(), bias, st.positions});
       covered += st.weight.numel() + (bias ? st.n_out() : 0);
     }
-    ATTRACE_CHECK(covered == dim, InputError, where() + ": Kronecker projection covers Linear and Conv2d layers only");
+    ATTRACE_CHECK(covered == dim, InputError,
+                  where() + ": Kronecker projection covers Linear, Conv2d (chain path) and Embedding (graph path) layers only");
     return layers;
   }
 
@@ -696,8 +974,13 @@ struct CheckpointModel::Impl {
       f.delta.assign(df.data_ptr<float>(), df.data_ptr<float>() + df.numel());
       out.push_back(std::move(f));
     };
+    const bool graph = path_in_use == GradPath::graph;
     try {
-      if (dtype == torch::kDouble)
+      if (graph && dtype == torch::kDouble)
+        graph_backward<double>(ds, begin, end, visit);
+      else if (graph)
+        graph_backward<float>(ds, begin, end, visit);
+      else if (dtype == torch::kDouble)
         chain_backward<double>(ds, begin, end, visit);
       else
         chain_backward<float>(ds, begin, end, visit);
@@ -707,7 +990,7 @@ struct CheckpointModel::Impl {
       throw InputError("dataset '" + ds.path + "' rows " + std::to_string(begin) + ".." + std::to_string(end - 1) + ": " +
                        where() + " failed: " + torch_message(e));
     }
-    std::reverse(out.begin(), out.end());  // chain order
+    if (!graph) std::reverse(out.begin(), out.end());  // chain order (visited from the output back)
     for (const auto& f : out)
       for (const auto* v : {&f.x, &f.delta}) {
         const int64_t width = v == &f.x ? f.d_in : f.d_out;
@@ -749,6 +1032,8 @@ struct CheckpointModel::Impl {
       if (path_in_use == GradPath::chain) {
         // Every selected parameter belongs to one visited layer, which checks its entries.
         chain_backward<T>(ds, begin, end, [&](const LayerRows& lr) { layer_gradients<T>(lr, dst, dim, row_ok.data()); });
+      } else if (path_in_use == GradPath::graph) {
+        graph_backward<T>(ds, begin, end, [&](const LayerRows& lr) { layer_gradients<T>(lr, dst, dim, row_ok.data()); });
       } else {
         general_gradients(ds, begin, end, out);
         at::parallel_for(0, rows, grain_for(dim), [&](int64_t i0, int64_t i1) {
@@ -797,6 +1082,7 @@ CheckpointModel::CheckpointModel(const std::string& path, const GradientSettings
     all.push_back(p.name);
     bool selected = false;
     for (const auto& pat : settings.parameters) selected |= ::fnmatch(pat.c_str(), p.name.c_str(), 0) == 0;
+    for (const auto& pat : settings.exclude) selected &= ::fnmatch(pat.c_str(), p.name.c_str(), 0) != 0;
     torch::Tensor t = p.value;
     t.requires_grad_(selected);
     if (selected) {
@@ -820,7 +1106,10 @@ CheckpointModel& CheckpointModel::operator=(CheckpointModel&&) noexcept = defaul
 
 void CheckpointModel::prepare(const Dataset& ds) {
   impl_->check_fit(ds);
-  if (!impl_->path_decided) impl_->decide_path(ds);
+  if (!impl_->path_decided)
+    impl_->decide_path(ds);
+  else if (impl_->path_in_use == GradPath::graph)
+    impl_->graph_prepare(ds);
 }
 int64_t CheckpointModel::dim() const { return impl_->dim; }
 const std::vector<std::string>& CheckpointModel::parameter_names() const { return impl_->names; }

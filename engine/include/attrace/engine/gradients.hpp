@@ -35,6 +35,7 @@ struct GradientSettings {
   Loss loss = Loss::cross_entropy;
   Precision precision = Precision::fp32;
   std::vector<std::string> parameters = {"*"};  ///< glob patterns over parameter names
+  std::vector<std::string> exclude;             ///< glob patterns of parameters left out
   int64_t batch_size = 64;
   GradPath path = GradPath::automatic;
   std::string model_output;  ///< "" (forward returns the logits tensor), a tuple index or a dict key

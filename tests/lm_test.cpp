@@ -1,0 +1,250 @@
+// Language models on the graph gradient path (issue 13): a GPT-style decoder traced from PyTorch
+// (tests/fixtures/make_fixtures.py: embeddings, learned positions, pre-LN blocks with separate
+// q/k/v/o Linear layers, GELU MLP, untied head) over token ids with next-token loss. The graph
+// path's per-example gradients equal the general path's (one backward per example), Kronecker
+// projection with identity factors gives the exact gradients, dict outputs are selected by
+// gradients.model_output, and what the graph path cannot serve is refused by name.
+#include "test_util.hpp"
+
+#include <attrace/connectors/dataset.hpp>
+#include <attrace/connectors/run.hpp>
+#include <attrace/engine/config.hpp>
+#include <attrace/engine/featurize.hpp>
+#include <attrace/engine/gradients.hpp>
+#include <attrace/error.hpp>
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+
+namespace ac = attrace::connectors;
+namespace ae = attrace::engine;
+using attrace::test::fixture;
+
+namespace {
+
+constexpr int64_t kVocab = 32, kT = 12;  // the fixture GPT's vocabulary and context
+
+// A token dataset in memory (the layout read_dataset gives): random ids, random lengths, the
+// next-token targets derived as docs/formats.md says.
+ac::Dataset tokens(int64_t n, uint32_t seed) {
+  ac::Dataset ds;
+  ds.path = "tokens-" + std::to_string(seed);
+  ds.input_kind = ac::InputKind::integers;
+  ds.input_shape = {n, kT};
+  ds.target_kind = ac::TargetKind::tokens;
+  ds.target_shape = {n, kT};
+  std::mt19937 rng(seed);
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t len = static_cast<int32_t>(2 + rng() % (kT - 1));
+    ds.lengths.push_back(len);
+    for (int64_t t = 0; t < kT; ++t) ds.int_inputs.push_back(t < len ? static_cast<int32_t>(rng() % kVocab) : 0);
+    for (int64_t t = 0; t < kT; ++t)
+      ds.token_targets.push_back(t + 1 < len ? ds.int_inputs[static_cast<size_t>(i * kT + t + 1)] : ac::kIgnoreTarget);
+    ds.ids.push_back("doc" + std::to_string(i));
+  }
+  return ds;
+}
+
+ae::GradientSettings lm_settings(ae::GradPath path, ae::Precision precision = ae::Precision::fp32) {
+  ae::GradientSettings gs;
+  gs.loss = ae::Loss::next_token;
+  gs.path = path;
+  gs.precision = precision;
+  gs.exclude = {"pos", "*ln*"};  // learned positions and LayerNorms: not Linear/Embedding
+  return gs;
+}
+
+template <class T>
+std::vector<T> all_gradients(ae::CheckpointModel& model, const ac::Dataset& ds, int64_t batch) {
+  const int64_t n = ds.size(), p = model.dim();
+  std::vector<T> g(static_cast<size_t>(n * p), std::numeric_limits<T>::quiet_NaN());
+  for (int64_t b0 = 0; b0 < n; b0 += batch) model.gradients(ds, b0, std::min(n, b0 + batch), g.data() + b0 * p);
+  return g;
+}
+
+// Row by row, normwise: max |got - want| <= rtol * max |want| over the row.
+template <class T>
+void expect_rows_close(const std::vector<T>& got, const std::vector<T>& want, int64_t p, double rtol, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (size_t r = 0; r * static_cast<size_t>(p) < got.size(); ++r) {
+    double scale = 0, err = 0;
+    for (int64_t q = 0; q < p; ++q) {
+      const size_t k = r * static_cast<size_t>(p) + static_cast<size_t>(q);
+      ASSERT_TRUE(std::isfinite(static_cast<double>(got[k]))) << what << " row " << r << " entry " << q;
+      scale = std::max(scale, std::abs(static_cast<double>(want[k])));
+      err = std::max(err, std::abs(static_cast<double>(got[k]) - static_cast<double>(want[k])));
+    }
+    ASSERT_GT(scale, 0) << what << " row " << r;
+    EXPECT_LE(err, rtol * scale) << what << " row " << r;
+  }
+}
+
+class GraphPath : public ::testing::TestWithParam<ae::Precision> {};
+
+TEST_P(GraphPath, GradientsEqualThePerExampleBackward) {
+  ATTRACE_REQUIRE_FIXTURES();
+  const auto precision = GetParam();
+  const auto ds = tokens(9, 1);
+  auto backend = attrace::kernels::make_cpu_backend();
+  for (int c = 1; c <= 3; ++c) {
+    const auto file = fixture("gpt_" + std::to_string(c) + ".pt");
+    ae::CheckpointModel graph(file, lm_settings(ae::GradPath::automatic, precision), *backend);
+    graph.prepare(ds);
+    ASSERT_EQ(graph.path_in_use(), ae::GradPath::graph) << graph.chain_refusal();
+    ae::CheckpointModel general(file, lm_settings(ae::GradPath::general, precision), *backend);
+    general.prepare(ds);
+    ASSERT_EQ(graph.dim(), general.dim());
+    ASSERT_EQ(graph.parameter_names(), general.parameter_names());
+    // 2 blocks x (q, k, v, o, mlp.0, mlp.2) + tok + head: 14 layers, every weight and bias.
+    ASSERT_EQ(graph.kronecker_layers().size(), 14u);
+    const double tol = precision == ae::Precision::fp64 ? 1e-10 : 2e-4;
+    if (precision == ae::Precision::fp64)
+      expect_rows_close(all_gradients<double>(graph, ds, 4), all_gradients<double>(general, ds, 1), graph.dim(), tol, file);
+    else
+      expect_rows_close(all_gradients<float>(graph, ds, 4), all_gradients<float>(general, ds, 1), graph.dim(), tol, file);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Precisions, GraphPath, ::testing::Values(ae::Precision::fp32, ae::Precision::fp64),
+                         [](const auto& i) { return i.param == ae::Precision::fp64 ? "fp64" : "fp32"; });
+
+// Kronecker projection over every Linear and the embedding, with a budget that keeps each layer
+// exact (identity factors: d_in * d_out <= k), is sqrt(lr) times the exact per-example gradient,
+// laid out per layer as [W | b] (d_out x (d_in + 1), row-major).
+TEST(GraphPathKronecker, IdentityFactorsGiveTheExactGradient) {
+  ATTRACE_REQUIRE_FIXTURES();
+  const auto ds = tokens(7, 2);
+  const auto run = ac::read_run_file(fixture("gpt_run.toml"));
+  auto backend = attrace::kernels::make_cpu_backend();
+  ae::Config config;
+  config.loss = ae::Loss::next_token;
+  config.exclude = {"pos", "*ln*"};
+  config.projection = ae::Projection::kronecker;
+  config.projection_k = 4096;
+  config.batch_size = 3;
+  ae::Featurizer fz(config, run, 1, {&ds}, *backend);
+  ASSERT_EQ(fz.use().path, ae::GradPath::graph);
+  std::vector<float> f(static_cast<size_t>(ds.size() * fz.width()));
+  for (int64_t b0 = 0; b0 < ds.size(); b0 += 3) fz.features(ds, b0, std::min<int64_t>(ds.size(), b0 + 3), f.data() + b0 * fz.width());
+
+  ae::CheckpointModel general(run.checkpoints[1].path, lm_settings(ae::GradPath::general, ae::Precision::fp64), *backend);
+  general.prepare(ds);
+  ae::CheckpointModel graph(run.checkpoints[1].path, lm_settings(ae::GradPath::graph), *backend);
+  graph.prepare(ds);
+  const auto layers = graph.kronecker_layers();
+  const auto g = all_gradients<double>(general, ds, 1);
+  const int64_t p = general.dim();
+  const double root_lr = std::sqrt(run.checkpoints[1].lr);
+  std::vector<float> want(f.size());
+  int64_t width = 0;
+  for (const auto& l : layers) width += l.d_in * l.d_out;
+  ASSERT_EQ(width, fz.width()) << "every layer should be kept exact at k = 4096";
+  for (int64_t i = 0; i < ds.size(); ++i) {
+    int64_t param_at = 0, feat_at = 0;
+    for (const auto& l : layers) {
+      const int64_t n_in = l.d_in - (l.bias ? 1 : 0);
+      for (int64_t o = 0; o < l.d_out; ++o) {
+        for (int64_t q = 0; q < n_in; ++q)
+          want[static_cast<size_t>(i * fz.width() + feat_at + o * l.d_in + q)] =
+              static_cast<float>(root_lr * g[static_cast<size_t>(i * p + param_at + o * n_in + q)]);
+        if (l.bias)
+          want[static_cast<size_t>(i * fz.width() + feat_at + o * l.d_in + n_in)] =
+              static_cast<float>(root_lr * g[static_cast<size_t>(i * p + param_at + l.d_out * n_in + o)]);
+      }
+      param_at += l.d_out * l.d_in;
+      feat_at += l.d_out * l.d_in;
+    }
+    ASSERT_EQ(param_at, p);
+  }
+  expect_rows_close(f, want, fz.width(), 2e-4, "identity-factor Kronecker features vs exact gradients");
+}
+
+// A row's graph-path gradient does not depend on which batch it was computed in.
+TEST(GraphPathBits, RowsDoNotDependOnTheBatch) {
+  ATTRACE_REQUIRE_FIXTURES();
+  const auto ds = tokens(11, 3);
+  auto backend = attrace::kernels::make_cpu_backend();
+  ae::CheckpointModel m(fixture("gpt_2.pt"), lm_settings(ae::GradPath::graph), *backend);
+  m.prepare(ds);
+  const auto one = all_gradients<float>(m, ds, 1);
+  for (int64_t batch : {3, 11}) {
+    const auto b = all_gradients<float>(m, ds, batch);
+    EXPECT_EQ(std::memcmp(one.data(), b.data(), one.size() * sizeof(float)), 0) << "batch " << batch;
+  }
+}
+
+// A model returning a dict (traced with strict=False): gradients.model_output names the logits.
+// Same weights as gpt_*.pt (same seeds), so the same gradients bit for bit.
+TEST(ModelOutput, DictOutputSelectedByKey) {
+  ATTRACE_REQUIRE_FIXTURES();
+  const auto ds = tokens(5, 4);
+  auto backend = attrace::kernels::make_cpu_backend();
+  auto gs = lm_settings(ae::GradPath::automatic);
+  gs.model_output = "logits";
+  ae::CheckpointModel dict(fixture("gptdict_1.pt"), gs, *backend);
+  dict.prepare(ds);
+  EXPECT_EQ(dict.path_in_use(), ae::GradPath::graph) << dict.chain_refusal();
+  ae::CheckpointModel plain(fixture("gpt_1.pt"), lm_settings(ae::GradPath::automatic), *backend);
+  plain.prepare(ds);
+  const auto a = all_gradients<float>(dict, ds, 5), b = all_gradients<float>(plain, ds, 5);
+  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0);
+
+  const auto refused = [&](const std::string& key, const std::string& want) {
+    auto s = lm_settings(ae::GradPath::automatic);
+    s.model_output = key;
+    ae::CheckpointModel m(fixture("gptdict_1.pt"), s, *backend);
+    try {
+      m.prepare(ds);
+      ADD_FAILURE() << "model_output '" << key << "' was accepted";
+    } catch (const attrace::InputError& e) {
+      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+    }
+  };
+  refused("", "gradients.model_output");
+  refused("scores", "keys: ");
+  refused("hidden", "vocabulary of 16");  // [batch, T, 16]: a tensor, but not the logits
+}
+
+// Selected parameters the graph path does not capture (learned positions, LayerNorm): auto falls
+// back to the general path and says why; path = graph is refused naming them.
+TEST(GraphPathRefusals, UncapturedParametersAreNamed) {
+  ATTRACE_REQUIRE_FIXTURES();
+  const auto ds = tokens(3, 5);
+  auto backend = attrace::kernels::make_cpu_backend();
+  auto gs = lm_settings(ae::GradPath::automatic);
+  gs.exclude.clear();
+  ae::CheckpointModel m(fixture("gpt_1.pt"), gs, *backend);
+  m.prepare(ds);
+  EXPECT_EQ(m.path_in_use(), ae::GradPath::general);
+  EXPECT_NE(m.chain_refusal().find("pos"), std::string::npos) << m.chain_refusal();
+  EXPECT_NE(m.chain_refusal().find("gradients.exclude"), std::string::npos) << m.chain_refusal();
+  gs.path = ae::GradPath::graph;
+  ae::CheckpointModel forced(fixture("gpt_1.pt"), gs, *backend);
+  try {
+    forced.prepare(ds);
+    ADD_FAILURE() << "path = graph accepted uncaptured parameters";
+  } catch (const attrace::InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("blocks.0.ln1.weight"), std::string::npos) << e.what();
+  }
+}
+
+// The loss needs a token dataset, and targets beyond the model's vocabulary are named.
+TEST(NextTokenLoss, RefusesWhatItCannotScore) {
+  ATTRACE_REQUIRE_FIXTURES();
+  auto backend = attrace::kernels::make_cpu_backend();
+  auto ds = tokens(4, 6);
+  ds.token_targets[static_cast<size_t>(2 * kT + 0)] = static_cast<int32_t>(kVocab);
+  ae::CheckpointModel m(fixture("gpt_1.pt"), lm_settings(ae::GradPath::automatic), *backend);
+  try {
+    m.prepare(ds);
+    ADD_FAILURE() << "an out-of-vocabulary target was accepted";
+  } catch (const attrace::InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("'doc2'"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("position 0"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
