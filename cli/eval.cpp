@@ -170,6 +170,9 @@ int run_eval_command(bool quiet) {
     task.query = connectors::read_dataset(g.query, false);
     ATTRACE_CHECK(task.train.target_kind == connectors::TargetKind::class_index, InputError,
                   g.train + ": attrace eval needs integer class labels");
+    for (const auto* d : {&task.train, &task.query})
+      ATTRACE_CHECK(d->input_kind == connectors::InputKind::values, InputError,
+                    d->path + ": attrace eval trains models on float inputs; token datasets (integer /inputs) are not supported");
     task.train.tranche.assign(static_cast<size_t>(task.train.size()), 0);
     task.train.tranches = {{"all", "0x0000000000000000000000000000000000000000", "all", ""}};
     task.source = g.train + " and " + g.query;

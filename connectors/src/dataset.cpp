@@ -7,9 +7,11 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <limits>
 #include <unordered_map>
 
 namespace attrace::connectors {
@@ -106,7 +108,98 @@ std::string shape_str(const std::vector<int64_t>& s) {
   for (size_t i = 0; i < s.size(); ++i) r += (i ? "," : "") + std::to_string(s[i]);
   return r + "]";
 }
+
+// "example 'id' (row i)" for messages; the row alone while the ids are not yet known to match.
+std::string example_at(const Dataset& ds, int64_t i) {
+  const std::string row = "(row " + std::to_string(i) + ")";
+  return i < static_cast<int64_t>(ds.ids.size()) ? "example '" + ds.ids[static_cast<size_t>(i)] + "' " + row
+                                                 : "example " + row;
+}
+
+// Token ids and lengths of a token dataset (shape, ids and element counts already checked).
+void validate_tokens(const Dataset& ds, const std::string& what) {
+  const int64_t n = ds.size(), t_len = ds.input_shape[1];
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t t = 0; t < t_len; ++t) {
+      const int32_t v = ds.int_inputs[static_cast<size_t>(i * t_len + t)];
+      ATTRACE_CHECK(v >= 0, InputError,
+                    what + ": /inputs of " + example_at(ds, i) + " at position " + std::to_string(t) + " is " +
+                        std::to_string(v) + "; token ids must be >= 0");
+    }
+  if (ds.lengths.empty()) return;
+  ATTRACE_CHECK(static_cast<int64_t>(ds.lengths.size()) == n, InputError,
+                what + ": /lengths has " + std::to_string(ds.lengths.size()) + " entries, expected " + std::to_string(n));
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t len = ds.lengths[static_cast<size_t>(i)];
+    ATTRACE_CHECK(len >= 1 && len <= t_len, InputError,
+                  what + ": /lengths of " + example_at(ds, i) + " is " + std::to_string(len) + ", outside 1.." +
+                      std::to_string(t_len) + " (T = " + std::to_string(t_len) + ")");
+  }
+}
+
+// Per-position targets: ids >= 0 or kIgnoreTarget, none past an example's length, and at least
+// one per example (an example without any would add nothing to the loss yet be paid for).
+void validate_token_targets(const Dataset& ds, const std::string& what) {
+  ATTRACE_CHECK(ds.target_shape == ds.input_shape, InputError,
+                what + ": per-position /targets must have the shape of /inputs " + shape_str(ds.input_shape) + ", got " +
+                    shape_str(ds.target_shape));
+  const int64_t n = ds.size(), t_len = ds.input_shape[1];
+  ATTRACE_CHECK(static_cast<int64_t>(ds.token_targets.size()) == n * t_len, InputError,
+                what + ": /targets size mismatch");
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t len = ds.lengths.empty() ? t_len : ds.lengths[static_cast<size_t>(i)];
+    int64_t with_target = 0;
+    for (int64_t t = 0; t < t_len; ++t) {
+      const int32_t y = ds.token_targets[static_cast<size_t>(i * t_len + t)];
+      if (y == kIgnoreTarget) continue;
+      ATTRACE_CHECK(y >= 0, InputError,
+                    what + ": /targets of " + example_at(ds, i) + " at position " + std::to_string(t) + " is " +
+                        std::to_string(y) + "; token targets are ids >= 0 or -100 (no loss term)");
+      ATTRACE_CHECK(t < len, InputError,
+                    what + ": /targets of " + example_at(ds, i) + " at position " + std::to_string(t) + " is " +
+                        std::to_string(y) + ", past the example's length " + std::to_string(len) +
+                        "; positions past the length take -100");
+      ++with_target;
+    }
+    ATTRACE_CHECK(with_target > 0, InputError,
+                  what + ": " + example_at(ds, i) + " has no target at any position (all -100; length " +
+                      std::to_string(len) + "), so it would have no loss term");
+  }
+}
+
+// Reads an integer dataset and narrows it to int32; a value outside int32 is reported with the
+// example and position (`describe` says what the values must be).
+std::vector<int32_t> read_int32(hid_t file, const std::string& name, const Dataset& ds, int64_t width,
+                                const std::string& path, const std::string& describe) {
+  ATTRACE_CHECK(h5::type_class_of(file, name, path) == H5T_INTEGER, InputError,
+                path + ": /" + name + " must hold integers");
+  const auto wide = h5::read_numeric<int64_t>(file, name, H5T_NATIVE_INT64, path);
+  std::vector<int32_t> out(wide.size());
+  for (size_t k = 0; k < wide.size(); ++k) {
+    const int64_t v = wide[k];
+    if (v < std::numeric_limits<int32_t>::min() || v > std::numeric_limits<int32_t>::max()) {
+      const int64_t i = static_cast<int64_t>(k) / width, t = static_cast<int64_t>(k) % width;
+      throw InputError(path + ": /" + name + " of " + example_at(ds, i) +
+                       (width > 1 ? " at position " + std::to_string(t) : std::string()) + " is " + std::to_string(v) +
+                       ", outside 32-bit integers; " + describe);
+    }
+    out[k] = static_cast<int32_t>(v);
+  }
+  return out;
+}
 }  // namespace
+
+std::vector<int32_t> next_token_targets(const Dataset& ds) {
+  const int64_t n = ds.size(), t_len = ds.input_shape.size() == 2 ? ds.input_shape[1] : 0;
+  std::vector<int32_t> y(static_cast<size_t>(n * t_len), kIgnoreTarget);
+  if (static_cast<int64_t>(ds.int_inputs.size()) != n * t_len) return y;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t len = ds.lengths.empty() ? t_len : std::clamp<int64_t>(ds.lengths[static_cast<size_t>(i)], 0, t_len);
+    for (int64_t t = 0; t + 1 < len; ++t)
+      y[static_cast<size_t>(i * t_len + t)] = ds.int_inputs[static_cast<size_t>(i * t_len + t + 1)];
+  }
+  return y;
+}
 
 void validate_dataset(const Dataset& ds, bool require_tranches, const std::string& what) {
   ATTRACE_CHECK(ds.input_shape.size() >= 2, InputError,
@@ -125,8 +218,17 @@ void validate_dataset(const Dataset& ds, bool require_tranches, const std::strin
     }
     return total;
   };
-  ATTRACE_CHECK(static_cast<int64_t>(ds.inputs.size()) == elements(ds.input_shape, "/inputs"), InputError,
+  const bool tokens_in = ds.input_kind == InputKind::integers;
+  if (tokens_in)
+    ATTRACE_CHECK(ds.input_shape.size() == 2, InputError,
+                  what + ": integer /inputs are token ids and must have shape [N, T], got " + shape_str(ds.input_shape) +
+                      "; store other inputs as floats");
+  const int64_t input_elements = elements(ds.input_shape, "/inputs");
+  ATTRACE_CHECK(static_cast<int64_t>(tokens_in ? ds.int_inputs.size() : ds.inputs.size()) == input_elements, InputError,
                 what + ": /inputs data size does not match its shape");
+  // One representation at a time: digests and duplicate checks read the one input_kind names.
+  ATTRACE_CHECK((tokens_in ? ds.inputs.empty() : ds.int_inputs.empty()), InputError,
+                what + ": holds both float and integer inputs");
   ATTRACE_CHECK(static_cast<int64_t>(ds.ids.size()) == n, InputError,
                 what + ": /ids has " + std::to_string(ds.ids.size()) + " entries, expected " +
                     std::to_string(n));
@@ -140,12 +242,20 @@ void validate_dataset(const Dataset& ds, bool require_tranches, const std::strin
                   what + ": /ids: example id '" + id + "' appears twice (rows " +
                       std::to_string(it->second) + " and " + std::to_string(i) + ")");
   }
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t q = 0; q < ds.example_width(); ++q)
-      ATTRACE_CHECK(std::isfinite(ds.inputs[static_cast<size_t>(i * ds.example_width() + q)]),
-                    InputError,
-                    what + ": /inputs of example '" + ds.ids[static_cast<size_t>(i)] +
-                        "' (row " + std::to_string(i) + ") contains NaN or Inf");
+  if (!tokens_in) {
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t q = 0; q < ds.example_width(); ++q)
+        ATTRACE_CHECK(std::isfinite(ds.inputs[static_cast<size_t>(i * ds.example_width() + q)]),
+                      InputError,
+                      what + ": /inputs of example '" + ds.ids[static_cast<size_t>(i)] +
+                          "' (row " + std::to_string(i) + ") contains NaN or Inf");
+    ATTRACE_CHECK(ds.lengths.empty(), InputError,
+                  what + ": /lengths is only for token datasets (integer /inputs), but /inputs holds floats");
+    ATTRACE_CHECK(ds.target_kind != TargetKind::tokens, InputError,
+                  what + ": per-position token /targets need integer /inputs (token ids), but /inputs holds floats");
+  } else {
+    validate_tokens(ds, what);
+  }
   ATTRACE_CHECK(!ds.target_shape.empty() && ds.target_shape[0] == n, InputError,
                 what + ": /targets has shape " + shape_str(ds.target_shape) + " but /inputs has " +
                     std::to_string(n) + " examples");
@@ -161,6 +271,8 @@ void validate_dataset(const Dataset& ds, bool require_tranches, const std::strin
                     what + ": /targets of example '" + ds.ids[static_cast<size_t>(i)] +
                         "' is a negative class label (" +
                         std::to_string(ds.class_targets[static_cast<size_t>(i)]) + ")");
+  } else if (ds.target_kind == TargetKind::tokens) {
+    validate_token_targets(ds, what);
   } else {
     ATTRACE_CHECK(static_cast<int64_t>(ds.regression_targets.size()) == target_elements,
                   InputError, what + ": /targets size mismatch");
@@ -212,23 +324,52 @@ Dataset read_dataset_unchecked(const std::string& path, bool require_tranches) {
   Dataset ds;
   ds.path = path;
   ds.input_shape = h5::shape_of(file, "inputs", path);
-  ds.inputs = h5::read_numeric<float>(file, "inputs", H5T_NATIVE_FLOAT, path);
-  ds.target_shape = h5::shape_of(file, "targets", path);
-  const H5T_class_t tcls = h5::type_class_of(file, "targets", path);
-  if (tcls == H5T_INTEGER) {
-    ds.target_kind = TargetKind::class_index;
-    ds.class_targets = h5::read_numeric<int64_t>(file, "targets", H5T_NATIVE_INT64, path);
-  } else if (tcls == H5T_FLOAT) {
-    ds.target_kind = TargetKind::regression;
-    ds.regression_targets = h5::read_numeric<float>(file, "targets", H5T_NATIVE_FLOAT, path);
-  } else {
-    throw InputError(path + ": /targets must be integer class labels or float regression targets");
-  }
   const int64_t n = ds.input_shape.empty() ? 0 : ds.input_shape[0];
+  // Ids first: messages about token ids name the example.
   if (h5::exists(file, "ids")) {
     ds.ids = h5::read_strings(file, "ids", path);
   } else {
     for (int64_t i = 0; i < n; ++i) ds.ids.push_back(std::to_string(i));
+  }
+  // Integer /inputs are token ids (docs/formats.md#token-datasets); anything else is float values.
+  if (h5::type_class_of(file, "inputs", path) == H5T_INTEGER) {
+    ds.input_kind = InputKind::integers;
+    ATTRACE_CHECK(ds.input_shape.size() == 2, InputError,
+                  path + ": integer /inputs are token ids and must have shape [N, T], got " + shape_str(ds.input_shape) +
+                      "; store other inputs as floats");
+    ds.int_inputs = read_int32(file, "inputs", ds, ds.input_shape[1], path, "token ids must be >= 0");
+    if (h5::exists(file, "lengths")) {
+      const auto ls = h5::shape_of(file, "lengths", path);
+      ATTRACE_CHECK(ls.size() == 1 && ls[0] == n, InputError,
+                    path + ": /lengths must have shape [N] = [" + std::to_string(n) + "], got " + shape_str(ls));
+      ds.lengths = read_int32(file, "lengths", ds, 1, path, "lengths are 1..T");
+    }
+  } else {
+    ds.inputs = h5::read_numeric<float>(file, "inputs", H5T_NATIVE_FLOAT, path);
+    ATTRACE_CHECK(!h5::exists(file, "lengths"), InputError,
+                  path + ": /lengths is only for token datasets (integer /inputs), but /inputs holds floats");
+  }
+  if (ds.input_kind == InputKind::integers && !h5::exists(file, "targets")) {
+    // Next-token targets, derived (docs/formats.md#token-datasets).
+    ds.target_kind = TargetKind::tokens;
+    ds.target_shape = ds.input_shape;
+    ds.token_targets = next_token_targets(ds);
+  } else {
+    ds.target_shape = h5::shape_of(file, "targets", path);
+    const H5T_class_t tcls = h5::type_class_of(file, "targets", path);
+    if (tcls == H5T_INTEGER && ds.input_kind == InputKind::integers && ds.target_shape.size() == 2) {
+      ds.target_kind = TargetKind::tokens;
+      ds.token_targets = read_int32(file, "targets", ds, ds.target_shape[1], path,
+                                    "token targets are ids >= 0 or -100 (no loss term)");
+    } else if (tcls == H5T_INTEGER) {
+      ds.target_kind = TargetKind::class_index;
+      ds.class_targets = h5::read_numeric<int64_t>(file, "targets", H5T_NATIVE_INT64, path);
+    } else if (tcls == H5T_FLOAT) {
+      ds.target_kind = TargetKind::regression;
+      ds.regression_targets = h5::read_numeric<float>(file, "targets", H5T_NATIVE_FLOAT, path);
+    } else {
+      throw InputError(path + ": /targets must be integer class labels or float regression targets");
+    }
   }
   const bool has_tranche_index = h5::exists(file, "tranche");
   const bool has_table = h5::exists(file, "tranches/id");
@@ -284,8 +425,17 @@ void write_dataset(const std::string& path, const Dataset& ds, bool replace) {
     h5::Handle f = h5::create_file(tmp);
     const hid_t file = f.get();
     h5::write_string_attr(file, "format", "attrace.dataset/1");
-    h5::write_numeric(file, "inputs", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, ds.input_shape, ds.inputs.data());
-    if (ds.target_kind == TargetKind::class_index)
+    if (ds.input_kind == InputKind::integers)
+      h5::write_numeric(file, "inputs", H5T_STD_I32LE, H5T_NATIVE_INT32, ds.input_shape, ds.int_inputs.data());
+    else
+      h5::write_numeric(file, "inputs", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, ds.input_shape, ds.inputs.data());
+    if (!ds.lengths.empty())
+      h5::write_numeric(file, "lengths", H5T_STD_I32LE, H5T_NATIVE_INT32, {ds.size()}, ds.lengths.data());
+    if (ds.target_kind == TargetKind::tokens) {
+      // Derived next-token targets are left out: the reader derives the same ones.
+      if (ds.token_targets != next_token_targets(ds))
+        h5::write_numeric(file, "targets", H5T_STD_I32LE, H5T_NATIVE_INT32, ds.target_shape, ds.token_targets.data());
+    } else if (ds.target_kind == TargetKind::class_index)
       h5::write_numeric(file, "targets", H5T_STD_I64LE, H5T_NATIVE_INT64, ds.target_shape,
                         ds.class_targets.data());
     else

@@ -6,6 +6,7 @@
 #include <openssl/evp.h>
 
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <memory>
 #include <vector>
@@ -74,10 +75,47 @@ std::string sha256_hex(std::string_view bytes) {
   return h.hex();
 }
 
+namespace {
+void put_le(std::vector<uint8_t>& b, uint64_t v, int bytes) {
+  for (int k = 0; k < bytes; ++k) b.push_back(static_cast<uint8_t>(v >> (8 * k)));
+}
+
+// Token examples: a tag (so no token example shares the bytes of a float one), the length, every
+// id of the row (padding included: it is what the model is given), then the target, all
+// little-endian (docs/formats.md#example-digests).
+void token_example_digest(const Dataset& ds, int64_t i, uint8_t* out32) {
+  static constexpr char kTag[] = "attrace.token-example/1";
+  const int64_t t_len = ds.example_width(), tw = ds.target_width();
+  std::vector<uint8_t> b(kTag, kTag + sizeof kTag - 1);
+  put_le(b, static_cast<uint32_t>(ds.lengths.empty() ? t_len : ds.lengths[static_cast<size_t>(i)]), 4);
+  for (int64_t t = 0; t < t_len; ++t) put_le(b, static_cast<uint32_t>(ds.int_inputs[static_cast<size_t>(i * t_len + t)]), 4);
+  if (ds.target_kind == TargetKind::tokens) {
+    for (int64_t t = 0; t < t_len; ++t)
+      put_le(b, static_cast<uint32_t>(ds.token_targets[static_cast<size_t>(i * t_len + t)]), 4);
+  } else if (ds.target_kind == TargetKind::class_index) {
+    put_le(b, static_cast<uint64_t>(ds.class_targets[static_cast<size_t>(i)]), 8);
+  } else {
+    for (int64_t k = 0; k < tw; ++k) {
+      uint32_t bits = 0;
+      std::memcpy(&bits, &ds.regression_targets[static_cast<size_t>(i * tw + k)], 4);
+      put_le(b, bits, 4);
+    }
+  }
+  Sha256 h;
+  h.update(b.data(), b.size());
+  h.digest(out32);
+}
+}  // namespace
+
 std::vector<uint8_t> example_digests(const Dataset& ds) {
   const int64_t n = ds.size(), w = ds.example_width(), tw = ds.target_width();
   std::vector<uint8_t> out(static_cast<size_t>(n) * 32);
   for (int64_t i = 0; i < n; ++i) {
+    if (ds.input_kind == InputKind::integers) {
+      token_example_digest(ds, i, out.data() + static_cast<size_t>(i) * 32);
+      continue;
+    }
+    // Float examples: these bytes are in existing stores and registries; never change them.
     Sha256 h;
     h.update(ds.inputs.data() + i * w, static_cast<size_t>(w) * sizeof(float));
     if (ds.target_kind == TargetKind::class_index)

@@ -41,6 +41,14 @@ double seconds_since(Clock::time_point t0) { return std::chrono::duration<double
 
 using attrace::draw_below;
 
+// The inputs of a float dataset for a tensor; token datasets are refused (eval's models are MLPs
+// on float inputs).
+float* float_inputs(const connectors::Dataset& d) {
+  ATTRACE_CHECK(d.input_kind == connectors::InputKind::values, InputError,
+                d.path + ": attrace eval trains models on float inputs; token datasets (integer /inputs) are not supported");
+  return const_cast<float*>(d.inputs.data());
+}
+
 int64_t class_count(const Task& t) {
   int64_t c = 0;
   for (const auto y : t.train.class_targets) c = std::max(c, y + 1);
@@ -84,7 +92,7 @@ class Trainer {
       throw InputError(init_path + ": not a TorchScript model: " + e.what());
     }
     const auto shape = train.input_shape;
-    x_ = torch::from_blob(const_cast<float*>(train.inputs.data()), shape, torch::kFloat).clone();
+    x_ = torch::from_blob(float_inputs(train), shape, torch::kFloat).clone();
     y_ = torch::from_blob(const_cast<int64_t*>(train.class_targets.data()), {train.size()}, torch::kLong).clone();
   }
 
@@ -157,7 +165,7 @@ class Trainer {
 // the other logits), float64 from the float32 logits.
 std::vector<double> query_outputs(torch::jit::Module& m, const connectors::Dataset& q, bool margin) {
   torch::NoGradGuard ng;
-  const auto x = torch::from_blob(const_cast<float*>(q.inputs.data()), q.input_shape, torch::kFloat);
+  const auto x = torch::from_blob(float_inputs(q), q.input_shape, torch::kFloat);
   const auto logits = m.forward({x}).toTensor().to(torch::kDouble).contiguous();
   const int64_t n = q.size(), c = logits.size(1);
   const double* l = logits.data_ptr<double>();
@@ -230,7 +238,7 @@ Featurized train_and_featurize(const Task& task, const EvalOptions& o, const std
   f.seconds = seconds_since(t0);
   {
     torch::NoGradGuard ng;
-    const auto x = torch::from_blob(const_cast<float*>(task.query.inputs.data()), task.query.input_shape, torch::kFloat);
+    const auto x = torch::from_blob(float_inputs(task.query), task.query.input_shape, torch::kFloat);
     const auto y = torch::from_blob(const_cast<int64_t*>(task.query.class_targets.data()), {task.query.size()}, torch::kLong);
     const double acc = model.forward({x}).toTensor().argmax(1).eq(y).to(torch::kDouble).mean().item<double>();
     spdlog::info("model {}: query accuracy {:.1f}%", e, 100.0 * acc);

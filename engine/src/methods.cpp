@@ -350,12 +350,14 @@ std::vector<double> out_to_loss(const Config& config, const connectors::Training
   const int saved = at::get_num_threads();
   at::set_num_threads(1);
   std::vector<int64_t> shape = ds.input_shape;
-  const int64_t per = n > 0 ? static_cast<int64_t>(ds.inputs.size()) / n : 0;
+  const int64_t per = ds.example_width();
+  const bool token_ids = ds.input_kind == connectors::InputKind::integers;  // passed as int64, as the featurizer does
   try {
     for (int64_t b0 = 0; b0 < n; b0 += 256) {
       const int64_t b1 = std::min(n, b0 + 256);
       shape[0] = b1 - b0;
-      auto x = torch::from_blob(const_cast<float*>(ds.inputs.data()) + b0 * per, shape, torch::kFloat).to(torch::kDouble);
+      auto x = token_ids ? torch::from_blob(const_cast<int32_t*>(ds.int_inputs.data()) + b0 * per, shape, torch::kInt).to(torch::kLong)
+                         : torch::from_blob(const_cast<float*>(ds.inputs.data()) + b0 * per, shape, torch::kFloat).to(torch::kDouble);
       auto p = torch::softmax(m.forward({x}).toTensor(), 1).contiguous();
       const double* pp = p.data_ptr<double>();
       const int64_t classes = p.size(1);
@@ -427,7 +429,7 @@ MethodView method_view(const Config& config, const connectors::TrainingRun& run,
   // A dataset rebuilt from a store has digests, not inputs: Q needs the inputs themselves.
   connectors::Dataset read_back;
   const connectors::Dataset* ds = &train_ds;
-  if (train_ds.inputs.empty() && train_ds.size() > 0) {
+  if (train_ds.inputs.empty() && train_ds.int_inputs.empty() && train_ds.size() > 0) {
     read_back = connectors::read_dataset(config.train_file, true);
     ATTRACE_CHECK(read_back.ids == train_ds.ids, InputError,
                   config.train_file + ": its example ids differ from the feature store's; TRAK's Q needs the same examples");

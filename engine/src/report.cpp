@@ -1,4 +1,5 @@
 #include <attrace/engine/report.hpp>
+#include <attrace/connectors/hash.hpp>
 #include <attrace/engine/score.hpp>
 #include <attrace/error.hpp>
 
@@ -47,10 +48,10 @@ uint64_t fnv1a(const void* p, size_t n, uint64_t h = 1469598103934665603ull) {
   return h;
 }
 
-// True when examples i and j have identical inputs and targets (bitwise).
-bool same_example(const connectors::Dataset& ds, int64_t i, int64_t j) {
-  if (ds.inputs.empty() && !ds.digests.empty())  // rebuilt from a feature store: content digests
-    return std::memcmp(ds.digests.data() + i * 32, ds.digests.data() + j * 32, 32) == 0;
+// True when examples i and j have identical inputs and targets (bitwise). `digests`: content
+// digests to compare instead (a dataset rebuilt from a store, or a token dataset).
+bool same_example(const connectors::Dataset& ds, const std::vector<uint8_t>& digests, int64_t i, int64_t j) {
+  if (!digests.empty()) return std::memcmp(digests.data() + i * 32, digests.data() + j * 32, 32) == 0;
   const int64_t w = ds.example_width();
   if (std::memcmp(ds.inputs.data() + i * w, ds.inputs.data() + j * w, static_cast<size_t>(w) * sizeof(float)) != 0)
     return false;
@@ -67,10 +68,14 @@ bool same_example(const connectors::Dataset& ds, int64_t i, int64_t j) {
 std::vector<std::vector<int64_t>> identical_examples(const connectors::Dataset& ds) {
   std::map<uint64_t, std::vector<int64_t>> buckets;
   const int64_t w = ds.example_width(), tw = ds.target_width();
-  const bool by_digest = ds.inputs.empty() && !ds.digests.empty();
+  // Token datasets (ids, lengths, per-position targets) are compared by their content digests.
+  const bool tokens = ds.input_kind == connectors::InputKind::integers;
+  const std::vector<uint8_t> digests =
+      tokens ? connectors::example_digests(ds) : ds.inputs.empty() ? ds.digests : std::vector<uint8_t>{};
+  const bool by_digest = !digests.empty();
   for (int64_t i = 0; i < ds.size(); ++i) {
     if (by_digest) {
-      buckets[fnv1a(ds.digests.data() + i * 32, 32)].push_back(i);
+      buckets[fnv1a(digests.data() + i * 32, 32)].push_back(i);
       continue;
     }
     uint64_t h = fnv1a(ds.inputs.data() + i * w, static_cast<size_t>(w) * sizeof(float));
@@ -88,7 +93,7 @@ std::vector<std::vector<int64_t>> identical_examples(const connectors::Dataset& 
       if (used[a]) continue;
       std::vector<int64_t> g{members[a]};
       for (size_t b = a + 1; b < members.size(); ++b)
-        if (!used[b] && same_example(ds, members[a], members[b])) {
+        if (!used[b] && same_example(ds, digests, members[a], members[b])) {
           used[b] = true;
           g.push_back(members[b]);
         }

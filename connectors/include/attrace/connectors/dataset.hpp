@@ -65,7 +65,13 @@ Dataset read_dataset(const std::string& path, bool require_tranches);
 /// account format). `what` names it in messages (usually its path).
 void validate_dataset(const Dataset& ds, bool require_tranches, const std::string& what);
 
-/// Writes a dataset atomically (temporary file + rename) in the documented layout. Without
+/// Next-token targets of a token dataset, as the reader derives them when /targets is absent:
+/// target[i][t] = inputs[i][t + 1] for t + 1 < length_i, else kIgnoreTarget (N * T values).
+std::vector<int32_t> next_token_targets(const Dataset& ds);
+
+/// Writes a dataset atomically (temporary file + rename) in the documented layout (token
+/// datasets: int32 /inputs, /lengths when present, /targets only when they are not the derived
+/// next-token ones). Without
 /// `replace` an existing `path` is refused (InputError) and never touched, also when it appears
 /// while the file is written.
 void write_dataset(const std::string& path, const Dataset& ds, bool replace = true);
