@@ -7,6 +7,7 @@
 
 #include <attrace/connectors/csv_import.hpp>
 #include <attrace/connectors/dataset.hpp>
+#include <attrace/connectors/text_import.hpp>
 #include <attrace/engine/attribute.hpp>
 #include <attrace/engine/report.hpp>
 #include <attrace/error.hpp>
@@ -142,6 +143,26 @@ int main(int argc, char** argv) {
   csv->add_option("--id-column", co.id_column, "Column holding the example id (row number if absent)")->capture_default_str();
   csv->add_flag("--regression", co.regression, "Float regression targets instead of integer class labels");
   csv->add_flag("--force", co.replace, "Replace OUT.h5 if it exists (otherwise an existing file is refused)");
+  // import text (docs/cli.md#attrace-import-text)
+  auto* txt = imp->add_subcommand("text", "A folder of UTF-8 text files to a token dataset (a tranche per file or subfolder)");
+  attrace::connectors::TextImportOptions to;
+  std::string to_split = "file", to_per = "file", to_tokenizer = "bytes";
+  long long to_max = to.max_tokens, to_min = to.min_tokens, to_every = 0, to_pad = 0;
+  txt->add_option("dir", to.dir, "Folder of text files (read recursively, in sorted order)")->required();
+  txt->add_option("-o,--out", to.output_h5, "Training dataset to write (.h5)")->required();
+  txt->add_option("--queries", to.queries_h5, "Held-out query dataset to write (with --holdout-every)");
+  txt->add_option("--holdout-every", to_every, "Every K-th item (sorted order) goes to --queries")->check(integer_at_least(2));
+  txt->add_option("--tranche-per", to_per, "One tranche per file or per first-level subfolder")->check(CLI::IsMember({"file", "folder"}))->capture_default_str();
+  txt->add_option("--split", to_split, "Items: file, paragraph, line or delimiter:S (a line holding only S)")->capture_default_str();
+  txt->add_option("--max-tokens", to_max, "T: longer items are cut into windows of T tokens")->check(integer_at_least(2))->capture_default_str();
+  txt->add_option("--min-tokens", to_min, "Items with fewer tokens are dropped")->check(integer_at_least(2))->capture_default_str();
+  txt->add_option("--glob", to.globs, "File names to take (fnmatch pattern, repeatable; default every file)");
+  txt->add_option("--exclude", to.excludes, "File names to leave out (fnmatch pattern, repeatable)");
+  txt->add_option("--tokenizer", to_tokenizer, "bytes: ids 0..255 are UTF-8 bytes")->check(CLI::IsMember({"bytes"}))->capture_default_str();
+  txt->add_option("--vocab", to.vocab_file, "Vocabulary file: one entry per line, ids 256+ (greedy longest match)");
+  txt->add_option("--accounts", to.accounts_csv, "Tranche table CSV: tranche,account[,name][,license] (omit: no tranches)");
+  txt->add_option("--pad-id", to_pad, "Id written past an example's length")->check(integer_at_least(0))->capture_default_str();
+  txt->add_flag("--force", to.replace, "Replace existing output files");
 
   auto* ledger = attrace::cli::add_ledger_commands(app);
   auto* verify = attrace::cli::add_verify_command(app);
@@ -171,6 +192,22 @@ int main(int argc, char** argv) {
     if (*ledger) return attrace::cli::run_ledger_command(ledger);
     if (*verify) return attrace::cli::run_verify_command(quiet);
     if (*eval) return attrace::cli::run_eval_command(quiet);
+    if (*txt) {
+      attrace::connectors::parse_text_split(to_split, to);
+      to.tranche_per = to_per == "folder" ? attrace::connectors::TranchePer::folder : attrace::connectors::TranchePer::file;
+      to.max_tokens = to_max, to.min_tokens = to_min, to.holdout_every = to_every;
+      ATTRACE_CHECK(to_pad <= INT32_MAX, attrace::InputError, "--pad-id must fit 32 bits, got " + std::to_string(to_pad));
+      to.pad_id = static_cast<int32_t>(to_pad);
+      const auto r = attrace::connectors::import_text(to);
+      std::printf("wrote %lld examples x %lld tokens (%zu tranches%s) to %s", static_cast<long long>(r.train.size()), to_max,
+                  to.accounts_csv.empty() ? size_t{0} : r.train.tranches.size(), to.accounts_csv.empty() ? ", no --accounts" : "",
+                  to.output_h5.c_str());
+      if (!to.queries_h5.empty()) std::printf(" and %lld to %s", static_cast<long long>(r.queries.size()), to.queries_h5.c_str());
+      std::printf("\n%lld files, %lld items (%lld shorter than --min-tokens dropped, %lld cut into windows), %lld tokens, vocabulary %lld ids\n",
+                  static_cast<long long>(r.files), static_cast<long long>(r.items), static_cast<long long>(r.dropped_short),
+                  static_cast<long long>(r.long_items), static_cast<long long>(r.tokens), static_cast<long long>(r.vocab_size));
+      return 0;
+    }
     if (*csv) {
       const long long n = attrace::connectors::import_csv(co);
       std::printf("wrote %lld examples to %s\n", n, co.output_h5.c_str());

@@ -96,6 +96,31 @@ T parse_number(const std::string& s, const std::string& where) {
 
 }  // namespace
 
+std::vector<Tranche> read_tranches_csv(const std::string& path) {
+  const CsvTable tt = read_csv(path);
+  // `tranche` names the id column as well: the text importer's tables say "tranche,account,...".
+  const int c_id = find_column(tt, "id") >= 0 ? find_column(tt, "id") : find_column(tt, "tranche");
+  const int c_acc = find_column(tt, "account");
+  const int c_name = find_column(tt, "name"), c_lic = find_column(tt, "license");
+  ATTRACE_CHECK(c_id >= 0 && c_acc >= 0, InputError,
+                path + ": header must name columns 'id' and 'account' (optional: name, license; 'tranche' may name the id column)");
+  std::vector<Tranche> out;
+  std::map<std::string, size_t> seen;
+  for (size_t r = 0; r < tt.rows.size(); ++r) {
+    const auto& row = tt.rows[r];
+    Tranche t{row[static_cast<size_t>(c_id)], row[static_cast<size_t>(c_acc)],
+              c_name >= 0 ? row[static_cast<size_t>(c_name)] : "",
+              c_lic >= 0 ? row[static_cast<size_t>(c_lic)] : ""};
+    for (const std::string* field : {&t.id, &t.account, &t.name, &t.license})
+      ATTRACE_CHECK(first_invalid_utf8(*field) == std::string::npos, InputError,
+                    path + ":" + std::to_string(tt.line_no[r]) + ": a field is not valid UTF-8");
+    ATTRACE_CHECK(seen.emplace(t.id, r).second, InputError,
+                  path + ":" + std::to_string(tt.line_no[r]) + ": tranche id '" + t.id + "' appears twice");
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
 long long import_csv(const CsvImportOptions& o) {
   std::error_code ec;
   // Refused before reading anything; write_dataset checks again when it moves the file in place.
@@ -126,23 +151,8 @@ long long import_csv(const CsvImportOptions& o) {
 
   std::map<std::string, int64_t> tranche_index;
   if (with_tranches) {
-    const CsvTable tt = read_csv(o.tranches_csv);
-    const int c_id = find_column(tt, "id"), c_acc = find_column(tt, "account");
-    const int c_name = find_column(tt, "name"), c_lic = find_column(tt, "license");
-    ATTRACE_CHECK(c_id >= 0 && c_acc >= 0, InputError,
-                  o.tranches_csv + ": header must name columns 'id' and 'account' (optional: name, license)");
-    for (size_t r = 0; r < tt.rows.size(); ++r) {
-      const auto& row = tt.rows[r];
-      Tranche t{row[static_cast<size_t>(c_id)], row[static_cast<size_t>(c_acc)],
-                c_name >= 0 ? row[static_cast<size_t>(c_name)] : "",
-                c_lic >= 0 ? row[static_cast<size_t>(c_lic)] : ""};
-      for (const std::string* field : {&t.id, &t.account, &t.name, &t.license})
-        ATTRACE_CHECK(first_invalid_utf8(*field) == std::string::npos, InputError,
-                      o.tranches_csv + ":" + std::to_string(tt.line_no[r]) + ": a field is not valid UTF-8");
-      ATTRACE_CHECK(tranche_index.emplace(t.id, static_cast<int64_t>(ds.tranches.size())).second, InputError,
-                    o.tranches_csv + ":" + std::to_string(tt.line_no[r]) + ": tranche id '" + t.id + "' appears twice");
-      ds.tranches.push_back(std::move(t));
-    }
+    ds.tranches = read_tranches_csv(o.tranches_csv);
+    for (const auto& t : ds.tranches) tranche_index.emplace(t.id, static_cast<int64_t>(tranche_index.size()));
   }
 
   const int64_t n = static_cast<int64_t>(ex.rows.size());

@@ -1,6 +1,8 @@
 #pragma once
 // Imports a CSV file of examples (plus a CSV tranche table) into the HDF5 dataset layout, for
 // users without HDF5 tooling. Format: docs/formats.md#csv-import.
+#include <attrace/connectors/dataset.hpp>
+
 #include <string>
 #include <vector>
 
@@ -17,6 +19,10 @@ struct CsvImportOptions {
   bool regression = false;                 ///< float targets instead of integer class labels
   bool replace = false;                    ///< overwrite an existing output_h5 (--force)
 };
+
+/// Reads a CSV tranche table (header: id or tranche, account, optional name, license; ids unique,
+/// fields UTF-8); InputError naming the file and line. Accounts are checked when the dataset is.
+std::vector<Tranche> read_tranches_csv(const std::string& path);
 
 /// Runs the import; throws InputError naming the file, line and column of bad input.
 /// Returns the number of examples written.
