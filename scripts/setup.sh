@@ -17,6 +17,7 @@ PKGS=(
   libsqlite3-dev libcurl4-openssl-dev   # embedded ledger; JSON-RPC to EVM nodes
   libcrypto++-dev libsecp256k1-dev libboost-dev   # keccak-256, secp256k1 signing, 256/512-bit integers
   chromium                              # headless browser: tests load report.html and screenshot it
+  fortunes                              # real English text in category files: attrace import text, the LM demo
 )
 missing=()
 for p in "${PKGS[@]}"; do
