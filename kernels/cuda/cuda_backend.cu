@@ -11,12 +11,14 @@
 //     ascending, float32 (Gaussian entries excepted: CUDA's and libm's sin/cos/log may differ in
 //     the last bit, docs/architecture.md);
 //   - Kronecker outer-product sums (kronecker.cu): positions t ascending;
+//   - the Linear-layer product (linear.cu): one __fmaf_rn chain per output, q ascending;
 //   - tranche sums (epilogues.cu): rows ascending per (tranche, query);
 //   - top-k (epilogues.cu): a unique answer under the order of topk_order.hpp.
 // The GEMM scoring path (gemm.cu) goes through cuBLAS with an explicit math mode and a fixed
 // workspace, which cuBLAS documents as bitwise reproducible run to run on one GPU model.
 #include "cuda_backend.hpp"
 #include "host_ops.cuh"
+#include "../src/cpu_linear.hpp"  // check_linear_shapes: the CPU backend's checks and messages
 
 #include <string>
 #include <type_traits>
@@ -48,6 +50,7 @@ class CudaBackend final : public Backend {
     score(a, b, alpha, out, true);
   }
   void sqnorm_accumulate_fma(HostMatrix<float> a, double alpha, double* out) override { sqnorm(a, alpha, out, true); }
+  void linear_fma(HostMatrix<float> a, HostMatrix<float> bt, const float* bias, HostMatrixMut<float> out) override;
   void sqnorm_accumulate(HostMatrix<float> a, double alpha, double* out) override { sqnorm(a, alpha, out); }
   void sqnorm_accumulate(HostMatrix<double> a, double alpha, double* out) override { sqnorm(a, alpha, out); }
   void segmented_row_sum(HostMatrix<double> x, const int64_t* segment, HostMatrixMut<double> out) override {
@@ -156,6 +159,25 @@ void CudaBackend::project_kronecker(HostMatrix<float> x, HostMatrix<float> delta
   copy_in(dd, delta, r.stream);
   project_kronecker_device(res_, DeviceMatrix<float>(dx), DeviceMatrix<float>(dd), positions, in, out_spec,
                            slot_matrix(base, sxp, x.rows, ki), slot_matrix(base, sdp, x.rows, ko), dout);
+  copy_out(out, DeviceMatrix<float>(dout), r.stream);
+  ATTRACE_CUDA_TRY(cudaStreamSynchronize(r.stream));
+}
+
+void CudaBackend::linear_fma(HostMatrix<float> a, HostMatrix<float> bt, const float* bias, HostMatrixMut<float> out) {
+  cpu::check_linear_shapes(a, bt, out);
+  if (a.rows == 0 || bt.cols == 0) return;
+  Resources::Impl& r = res_.impl();
+  r.activate();
+  ScratchPlan plan;
+  const auto sa = plan.add<float>(a.rows * a.cols), sb = plan.add<float>(bt.rows * bt.cols);
+  const auto sbias = plan.add<float>(bias != nullptr ? bt.cols : 0), so = plan.add<float>(out.rows * out.cols);
+  void* base = r.scratch(plan);
+  const auto da = slot_matrix(base, sa, a.rows, a.cols), db = slot_matrix(base, sb, bt.rows, bt.cols);
+  const auto dout = slot_matrix(base, so, out.rows, out.cols);
+  copy_in(da, a, r.stream);
+  copy_in(db, bt, r.stream);
+  if (bias != nullptr) copy_in(slot_matrix(base, sbias, 1, bt.cols), view(bias, 1, bt.cols), r.stream);
+  linear_fma_device(res_, DeviceMatrix<float>(da), DeviceMatrix<float>(db), bias != nullptr ? at(base, sbias) : nullptr, dout);
   copy_out(out, DeviceMatrix<float>(dout), r.stream);
   ATTRACE_CUDA_TRY(cudaStreamSynchronize(r.stream));
 }

@@ -3,6 +3,7 @@
 #include "canonical_dot.hpp"
 #include "cpu_epilogues.hpp"
 #include "cpu_fma.hpp"
+#include "cpu_linear.hpp"
 #include "cpu_projection.hpp"
 
 #include <attrace/error.hpp>
@@ -61,6 +62,10 @@ class CpuBackend final : public Backend {
   }
   void sqnorm_accumulate_fma(HostMatrix<float> a, double alpha, double* out) override {
     cpu::sqnorm_fma(a, alpha, out, threads_);
+  }
+  void linear_fma(HostMatrix<float> a, HostMatrix<float> bt, const float* bias, HostMatrixMut<float> out) override {
+    cpu::check_linear_shapes(a, bt, out);
+    cpu::linear_fma(a, bt, bias, out, threads_);
   }
   void score_accumulate_blas(HostMatrix<float> a, HostMatrix<float> b, double alpha, GemmMath math,
                              HostMatrixMut<double> out) override {

@@ -1,6 +1,7 @@
 #include <attrace/kernels/reference.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 
 namespace attrace::kernels::reference {
@@ -19,6 +20,15 @@ template void score_accumulate<float>(HostMatrix<float>, HostMatrix<float>, doub
                                       HostMatrixMut<double>);
 template void score_accumulate<double>(HostMatrix<double>, HostMatrix<double>, double,
                                        HostMatrixMut<double>);
+
+void linear_fma(HostMatrix<float> a, HostMatrix<float> bt, const float* bias, HostMatrixMut<float> out) {
+  for (int64_t i = 0; i < a.rows; ++i)
+    for (int64_t j = 0; j < bt.cols; ++j) {
+      float c = bias != nullptr ? bias[j] : 0.0f;
+      for (int64_t q = 0; q < a.cols; ++q) c = std::fma(a.row(i)[q], bt.row(q)[j], c);
+      out.row(i)[j] = c;
+    }
+}
 
 std::vector<TopK> column_topk(HostMatrix<double> x, int64_t k) {
   std::vector<TopK> result(static_cast<size_t>(x.cols));

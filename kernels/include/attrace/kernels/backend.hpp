@@ -78,6 +78,15 @@ class Backend {
   /// out[i] += alpha * fma_dot(a[i], a[i]) (self-influence in the FMA order).
   virtual void sqnorm_accumulate_fma(HostMatrix<float> a, double alpha, double* out) = 0;
 
+  /// Linear-layer product out = a bt + bias in the Linear FMA order (docs/architecture.md "Linear
+  /// FMA order"): a is rows x k, bt is k x m (the weight transposed), bias has m entries or is
+  /// null, out is rows x m and is overwritten (it must not overlap the inputs). Each output is one
+  /// float32 chain: c = bias[j] (+0 without bias), then c = fmaf(a[i][q], bt[q][j], c) for
+  /// q = 0..k-1 ascending, and out[i][j] = c. No split accumulators and no reassociation, so a
+  /// row's result depends only on that row, and every backend, instruction set, blocking and
+  /// thread count gives the same bits. InputError when the shapes do not match.
+  virtual void linear_fma(HostMatrix<float> a, HostMatrix<float> bt, const float* bias, HostMatrixMut<float> out) = 0;
+
   /// Fast scoring through a GEMM library (OpenBLAS on CPU, cuBLAS on CUDA), one call per tile:
   /// out[i][j] += alpha * (a b^T)[i][j] with float32 sums in the library's order, added to out in
   /// float64. `math` picks the arithmetic: ieee (float32 products and sums), tf32 or bf16 (each

@@ -93,6 +93,11 @@ void score_accumulate_fma_device(const Resources& res, DeviceMatrix<float> a, De
 /// out[i][0] += alpha * fma_dot(a[i], a[i]); out is a.rows x 1.
 void sqnorm_accumulate_fma_device(const Resources& res, DeviceMatrix<float> a, double alpha, DeviceMatrixMut<double> out);
 
+/// out = a bt + bias in the Linear FMA order of Backend::linear_fma (bit-identical to the CPU
+/// backend): a n x k, bt k x m, bias m floats in device memory or null, out n x m (overwritten).
+void linear_fma_device(const Resources& res, DeviceMatrix<float> a, DeviceMatrix<float> bt, const float* bias,
+                       DeviceMatrixMut<float> out);
+
 /// out[i][0] += alpha * dot(a[i], a[i]) in the canonical order; out is a.rows x 1.
 void sqnorm_accumulate_device(const Resources& res, DeviceMatrix<float> a, double alpha, DeviceMatrixMut<double> out);
 /// Same, for float64 features.
