@@ -221,7 +221,8 @@ TEST(Engine, ChainAndGeneralPathsAgree) {
       ASSERT_EQ(graph.checkpoints.front().path, ae::GradPath::graph);
       SCOPED_TRACE(c.model);
       expect_close(chain.scores, general.scores, precision == ae::Precision::fp64 ? 1e-11 : 1e-5, "chain vs general");
-      expect_close(graph.scores, general.scores, precision == ae::Precision::fp64 ? 1e-11 : 1e-5, "graph vs general");
+      // fp32: the graph path's Linear products are float32 FMA chains (the chain path's sum in float64)
+      expect_close(graph.scores, general.scores, precision == ae::Precision::fp64 ? 1e-11 : 1e-4, "graph vs general");
     }
   }
 }

@@ -11,6 +11,9 @@
 #include <attrace/engine/config.hpp>
 #include <attrace/engine/featurize.hpp>
 #include <attrace/engine/gradients.hpp>
+#include <attrace/engine/progress.hpp>
+#include <attrace/engine/token_scores.hpp>
+#include <attrace/engine/tracin.hpp>
 #include <attrace/error.hpp>
 
 #include <gtest/gtest.h>
@@ -53,7 +56,7 @@ ae::GradientSettings lm_settings(ae::GradPath path, ae::Precision precision = ae
   gs.loss = ae::Loss::next_token;
   gs.path = path;
   gs.precision = precision;
-  gs.exclude = {"pos", "*ln*"};  // learned positions and LayerNorms: not Linear/Embedding
+  gs.exclude = {"pos"};  // the learned position table is not a Linear, Embedding or LayerNorm
   return gs;
 }
 
@@ -98,8 +101,9 @@ TEST_P(GraphPath, GradientsEqualThePerExampleBackward) {
     general.prepare(ds);
     ASSERT_EQ(graph.dim(), general.dim());
     ASSERT_EQ(graph.parameter_names(), general.parameter_names());
-    // 2 blocks x (q, k, v, o, mlp.0, mlp.2) + tok + head: 14 layers, every weight and bias.
-    ASSERT_EQ(graph.kronecker_layers().size(), 14u);
+    // 2 blocks x (q, k, v, o, mlp.0, mlp.2) + tok + head: 14 layers with every weight and bias,
+    // and 2 x (ln1, ln2) + ln: 5 LayerNorms as 10 elementwise steps (weight, bias).
+    ASSERT_EQ(graph.kronecker_layers().size(), 24u);
     const double tol = precision == ae::Precision::fp64 ? 1e-10 : 2e-4;
     if (precision == ae::Precision::fp64)
       expect_rows_close(all_gradients<double>(graph, ds, 4), all_gradients<double>(general, ds, 1), graph.dim(), tol, file);
@@ -121,7 +125,7 @@ TEST(GraphPathKronecker, IdentityFactorsGiveTheExactGradient) {
   auto backend = attrace::kernels::make_cpu_backend();
   ae::Config config;
   config.loss = ae::Loss::next_token;
-  config.exclude = {"pos", "*ln*"};
+  config.exclude = {"pos"};
   config.projection = ae::Projection::kronecker;
   config.projection_k = 4096;
   config.batch_size = 3;
@@ -227,7 +231,9 @@ TEST(GraphPathRefusals, UncapturedParametersAreNamed) {
     forced.prepare(ds);
     ADD_FAILURE() << "path = graph accepted uncaptured parameters";
   } catch (const attrace::InputError& e) {
-    EXPECT_NE(std::string(e.what()).find("blocks.0.ln1.weight"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("1 selected parameter(s) are not the weight or bias of a Linear, Embedding or LayerNorm (pos)"),
+              std::string::npos)
+        << e.what();
   }
 }
 
@@ -244,6 +250,56 @@ TEST(NextTokenLoss, RefusesWhatItCannotScore) {
   } catch (const attrace::InputError& e) {
     EXPECT_NE(std::string(e.what()).find("'doc2'"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("position 0"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+
+namespace {
+
+// Per-token scores: each listed proponent's position contributions add up to its TracIn score
+// (Kronecker features of every layer at every position), are listed largest first, and only
+// name positions inside the example's length.
+TEST(TokenScores, PositionContributionsAddUpToTheScore) {
+  ATTRACE_REQUIRE_FIXTURES();
+  auto train = tokens(13, 7);
+  train.tranche.assign(13, 0);
+  train.tranches.push_back({"t0", "0x" + std::string(40, 'a'), "", ""});
+  const auto query = tokens(4, 8);
+  const auto run = ac::read_run_file(fixture("gpt_run.toml"));
+  auto backend = attrace::kernels::make_cpu_backend();
+  ae::Config config;
+  config.loss = ae::Loss::next_token;
+  config.exclude = {"pos", "*ln*"};  // LayerNorms left out here (the other tests take them)
+  config.projection = ae::Projection::kronecker;
+  config.projection_k = 64;  // projected layers (not identity): the decomposition must still add up
+  config.token_proponents = 3;
+  config.token_top = 4;
+  ASSERT_EQ(ae::token_scores_refusal(config, train), "");
+  ae::Progress quiet(false);
+  const auto r = ae::compute_tracin(config, run, train, query, *backend, quiet);
+  const auto qf = ae::featurize_in_memory(config, run, query, {&query}, *backend, quiet, "query", nullptr);
+  const auto tok = ae::token_scores(config, run, train, qf, r, *backend);
+  ASSERT_EQ(tok.size(), 4u);
+  for (int64_t q = 0; q < 4; ++q) {
+    const auto& list = tok[static_cast<size_t>(q)];
+    ASSERT_EQ(list.size(), 3u);
+    for (size_t k = 0; k < 3; ++k) {
+      const auto& e = list[k];
+      const int64_t row = r.topk[static_cast<size_t>(q)].proponents[k].row;
+      EXPECT_EQ(e.at("example").get<std::string>(), train.ids[static_cast<size_t>(row)]);
+      const double score = r.scores[static_cast<size_t>(row * r.n_query + q)];
+      const double sum = e.at("sum_of_positions").get<double>();
+      EXPECT_NEAR(sum, score, 1e-4 * std::max(1.0, std::abs(score))) << "query " << q << " proponent " << k;
+      const auto& pos = e.at("positions");
+      ASSERT_EQ(pos.size(), std::min<size_t>(4, static_cast<size_t>(train.lengths[static_cast<size_t>(row)])));
+      for (size_t j = 0; j < pos.size(); ++j) {
+        const int64_t t = pos[j].at("position").get<int64_t>();
+        EXPECT_LT(t, train.lengths[static_cast<size_t>(row)]);
+        EXPECT_EQ(pos[j].at("token").get<int32_t>(), train.int_inputs[static_cast<size_t>(row * kT + t)]);
+        if (j > 0) EXPECT_GE(pos[j - 1].at("contribution").get<double>(), pos[j].at("contribution").get<double>());
+      }
+    }
   }
 }
 

@@ -8,6 +8,9 @@
 #include <attrace/connectors/run.hpp>
 #include <attrace/connectors/scores_file.hpp>
 #include <attrace/engine/attribute.hpp>
+#include <attrace/engine/token_scores.hpp>
+
+#include <optional>
 #include <attrace/engine/methods.hpp>
 #include <attrace/engine/quality.hpp>
 #include <attrace/engine/report_html.hpp>
@@ -187,6 +190,7 @@ void flag_quality(const Config& config, const QualityReport& q, Attribution& a) 
 // The writers: shared by attribute and score, so both produce the same bytes.
 RunSummary write_outputs(const Config& config, const connectors::TrainingRun& run, const connectors::Dataset& train,
                          const connectors::Dataset& query, const TracinResult& r, const FeatureSource& train_features,
+                         const FeatureSource& query_features, const connectors::Dataset* token_train,
                          kernels::Backend& backend, connectors::StagedDir& out, Progress& progress,
                          const std::optional<RegistryBinding>& registry) {
   RunSummary summary;
@@ -217,6 +221,19 @@ RunSummary write_outputs(const Config& config, const connectors::TrainingRun& ru
 
   nlohmann::json report = report_json(config, train, query, r, summary.attribution);
   report["quality"] = quality_json(quality, summary.attribution, sketch_description(train_features));
+  // Token datasets with Kronecker features: which training tokens carried each top proponent's score.
+  if (token_train != nullptr && token_scores_refusal(config, *token_train).empty()) {
+    const auto tokens = token_scores(config, run, *token_train, query_features, r, backend);
+    for (size_t q = 0; q < tokens.size(); ++q) report["queries"][q]["tokens"] = tokens[q];
+    report["token_scores"] = {
+        {"method", "tracin"},
+        {"proponents_per_query", config.token_proponents},
+        {"tokens_per_proponent", config.token_top},
+        {"contribution",
+         "per input position t of a proponent: the terms of every layer's Kronecker sum at t (layer input x_t, output "
+         "gradient delta_t) against the query's features, summed over checkpoints; they add up to the score "
+         "(sum_of_positions; the stored features are rounded, the terms are not)"}};
+  }
   for (size_t t = 0; t < quality.tranches.size(); ++t) {
     const auto& tq = quality.tranches[t];
     report["tranches"][t]["quality"] = {{"near_duplicate_examples", tq.near_duplicate_examples},
@@ -355,7 +372,7 @@ RunSummary run_attribute(const Config& config, const RunOptions& options) {
                             progress);
   keep_tracin_self_influence(config, mv, tf, qf, *backend, progress, s);
   const TracinResult r = tracin_result(std::move(s), uses);
-  return write_outputs(config, run, train, query, r, tf, *backend, out, progress, options.registry);
+  return write_outputs(config, run, train, query, r, tf, qf, &train, *backend, out, progress, options.registry);
 }
 
 FeaturizeSummary run_featurize(const Config& config, const FeaturizeOptions& options) {
@@ -478,7 +495,20 @@ RunSummary run_score(const Config& config, const std::string& store_path, const 
                             progress);
   keep_tracin_self_influence(config, mv, tf, qsrc, *backend, progress, s);
   const TracinResult r = tracin_result(std::move(s), uses);
-  return write_outputs(config, run, train, query, r, tf, *backend, out, progress, options.registry);
+  // Per-token scores read the training tokens from data.train (the store keeps features only),
+  // the file the store was made from (its hash).
+  std::optional<connectors::Dataset> tokens;
+  if (config.projection == Projection::kronecker && config.method == Method::tracin && config.token_proponents > 0 &&
+      config.token_top > 0) {
+    auto ds = connectors::read_dataset(config.train_file, true);
+    if (ds.input_kind == connectors::InputKind::integers) {
+      ATTRACE_CHECK(ds.sha256 == train.sha256, InputError,
+                    config.train_file + ": changed since the store " + store_path + " was made from it (SHA-256 differs)");
+      tokens = std::move(ds);
+    }
+  }
+  return write_outputs(config, run, train, query, r, tf, qsrc, tokens ? &*tokens : nullptr, *backend, out, progress,
+                       options.registry);
 }
 
 }  // namespace attrace::engine

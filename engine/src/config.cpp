@@ -309,9 +309,11 @@ Config config_from_table(const toml::table& doc, const std::string& path, const 
   c.factored = parse_enum<Factoring>(r.where("features", "factored"), s,
                                      {{"auto", Factoring::automatic}, {"never", Factoring::never}, {"always", Factoring::always}});
 
-  const auto* a = r.section("attribution", {"top_k", "scoring", "gemm_math", "negative_policy", "duplicate_threshold",
+  const auto* a = r.section("attribution", {"top_k", "token_proponents", "token_top", "scoring", "gemm_math", "negative_policy", "duplicate_threshold",
                                              "tolerance", "memory_limit", "method", "checkpoint", "trak_lambda"});
   r.get(a, "attribution", "top_k", c.top_k);
+  r.get(a, "attribution", "token_proponents", c.token_proponents);
+  r.get(a, "attribution", "token_top", c.token_top);
   s = to_string(c.scoring);
   r.get(a, "attribution", "scoring", s);
   c.scoring = parse_enum<Scoring>(r.where("attribution", "scoring"), s, {{"fma", Scoring::fma}, {"canonical", Scoring::canonical}, {"blas", Scoring::blas}});
@@ -424,6 +426,8 @@ void check_settings(const Config& c, const std::function<std::string(const std::
   ATTRACE_CHECK(c.batch_size > 0, InputError,
                 at("gradients.batch_size") + " must be > 0, got " + std::to_string(c.batch_size));
   ATTRACE_CHECK(c.top_k >= 0, InputError, at("attribution.top_k") + " must be >= 0, got " + std::to_string(c.top_k));
+  ATTRACE_CHECK(c.token_proponents >= 0 && c.token_top >= 0, InputError,
+                at("attribution.token_proponents") + " and attribution.token_top must be >= 0");
   const std::string gm = kernels::to_string(c.gemm_math);
   ATTRACE_CHECK(c.gemm_math == kernels::GemmMath::ieee || c.scoring == Scoring::blas, InputError,
                 at("attribution.gemm_math") + " = '" + gm + "' needs attribution.scoring = \"blas\"");
@@ -548,6 +552,9 @@ nlohmann::json to_json(const Config& c) {
   // Written only when set, so manifests of models returning one tensor keep their bytes.
   if (!c.model_output.empty()) j["gradients"]["model_output"] = c.model_output;
   if (!c.exclude.empty()) j["gradients"]["exclude"] = c.exclude;
+  // Per-token output settings (report content only), written when not the defaults.
+  if (c.token_proponents != 3) j["attribution"]["token_proponents"] = c.token_proponents;
+  if (c.token_top != 5) j["attribution"]["token_top"] = c.token_top;
   return j;
 }
 

@@ -295,6 +295,42 @@ struct Featurizer::Impl {
     }
   }
 
+  // Per-position Kronecker features of some rows: each position projected as its own row, one
+  // projection call per layer for all of them.
+  std::vector<float> position_rows(const connectors::Dataset& ds, const std::vector<int64_t>& rows, int64_t& positions) {
+    ATTRACE_CHECK(pr.kind == Projection::kronecker, InputError, "per-position features need projection.kind = \"kronecker\"");
+    std::vector<LayerFactors> all, fac;
+    positions = -1;
+    for (size_t r = 0; r < rows.size(); ++r) {
+      model->layer_factors(ds, rows[r], rows[r] + 1, fac);
+      if (r == 0) all = fac;
+      for (size_t l = 0; l < fac.size(); ++l) {
+        if (positions < 0) positions = fac[l].positions;
+        ATTRACE_CHECK(fac[l].positions == positions, InputError,
+                      "per-position features: layer '" + fac[l].name + "' has " + std::to_string(fac[l].positions) +
+                          " positions per example, '" + fac.front().name + "' " + std::to_string(positions) +
+                          " (a weight used at several places?)");
+        if (r > 0) {
+          all[l].x.insert(all[l].x.end(), fac[l].x.begin(), fac[l].x.end());
+          all[l].delta.insert(all[l].delta.end(), fac[l].delta.begin(), fac[l].delta.end());
+        }
+      }
+    }
+    const int64_t n = static_cast<int64_t>(rows.size()) * std::max<int64_t>(positions, 0);
+    std::vector<float> out(static_cast<size_t>(n * pr.width), 0.0f);
+    for (size_t l = 0; l < all.size() && n > 0; ++l) {
+      const auto& u = pr.layers[l];
+      const auto& fa = all[l];
+      const auto kind_for = [&](int64_t kk, int64_t d) { return kk == d ? kernels::ProjectionKind::identity : pr.dense.kind; };
+      kernels::ProjectionSpec in{pr.dense.seed, u.stream_in, u.k_in, kind_for(u.k_in, u.d_in)};
+      kernels::ProjectionSpec ou{pr.dense.seed, u.stream_out, u.k_out, kind_for(u.k_out, u.d_out)};
+      backend->project_kronecker(kernels::view(fa.x.data(), n, fa.d_in), kernels::view(fa.delta.data(), n, fa.d_out), 1, in, ou,
+                                 kernels::HostMatrixMut<float>{out.data() + pr.offsets[l], n, u.k_in * u.k_out, pr.width});
+    }
+    for (auto& v : out) v *= pr.root_lr;
+    return out;
+  }
+
   // Features sqrt(lr) P g of rows [b0, b1) into f ((b1-b0) x width).
   void project_rows(const connectors::Dataset& ds, int64_t b0, int64_t b1, float* f) {
     const int64_t rows = b1 - b0, p = model->dim();
@@ -399,6 +435,11 @@ void Featurizer::features(const connectors::Dataset& ds, int64_t b0, int64_t b1,
   ATTRACE_CHECK(fp64(), RuntimeFailure, "featurizer: float64 features requested for float32 features");
   ScopeTimer all(m.total_seconds), t(m.model_seconds);
   if (b1 > b0) m.model->gradients(ds, b0, b1, out);
+}
+
+std::vector<float> Featurizer::position_features(const connectors::Dataset& ds, const std::vector<int64_t>& rows,
+                                                 int64_t& positions) {
+  return impl_->position_rows(ds, rows, positions);
 }
 
 }  // namespace attrace::engine

@@ -175,6 +175,7 @@ struct CheckpointModel::Impl {
   std::unique_ptr<detail::CaptureGraph> capture;
   std::vector<ChainStep> graph_steps;
   std::vector<size_t> graph_group;  // graph_steps[k] serves capture->groups()[graph_group[k]]
+  std::vector<int> graph_role;      // 0: a Linear/Embedding weight (+ bias); 1: LayerNorm weight; 2: LayerNorm bias
 
   // Layers with a selected parameter, visited from the output back (chain) or in parameter order
   // (graph), rows [begin, end).
@@ -609,6 +610,8 @@ struct CheckpointModel::Impl {
       }
       capture.reset();
       graph_steps.clear();
+      graph_group.clear();
+      graph_role.clear();
       ATTRACE_CHECK(settings.path != GradPath::graph, InputError,
                     where() + ": path = graph requested but the graph path cannot serve this model: " + why);
       chain_refusal += "; graph path: " + why;
@@ -634,30 +637,39 @@ struct CheckpointModel::Impl {
     std::map<std::string, int> slot;
     for (size_t k = 0; k < names.size(); ++k) slot[names[k]] = static_cast<int>(k);
     std::set<std::string> covered;
-    std::vector<std::pair<int64_t, size_t>> order;  // (first selected slot, group)
+    std::vector<std::pair<int64_t, size_t>> order;  // (first selected slot, step)
     for (size_t gi = 0; gi < groups.size(); ++gi) {
       const auto& gr = groups[gi];
       const auto w = slot.find(gr.weight);
       const auto b = gr.bias.empty() ? slot.end() : slot.find(gr.bias);
       if (w == slot.end() && b == slot.end()) continue;
-      ChainStep st;
-      st.name = gr.name;
-      st.kind = StepKind::linear;
-      st.weight = params[0].new_empty({gr.d_out, gr.n_in});  // shape only; products are autograd's
-      st.weight_slot = w == slot.end() ? -1 : w->second;
-      st.bias_slot = b == slot.end() ? -1 : b->second;
       covered.insert(gr.weight);
       if (!gr.bias.empty()) covered.insert(gr.bias);
-      order.emplace_back(std::min(st.weight_slot < 0 ? INT64_MAX : st.weight_slot, st.bias_slot < 0 ? INT64_MAX : st.bias_slot), gi);
-      graph_steps.push_back(std::move(st));
-      graph_group.push_back(gi);
+      // A LayerNorm's weight and bias are two elementwise "layers" (D x 1 each, x = [1]).
+      const std::vector<std::pair<int, int>> parts =
+          gr.norm ? std::vector<std::pair<int, int>>{{1, w == slot.end() ? -1 : w->second}, {2, b == slot.end() ? -1 : b->second}}
+                  : std::vector<std::pair<int, int>>{{0, -1}};
+      for (const auto& [role, sl] : parts) {
+        if (gr.norm && sl < 0) continue;
+        ChainStep st;
+        st.name = role == 0 ? gr.name : role == 1 ? gr.weight : gr.bias;
+        st.kind = StepKind::linear;
+        st.weight = params[0].new_empty({gr.d_out, gr.n_in});  // shape only; products are autograd's
+        st.weight_slot = role == 0 ? (w == slot.end() ? -1 : w->second) : sl;
+        st.bias_slot = role == 0 ? (b == slot.end() ? -1 : b->second) : -1;
+        order.emplace_back(std::min(st.weight_slot < 0 ? INT64_MAX : st.weight_slot, st.bias_slot < 0 ? INT64_MAX : st.bias_slot),
+                           graph_steps.size());
+        graph_steps.push_back(std::move(st));
+        graph_group.push_back(gi);
+        graph_role.push_back(role);
+      }
     }
     std::string missing;
     int n_missing = 0;
     for (const auto& n : names)
       if (!covered.count(n) && n_missing++ < 6) missing += (missing.empty() ? "" : ", ") + n;
     if (n_missing > 0)
-      return std::to_string(n_missing) + " selected parameter(s) are not the weight or bias of a Linear or Embedding (" + missing +
+      return std::to_string(n_missing) + " selected parameter(s) are not the weight or bias of a Linear, Embedding or LayerNorm (" + missing +
              (n_missing > 6 ? ", ..." : "") + "); leave them out with gradients.exclude or gradients.parameters";
     // Steps in parameter order, so per-example gradients and dense feature columns follow the
     // parameters' layout (weight d_out x n_in row-major, then the bias).
@@ -666,6 +678,7 @@ struct CheckpointModel::Impl {
     std::sort(idx.begin(), idx.end(), [&](size_t a, size_t b) { return order[a].first < order[b].first; });
     std::vector<ChainStep> steps;
     std::vector<size_t> grp;
+    std::vector<int> roles;
     int64_t at = 0;
     for (size_t k : idx) {
       const auto& st = graph_steps[k];
@@ -677,9 +690,11 @@ struct CheckpointModel::Impl {
         }
       steps.push_back(st);
       grp.push_back(graph_group[k]);
+      roles.push_back(graph_role[k]);
     }
     graph_steps = std::move(steps);
     graph_group = std::move(grp);
+    graph_role = std::move(roles);
     // Same output as the model on real rows, and every site sees the batch in dimension 0.
     const int64_t b = std::min<int64_t>(ds.size(), kChainCheckRows);
     LinearBackendScope scope(backend);
@@ -740,7 +755,7 @@ struct CheckpointModel::Impl {
       const auto& gr = groups[graph_group[k]];
       for (int s : gr.sites) {
         const auto& p = run.probes[static_cast<size_t>(s)];
-        const int64_t width = capture->sites()[static_cast<size_t>(s)].embedding ? gr.n_in : gr.d_out;
+        const int64_t width = capture->sites()[static_cast<size_t>(s)].embedding ? gr.n_in : gr.d_out;  // norm: D
         pos += p.numel() / (p.size(0) * width);
       }
       graph_steps[k].positions = pos;
@@ -769,7 +784,18 @@ struct CheckpointModel::Impl {
         ATTRACE_CHECK(g.dim() >= 2 && g.size(0) == b, InputError,
                       where() + ": layer '" + gr.name + "' output of shape " + shape_str(g.sizes()) +
                           " does not have the batch in dimension 0");
-        if (site.embedding) {  // x: the output gradient (d wide); d: the one-hot of the id (V wide)
+        if (site.norm) {  // x: [1]; d: delta (.) xhat (weight) or delta (bias), D wide
+          const auto dl = g.detach().reshape({b, -1, gr.d_out}).to(dtype);
+          if (graph_role[k] == 1) {
+            const auto xin = run.inputs[su].detach().reshape({b, -1, gr.d_out}).to(dtype);
+            const auto mean = xin.mean(-1, true);
+            const auto var = (xin - mean).pow(2).mean(-1, true);
+            ds_.push_back(dl * ((xin - mean) / (var + gr.eps).sqrt()));
+          } else {
+            ds_.push_back(dl);
+          }
+          xs.push_back(torch::ones({b, dl.size(1), 1}, dtype));
+        } else if (site.embedding) {  // x: the output gradient (d wide); d: the one-hot of the id (V wide)
           const auto ids = run.inputs[su].reshape({b, -1});
           auto onehot = torch::nn::functional::one_hot(ids, gr.d_out).to(dtype);
           if (site.padding_idx >= 0) onehot.select(2, site.padding_idx).zero_();  // no gradient, as in PyTorch

@@ -32,20 +32,31 @@ std::optional<std::string> attr_path(tj::Value* v, const tj::Value* self) {
 
 bool is_none(tj::Value* v) { return v->type()->kind() == c10::TypeKind::NoneType; }
 
-void collect(tj::Block* b, const c10::Symbol& lin, const c10::Symbol& emb, std::vector<tj::Node*>& out) {
+void collect(tj::Block* b, const std::vector<c10::Symbol>& kinds, std::vector<tj::Node*>& out) {
   for (auto* n : b->nodes()) {
-    if (n->kind() == lin || n->kind() == emb) out.push_back(n);
-    for (auto* sub : n->blocks()) collect(sub, lin, emb, out);
+    if (std::find(kinds.begin(), kinds.end(), n->kind()) != kinds.end()) out.push_back(n);
+    for (auto* sub : n->blocks()) collect(sub, kinds, out);
   }
 }
 
 thread_local kernels::Backend* t_backend = nullptr;
 
-// y (rows x m) = a (rows x k) w^T (m x k) + bias, float64 accumulators rounded once to the dtype:
-// each output is the backend's FMA-order dot (float32) or canonical dot (float64) of two rows.
-torch::Tensor rows_product(const torch::Tensor& a, const torch::Tensor& w, const torch::Tensor& bias) {
+// y (rows x m) = a (rows x k) bt (k x m) + bias. float32: the backend's Linear FMA order (per
+// output one fmaf chain over k ascending, starting at the bias; kernels linear_fma), a pure
+// function of the row on any CPU or GPU. float64: the canonical-order dot of a row of `a` with a
+// column of bt, in float64 from 0, plus the bias.
+torch::Tensor rows_product(const torch::Tensor& a, const torch::Tensor& bt, const torch::Tensor& bias) {
   TORCH_CHECK(t_backend != nullptr, "attrace::linear runs only inside attrace's graph path");
-  const int64_t rows = a.size(0), k = a.size(1), m = w.size(0);
+  const int64_t rows = a.size(0), k = a.size(1), m = bt.size(1);
+  if (a.scalar_type() == torch::kFloat) {
+    auto y = torch::empty({rows, m}, torch::kFloat);
+    const auto b = bias.defined() ? bias.to(torch::kFloat).contiguous() : bias;
+    t_backend->linear_fma(kernels::HostMatrix<float>{a.data_ptr<float>(), rows, k, k},
+                          kernels::HostMatrix<float>{bt.data_ptr<float>(), k, m, m}, b.defined() ? b.data_ptr<float>() : nullptr,
+                          kernels::HostMatrixMut<float>{y.data_ptr<float>(), rows, m, m});
+    return y;
+  }
+  const auto w = bt.t().contiguous();  // m x k rows for the canonical dot
   std::vector<double> acc(static_cast<size_t>(rows * m), 0.0);
   if (bias.defined()) {
     const auto b = bias.to(torch::kDouble).contiguous();
@@ -53,14 +64,9 @@ torch::Tensor rows_product(const torch::Tensor& a, const torch::Tensor& w, const
     for (int64_t r = 0; r < rows; ++r) std::copy(bp, bp + m, acc.begin() + r * m);
   }
   const auto out = kernels::view_mut(acc.data(), rows, m);
-  if (a.scalar_type() == torch::kDouble)
-    t_backend->score_accumulate(kernels::HostMatrix<double>{a.data_ptr<double>(), rows, k, k},
-                                kernels::HostMatrix<double>{w.data_ptr<double>(), m, k, k}, 1.0, out);
-  else
-    t_backend->score_accumulate_fma(kernels::HostMatrix<float>{a.data_ptr<float>(), rows, k, k},
-                                    kernels::HostMatrix<float>{w.data_ptr<float>(), m, k, k}, 1.0, out);
-  // A copy in both cases (.to() of a float64 tensor to float64 would alias `acc`).
-  return torch::from_blob(acc.data(), {rows, m}, torch::kDouble).to(a.scalar_type(), false, /*copy=*/true);
+  t_backend->score_accumulate(kernels::HostMatrix<double>{a.data_ptr<double>(), rows, k, k},
+                              kernels::HostMatrix<double>{w.data_ptr<double>(), m, k, k}, 1.0, out);
+  return torch::from_blob(acc.data(), {rows, m}, torch::kDouble).clone();  // not an alias of `acc`
 }
 
 // y = x W^T + b with dx = dy W, both through rows_product; no gradient for W and b (the graph
@@ -78,7 +84,7 @@ class DeterministicLinear : public torch::autograd::Function<DeterministicLinear
     std::vector<int64_t> shape = x.sizes().vec();
     shape.back() = w.size(0);
     const auto a = x.detach().reshape({-1, x.size(-1)}).contiguous();
-    return rows_product(a, wd, b.defined() ? b.detach() : b).reshape(shape);
+    return rows_product(a, wd.t().contiguous(), b.defined() ? b.detach() : b).reshape(shape);
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
@@ -87,7 +93,7 @@ class DeterministicLinear : public torch::autograd::Function<DeterministicLinear
     std::vector<int64_t> shape = dy.sizes().vec();
     shape.back() = w.size(1);
     const auto d = dy.reshape({-1, dy.size(-1)}).contiguous();
-    const auto dx = rows_product(d, w.t().contiguous(), torch::Tensor()).reshape(shape);
+    const auto dx = rows_product(d, w, torch::Tensor()).reshape(shape);  // dy W: bt = W (m x k)
     return {dx, torch::Tensor(), torch::Tensor()};
   }
 };
@@ -117,22 +123,37 @@ std::string CaptureGraph::build(const torch::jit::Module& module) {
   tj::Inline(*g);
   const auto lin = c10::Symbol::fromQualString("aten::linear");
   const auto emb = c10::Symbol::fromQualString("aten::embedding");
+  const auto ln = c10::Symbol::fromQualString("aten::layer_norm");
   const tj::Value* self = g->inputs().at(0);
   std::vector<tj::Node*> nodes;
-  collect(g->block(), lin, emb, nodes);
+  collect(g->block(), {lin, emb, ln}, nodes);
 
   std::map<std::string, int> group_of;  // weight name -> group
   std::vector<tj::Node*> taken;
   for (auto* n : nodes) {
-    const bool is_emb = n->kind() == emb;
-    const auto weight = attr_path(n->input(is_emb ? 0 : 1), self);
+    const bool is_emb = n->kind() == emb, is_norm = n->kind() == ln;
+    if (is_norm && is_none(n->input(2))) continue;  // no affine weight: nothing to attribute
+    const auto weight = attr_path(n->input(is_emb ? 0 : is_norm ? 2 : 1), self);
     if (!weight || !params.count(*weight)) continue;  // not a parameter: nothing to attribute here
-    const std::string what = (is_emb ? "embedding of '" : "linear layer of '") + *weight + "'";
+    const std::string what =
+        (is_emb ? "embedding of '" : is_norm ? "layer norm of '" : "linear layer of '") + *weight + "'";
     if (n->owningBlock() != g->block()) return what + " is inside control flow (if/loop); the graph path cannot route it out";
     CaptureSite s;
     s.embedding = is_emb;
+    s.norm = is_norm;
     std::string bias;
-    if (is_emb) {
+    double eps = 0;
+    if (is_norm) {
+      const auto e = tj::toIValue(n->input(4));
+      if (!e || !e->isDouble()) return what + ": eps must be a constant";
+      eps = e->toDouble();
+      if (!is_none(n->input(3))) {
+        const auto b = attr_path(n->input(3), self);
+        if (!b || !params.count(*b)) return what + " has a bias that is not a parameter of the module";
+        bias = *b;
+        s.has_bias = true;
+      }
+    } else if (is_emb) {
       const auto pad = tj::toIValue(n->input(2));
       const auto scale = tj::toIValue(n->input(3));
       if (!pad || !pad->isInt() || !scale || !scale->isBool())
@@ -154,14 +175,24 @@ std::string CaptureGraph::build(const torch::jit::Module& module) {
                     : *weight;
       gr.bias = bias;
       gr.embedding = is_emb;
+      gr.norm = is_norm;
+      gr.eps = eps;
       const auto& w = tensors.at(*weight);
-      if (w.dim() != 2) return what + ": the weight has " + std::to_string(w.dim()) + " dimensions, not 2";
-      gr.d_out = w.size(0);
-      gr.n_in = w.size(1);
+      if (is_norm) {  // elementwise over the normalized shape: D x 1
+        gr.d_out = w.numel();
+        gr.n_in = 1;
+      } else {
+        if (w.dim() != 2) return what + ": the weight has " + std::to_string(w.dim()) + " dimensions, not 2";
+        gr.d_out = w.size(0);
+        gr.n_in = w.size(1);
+      }
       it = group_of.emplace(*weight, static_cast<int>(groups_.size())).first;
       groups_.push_back(gr);
     } else if (groups_[static_cast<size_t>(it->second)].bias != bias) {
       return "the weight '" + *weight + "' is used with different biases (or with and without one)";
+    } else if (groups_[static_cast<size_t>(it->second)].norm != is_norm ||
+               (is_norm && groups_[static_cast<size_t>(it->second)].eps != eps)) {
+      return "the weight '" + *weight + "' is used by a layer norm and by another kind of layer (or two epsilons)";
     }
     s.group = it->second;
     groups_[static_cast<size_t>(s.group)].sites.push_back(static_cast<int>(sites_.size()));

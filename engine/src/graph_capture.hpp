@@ -5,7 +5,8 @@
 //
 // How: the module's forward graph is copied and inlined (every submodule call becomes its ops,
 // parameters become prim::GetAttr chains from `self`). Each aten::linear(x, W, b) and
-// aten::embedding(W, ids, ...) whose weight is a parameter of the module becomes a capture site:
+// aten::embedding(W, ids, ...) and aten::layer_norm(x, shape, w, b, eps) whose weight is a
+// parameter of the module becomes a capture site:
 // its input (x or ids) is routed out as an extra graph output, and a zero "probe" tensor that
 // requires grad is added to its output (out + probe == out, bit for bit), so the gradient of the
 // loss with respect to the probe is the gradient with respect to the layer's output. The copy
@@ -13,8 +14,8 @@
 // (model output, site inputs..., probes...).
 //
 // Every aten::linear of the copy (captured or not) is replaced by attrace::linear: the same
-// product through the backend's FMA-order kernel (float32; canonical order for float64) in
-// forward and backward, so each row's result depends on that row only — not on the batch size,
+// product through the backend's Linear FMA order (kernels linear_fma: float32, one fmaf chain per
+// output; the canonical order for float64) in forward and backward, so each row's result depends on that row only — not on the batch size,
 // thread count or BLAS library, as LibTorch's GEMM would.
 #include <attrace/kernels/backend.hpp>
 
@@ -34,7 +35,8 @@ namespace attrace::engine::detail {
 
 /// One use of a layer weight in the graph.
 struct CaptureSite {
-  bool embedding = false;   ///< aten::embedding (else aten::linear)
+  bool embedding = false;   ///< aten::embedding
+  bool norm = false;        ///< aten::layer_norm (else aten::linear)
   bool has_bias = false;    ///< linear with a bias parameter
   int64_t padding_idx = -1; ///< embedding: ids equal to it get no gradient (PyTorch's rule)
   int group = -1;           ///< index into CaptureGraph::groups()
@@ -43,12 +45,16 @@ struct CaptureSite {
 /// A weight parameter and every site that uses it (weight tying: several sites). Its gradient is
 /// sum over sites and positions of delta_t (x) x_t with the weight seen as d_out x n_in:
 /// Linear W [out, in]: x = layer input, delta = output gradient;
-/// Embedding W [V, d]: x = output gradient (d), delta = one-hot of the id (V).
+/// Embedding W [V, d]: x = output gradient (d), delta = one-hot of the id (V);
+/// LayerNorm weight w [D] and bias b [D] (elementwise): per position, grad w = delta (.) xhat and
+/// grad b = delta, each seen as a D x 1 "layer" with x = [1] (xhat: the normalized input).
 struct CaptureGroup {
   std::string name;    ///< module path ("blocks.0.attn.q")
   std::string weight;  ///< parameter names as named_parameters() gives them
   std::string bias;    ///< "" when no site has a bias
   bool embedding = false;
+  bool norm = false;  ///< LayerNorm: weight and bias are elementwise (d_out = normalized size, n_in = 1)
+  double eps = 0;     ///< LayerNorm epsilon
   int64_t n_in = 0, d_out = 0;
   std::vector<int> sites;  ///< in graph order
 };

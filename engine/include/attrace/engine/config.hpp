@@ -75,6 +75,8 @@ struct Config {
   Factoring factored = Factoring::automatic;  ///< exact features: layers as factors (auto | never | always)
   // [attribution]
   int64_t top_k = 10;
+  int64_t token_proponents = 3;  ///< token datasets: per query, the top proponents whose tokens are scored (0: none)
+  int64_t token_top = 5;         ///< ... and how many of each one's tokens are listed
   Scoring scoring = Scoring::fma;  ///< fma (fixed-order fp32 FMA, the fast default) | canonical (fp64 check) | blas
   kernels::GemmMath gemm_math = kernels::GemmMath::ieee;  ///< blas arithmetic: ieee | tf32 | bf16 (fp32 features only)
   int64_t memory_limit = 0;  ///< bytes the scorer may hold (0: half of physical memory); changes speed only

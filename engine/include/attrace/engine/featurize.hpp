@@ -129,6 +129,11 @@ class Featurizer {
   void features(const connectors::Dataset& ds, int64_t b0, int64_t b1, float* out);
   /// Same for float64 features.
   void features(const connectors::Dataset& ds, int64_t b0, int64_t b1, double* out);
+  /// Per-position features of `rows` (Kronecker projection only): per row, `positions` rows of
+  /// width() floats whose sum over positions is that row's features before rounding to the storage
+  /// type (each layer's term of the Kronecker sum at position t). InputError unless
+  /// projection.kind is kronecker and every layer has the same number of positions per example.
+  std::vector<float> position_features(const connectors::Dataset& ds, const std::vector<int64_t>& rows, int64_t& positions);
 
  private:
   struct Impl;
