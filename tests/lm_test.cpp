@@ -8,6 +8,7 @@
 
 #include <attrace/connectors/dataset.hpp>
 #include <attrace/connectors/run.hpp>
+#include <attrace/engine/attribute.hpp>
 #include <attrace/engine/config.hpp>
 #include <attrace/engine/featurize.hpp>
 #include <attrace/engine/gradients.hpp>
@@ -17,6 +18,7 @@
 #include <attrace/error.hpp>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <cmath>
 #include <cstring>
@@ -300,6 +302,44 @@ TEST(TokenScores, PositionContributionsAddUpToTheScore) {
         if (j > 0) EXPECT_GE(pos[j - 1].at("contribution").get<double>(), pos[j].at("contribution").get<double>());
       }
     }
+  }
+}
+
+}  // namespace
+
+namespace {
+
+// End to end on token dataset files (the fixture's tok_train.h5 / tok_query.h5, lengths included):
+// `attribute` and `featurize` + `score` write the same report.json bytes, per-token scores
+// included (score reads the training tokens from data.train, checked against the store's hash).
+TEST(TokenDatasets, AttributeAndStoreScoringGiveTheSameReport) {
+  ATTRACE_REQUIRE_FIXTURES();
+  attrace::test::TempDir d;
+  const std::string cfg = d / "lm.toml";
+  attrace::test::write_text(cfg, "[run]\ncheckpoints = \"" + fixture("gpt_run.toml") + "\"\n[data]\ntrain = \"" +
+                                     fixture("tok_train.h5") + "\"\nquery = \"" + fixture("tok_query.h5") +
+                                     "\"\n[gradients]\nloss = \"next_token\"\nexclude = [\"pos\"]\nbatch_size = 5\n"
+                                     "[projection]\nkind = \"kronecker\"\nk = 256\n");
+  const auto config = ae::load_config(cfg);
+  ae::RunOptions o;
+  o.out_dir = d / "a";
+  o.quiet = true;
+  const auto summary = ae::run_attribute(config, o);
+  EXPECT_EQ(summary.path_used, "graph");
+  ae::FeaturizeOptions fo;
+  fo.store = d / "train.h5";
+  fo.quiet = true;
+  ae::run_featurize(config, fo);
+  o.out_dir = d / "s";
+  ae::run_score(config, fo.store, "", o);
+  const auto a = attrace::test::read_text(d / "a/report.json"), s = attrace::test::read_text(d / "s/report.json");
+  EXPECT_EQ(a, s);
+  const auto report = nlohmann::json::parse(a);
+  ASSERT_TRUE(report.contains("token_scores"));
+  ASSERT_EQ(report.at("queries").size(), 5u);
+  for (const auto& q : report.at("queries")) {
+    ASSERT_EQ(q.at("tokens").size(), 3u);
+    EXPECT_EQ(q.at("tokens")[0].at("example"), q.at("proponents")[0].at("id"));
   }
 }
 
