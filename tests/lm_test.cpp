@@ -340,6 +340,11 @@ TEST(TokenDatasets, AttributeAndStoreScoringGiveTheSameReport) {
   for (const auto& q : report.at("queries")) {
     ASSERT_EQ(q.at("tokens").size(), 3u);
     EXPECT_EQ(q.at("tokens")[0].at("example"), q.at("proponents")[0].at("id"));
+    for (const auto& p : q.at("tokens")[0].at("positions")) {  // the fixture's /vocabulary: a..z, 0..5
+      const int token = p.at("token").get<int>();
+      EXPECT_EQ(p.at("text").get<std::string>(), token < 26 ? std::string(1, static_cast<char>('a' + token)) : std::to_string(token - 26));
+      EXPECT_LE(p.at("before").get<std::string>().size(), static_cast<size_t>(p.at("position").get<int>()));
+    }
   }
 }
 

@@ -255,7 +255,21 @@ void validate_dataset(const Dataset& ds, bool require_tranches, const std::strin
                   what + ": per-position token /targets need integer /inputs (token ids), but /inputs holds floats");
   } else {
     validate_tokens(ds, what);
+    if (!ds.vocabulary.empty())
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t t = 0; t < ds.example_width(); ++t) {
+          const int32_t id = ds.int_inputs[static_cast<size_t>(i * ds.example_width() + t)];
+          ATTRACE_CHECK(id < static_cast<int64_t>(ds.vocabulary.size()), InputError,
+                        what + ": token id " + std::to_string(id) + " of example '" + ds.ids[static_cast<size_t>(i)] +
+                            "' at position " + std::to_string(t) + " has no entry in /vocabulary (" +
+                            std::to_string(ds.vocabulary.size()) + " entries)");
+        }
   }
+  ATTRACE_CHECK(tokens_in || ds.vocabulary.empty(), InputError,
+                what + ": /vocabulary is only for token datasets (integer /inputs)");
+  for (size_t v = 0; v < ds.vocabulary.size(); ++v)
+    ATTRACE_CHECK(first_invalid_utf8(ds.vocabulary[v]) == std::string::npos, InputError,
+                  what + ": /vocabulary entry " + std::to_string(v) + " is not valid UTF-8 (it is shown in reports)");
   ATTRACE_CHECK(!ds.target_shape.empty() && ds.target_shape[0] == n, InputError,
                 what + ": /targets has shape " + shape_str(ds.target_shape) + " but /inputs has " +
                     std::to_string(n) + " examples");
@@ -344,6 +358,7 @@ Dataset read_dataset_unchecked(const std::string& path, bool require_tranches) {
                     path + ": /lengths must have shape [N] = [" + std::to_string(n) + "], got " + shape_str(ls));
       ds.lengths = read_int32(file, "lengths", ds, 1, path, "lengths are 1..T");
     }
+    if (h5::exists(file, "vocabulary")) ds.vocabulary = h5::read_strings(file, "vocabulary", path);
   } else {
     ds.inputs = h5::read_numeric<float>(file, "inputs", H5T_NATIVE_FLOAT, path);
     ATTRACE_CHECK(!h5::exists(file, "lengths"), InputError,
@@ -431,6 +446,7 @@ void write_dataset(const std::string& path, const Dataset& ds, bool replace) {
       h5::write_numeric(file, "inputs", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, ds.input_shape, ds.inputs.data());
     if (!ds.lengths.empty())
       h5::write_numeric(file, "lengths", H5T_STD_I32LE, H5T_NATIVE_INT32, {ds.size()}, ds.lengths.data());
+    if (!ds.vocabulary.empty()) h5::write_strings(file, "vocabulary", ds.vocabulary);
     if (ds.target_kind == TargetKind::tokens) {
       // Derived next-token targets are left out: the reader derives the same ones.
       if (ds.token_targets != next_token_targets(ds))

@@ -7,6 +7,7 @@
 #include <fnmatch.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -330,6 +331,17 @@ TextImport build_text_datasets(const TextImportOptions& o) {
 
   TextImport r;
   r.vocab_size = tokenizer.vocab_size();
+  // Display text per id for reports (docs/formats.md "Token datasets"): printable ASCII bytes as
+  // themselves, other bytes as <0xNN>, vocabulary entries as written.
+  std::vector<std::string> vocabulary;
+  for (int b = 0; b < 256; ++b) {
+    char hex[8];
+    std::snprintf(hex, sizeof hex, "<0x%02X>", b);
+    vocabulary.push_back(b == '\n' ? std::string("\n") : (b >= 0x20 && b < 0x7f) ? std::string(1, static_cast<char>(b)) : hex);
+  }
+  for (int64_t id = 256; id < tokenizer.vocab_size(); ++id) vocabulary.push_back(tokenizer.decode(static_cast<int32_t>(id)));
+  r.train.vocabulary = vocabulary;
+  r.queries.vocabulary = vocabulary;
   const int64_t t_len = o.max_tokens;
   std::map<std::string, int64_t> tranche_index;  // tranche id -> index in r.train.tranches
   int64_t kept = 0;                               // items kept so far, for --holdout-every

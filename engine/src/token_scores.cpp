@@ -91,6 +91,13 @@ nlohmann::json token_scores(const Config& config, const connectors::TrainingRun&
         const size_t at = static_cast<size_t>(row * t_len + t);
         nlohmann::json e = {{"position", t}, {"token", train.int_inputs[at]}, {"contribution", v[static_cast<size_t>(t)]}};
         if (train.target_kind == connectors::TargetKind::tokens) e["target"] = train.token_targets[at];
+        if (!train.vocabulary.empty()) {  // display text: the token and up to 24 tokens before it
+          const auto& vocab = train.vocabulary;
+          e["text"] = vocab[static_cast<size_t>(train.int_inputs[at])];
+          std::string before;
+          for (int64_t u = std::max<int64_t>(0, t - 24); u < t; ++u) before += vocab[static_cast<size_t>(train.int_inputs[static_cast<size_t>(row * t_len + u)])];
+          e["before"] = before;
+        }
         pos.push_back(e);
       }
       list.push_back({{"example", train.ids[static_cast<size_t>(row)]}, {"sum_of_positions", total}, {"positions", pos}});

@@ -40,6 +40,7 @@ struct Dataset {
   std::vector<int64_t> class_targets;       ///< N labels when target_kind == class_index
   std::vector<float> regression_targets;    ///< N * target_width() values when regression
   std::vector<int32_t> token_targets;       ///< N * T ids (or kIgnoreTarget) when target_kind == tokens
+  std::vector<std::string> vocabulary;      ///< token datasets: display text per token id (optional; for reports only)
   std::vector<std::string> ids;       ///< N unique example ids
   std::vector<int64_t> tranche;       ///< N tranche indices into `tranches` (empty: none)
   std::vector<Tranche> tranches;      ///< tranche table (empty for query sets without one)
