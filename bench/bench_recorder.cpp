@@ -1,24 +1,94 @@
-// Training-step time with and without the live recorder (docs/recorder.md), in the same run:
-// the demo MLP 64-32-10 (every layer within the k = 4096 budget: exact features) and an MLP
-// 784-512-512-10 (every layer Kronecker-projected to 64 x 64), SGD, cross-entropy, every step
-// recorded with k = 4096 per layer. Counters: the recorder's projection and write seconds per step
-// (the rest of the overhead is capture: hooks, bias columns, gradient scaling, parameter copies).
+// Training-step time with and without the live recorder (docs/recorder.md), in the same process:
+// plain and recorded runs alternate in rounds (a shared machine's load drifts), and the median
+// of each is reported. SGD, cross-entropy, LibTorch TorchScript models through engine::Recorder,
+// every step recorded with k = 4096 per layer, recordings on the local disk (a durable segment
+// every 64 steps). A recorded run's time includes closing the recording (draining the queue and
+// the last fsync).
+//
+//   bench_recorder [rounds] [torch threads]
+//
+// Models: the demo MLP 64-32-10 (batch 32; every layer within k: exact features), an MLP
+// 784-512-512-10 (batch 64; every layer projected) and the project's benchmark CNN on 8x8
+// images, Conv2d(1,16,3,p1) ReLU Conv2d(16,32,3,p1) ReLU MaxPool2 Flatten Linear(512,10) (batch
+// 64; the second conv and the linear layer projected). Columns: per step, the training thread's
+// capture (checks and copies into the queue) and wait (queue full, final drain), the writer
+// thread's projection and write; CPU: the process's CPU seconds per step (both threads).
 #include <attrace/engine/model_builder.hpp>
 #include <attrace/engine/recorder.hpp>
 
-#include <benchmark/benchmark.h>
 #include <torch/script.h>
 #include <torch/torch.h>
 
+#include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <numeric>
 #include <random>
+#include <string>
 
 namespace {
 
 namespace fs = std::filesystem;
+namespace eng = attrace::engine;
+using Clock = std::chrono::steady_clock;
+
+double cpu_seconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + 1e-6 * static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
+
+// The benchmark CNN as torch.jit.script saves it (Conv2d children carry their geometry).
+void save_cnn(const std::string& path) {
+  torch::manual_seed(1);
+  auto cu = std::make_shared<torch::jit::CompilationUnit>();
+  torch::jit::Module seq(c10::QualifiedName("__torch__.bench.Sequential"), cu, true);
+  const auto conv = [&](const std::string& name, int64_t cin, int64_t cout) {
+    torch::jit::Module c(c10::QualifiedName("__torch__.bench." + name + ".Conv2d"), cu, true);
+    const double bound = 1.0 / std::sqrt(static_cast<double>(cin * 9));
+    c.register_parameter("weight", torch::empty({cout, cin, 3, 3}).uniform_(-bound, bound), false);
+    c.register_parameter("bias", torch::empty({cout}).uniform_(-bound, bound), false);
+    const auto ints = c10::ListType::ofInts();
+    c.register_attribute("stride", ints, c10::List<int64_t>({1, 1}));
+    c.register_attribute("padding", ints, c10::List<int64_t>({1, 1}));
+    c.register_attribute("dilation", ints, c10::List<int64_t>({1, 1}));
+    c.register_attribute("groups", c10::IntType::get(), int64_t{1});
+    c.register_attribute("padding_mode", c10::StringType::get(), std::string("zeros"));
+    c.define("def forward(self, x):\n    return torch.conv2d(x, self.weight, self.bias, self.stride, self.padding, "
+             "self.dilation, self.groups)\n");
+    seq.register_module(name, c);
+  };
+  const auto fn = [&](const std::string& name, const std::string& expr) {
+    torch::jit::Module m(c10::QualifiedName("__torch__.bench." + name + ".Function"), cu, true);
+    m.define("def forward(self, x):\n    return " + expr + "\n");
+    seq.register_module(name, m);
+  };
+  conv("c1", 1, 16);
+  fn("r1", "torch.relu(x)");
+  conv("c2", 16, 32);
+  fn("r2", "torch.relu(x)");
+  fn("pool", "torch.max_pool2d(x, [2, 2])");
+  fn("flat", "torch.flatten(x, 1)");
+  torch::jit::Module lin(c10::QualifiedName("__torch__.bench.Linear"), cu, true);
+  lin.register_parameter("weight", torch::empty({10, 512}).uniform_(-0.044, 0.044), false);
+  lin.register_parameter("bias", torch::empty({10}).uniform_(-0.044, 0.044), false);
+  lin.define("def forward(self, x):\n    return torch.addmm(self.bias, x, self.weight.t())\n");
+  seq.register_module("fc", lin);
+  seq.define("def forward(self, x):\n    return self.fc.forward(self.flat.forward(self.pool.forward(self.r2.forward(self.c2.forward(self.r1.forward(self.c1.forward(x)))))))\n");
+  seq.save(path);
+}
+
+struct Model {
+  std::string name;
+  std::vector<int64_t> input;  // one example's shape
+  int64_t classes = 10, batch = 32, steps = 100;
+  std::function<void(const std::string&)> save;
+};
 
 struct Setup {
   torch::jit::Module model;
@@ -27,10 +97,10 @@ struct Setup {
   std::vector<std::vector<int64_t>> batches;
 };
 
-// A model and a synthetic training set of 64 batches.
-Setup make(const std::vector<int64_t>& sizes, int64_t batch) {
+// A fresh model (same initial weights every time) and a synthetic training set of 64 batches.
+Setup make(const Model& md) {
   const fs::path p = fs::temp_directory_path() / ("attrace-bench-rec-" + std::to_string(::getpid()) + ".pt");
-  attrace::engine::save_mlp_torchscript(p.string(), sizes, 1);
+  md.save(p.string());
   Setup s;
   s.model = torch::jit::load(p.string());
   fs::remove(p);
@@ -39,19 +109,21 @@ Setup make(const std::vector<int64_t>& sizes, int64_t batch) {
     q.requires_grad_(true);
     s.params.push_back(q);
   }
-  const int64_t n = 64 * batch;
+  const int64_t n = 64 * md.batch;
   torch::manual_seed(2);
-  s.x = torch::rand({n, sizes.front()});
-  s.y = torch::randint(sizes.back(), {n}, torch::kLong);
+  std::vector<int64_t> shape = {n};
+  shape.insert(shape.end(), md.input.begin(), md.input.end());
+  s.x = torch::rand(shape);
+  s.y = torch::randint(md.classes, {n}, torch::kLong);
   std::vector<int64_t> perm(static_cast<size_t>(n));
   std::iota(perm.begin(), perm.end(), 0);
   std::shuffle(perm.begin(), perm.end(), std::mt19937_64(3));
-  for (int64_t b = 0; b < 64; ++b) s.batches.emplace_back(perm.begin() + b * batch, perm.begin() + (b + 1) * batch);
+  for (int64_t b = 0; b < 64; ++b) s.batches.emplace_back(perm.begin() + b * md.batch, perm.begin() + (b + 1) * md.batch);
   return s;
 }
 
 // One SGD step; `rec` null: the plain loop.
-void train_step(Setup& s, attrace::engine::Recorder* rec, int64_t b) {
+void train_step(Setup& s, eng::Recorder* rec, int64_t b) {
   const auto& ids = s.batches[static_cast<size_t>(b % 64)];
   const auto idx = torch::tensor(ids, torch::kLong);
   const auto xb = s.x.index_select(0, idx);
@@ -63,40 +135,80 @@ void train_step(Setup& s, attrace::engine::Recorder* rec, int64_t b) {
   for (size_t k = 0; k < s.params.size(); ++k) s.params[k].sub_(grads[k], 0.01);
 }
 
-void run(benchmark::State& state, const std::vector<int64_t>& sizes, bool record) {
-  torch::set_num_threads(static_cast<int>(state.range(1)));
-  const int64_t batch = state.range(0);
-  Setup s = make(sizes, batch);
+struct Round {
+  double wall = 0, cpu = 0;
+  eng::RecorderTimings t;
+  int64_t width = 0;
+};
+
+Round run(const Model& md, bool record) {
+  Setup s = make(md);
   const fs::path dir = fs::temp_directory_path() / ("attrace-bench-rec-" + std::to_string(::getpid()));
   fs::remove_all(dir);
-  std::unique_ptr<attrace::engine::Recorder> rec;
-  if (record) rec = std::make_unique<attrace::engine::Recorder>(s.model, dir.string(), attrace::engine::RecorderSettings{});
+  std::unique_ptr<eng::Recorder> rec;
+  if (record) rec = std::make_unique<eng::Recorder>(s.model, dir.string(), eng::RecorderSettings{});
   for (int64_t b = 0; b < 8; ++b) train_step(s, rec.get(), b);  // warm-up (and the recorder's one forward check)
-  const double p0 = rec ? rec->writer().timings().project : 0, w0 = rec ? rec->writer().timings().write : 0;
-  int64_t b = 0;
-  for (auto _ : state) train_step(s, rec.get(), b++);
+  if (rec) rec->flush();
+  const eng::RecorderTimings t0 = rec ? rec->writer().timings() : eng::RecorderTimings{};
+  const double c0 = cpu_seconds();
+  const auto w0 = Clock::now();
+  for (int64_t b = 0; b < md.steps; ++b) train_step(s, rec.get(), b);
+  if (rec) rec->close();  // drains the queue and makes the last segment durable: part of the cost
+  Round r;
+  r.wall = std::chrono::duration<double>(Clock::now() - w0).count() / static_cast<double>(md.steps);
+  r.cpu = (cpu_seconds() - c0) / static_cast<double>(md.steps);
   if (rec) {
-    rec->flush();
-    const double steps = static_cast<double>(state.iterations());
-    state.counters["project_us"] = 1e6 * (rec->writer().timings().project - p0) / steps;
-    state.counters["write_us"] = 1e6 * (rec->writer().timings().write - w0) / steps;
-    state.counters["width"] = static_cast<double>(rec->writer().width());
+    const auto t1 = rec->writer().timings();
+    const auto n = static_cast<double>(md.steps);
+    r.t = {(t1.capture - t0.capture) / n, (t1.wait - t0.wait) / n, (t1.project - t0.project) / n, (t1.write - t0.write) / n,
+           t1.steps - t0.steps};
+    r.width = rec->writer().width();
   }
   rec.reset();
   fs::remove_all(dir);
+  return r;
 }
 
-void BM_demo_mlp_plain(benchmark::State& st) { run(st, {64, 32, 10}, false); }
-void BM_demo_mlp_recorded(benchmark::State& st) { run(st, {64, 32, 10}, true); }
-void BM_mlp784_plain(benchmark::State& st) { run(st, {784, 512, 512, 10}, false); }
-void BM_mlp784_recorded(benchmark::State& st) { run(st, {784, 512, 512, 10}, true); }
-
-// Fixed iterations keep the recordings bounded on disk (about 300 KB per demo step).
-BENCHMARK(BM_demo_mlp_plain)->Args({32, 1})->Args({32, 2})->Iterations(1000)->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_demo_mlp_recorded)->Args({32, 1})->Args({32, 2})->Iterations(1000)->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_mlp784_plain)->Args({64, 1})->Args({64, 2})->Iterations(200)->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_mlp784_recorded)->Args({64, 1})->Args({64, 2})->Iterations(200)->Unit(benchmark::kMicrosecond);
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
 
 }  // namespace
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+  const int rounds = argc > 1 ? std::atoi(argv[1]) : 3;
+  const int threads = argc > 2 ? std::atoi(argv[2]) : 1;
+  torch::set_num_threads(threads);
+  std::printf("bench_recorder: %d rounds, %d torch thread(s), recorder writer thread with 1 projection thread\n", rounds, threads);
+  std::printf("%-22s %5s %6s | %9s %9s %8s | %8s %8s %8s %8s | %8s %8s\n", "model", "batch", "width", "plain us", "rec. us",
+              "overhead", "capture", "wait", "project", "write", "cpu pl.", "cpu rec.");
+  const std::vector<Model> models = {
+      {"demo MLP 64-32-10", {64}, 10, 32, 1000, [](const std::string& p) { eng::save_mlp_torchscript(p, {64, 32, 10}, 1); }},
+      {"MLP 784-512-512-10", {784}, 10, 64, 200, [](const std::string& p) { eng::save_mlp_torchscript(p, {784, 512, 512, 10}, 1); }},
+      {"CNN 8x8 (16, 32 ch.)", {1, 8, 8}, 10, 64, 200, save_cnn},
+  };
+  for (const auto& md : models) {
+    std::vector<double> plain, recw, cpl, crec, cap, wait, proj, wr;
+    int64_t width = 0;
+    for (int r = 0; r < rounds; ++r) {
+      const Round a = run(md, false);
+      const Round b = run(md, true);
+      plain.push_back(a.wall);
+      cpl.push_back(a.cpu);
+      recw.push_back(b.wall);
+      crec.push_back(b.cpu);
+      cap.push_back(b.t.capture);
+      wait.push_back(b.t.wait);
+      proj.push_back(b.t.project);
+      wr.push_back(b.t.write);
+      width = b.width;
+    }
+    const double p = median(plain), q = median(recw);
+    std::printf("%-22s %5lld %6lld | %9.1f %9.1f %+7.1f%% | %8.1f %8.1f %8.1f %8.1f | %8.1f %8.1f\n", md.name.c_str(),
+                static_cast<long long>(md.batch), static_cast<long long>(width), 1e6 * p, 1e6 * q, 100 * (q - p) / p,
+                1e6 * median(cap), 1e6 * median(wait), 1e6 * median(proj), 1e6 * median(wr), 1e6 * median(cpl), 1e6 * median(crec));
+    std::fflush(stdout);
+  }
+  return 0;
+}

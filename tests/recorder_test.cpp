@@ -7,6 +7,7 @@
 #include <attrace/connectors/dataset.hpp>
 #include <attrace/connectors/feature_store.hpp>
 #include <attrace/connectors/fs.hpp>
+#include <attrace/connectors/hash.hpp>
 #include <attrace/connectors/run.hpp>
 #include <attrace/engine/attribute.hpp>
 #include <attrace/engine/config.hpp>
@@ -17,6 +18,7 @@
 #include <attrace/error.hpp>
 
 #include <gtest/gtest.h>
+#include <torch/nn/functional.h>
 #include <torch/script.h>
 #include <torch/torch.h>
 
@@ -68,6 +70,59 @@ connectors::Dataset make_dataset(int64_t n, uint64_t seed, bool train) {
   return ds;
 }
 
+// A TorchScript Sequential CNN on 1x8x8 images as `torch.jit.script` saves one (Conv2d children
+// carry stride, padding, dilation, groups and padding_mode): Conv2d(1, 4, 3, padding 1), ReLU,
+// Conv2d(4, 6, (3, 2), stride (1, 2), padding (1, 0), no bias), ReLU, Flatten, Linear(192, 5).
+void save_cnn_torchscript(const std::string& path, uint64_t seed) {
+  torch::manual_seed(seed);
+  auto cu = std::make_shared<torch::jit::CompilationUnit>();
+  torch::jit::Module seq(c10::QualifiedName("__torch__.attrace.test.Sequential"), cu, true);
+  const auto conv = [&](const std::string& name, int64_t cin, int64_t cout, int64_t kh, int64_t kw, std::vector<int64_t> stride,
+                        std::vector<int64_t> padding, bool bias) {
+    torch::jit::Module c(c10::QualifiedName("__torch__.attrace.test." + name + ".Conv2d"), cu, true);
+    const double bound = 1.0 / std::sqrt(static_cast<double>(cin * kh * kw));
+    c.register_parameter("weight", torch::empty({cout, cin, kh, kw}).uniform_(-bound, bound), false);
+    if (bias) c.register_parameter("bias", torch::empty({cout}).uniform_(-bound, bound), false);
+    const auto ints = c10::ListType::ofInts();
+    c.register_attribute("stride", ints, c10::List<int64_t>(stride));
+    c.register_attribute("padding", ints, c10::List<int64_t>(padding));
+    c.register_attribute("dilation", ints, c10::List<int64_t>({1, 1}));
+    c.register_attribute("groups", c10::IntType::get(), int64_t{1});
+    c.register_attribute("padding_mode", c10::StringType::get(), std::string("zeros"));
+    c.define(std::string("def forward(self, x):\n    return torch.conv2d(x, self.weight, ") + (bias ? "self.bias" : "None") +
+             ", self.stride, self.padding, self.dilation, self.groups)\n");
+    seq.register_module(name, c);
+  };
+  const auto fn = [&](const std::string& name, const std::string& expr) {
+    torch::jit::Module m(c10::QualifiedName("__torch__.attrace.test." + name + ".Function"), cu, true);
+    m.define("def forward(self, x):\n    return " + expr + "\n");
+    seq.register_module(name, m);
+  };
+  conv("c1", 1, 4, 3, 3, {1, 1}, {1, 1}, true);
+  fn("r1", "torch.relu(x)");
+  conv("c2", 4, 6, 3, 2, {1, 2}, {1, 0}, false);
+  fn("r2", "torch.relu(x)");
+  fn("flat", "torch.flatten(x, 1)");
+  torch::jit::Module lin(c10::QualifiedName("__torch__.attrace.test.Linear"), cu, true);
+  lin.register_parameter("weight", torch::empty({kClasses, 192}).uniform_(-0.07, 0.07), false);
+  lin.register_parameter("bias", torch::empty({kClasses}).uniform_(-0.07, 0.07), false);
+  lin.define("def forward(self, x):\n    return torch.addmm(self.bias, x, self.weight.t())\n");
+  seq.register_module("fc", lin);
+  seq.define("def forward(self, x):\n    return self.fc.forward(self.flat.forward(self.r2.forward(self.c2.forward(self.r1.forward(self.c1.forward(x))))))\n");
+  seq.save(path);
+}
+
+// Images for the CNN: n x 1 x 8 x 8 values in [0, 1].
+connectors::Dataset make_images(int64_t n, uint64_t seed, bool train) {
+  connectors::Dataset ds = make_dataset(n, seed, train);
+  std::mt19937_64 rng(seed + 100);
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  ds.inputs.assign(static_cast<size_t>(n * 64), 0.0f);
+  for (auto& v : ds.inputs) v = u(rng);
+  ds.input_shape = {n, 1, 8, 8};
+  return ds;
+}
+
 std::string config_text(const fs::path& dir, int64_t k, uint64_t seed) {
   return "[run]\ncheckpoints = \"run.toml\"\n[data]\ntrain = \"" + (dir / "train.h5").string() + "\"\nquery = \"" +
          (dir / "query.h5").string() + "\"\n[projection]\nkind = \"kronecker\"\nk = " + std::to_string(k) +
@@ -82,14 +137,23 @@ RecorderSettings settings(int64_t k, uint64_t seed) {
 }
 
 // The recorder's rows from the CLI's own layer factors equal the featurizer's rows bit for bit,
-// at a checkpoint index > 0 (streams) with both layers projected (k = 64 < d_in d_out).
-TEST(Recorder, RowsEqualFeaturizerBitForBit) {
-  const fs::path dir = fresh_dir("rows");
-  const auto ds = make_dataset(37, 1, true);
+// at a checkpoint index > 0 (streams) with projected layers (k = 64 < d_in d_out): for the MLP
+// and for the CNN (Conv2d factors: unfolded patches, 64 and 32 positions per example, one conv
+// kept exact, one projected).
+class RecorderRows : public ::testing::TestWithParam<bool> {};
+
+TEST_P(RecorderRows, EqualFeaturizerBitForBit) {
+  const bool cnn = GetParam();
+  const fs::path dir = fresh_dir(cnn ? "rows-cnn" : "rows");
+  const auto ds = cnn ? make_images(37, 1, true) : make_dataset(37, 1, true);
   connectors::write_dataset((dir / "train.h5").string(), ds);
-  connectors::write_dataset((dir / "query.h5").string(), make_dataset(5, 2, false));
-  save_mlp_torchscript((dir / "a.pt").string(), {kIn, kHidden, kClasses}, 11);
-  save_mlp_torchscript((dir / "b.pt").string(), {kIn, kHidden, kClasses}, 12);
+  connectors::write_dataset((dir / "query.h5").string(), cnn ? make_images(5, 2, false) : make_dataset(5, 2, false));
+  for (const auto& [name, seed] : {std::pair<const char*, uint64_t>{"a.pt", 11}, {"b.pt", 12}}) {
+    if (cnn)
+      save_cnn_torchscript((dir / name).string(), seed);
+    else
+      save_mlp_torchscript((dir / name).string(), {kIn, kHidden, kClasses}, seed);
+  }
   connectors::write_file_atomic((dir / "run.toml").string(),
                                 "[[checkpoint]]\nfile = \"a.pt\"\nstep = 3\nlr = 0.5\n"
                                 "[[checkpoint]]\nfile = \"b.pt\"\nstep = 9\nlr = 0.3\n");
@@ -110,35 +174,86 @@ TEST(Recorder, RowsEqualFeaturizerBitForBit) {
     for (const auto& l : model.kronecker_layers()) layers.push_back({l.name, l.d_in, l.d_out, l.bias});
     const auto plan = plan_recorded_projection(layers, 64, c);
     ASSERT_EQ(plan.size(), fz.use().kronecker.size());
+    int projected = 0;
     for (size_t l = 0; l < plan.size(); ++l) {
       EXPECT_EQ(plan[l].k_in, fz.use().kronecker[l].k_in);
       EXPECT_EQ(plan[l].k_out, fz.use().kronecker[l].k_out);
       EXPECT_EQ(plan[l].stream_in, fz.use().kronecker[l].stream_in);
-      EXPECT_LT(plan[l].k_in * plan[l].k_out, plan[l].d_in * plan[l].d_out);  // projected, not identity
+      projected += plan[l].k_in * plan[l].k_out < plan[l].d_in * plan[l].d_out;
     }
+    EXPECT_GE(projected, 2);
     ASSERT_EQ(recorded_width(plan), fz.width());
     std::vector<LayerFactors> factors;
     model.layer_factors(train, 0, train.size(), factors);
     std::vector<LayerBatch> lb;
     for (const auto& f : factors) lb.push_back({f.x.data(), f.delta.data(), f.positions});
-    std::vector<float> got(want.size(), NAN);  // poisoned: every entry must be written
-    recorded_rows(*backend, plan, settings(64, 7), run.checkpoints[c].lr, train.size(), lb, got.data());
-    EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * 4), 0) << "checkpoint " << c;
-    double norm = 0;
-    for (const float v : got) norm += std::fabs(v);
-    EXPECT_GT(norm, 0.0);
+    if (cnn) {
+      EXPECT_EQ(factors[0].positions, 64);
+      EXPECT_EQ(factors[1].positions, 32);
+    }
+    for (const int threads : {1, 2}) {
+      RecorderSettings rs = settings(64, 7);
+      rs.threads = threads;
+      std::vector<float> got(want.size(), NAN);  // poisoned: every entry must be written
+      recorded_rows(layers, rs, c, run.checkpoints[c].lr, train.size(), lb, got.data());
+      EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * 4), 0) << "checkpoint " << c << ", " << threads << " threads";
+      double norm = 0;
+      for (const float v : got) norm += std::fabs(v);
+      EXPECT_GT(norm, 0.0);
+    }
   }
 }
 
-// Trains the MLP a few SGD steps through engine::Recorder (every 2nd step), finalizes, and
-// compares the store with the featurizer on the saved checkpoints.
-TEST(Recorder, LibTorchLoopMatchesCliAndScores) {
-  const fs::path dir = fresh_dir("loop");
+INSTANTIATE_TEST_SUITE_P(Models, RecorderRows, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool>& i) { return std::string(i.param ? "Cnn" : "Mlp"); });
+
+// A Conv2d capture as training holds it (NCHW input and output gradient, a loss scale) makes the
+// same rows as the CLI's unfolded patches (torch's unfold here: the same gather), bit for bit:
+// padding, a rectangular kernel, stride (1, 2) and dilation 2, with and without bias.
+TEST(Recorder, ConvCaptureUnfoldsLikeTheChainPath) {
+  torch::manual_seed(3);
+  const int64_t b = 5, cin = 3, h = 9, w = 7, cout = 4;
+  for (const bool bias : {true, false}) {
+    RecordedLayer l{"conv", cin * 3 * 2 + (bias ? 1 : 0), cout, bias, true};
+    l.geometry = {cin, 3, 2, 1, 2, 2, 1, 2, 1};
+    const int64_t ho = ConvGeometry::out_size(h, 2, 2, 3, 1), wo = ConvGeometry::out_size(w, 1, 1, 2, 2);
+    const auto x = torch::rand({b, cin, h, w});
+    const auto g = torch::randn({b, cout, ho, wo});
+    const float scale = 3.0f;  // not a power of two: the scaling is rounded, the same way on both sides
+    namespace F = torch::nn::functional;
+    auto patches = F::unfold(x, F::UnfoldFuncOptions({3, 2}).dilation({2, 1}).padding({2, 1}).stride({1, 2}))
+                       .transpose(1, 2)
+                       .reshape({b * ho * wo, cin * 6});
+    if (bias) patches = torch::cat({patches, torch::ones({b * ho * wo, 1})}, 1);
+    patches = patches.contiguous();
+    const auto rows_g = (g.reshape({b, cout, ho * wo}).transpose(1, 2).reshape({b * ho * wo, cout}) * scale).contiguous();
+    for (const int64_t k : {int64_t{8}, int64_t{4096}}) {  // projected and exact
+      const RecorderSettings rs = settings(k, 5);
+      const int64_t width = recorded_width(plan_recorded_projection({l}, k, 2));
+      std::vector<float> a(static_cast<size_t>(b * width), NAN), c(a.size(), NAN);
+      LayerBatch raw{x.data_ptr<float>(), g.data_ptr<float>(), 1, true, scale, h, w};
+      recorded_rows({l}, rs, 2, 0.25, b, {raw}, a.data());
+      recorded_rows({l}, rs, 2, 0.25, b, {{patches.data_ptr<float>(), rows_g.data_ptr<float>(), ho * wo}}, c.data());
+      EXPECT_EQ(std::memcmp(a.data(), c.data(), a.size() * 4), 0) << "bias " << bias << ", k " << k;
+    }
+  }
+}
+
+// Trains the MLP (or the CNN) a few SGD steps through engine::Recorder (every 2nd step),
+// finalizes, and compares the store with the featurizer on the saved checkpoints.
+class RecorderLoop : public ::testing::TestWithParam<bool> {};
+
+TEST_P(RecorderLoop, MatchesCliAndScores) {
+  const bool cnn = GetParam();
+  const fs::path dir = fresh_dir(cnn ? "loop-cnn" : "loop");
   const int64_t n = 48, batch = 8;
-  const auto train = make_dataset(n, 3, true);
+  const auto train = cnn ? make_images(n, 3, true) : make_dataset(n, 3, true);
   connectors::write_dataset((dir / "train.h5").string(), train);
-  connectors::write_dataset((dir / "query.h5").string(), make_dataset(6, 4, false));
-  save_mlp_torchscript((dir / "init.pt").string(), {kIn, kHidden, kClasses}, 5);
+  connectors::write_dataset((dir / "query.h5").string(), cnn ? make_images(6, 4, false) : make_dataset(6, 4, false));
+  if (cnn)
+    save_cnn_torchscript((dir / "init.pt").string(), 5);
+  else
+    save_mlp_torchscript((dir / "init.pt").string(), {kIn, kHidden, kClasses}, 5);
   torch::jit::Module model = torch::jit::load((dir / "init.pt").string());
   std::vector<torch::Tensor> params;
   for (const auto& p : model.parameters()) {
@@ -146,11 +261,12 @@ TEST(Recorder, LibTorchLoopMatchesCliAndScores) {
     t.requires_grad_(true);
     params.push_back(t);
   }
-  const auto x_all = torch::from_blob(const_cast<float*>(train.inputs.data()), {n, kIn}, torch::kFloat).clone();
+  const auto x_all = torch::from_blob(const_cast<float*>(train.inputs.data()), train.input_shape, torch::kFloat).clone();
   const auto y_all = torch::from_blob(const_cast<int64_t*>(train.class_targets.data()), {n}, torch::kLong).clone();
   RecorderSettings rs = settings(64, 7);
   rs.every = 2;
   rs.flush_steps = 2;
+  rs.queue_steps = 1;  // the smallest queue: step() waits for the writer at every recorded step
   std::vector<std::vector<int64_t>> batches;
   {
     Recorder rec(model, (dir / "rec").string(), rs);
@@ -170,6 +286,8 @@ TEST(Recorder, LibTorchLoopMatchesCliAndScores) {
       for (size_t k = 0; k < params.size(); ++k) params[k].sub_(grads[k], lr);
       if (s % 2 == 0) batches.push_back(ids);
     }
+    rec.close();
+    EXPECT_EQ(rec.writer().durable(), 3);
   }
   FinalizeOptions fo;
   fo.recording = (dir / "rec").string();
@@ -224,6 +342,9 @@ TEST(Recorder, LibTorchLoopMatchesCliAndScores) {
   EXPECT_EQ(summary.n_train, n);
   EXPECT_TRUE(fs::exists(dir / "out" / "report.json"));
 }
+
+INSTANTIATE_TEST_SUITE_P(Models, RecorderLoop, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool>& i) { return std::string(i.param ? "Cnn" : "Mlp"); });
 
 // Synthetic factors of step s (a pure function of s), for the crash test.
 struct Synthetic {
@@ -307,7 +428,6 @@ TEST(Recorder, SigkillLeavesConsistentRecordingAndResumes) {
   // Every durable step reads back as recorded.
   {
     const RecordingReader r(rec.string());
-    auto backend = kernels::make_cpu_backend(1);
     for (size_t c = 0; c < r.steps(); ++c) {
       const RecordedStep st = r.step(c);
       ASSERT_EQ(st.step, static_cast<int64_t>(c));
@@ -316,8 +436,7 @@ TEST(Recorder, SigkillLeavesConsistentRecordingAndResumes) {
       EXPECT_EQ(st.parameters, f.p);
       EXPECT_EQ(st.lr, 0.01 * static_cast<double>(st.step + 1));
       std::vector<float> want_rows(st.rows.size());
-      recorded_rows(*backend, plan_recorded_projection(kLayers, 16, c), rs, st.lr, 4, {{f.x.data(), f.d.data(), 1}},
-                    want_rows.data());
+      recorded_rows(kLayers, rs, c, st.lr, 4, {{f.x.data(), f.d.data(), 1}}, want_rows.data());
       ASSERT_EQ(st.rows, want_rows) << "step " << c;
     }
   }
@@ -352,6 +471,62 @@ TEST(Recorder, RefusesRepeatedIdsAndBadLr) {
   const Synthetic g(0);
   EXPECT_THROW(w.record(0, NAN, g.ids.data(), 4, {{g.x.data(), g.d.data(), 1}}, {g.p.data()}), InputError);
   EXPECT_THROW(w.record(0, 0.1, g.ids.data(), 4, {}, {g.p.data()}), InputError);
+}
+
+// The files depend only on the record() and flush() calls: the same steps written with a queue
+// of 1 or 16, 1 or 2 projection threads, and a writer slowed down or not, are byte-identical
+// (segment boundaries at flush_steps and at each flush()).
+TEST(Recorder, FilesDoNotDependOnQueueThreadsOrTiming) {
+  const fs::path dir = fresh_dir("determinism");
+  connectors::write_file_atomic((dir / "template.pt").string(), "x");
+  std::vector<std::string> seen;
+  for (const auto& [queue, threads, pause] : {std::tuple<int, int, int>{1, 1, 0}, {16, 2, 0}, {3, 1, 2}}) {
+    const fs::path rec = dir / ("rec" + std::to_string(queue) + "-" + std::to_string(threads) + "-" + std::to_string(pause));
+    RecorderSettings rs = kill_settings();
+    rs.queue_steps = queue;
+    rs.threads = threads;
+    {
+      RecordingWriter w(rec.string(), rs, kLayers, kParams, (dir / "template.pt").string());
+      for (int64_t s = 0; s < 11; ++s) {
+        record_synthetic(w, s);
+        if (pause) std::this_thread::sleep_for(std::chrono::milliseconds(pause));
+        if (s == 4) w.flush();  // a segment of 2 steps (3 + 2), then 3, 3 and the rest at close
+      }
+    }
+    std::string all;
+    for (size_t k = 0; fs::exists(rec / ("segment_00000" + std::to_string(k) + ".bin")); ++k)
+      all += connectors::sha256_file((rec / ("segment_00000" + std::to_string(k) + ".bin")).string()) + " ";
+    seen.push_back(all);
+    EXPECT_EQ(RecordingReader(rec.string()).steps(), 11u);
+  }
+  EXPECT_EQ(std::count(seen[0].begin(), seen[0].end(), ' '), 4) << seen[0];  // segments of 3, 2, 3 and 3 steps
+  EXPECT_EQ(seen[0], seen[1]);
+  EXPECT_EQ(seen[0], seen[2]);
+}
+
+// A step whose features are not finite is reported by the next call (the writer runs behind
+// the caller), names the step and example, and leaves every step before it durable.
+TEST(Recorder, BackgroundErrorIsReportedAndEarlierStepsStayDurable) {
+  const fs::path dir = fresh_dir("nan");
+  connectors::write_file_atomic((dir / "template.pt").string(), "x");
+  const fs::path rec = dir / "rec";
+  {
+    RecordingWriter w(rec.string(), kill_settings(), kLayers, kParams, (dir / "template.pt").string());
+    for (int64_t s = 0; s < 4; ++s) record_synthetic(w, s);
+    Synthetic bad(4);
+    bad.d[7] = NAN;  // example 1's output gradient
+    w.record(4, 0.1, bad.ids.data(), 4, {{bad.x.data(), bad.d.data(), 1}}, {bad.p.data()});
+    try {
+      w.flush();
+      FAIL() << "a NaN feature was recorded";
+    } catch (const NumericError& e) {
+      EXPECT_NE(std::string(e.what()).find("step 4"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("example id " + std::to_string(bad.ids[1])), std::string::npos) << e.what();
+    }
+    EXPECT_THROW(record_synthetic(w, 5), NumericError);
+    EXPECT_EQ(w.durable(), 4);
+  }  // the destructor logs the error instead of throwing it
+  EXPECT_EQ(RecordingReader(rec.string()).steps(), 4u);
 }
 
 }  // namespace

@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <map>
 #include <cmath>
 #include <filesystem>
 
@@ -28,14 +29,71 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// A child of the flattened chain: a Linear layer (layer >= 0) or a parameter-free module.
+// A child of the flattened chain: a Linear or Conv2d layer (layer >= 0) or a parameter-free module.
 struct ChainChild {
   torch::jit::Module module;
   std::string name;
   int layer = -1;
-  int64_t n_in = 0, n_out = 0;
+  bool conv = false;
+  int64_t n_in = 0, n_out = 0;  // Linear: features; Conv2d: input channels, output channels
   bool bias = false;
 };
+
+// An int pair attribute of a scripted Conv2d (stride, padding, dilation).
+bool int_pair(const torch::jit::Module& m, const char* attr, int64_t& a, int64_t& b) {
+  if (!m.hasattr(attr)) return false;
+  const auto v = m.attr(attr);
+  if (v.isInt()) {
+    a = b = v.toInt();
+    return true;
+  }
+  if (v.isTuple() && v.toTupleRef().elements().size() == 2 && v.toTupleRef().elements()[0].isInt() &&
+      v.toTupleRef().elements()[1].isInt()) {
+    a = v.toTupleRef().elements()[0].toInt();
+    b = v.toTupleRef().elements()[1].toInt();
+    return true;
+  }
+  if (v.isIntList() && v.toIntList().size() == 2) {
+    a = v.toIntList().get(0);
+    b = v.toIntList().get(1);
+    return true;
+  }
+  return false;
+}
+
+// A Conv2d child's geometry, as the CLI's chain path reads it (groups 1, zero padding; padding
+// an int pair, "valid", or "same" with even totals). InputError naming the child otherwise.
+ConvGeometry read_conv(const torch::jit::Module& c, const std::string& name, const torch::Tensor& weight) {
+  const std::string what = "recorder: Conv2d child '" + name + "'";
+  ATTRACE_CHECK(weight.dim() == 4, InputError, what + " has a weight that is not 4-D");
+  for (const char* attr : {"stride", "padding", "dilation", "groups", "padding_mode"})
+    ATTRACE_CHECK(c.hasattr(attr), InputError, what + " does not record its " + std::string(attr) + " (script the model, do not trace it)");
+  ATTRACE_CHECK(c.attr("groups").isInt() && c.attr("groups").toInt() == 1, InputError, what + ": groups must be 1");
+  ATTRACE_CHECK(c.attr("padding_mode").isString() && c.attr("padding_mode").toStringRef() == "zeros", InputError,
+                what + ": only zero padding is recorded");
+  ConvGeometry g;
+  g.c_in = weight.size(1);
+  g.kh = weight.size(2);
+  g.kw = weight.size(3);
+  ATTRACE_CHECK(int_pair(c, "stride", g.sh, g.sw) && int_pair(c, "dilation", g.dh, g.dw), InputError,
+                what + ": stride or dilation is not an int pair");
+  if (c.attr("padding").isString()) {
+    const std::string mode = c.attr("padding").toStringRef();
+    if (mode == "valid") {
+      g.ph = g.pw = 0;
+    } else {
+      ATTRACE_CHECK(mode == "same" && g.dh * (g.kh - 1) % 2 == 0 && g.dw * (g.kw - 1) % 2 == 0, InputError,
+                    what + ": padding '" + mode + "' is not recorded (an odd 'same' total is asymmetric)");
+      g.ph = g.dh * (g.kh - 1) / 2;
+      g.pw = g.dw * (g.kw - 1) / 2;
+    }
+  } else {
+    ATTRACE_CHECK(int_pair(c, "padding", g.ph, g.pw), InputError, what + ": padding is not an int pair or 'valid'/'same'");
+  }
+  ATTRACE_CHECK(g.sh >= 1 && g.sw >= 1 && g.dh >= 1 && g.dw >= 1 && g.ph >= 0 && g.pw >= 0, InputError,
+                what + " has an unusual stride, dilation or padding");
+  return g;
+}
 
 // The chain as the CLI's gradient path lays it out (gradients.cpp, build_chain): nested
 // Sequentials flattened, children named by their path, so layer names and order match.
@@ -55,17 +113,31 @@ std::vector<ChainChild> flatten_chain(const torch::jit::Module& model, std::vect
       std::vector<std::pair<std::string, torch::Tensor>> ps;
       for (const auto& p : c.value.named_parameters(true)) ps.emplace_back(p.name, p.value);
       if (!ps.empty()) {
-        const bool ok = type_ends_with(c.value, ".Linear") && ps[0].first == "weight" && ps[0].second.dim() == 2 &&
+        const bool linear = type_ends_with(c.value, ".Linear"), conv = type_ends_with(c.value, ".Conv2d");
+        const bool ok = (linear || conv) && ps[0].first == "weight" && ps[0].second.dim() == (linear ? 2 : 4) &&
                         (ps.size() == 1 || (ps.size() == 2 && ps[1].first == "bias" && ps[1].second.dim() == 1 &&
                                             ps[1].second.size(0) == ps[0].second.size(0)));
         ATTRACE_CHECK(ok, InputError,
                       "recorder: child '" + name + "' (" + type_name(c.value) +
-                          ") has parameters and is not a Linear layer; the recorder covers Linear layers only");
+                          ") has parameters and is not a Linear or Conv2d layer; the recorder covers those only");
         ch.layer = static_cast<int>(layers.size());
+        ch.conv = conv;
         ch.n_out = ps[0].second.size(0);
-        ch.n_in = ps[0].second.size(1);
         ch.bias = ps.size() == 2;
-        layers.push_back({name, ch.n_in + (ch.bias ? 1 : 0), ch.n_out, ch.bias});
+        RecordedLayer rl;
+        rl.name = name;
+        rl.d_out = ch.n_out;
+        rl.bias = ch.bias;
+        if (conv) {
+          rl.conv = true;
+          rl.geometry = read_conv(c.value, name, ps[0].second);
+          ch.n_in = rl.geometry.c_in;
+          rl.d_in = rl.geometry.c_in * rl.geometry.kh * rl.geometry.kw + (ch.bias ? 1 : 0);
+        } else {
+          ch.n_in = ps[0].second.size(1);
+          rl.d_in = ch.n_in + (ch.bias ? 1 : 0);
+        }
+        layers.push_back(rl);
       }
       chain.push_back(ch);
     }
@@ -130,11 +202,14 @@ Recorder::~Recorder() = default;
 at::Tensor Recorder::forward(const at::Tensor& x) {
   auto& m = *impl_;
   m.capturing = m.writer->wants(m.next_step) && torch::GradMode::is_enabled();
+  // A step that is not recorded runs the model's own forward: no cost, and the same bits as
+  // training without the recorder (TorchScript may fuse what the child-by-child path does not).
+  if (!m.capturing) return m.model.forward({x}).toTensor();
   m.inputs.assign(m.layers.size(), torch::Tensor());
   m.grads.assign(m.layers.size(), torch::Tensor());
   torch::Tensor h = x;
   for (auto& c : m.chain) {
-    if (c.layer < 0 || !m.capturing) {
+    if (c.layer < 0) {
       h = c.module.forward({h}).toTensor();
       continue;
     }
@@ -166,32 +241,58 @@ bool Recorder::step(const std::vector<int64_t>& ids, double lr, double loss_scal
   if (!m.capturing) return false;
   m.capturing = false;
   const auto batch = static_cast<int64_t>(ids.size());
+  const std::string what = "recorder: step " + std::to_string(t);
+  ATTRACE_CHECK(batch > 0, InputError, what + ": no example ids");
+  // The batch-mean loss scaled each example's gradient by 1/B: undone by the same factor, in
+  // float32 by the writer (exact when it is a power of two, docs/recorder.md).
   const float scale = static_cast<float>(loss_scale > 0 ? loss_scale : static_cast<double>(batch));
-  std::vector<torch::Tensor> xs, ds, ps;
+  // Only views here (no torch operation unless a tensor is not float32 and contiguous): the
+  // writer copies the bytes into its queue and does the rest in the background.
+  std::vector<torch::Tensor> keep;
   std::vector<LayerBatch> lb;
   for (size_t l = 0; l < m.layers.size(); ++l) {
     const auto& L = m.layers[l];
     ATTRACE_CHECK(m.inputs[l].defined() && m.grads[l].defined(), InputError,
-                  "recorder: step " + std::to_string(t) + ": no gradient reached layer '" + L.name +
+                  what + ": no gradient reached layer '" + L.name +
                       "' (call step() after the backward pass of the loss of this step's forward())");
-    const int64_t n_in = L.d_in - (L.bias ? 1 : 0);
     const auto x = m.inputs[l].to(torch::kFloat).contiguous();
-    ATTRACE_CHECK(x.dim() >= 1 && x.size(0) == batch && x.numel() % (batch * n_in) == 0, InputError,
-                  "recorder: step " + std::to_string(t) + ": " + std::to_string(batch) + " ids for a batch of " +
-                      std::to_string(x.dim() ? x.size(0) : 0) + " rows");
-    const int64_t positions = x.numel() / (batch * n_in);
-    auto xr = x.reshape({batch * positions, n_in});
-    if (L.bias) xr = torch::cat({xr, torch::ones({batch * positions, 1}, torch::kFloat)}, 1);
-    xs.push_back(xr.contiguous());
-    // The batch-mean loss scaled each example's gradient by 1/B: undone by the same factor
-    // (exact when it is a power of two, docs/recorder.md).
-    ds.push_back((m.grads[l].to(torch::kFloat).reshape({batch * positions, L.d_out}) * scale).contiguous());
-    lb.push_back({xs.back().data_ptr<float>(), ds.back().data_ptr<float>(), positions});
+    const auto g = m.grads[l].to(torch::kFloat).contiguous();
+    keep.push_back(x);
+    keep.push_back(g);
+    LayerBatch c;
+    c.x = x.data_ptr<float>();
+    c.delta = g.data_ptr<float>();
+    c.delta_scale = scale;
+    if (L.conv) {
+      ATTRACE_CHECK(x.dim() == 4 && x.size(0) == batch && x.size(1) == L.geometry.c_in && g.dim() == 4 && g.size(0) == batch &&
+                        g.size(1) == L.d_out,
+                    InputError,
+                    what + ": " + std::to_string(batch) + " ids for Conv2d '" + L.name + "' inputs of shape " +
+                        std::to_string(x.dim() ? x.size(0) : 0) + " x ...");
+      c.height = x.size(2);
+      c.width = x.size(3);
+      ATTRACE_CHECK(g.size(2) * g.size(3) == ConvGeometry::out_size(c.height, L.geometry.ph, L.geometry.dh, L.geometry.kh, L.geometry.sh) *
+                                                 ConvGeometry::out_size(c.width, L.geometry.pw, L.geometry.dw, L.geometry.kw, L.geometry.sw),
+                    InputError, what + ": Conv2d '" + L.name + "': output gradient does not fit the recorded geometry");
+    } else {
+      const int64_t n_in = L.d_in - (L.bias ? 1 : 0);
+      ATTRACE_CHECK(x.dim() >= 1 && x.size(0) == batch && x.numel() % (batch * n_in) == 0, InputError,
+                    what + ": " + std::to_string(batch) + " ids for a batch of " + std::to_string(x.dim() ? x.size(0) : 0) + " rows");
+      c.positions = x.numel() / (batch * n_in);
+      c.x_bias_column = false;
+      ATTRACE_CHECK(g.numel() == batch * c.positions * L.d_out, InputError,
+                    what + ": layer '" + L.name + "': output gradient of " + std::to_string(g.numel()) + " values");
+    }
+    lb.push_back(c);
   }
   std::vector<const float*> pp;
   for (const auto& p : m.params) {
-    ps.push_back(p.detach().contiguous());
-    pp.push_back(ps.back().data_ptr<float>());
+    if (p.is_contiguous()) {
+      pp.push_back(p.data_ptr<float>());
+    } else {
+      keep.push_back(p.detach().contiguous());
+      pp.push_back(keep.back().data_ptr<float>());
+    }
   }
   m.writer->record(t, lr, ids.data(), batch, lb, pp);
   m.inputs.clear();
@@ -202,6 +303,7 @@ bool Recorder::step(const std::vector<int64_t>& ids, double lr, double loss_scal
 int64_t Recorder::current_step() const { return impl_->next_step; }
 void Recorder::set_step(int64_t step) { impl_->next_step = step; }
 void Recorder::flush() { impl_->writer->flush(); }
+void Recorder::close() { impl_->writer->close(); }
 const RecordingWriter& Recorder::writer() const { return *impl_->writer; }
 
 FinalizeSummary finalize_recording(const FinalizeOptions& o) {
@@ -269,16 +371,54 @@ FinalizeSummary finalize_recording(const FinalizeOptions& o) {
       "\nseed = " + std::to_string(rs.seed) + "\ndistribution = \"" +
       (rs.distribution == kernels::ProjectionKind::gaussian ? "gaussian" : "rademacher") + "\"\n\n[features]\ndtype = \"" +
       connectors::to_string(rs.dtype) + "\"\n";
-  connectors::write_file_atomic(summary.config_file, config_text);
+  if (o.config_file.empty()) {
+    connectors::write_file_atomic(summary.config_file, config_text);
+  } else {
+    summary.config_file = o.config_file;
+  }
 
   const Config config = load_config(summary.config_file);
+  if (!o.config_file.empty()) {
+    // A caller's config: it must describe this recording (the store's spec is made from it).
+    const std::string where = o.config_file + ": ";
+    std::error_code ec;
+    ATTRACE_CHECK(fs::equivalent(config.run_file, summary.run_file, ec), InputError,
+                  where + "run.checkpoints is '" + config.run_file + "', the recording's run file is '" + summary.run_file + "'");
+    ATTRACE_CHECK(config.projection == Projection::kronecker, InputError, where + "projection.kind must be \"kronecker\" (the recording's)");
+    ATTRACE_CHECK(config.projection_k == rs.k, InputError,
+                  where + "projection.k = " + std::to_string(config.projection_k) + ", the recording's is " + std::to_string(rs.k));
+    ATTRACE_CHECK(config.projection_seed == rs.seed, InputError,
+                  where + "projection.seed = " + std::to_string(config.projection_seed) + ", the recording's is " + std::to_string(rs.seed));
+    ATTRACE_CHECK((config.projection_distribution == Distribution::gaussian) == (rs.distribution == kernels::ProjectionKind::gaussian),
+                  InputError, where + "projection.distribution differs from the recording's");
+    ATTRACE_CHECK(feature_dtype_of(config) == rs.dtype, InputError,
+                  where + "features.dtype = '" + connectors::to_string(feature_dtype_of(config)) + "', the recording's is '" +
+                      connectors::to_string(rs.dtype) + "'");
+  }
   const auto run = connectors::read_run_file(config.run_file);
   const auto ds = connectors::read_dataset(config.train_file, true);
+  // Rows of the store for each recorded id: the id itself, or (another recorded dataset) the row
+  // of the example with the same example id, -1 when this training set lacks it.
+  std::vector<int64_t> row_of;
+  int64_t recorded_n = ds.size();
+  std::string recorded_file = config.train_file;
+  if (!o.recorded_train.empty()) {
+    const auto rd = connectors::read_dataset(o.recorded_train, true);
+    recorded_n = rd.size();
+    recorded_file = o.recorded_train;
+    std::map<std::string, int64_t> where;
+    for (int64_t i = 0; i < ds.size(); ++i) where.emplace(ds.ids[static_cast<size_t>(i)], i);
+    row_of.assign(static_cast<size_t>(rd.size()), -1);
+    for (int64_t i = 0; i < rd.size(); ++i) {
+      const auto it = where.find(rd.ids[static_cast<size_t>(i)]);
+      if (it != where.end()) row_of[static_cast<size_t>(i)] = it->second;
+    }
+  }
   for (const auto& s : meta_steps)
     for (const auto id : s.ids)
-      ATTRACE_CHECK(id < ds.size(), InputError,
+      ATTRACE_CHECK(id < recorded_n, InputError,
                     o.recording + ": step " + std::to_string(s.step) + " holds example id " + std::to_string(id) + " but '" +
-                        config.train_file + "' has " + std::to_string(ds.size()) + " examples (ids are its row numbers)");
+                        recorded_file + "' has " + std::to_string(recorded_n) + " examples (ids are its row numbers)");
   auto backend = kernels::make_backend(to_string(config.device));
   connectors::StoreLayout layout;
   layout.spec = canonical(feature_spec(config, run, ds, false));
@@ -321,7 +461,10 @@ FinalizeSummary finalize_recording(const FinalizeOptions& o) {
     if (b0 == ds.size()) continue;
     const RecordedStep s = rec.step(c);
     std::vector<std::pair<int64_t, int64_t>> order;  // (dataset row, batch row)
-    for (size_t k = 0; k < s.ids.size(); ++k) order.emplace_back(s.ids[k], static_cast<int64_t>(k));
+    for (size_t k = 0; k < s.ids.size(); ++k) {
+      const int64_t row = row_of.empty() ? s.ids[k] : row_of[static_cast<size_t>(s.ids[k])];
+      if (row >= 0) order.emplace_back(row, static_cast<int64_t>(k));
+    }
     std::sort(order.begin(), order.end());
     auto it = std::lower_bound(order.begin(), order.end(), std::make_pair(b0, int64_t{-1}));
     for (; b0 < ds.size(); b0 += layout.chunk_rows) {
@@ -331,7 +474,7 @@ FinalizeSummary finalize_recording(const FinalizeOptions& o) {
         std::copy_n(s.rows.data() + it->second * width, width, buf.data() + (it->first - b0) * width);
       writer.write(c, b0, b1, buf.data());
     }
-    summary.rows += static_cast<int64_t>(s.ids.size());
+    summary.rows += static_cast<int64_t>(order.size());
   }
   summary.steps = static_cast<int64_t>(meta_steps.size());
   return summary;

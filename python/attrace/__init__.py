@@ -12,7 +12,8 @@
     report = attrace.load_report("results")
 
 Semantics, layout and guarantees: docs/recorder.md. The C++ part (_attrace) does the projection
-(the CLI's Kronecker projection, bit for bit on the same captured tensors) and the durable writes.
+(the CLI's Kronecker projection, bit for bit on the same captured tensors) and the durable writes,
+on a background thread: step() only copies the captured tensors into its queue.
 """
 import json
 import os
@@ -46,17 +47,49 @@ def _chain(model):
     return out
 
 
-class Recorder:
-    """Records a training run of an nn.Sequential whose layers with parameters are nn.Linear.
+def _conv_geometry(name, conv):
+    """The geometry dict of an nn.Conv2d (groups 1, zero padding), as the CLI's chain path reads it."""
+    if conv.groups != 1:
+        raise InputError("attrace.Recorder: Conv2d '%s' has groups = %d (only 1 is recorded)" % (name, conv.groups))
+    if conv.padding_mode != "zeros":
+        raise InputError("attrace.Recorder: Conv2d '%s' pads with '%s' (only zeros is recorded)" % (name, conv.padding_mode))
+    kh, kw = conv.kernel_size
+    dh, dw = conv.dilation
+    if isinstance(conv.padding, str):
+        if conv.padding == "valid":
+            padding = (0, 0)
+        elif conv.padding == "same" and dh * (kh - 1) % 2 == 0 and dw * (kw - 1) % 2 == 0:
+            padding = (dh * (kh - 1) // 2, dw * (kw - 1) // 2)
+        else:
+            raise InputError("attrace.Recorder: Conv2d '%s' has padding '%s' with an odd total (asymmetric)"
+                             % (name, conv.padding))
+    else:
+        padding = tuple(conv.padding)
+    return {"c_in": conv.in_channels, "kernel": (kh, kw), "stride": tuple(conv.stride), "padding": padding,
+            "dilation": (dh, dw)}
 
-    Forward hooks keep each Linear layer's input and a tensor hook its output gradient, only in
-    steps that are recorded; step(ids, lr) (after backward, before the optimizer step) hands them
-    to the C++ writer. `store` is the recording directory; finalize() turns it into a feature
-    store. every / steps choose the recorded steps; loss_scale in step() undoes a mean loss.
+
+def _as_f32(t):
+    """A float32, contiguous, CPU numpy view of a tensor (a copy only when it is not one already)."""
+    t = t.detach()
+    if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
+        t = t.to(device="cpu", dtype=torch.float32).contiguous()
+    return t.numpy()
+
+
+class Recorder:
+    """Records a training run of an nn.Sequential whose layers with parameters are nn.Linear or
+    nn.Conv2d (groups 1, zero padding).
+
+    Forward hooks keep each layer's input and a tensor hook its output gradient, only in steps
+    that are recorded; step(ids, lr) (after backward, before the optimizer step) copies them into
+    the C++ writer's queue, whose background thread projects and writes them. `store` is the
+    recording directory; finalize() turns it into a feature store. every / steps choose the
+    recorded steps; loss_scale in step() undoes a mean loss.
     """
 
     def __init__(self, model, store, k=4096, seed=0, every=1, steps=None, distribution="rademacher", dtype="f32",
-                 flush_steps=64, threads=1):
+                 flush_steps=64, threads=1, queue_steps=4):
         self.model = model
         self.layers = []  # (name, module)
         specs = []
@@ -64,12 +97,17 @@ class Recorder:
             params = list(child.parameters(recurse=True))
             if not params:
                 continue
-            if not isinstance(child, torch.nn.Linear):
-                raise InputError("attrace.Recorder: child '%s' (%s) has parameters and is not nn.Linear"
+            bias = getattr(child, "bias", None) is not None
+            if isinstance(child, torch.nn.Linear):
+                specs.append((name, child.in_features + (1 if bias else 0), child.out_features, bias, None))
+            elif isinstance(child, torch.nn.Conv2d):
+                geometry = _conv_geometry(name, child)
+                kh, kw = geometry["kernel"]
+                specs.append((name, child.in_channels * kh * kw + (1 if bias else 0), child.out_channels, bias, geometry))
+            else:
+                raise InputError("attrace.Recorder: child '%s' (%s) has parameters and is not nn.Linear or nn.Conv2d"
                                  % (name, type(child).__name__))
-            bias = child.bias is not None
             self.layers.append((name, child))
-            specs.append((name, child.in_features + (1 if bias else 0), child.out_features, bias))
         self.params = [(n, p) for n, p in model.named_parameters()]
         for n, p in self.params:
             if p.dtype != torch.float32:
@@ -83,7 +121,7 @@ class Recorder:
             self._writer = _attrace.RecordingWriter(
                 str(store), specs, [(n, list(p.shape)) for n, p in self.params], tmpl, k=k, seed=seed,
                 distribution=distribution, dtype=dtype, every=every, steps=list(steps or []), flush_steps=flush_steps,
-                threads=threads)
+                threads=threads, queue_steps=queue_steps)
         finally:
             os.remove(tmpl)
         self.store = str(store)
@@ -92,17 +130,19 @@ class Recorder:
         self._capturing = False
         self._x = [None] * len(self.layers)
         self._g = [None] * len(self.layers)
-        self.seconds_capture = 0.0
+        self._param_views = None  # (data pointers, numpy views) of the parameters
+        self._bias_columns = [False] * len(self.layers)  # the writer appends the bias column
 
     # -- hooks ------------------------------------------------------------------------------
     def _forward_hook(self, index):
+        def keep(g):
+            self._g[index] = g
+
         def hook(module, inputs, output):
             if not self._capturing:
                 return
-            self._x[index] = inputs[0].detach()
+            self._x[index] = inputs[0]
             if output.requires_grad:
-                def keep(g):
-                    self._g[index] = g.detach()
                 output.register_hook(keep)
         return hook
 
@@ -136,45 +176,49 @@ class Recorder:
         self.close()
         return False
 
+    def _parameters(self):
+        # numpy views of the parameters (they share memory: the optimizer's in-place updates show
+        # through), made again only when a parameter's storage moved (.to(), a loaded state dict).
+        ptrs = tuple(p.data_ptr() for _, p in self.params)
+        if self._param_views is not None and self._param_views[0] == ptrs:
+            return self._param_views[1]
+        views = [_as_f32(p).reshape(-1) for _, p in self.params]
+        if all(p.device.type == "cpu" and p.is_contiguous() for _, p in self.params):
+            self._param_views = (ptrs, views)
+        return views
+
     # -- steps ------------------------------------------------------------------------------
     def step(self, ids, lr, loss_scale=None):
         """Ends training step `current_step`; records it when scheduled. ids: the batch's rows in
         the training dataset, in batch order. loss_scale: the factor from the captured gradient
         to each example's own loss gradient (default: the batch size, for a mean loss; 1 for a
-        summed loss). Returns whether the step was recorded."""
+        summed loss). Returns whether the step was recorded. The captured tensors are copied
+        before it returns; projection and writing run on the writer's thread."""
         t = self.current_step
         self.current_step += 1
         if not self._capturing:
             return False
         self._capturing = False
-        ids = np.ascontiguousarray(torch.as_tensor(ids).cpu().numpy(), dtype=np.int64).reshape(-1)
+        if isinstance(ids, torch.Tensor):
+            ids = ids.detach().cpu().numpy()
+        ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
         batch = ids.shape[0]
-        scale = np.float32(batch if loss_scale is None else loss_scale)
-        xs, ds, pos = [], [], []
+        xs, ds = [], []
         for i, (name, mod) in enumerate(self.layers):
             x, g = self._x[i], self._g[i]
             if x is None or g is None:
                 raise InputError("attrace.Recorder: step %d: no gradient reached layer '%s' (call step() after "
                                  "loss.backward() of this step's forward)" % (t, name))
-            x = x.to(torch.float32).reshape(-1, mod.in_features).cpu().numpy()
-            rows = x.shape[0]
-            if rows % batch:
-                raise InputError("attrace.Recorder: step %d: %d ids for %d rows of layer '%s'" % (t, batch, rows, name))
-            if mod.bias is not None:
-                x = np.concatenate([x, np.ones((rows, 1), np.float32)], axis=1)
-            # The batch-mean loss scaled each example's gradient by 1/B; undone by the same factor.
-            d = g.to(torch.float32).reshape(-1, mod.out_features).cpu().numpy() * scale
-            xs.append(np.ascontiguousarray(x))
-            ds.append(np.ascontiguousarray(d, dtype=np.float32))
-            pos.append(rows // batch)
-        params = [p.detach().reshape(-1).cpu().numpy() for _, p in self.params]
-        self._writer.record(t, float(lr), ids, xs, ds, pos, params)
+            xs.append(_as_f32(x))
+            ds.append(_as_f32(g))
         self._x = [None] * len(self.layers)
         self._g = [None] * len(self.layers)
+        self._writer.record(t, float(lr), ids, xs, ds, self._bias_columns,
+                            float(batch if loss_scale is None else loss_scale), self._parameters())
         return True
 
     def flush(self):
-        """Makes every recorded step durable."""
+        """Makes every recorded step durable (waits for the writer's queue)."""
         self._writer.flush()
 
     def close(self):
@@ -188,14 +232,18 @@ class Recorder:
 
     @property
     def timings(self):
-        """Seconds spent in projection and in writing (C++ side)."""
+        """Seconds spent (C++ side): capture (copying into the queue) and wait (blocked on a full
+        queue or a flush) on the training thread; project and write on the writer's thread."""
         return self._writer.timings
 
 
-def finalize(recording, train, query, store, loss="cross_entropy", replace=False):
+def finalize(recording, train, query, store, loss="cross_entropy", replace=False, recorded_train="", config=""):
     """Checkpoints, run.toml, attrace.toml and a feature store (train rows) from a recording.
-    Returns a dict with the config and store paths for score()."""
-    return _attrace.finalize(str(recording), str(train), str(query), str(store), loss, replace)
+    recorded_train: the dataset whose rows the recorded ids are, when `train` is another one
+    (matched by example id). config: a config to use instead of writing attrace.toml. Returns a
+    dict with the config and store paths for score()."""
+    return _attrace.finalize(str(recording), str(train), str(query), str(store), loss, replace, str(recorded_train),
+                             str(config))
 
 
 def _binary(binary):
