@@ -18,8 +18,12 @@
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <iostream>
 #include <string>
+
+#include <unistd.h>
 
 namespace {
 
@@ -60,7 +64,23 @@ void print_vector(const attrace::engine::RunSummary& s) {
 
 }  // namespace
 
+// OpenMP threads that spin between parallel regions take the CPU from the threads doing the work
+// when cores are shared (measured: LM featurization 6-9x slower on a loaded 2-vCPU machine).
+// libgomp reads OMP_WAIT_POLICY when it is loaded, before main, so the CLI sets it to "passive"
+// (unless the user set it) and executes itself again once, for the commands that compute (a
+// second start costs about 0.5 s of loading LibTorch: not worth it for version, import, ledger).
+static void prefer_passive_openmp_waits(int argc, char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
+  bool computes = false;
+  for (int i = 1; i < argc && !computes; ++i)
+    for (const char* c : {"attribute", "featurize", "score", "demo", "eval", "verify"}) computes |= std::strcmp(argv[i], c) == 0;
+  if (!computes) return;
+  ::setenv("OMP_WAIT_POLICY", "passive", 1);
+  ::execv("/proc/self/exe", argv);  // returns only on failure: then run as we are
+}
+
 int main(int argc, char** argv) {
+  prefer_passive_openmp_waits(argc, argv);
   CLI::App app{"attrace: training-data attribution per tranche, recomputable for payments and audits"};
   app.require_subcommand(1);
   bool quiet = false;
