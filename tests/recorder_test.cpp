@@ -241,11 +241,12 @@ TEST(Recorder, ConvCaptureUnfoldsLikeTheChainPath) {
 
 // Trains the MLP (or the CNN) a few SGD steps through engine::Recorder (every 2nd step),
 // finalizes, and compares the store with the featurizer on the saved checkpoints.
-class RecorderLoop : public ::testing::TestWithParam<bool> {};
+// 0: the MLP, 1: the CNN (both Kronecker, k = 64), 2: the MLP recorded exactly (projection none).
+class RecorderLoop : public ::testing::TestWithParam<int> {};
 
 TEST_P(RecorderLoop, MatchesCliAndScores) {
-  const bool cnn = GetParam();
-  const fs::path dir = fresh_dir(cnn ? "loop-cnn" : "loop");
+  const bool cnn = GetParam() == 1, exact = GetParam() == 2;
+  const fs::path dir = fresh_dir(cnn ? "loop-cnn" : exact ? "loop-exact" : "loop");
   const int64_t n = 48, batch = 8;
   const auto train = cnn ? make_images(n, 3, true) : make_dataset(n, 3, true);
   connectors::write_dataset((dir / "train.h5").string(), train);
@@ -264,6 +265,7 @@ TEST_P(RecorderLoop, MatchesCliAndScores) {
   const auto x_all = torch::from_blob(const_cast<float*>(train.inputs.data()), train.input_shape, torch::kFloat).clone();
   const auto y_all = torch::from_blob(const_cast<int64_t*>(train.class_targets.data()), {n}, torch::kLong).clone();
   RecorderSettings rs = settings(64, 7);
+  if (exact) rs.projection = Projection::none;
   rs.every = 2;
   rs.flush_steps = 2;
   rs.queue_steps = 1;  // the smallest queue: step() waits for the writer at every recorded step
@@ -343,8 +345,52 @@ TEST_P(RecorderLoop, MatchesCliAndScores) {
   EXPECT_TRUE(fs::exists(dir / "out" / "report.json"));
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, RecorderLoop, ::testing::Values(false, true),
-                         [](const ::testing::TestParamInfo<bool>& i) { return std::string(i.param ? "Cnn" : "Mlp"); });
+INSTANTIATE_TEST_SUITE_P(Models, RecorderLoop, ::testing::Values(0, 1, 2), [](const ::testing::TestParamInfo<int>& i) {
+  return std::string(i.param == 0 ? "Mlp" : i.param == 1 ? "Cnn" : "MlpExact");
+});
+
+// Exact recording (projection none): rows from the CLI's own layer factors equal the featurizer's
+// exact rows bit for bit, with both layers factored (features.factored auto), both dense
+// (never), and lr not applied (the checkpoint's weight is lr).
+TEST(Recorder, ExactRowsEqualFeaturizerBitForBit) {
+  const fs::path dir = fresh_dir("rows-exact");
+  const auto ds = make_dataset(29, 1, true);
+  connectors::write_dataset((dir / "train.h5").string(), ds);
+  connectors::write_dataset((dir / "query.h5").string(), make_dataset(5, 2, false));
+  save_mlp_torchscript((dir / "a.pt").string(), {kIn, kHidden, kClasses}, 11);
+  connectors::write_file_atomic((dir / "run.toml").string(), "[[checkpoint]]\nfile = \"a.pt\"\nstep = 3\nlr = 0.5\n");
+  for (const auto factored : {Factoring::automatic, Factoring::never}) {
+    connectors::write_file_atomic((dir / "attrace.toml").string(),
+                                  "[run]\ncheckpoints = \"run.toml\"\n[data]\ntrain = \"train.h5\"\nquery = \"query.h5\"\n"
+                                  "[features]\nfactored = \"" + to_string(factored) + "\"\n");
+    const Config config = load_config((dir / "attrace.toml").string());
+    const auto run = connectors::read_run_file(config.run_file);
+    const auto train = connectors::read_dataset(config.train_file, true);
+    auto backend = kernels::make_cpu_backend(1);
+    Featurizer fz(config, run, 0, {&train}, *backend);
+    EXPECT_EQ(fz.weight(), 0.5);
+    std::vector<float> want(static_cast<size_t>(train.size() * fz.width()), NAN);
+    fz.features(train, 0, train.size(), want.data());
+    GradientSettings gs;
+    CheckpointModel model(run.checkpoints[0].path, gs, *backend);
+    model.prepare(train);
+    std::vector<RecordedLayer> layers;
+    for (const auto& l : model.kronecker_layers()) layers.push_back({l.name, l.d_in, l.d_out, l.bias});
+    const FeatureLayout layout = recorded_exact_layout(layers, factored);
+    EXPECT_TRUE(layout == fz.use().layout);
+    EXPECT_EQ(layout.factored.size(), factored == Factoring::never ? 0u : 2u);
+    std::vector<LayerFactors> factors;
+    model.layer_factors(train, 0, train.size(), factors);
+    std::vector<LayerBatch> lb;
+    for (const auto& f : factors) lb.push_back({f.x.data(), f.delta.data(), f.positions});
+    RecorderSettings rs;
+    rs.projection = Projection::none;
+    rs.factored = factored;
+    std::vector<float> got(want.size(), NAN);
+    recorded_rows(layers, rs, 0, 0.5, train.size(), lb, got.data());
+    EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * 4), 0) << to_string(factored);
+  }
+}
 
 // Synthetic factors of step s (a pure function of s), for the crash test.
 struct Synthetic {

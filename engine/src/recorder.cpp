@@ -3,6 +3,7 @@
 // generated once), and the recording directory (recording.json, template.pt, segments of
 // recorded steps written by a background thread and made durable at a step interval).
 #include <attrace/connectors/fs.hpp>
+#include <attrace/engine/gradients.hpp>
 #include <attrace/engine/recorder.hpp>
 #include <attrace/engine/report.hpp>
 #include <attrace/error.hpp>
@@ -125,16 +126,19 @@ nlohmann::json recording_json(const RecorderSettings& s, const std::vector<Recor
                      "mode 1: P_in^T x (float32 x batch x k_in) and P_out^T delta (float32 x batch x k_out) of its one "
                      "position per example, the row being their outer product times float(sqrt(lr)), rounded to dtype; "
                      "mode 0: the rows (float32 x batch x k_in k_out); then parameters (float32); end magic; little-endian"},
-          {"projection",
-           {{"kind", "kronecker"},
-            {"k", s.k},
-            {"seed", std::to_string(s.seed)},
-            {"distribution", distribution_name(s.distribution)}}},
+          {"projection", s.projection == Projection::none
+                             ? nlohmann::json{{"kind", "none"}, {"factored", to_string(s.factored)}}
+                             : nlohmann::json{{"kind", "kronecker"},
+                                              {"k", s.k},
+                                              {"seed", std::to_string(s.seed)},
+                                              {"distribution", distribution_name(s.distribution)}}},
           // Stored beside "projection" (not inside it), so that recordings made before this key
           // existed compare equal on resume: their matrices were the same.
           {"projection_matrices",
-           "per recorded step: checkpoint c uses streams 2 (4096 c + layer) and 2 (4096 c + layer) + 1, the matrices "
-           "`attrace featurize` uses for checkpoint c of the finalized run"},
+           s.projection == Projection::none
+               ? "none: exact per-example gradients (weight lr), laid out as `attrace featurize` lays out exact features"
+               : "per recorded step: checkpoint c uses streams 2 (4096 c + layer) and 2 (4096 c + layer) + 1, the matrices "
+                 "`attrace featurize` uses for checkpoint c of the finalized run"},
           {"features", {{"dtype", connectors::to_string(s.dtype)}}},
           {"schedule", {{"every", s.every}, {"steps", s.steps}}},
           {"layers", jl},
@@ -163,9 +167,19 @@ Parsed parse_recording_json(const std::string& path) {
                   path + ": format '" + format + "' is not " + kFormat + " (nor " + kFormat1 + ")");
     Parsed p;
     p.version = format == kFormat ? 2 : 1;
-    p.settings.k = j.at("projection").at("k").get<int64_t>();
-    p.settings.seed = std::stoull(j.at("projection").at("seed").get<std::string>());
-    p.settings.distribution = parse_distribution(j.at("projection").at("distribution").get<std::string>(), path);
+    const auto& pj = j.at("projection");
+    const std::string kind = pj.at("kind").get<std::string>();
+    if (kind == "none") {
+      p.settings.projection = Projection::none;
+      const std::string f = pj.at("factored").get<std::string>();
+      ATTRACE_CHECK(f == "auto" || f == "never" || f == "always", InputError, path + ": projection.factored '" + f + "'");
+      p.settings.factored = f == "never" ? Factoring::never : f == "always" ? Factoring::always : Factoring::automatic;
+    } else {
+      ATTRACE_CHECK(kind == "kronecker", InputError, path + ": projection.kind '" + kind + "' is not kronecker or none");
+      p.settings.k = pj.at("k").get<int64_t>();
+      p.settings.seed = std::stoull(pj.at("seed").get<std::string>());
+      p.settings.distribution = parse_distribution(pj.at("distribution").get<std::string>(), path);
+    }
     p.settings.dtype = connectors::parse_feature_dtype(j.at("features").at("dtype").get<std::string>(), path);
     p.settings.every = j.at("schedule").at("every").get<int64_t>();
     p.settings.steps = j.at("schedule").at("steps").get<std::vector<int64_t>>();
@@ -197,9 +211,7 @@ struct StepIndex {
 // Reads the segments segment_000000.bin, ... in order (stopping at the first missing one) and
 // checks each one's framing and size: a segment exists only complete (rename after fsync), so
 // a mismatch means damage, never a crash, and is refused.
-std::vector<StepIndex> index_segments(const std::string& dir, const Sizes& sizes, int64_t params) {
-  int64_t width = 0;
-  for (const auto& [ki, ko] : sizes) width += ki * ko;
+std::vector<StepIndex> index_segments(const std::string& dir, const Sizes& sizes, int64_t width, int64_t params) {
   std::vector<StepIndex> idx;
   for (size_t s = 0;; ++s) {
     const std::string path = (fs::path(dir) / segment_name(s)).string();
@@ -254,10 +266,53 @@ std::vector<StepIndex> index_segments(const std::string& dir, const Sizes& sizes
   return idx;
 }
 
-Sizes sizes_of(const std::vector<RecordedLayer>& layers, int64_t k) {
+// Each layer's stored sizes: (k_in, k_out) projected, (d_in, d_out) exact.
+Sizes sizes_of(const std::vector<RecordedLayer>& layers, const RecorderSettings& s) {
   Sizes z;
-  for (const auto& u : plan_recorded_projection(layers, k, 0)) z.emplace_back(u.k_in, u.k_out);
+  if (s.projection == Projection::none) {
+    for (const auto& l : layers) z.emplace_back(l.d_in, l.d_out);
+    return z;
+  }
+  for (const auto& u : plan_recorded_projection(layers, s.k, 0)) z.emplace_back(u.k_in, u.k_out);
   return z;
+}
+
+// Columns of a recorded row.
+int64_t width_of(const std::vector<RecordedLayer>& layers, const RecorderSettings& s) {
+  if (s.projection == Projection::none) return recorded_exact_layout(layers, s.factored).width();
+  return recorded_width(plan_recorded_projection(layers, s.k, 0));
+}
+
+// Exact rows (recorded_exact_layout) from each layer's factors of one position per example: x
+// rows (d_in, with the bias column) and delta rows (d_out), row strides lx and ld. Dense layers
+// by the chain path's own products (outer_row_sum: one position, one product per entry; the
+// bias entries are delta), factored layers copied.
+void exact_rows(const std::vector<RecordedLayer>& layers, const FeatureLayout& layout, int64_t batch,
+                const std::vector<const float*>& xs, const std::vector<int64_t>& lx, const std::vector<const float*>& ds,
+                const std::vector<int64_t>& ld, float* out) {
+  const int64_t w = layout.width();
+  for (int64_t b = 0; b < batch; ++b) {
+    float* row = out + b * w;
+    int64_t dense_at = 0;
+    size_t k = 0;
+    for (size_t l = 0; l < layers.size(); ++l) {
+      const auto& L = layers[l];
+      const float* x = xs[l] + b * lx[l];
+      const float* d = ds[l] + b * ld[l];
+      if (k < layout.factored.size() && layout.factored[k].layer == L.name) {
+        const auto& fl = layout.factored[k++];
+        std::copy(x, x + L.d_in, row + fl.offset);
+        std::copy(d, d + L.d_out, row + fl.delta_offset());
+        continue;
+      }
+      const int64_t n_in = L.d_in - (L.bias ? 1 : 0);
+      float* wg = row + dense_at;
+      for (int64_t o = 0; o < L.d_out; ++o) outer_row_sum(wg + o * n_in, d, o, L.d_out, x, L.d_in, n_in, int64_t{1});
+      if (L.bias)
+        for (int64_t o = 0; o < L.d_out; ++o) wg[L.d_out * n_in + o] = d[o];
+      dense_at += L.d_in * L.d_out;
+    }
+  }
 }
 
 std::string read_file(const std::string& path) {
@@ -547,8 +602,12 @@ void rows_of(const StepMatrices& m, connectors::FeatureDtype dtype, double lr, i
 }
 
 // Checks one layer's capture description against the layer; returns the floats of x and delta.
-std::pair<int64_t, int64_t> capture_sizes(const RecordedLayer& l, const LayerBatch& c, int64_t batch, const std::string& what) {
+std::pair<int64_t, int64_t> capture_sizes(const RecordedLayer& l, const LayerBatch& c, int64_t batch, const std::string& what,
+                                          const RecorderSettings& s) {
   const std::string where = what + ", layer '" + l.name + "'";
+  ATTRACE_CHECK(s.projection != Projection::none || (!l.conv && c.positions == 1), InputError,
+                where + ": exact recording (projection none) takes Linear layers with one position per example; record "
+                        "this model with projection kronecker");
   ATTRACE_CHECK(c.x != nullptr && c.delta != nullptr, InputError, where + ": no captured inputs or output gradients");
   ATTRACE_CHECK(std::isfinite(c.delta_scale), InputError, where + ": the loss scale is not finite");
   if (l.conv && c.height > 0) {
@@ -592,12 +651,45 @@ int64_t recorded_width(const std::vector<KroneckerUse>& plan) {
   return w;
 }
 
+FeatureLayout recorded_exact_layout(const std::vector<RecordedLayer>& layers, Factoring factored) {
+  std::vector<LayerScoring> ls;
+  for (const auto& l : layers) {
+    LayerScoring s{l.name, l.d_in, l.d_out, 1, false};
+    s.factored = factored == Factoring::always || (factored == Factoring::automatic && factored_pair_cost(s) < dense_pair_cost(s));
+    ls.push_back(s);
+  }
+  FeatureLayout out;
+  for (const auto& s : ls)
+    if (!s.factored) out.dense += s.d_in * s.d_out;
+  int64_t at = out.dense;
+  for (const auto& s : ls)
+    if (s.factored) {
+      out.factored.push_back({s.layer, s.d_in, s.d_out, 1, at});
+      at += out.factored.back().width();
+    }
+  return out;
+}
+
 void recorded_rows(const std::vector<RecordedLayer>& layers, const RecorderSettings& settings, size_t checkpoint, double lr,
                    int64_t batch, const std::vector<LayerBatch>& captured, float* out) {
   ATTRACE_CHECK(captured.size() == layers.size(), InputError,
                 "recorder: " + std::to_string(captured.size()) + " layers captured, " + std::to_string(layers.size()) + " recorded");
   ATTRACE_CHECK(batch > 0, InputError, "recorder: empty batch");
-  for (size_t l = 0; l < layers.size(); ++l) capture_sizes(layers[l], captured[l], batch, "recorder");
+  for (size_t l = 0; l < layers.size(); ++l) capture_sizes(layers[l], captured[l], batch, "recorder", settings);
+  if (settings.projection == Projection::none) {
+    std::vector<std::vector<float>> sx(layers.size()), sd(layers.size());
+    std::vector<const float*> xs, ds;
+    std::vector<int64_t> lx, ld;
+    for (size_t l = 0; l < layers.size(); ++l) {
+      const Factors f = factors_of(layers[l], captured[l], batch, sx[l], sd[l]);
+      xs.push_back(f.x);
+      ds.push_back(f.d);
+      lx.push_back(layers[l].d_in);
+      ld.push_back(layers[l].d_out);
+    }
+    exact_rows(layers, recorded_exact_layout(layers, settings.factored), batch, xs, lx, ds, ld, out);
+    return;
+  }
   StepMatrices m;
   make_matrices(layers, settings, static_cast<int64_t>(checkpoint), m);
   Scratch sc;
@@ -785,7 +877,73 @@ struct RecordingWriter::Impl {
     }
   }
 
+  // Exact recording: each layer's factors (one position per example) are what is stored; the
+  // rows they make must be finite (dense columns are products of the two).
+  void process_exact(Job& j) {
+    const auto t0 = Clock::now();
+    modes.assign(layers.size(), 1);
+    blocks.resize(layers.size());
+    for (size_t l = 0; l < layers.size(); ++l) {
+      const auto& L = layers[l];
+      const Factors f = factors_of(L, j.captured[l], j.batch, scratch.x, scratch.d);
+      auto& out = blocks[l];
+      out.resize(static_cast<size_t>(j.batch * (L.d_in + L.d_out)));
+      std::memcpy(out.data(), f.x, static_cast<size_t>(j.batch * L.d_in) * 4);
+      std::memcpy(out.data() + j.batch * L.d_in, f.d, static_cast<size_t>(j.batch * L.d_out) * 4);
+      for (int64_t e = 0; e < j.batch; ++e) {
+        double mx = 0, md = 0, sx = 0, sd = 0;  // a NaN fails every comparison: the sums carry it
+        for (int64_t c = 0; c < L.d_in; ++c) {
+          const double v = std::fabs(f.x[e * L.d_in + c]);
+          sx += v;
+          mx = std::max(mx, v);
+        }
+        for (int64_t a = 0; a < L.d_out; ++a) {
+          const double v = std::fabs(f.d[e * L.d_out + a]);
+          sd += v;
+          md = std::max(md, v);
+        }
+        bool ok = std::isfinite(sx) && std::isfinite(sd);
+        if (ok && mx * md >= 3.0e38)  // a product may overflow: check them
+          for (int64_t a = 0; a < L.d_out && ok; ++a)
+            for (int64_t c = 0; c < L.d_in && ok; ++c) ok = std::isfinite(f.d[e * L.d_out + a] * f.x[e * L.d_in + c]);
+        ATTRACE_CHECK(ok, NumericError,
+                      dir + ": step " + std::to_string(j.step) + ": non-finite gradient for example id " +
+                          std::to_string(j.ids[static_cast<size_t>(e)]) + " in layer '" + L.name +
+                          "' (nothing from this step on was recorded)");
+      }
+    }
+    write_step(j, t0, Clock::now());
+  }
+
+  // Appends a step (its modes and blocks made) to the open segment; a durable point after
+  // flush_steps steps or flush_bytes bytes.
+  void write_step(const Job& j, Clock::time_point t0, Clock::time_point t1) {
+    if (seg_fd < 0) open_segment();
+    char head[24];
+    std::memcpy(head, &j.step, 8);
+    std::memcpy(head + 8, &j.lr, 8);
+    std::memcpy(head + 16, &j.batch, 8);
+    write_all(head, sizeof head);
+    write_all(j.ids.data(), j.ids.size() * 8);
+    write_all(modes.data(), modes.size() * 8);
+    for (size_t l = 0; l < layers.size(); ++l) write_all(blocks[l].data(), blocks[l].size() * 4);
+    write_all(j.params.data(), j.params.size() * 4);
+    ++seg_steps;
+    ++written;
+    seg_bytes += step_bytes(j.batch, sizes, modes, n_params);
+    if (seg_steps >= settings.flush_steps || seg_bytes >= settings.flush_bytes) close_segment(0);
+    const auto t2 = Clock::now();
+    std::lock_guard<std::mutex> lk(mu);
+    timings.project += seconds(t0, t1);
+    timings.write += seconds(t1, t2);
+    ++timings.steps;
+  }
+
   void process_step(Job& j) {
+    if (settings.projection == Projection::none) {
+      process_exact(j);
+      return;
+    }
     const auto t0 = Clock::now();
     const int threads = std::max(1, settings.threads);
     if (matrices.index != j.index) make_matrices(layers, settings, j.index, matrices);
@@ -835,38 +993,18 @@ struct RecordingWriter::Impl {
                           std::to_string(j.ids[i / static_cast<size_t>(u.k_in * u.k_out)]) + " in layer '" + u.layer +
                           "' (nothing from this step on was recorded)");
     }
-    const auto t1 = Clock::now();
-    if (seg_fd < 0) open_segment();
-    char head[24];
-    std::memcpy(head, &j.step, 8);
-    std::memcpy(head + 8, &j.lr, 8);
-    std::memcpy(head + 16, &j.batch, 8);
-    write_all(head, sizeof head);
-    write_all(j.ids.data(), j.ids.size() * 8);
-    write_all(modes.data(), modes.size() * 8);
     for (size_t l = 0; l < layers.size(); ++l) {
+      if (modes[l] != 1) continue;
       const auto& u = matrices.plan[l];
-      if (modes[l] == 1) {
-        const int64_t lx = round16(u.k_in), ld = round16(u.k_out);
-        auto& f = blocks[l];
-        f.resize(static_cast<size_t>(j.batch * (u.k_in + u.k_out)));
-        for (int64_t e = 0; e < j.batch; ++e)
-          std::memcpy(f.data() + e * u.k_in, scratch.xp[l].data() + e * lx, static_cast<size_t>(u.k_in) * 4);
-        for (int64_t e = 0; e < j.batch; ++e)
-          std::memcpy(f.data() + j.batch * u.k_in + e * u.k_out, scratch.dp[l].data() + e * ld, static_cast<size_t>(u.k_out) * 4);
-      }
-      write_all(blocks[l].data(), blocks[l].size() * 4);
+      const int64_t lx = round16(u.k_in), ld = round16(u.k_out);
+      auto& f = blocks[l];
+      f.resize(static_cast<size_t>(j.batch * (u.k_in + u.k_out)));
+      for (int64_t e = 0; e < j.batch; ++e)
+        std::memcpy(f.data() + e * u.k_in, scratch.xp[l].data() + e * lx, static_cast<size_t>(u.k_in) * 4);
+      for (int64_t e = 0; e < j.batch; ++e)
+        std::memcpy(f.data() + j.batch * u.k_in + e * u.k_out, scratch.dp[l].data() + e * ld, static_cast<size_t>(u.k_out) * 4);
     }
-    write_all(j.params.data(), j.params.size() * 4);
-    ++seg_steps;
-    ++written;
-    seg_bytes += step_bytes(j.batch, sizes, modes, n_params);
-    if (seg_steps >= settings.flush_steps || seg_bytes >= settings.flush_bytes) close_segment(0);
-    const auto t2 = Clock::now();
-    std::lock_guard<std::mutex> lk(mu);
-    timings.project += seconds(t0, t1);
-    timings.write += seconds(t1, t2);
-    ++timings.steps;
+    write_step(j, t0, Clock::now());
   }
 
   void discard_segment() {
@@ -998,8 +1136,18 @@ RecordingWriter::RecordingWriter(const std::string& dir, const RecorderSettings&
                     InputError, dir + ": Conv2d layer '" + l.name + "' has an inconsistent geometry");
     }
   }
-  m.width = recorded_width(plan_recorded_projection(m.layers, settings.k, 0));
-  m.sizes = sizes_of(m.layers, settings.k);
+  ATTRACE_CHECK(settings.projection == Projection::kronecker || settings.projection == Projection::none, InputError,
+                dir + ": the recorder projects with kronecker or records exact gradients (projection none)");
+  if (settings.projection == Projection::none) {
+    ATTRACE_CHECK(settings.dtype == connectors::FeatureDtype::f32, InputError,
+                  dir + ": exact recording (projection none) stores float32 features (dtype f32)");
+    for (const auto& l : m.layers)
+      ATTRACE_CHECK(!l.conv, InputError,
+                    dir + ": exact recording (projection none) takes Linear layers only; '" + l.name +
+                        "' is a Conv2d layer: record with projection kronecker");
+  }
+  m.width = width_of(m.layers, settings);
+  m.sizes = sizes_of(m.layers, settings);
   m.n_params = total_params(m.params);
   std::error_code ec;
   fs::create_directories(dir, ec);
@@ -1037,7 +1185,7 @@ void RecordingWriter::open_locked(const std::string& dir, const RecorderSettings
       ATTRACE_CHECK(stored.at(key) == value, InputError,
                     json_path + ": the recording's '" + key + "' (" + stored.at(key).dump() + ") differs from this recorder's (" +
                         value.dump() + "); record into another directory");
-    const auto idx = index_segments(dir, m.sizes, m.n_params);
+    const auto idx = index_segments(dir, m.sizes, m.width, m.n_params);
     m.durable = static_cast<int64_t>(idx.size());
     m.submitted = m.durable;
     m.last_step = idx.empty() ? -1 : idx.back().step;
@@ -1114,7 +1262,7 @@ void RecordingWriter::record(int64_t step, double lr, const int64_t* ids, int64_
                   what + ": example id " + std::to_string(id) + " appears twice in the batch");
   }
   std::vector<std::pair<int64_t, int64_t>> sizes;
-  for (size_t l = 0; l < m.layers.size(); ++l) sizes.push_back(capture_sizes(m.layers[l], layers[l], batch, what));
+  for (size_t l = 0; l < m.layers.size(); ++l) sizes.push_back(capture_sizes(m.layers[l], layers[l], batch, what, m.settings));
   for (size_t p = 0; p < parameters.size(); ++p)
     ATTRACE_CHECK(parameters[p] != nullptr, InputError, what + ": parameter '" + m.params[p].name + "' not given");
 
@@ -1196,11 +1344,11 @@ RecordingReader::RecordingReader(const std::string& dir) : impl_(std::make_uniqu
   impl_->dir = dir;
   impl_->p = parse_recording_json((fs::path(dir) / "recording.json").string());
   impl_->n_params = total_params(impl_->p.params);
-  impl_->sizes = sizes_of(impl_->p.layers, impl_->p.settings.k);
-  const int64_t w = recorded_width(plan_recorded_projection(impl_->p.layers, impl_->p.settings.k, 0));
+  impl_->sizes = sizes_of(impl_->p.layers, impl_->p.settings);
+  const int64_t w = width_of(impl_->p.layers, impl_->p.settings);
   ATTRACE_CHECK(w == impl_->p.width, InputError,
                 dir + "/recording.json: width " + std::to_string(impl_->p.width) + " but the layers make " + std::to_string(w));
-  impl_->idx = index_segments(dir, impl_->sizes, impl_->n_params);
+  impl_->idx = index_segments(dir, impl_->sizes, impl_->p.width, impl_->n_params);
 }
 
 RecordingReader::~RecordingReader() = default;
@@ -1225,6 +1373,22 @@ RecordedStep RecordingReader::step(size_t c) const {
   in.read(reinterpret_cast<char*>(s.ids.data()), static_cast<std::streamsize>(s.ids.size() * 8));
   if (e.modes.empty()) {  // format 1: full rows
     in.read(reinterpret_cast<char*>(s.rows.data()), static_cast<std::streamsize>(s.rows.size() * 4));
+  } else if (impl_->p.settings.projection == Projection::none) {
+    // Exact: the factors of every layer, laid out as the featurizer lays out exact rows.
+    in.seekg(static_cast<std::streamoff>(e.offset + 24 + b * 8 + static_cast<int64_t>(e.modes.size()) * 8));
+    const auto& layers = impl_->p.layers;
+    std::vector<std::vector<float>> blocks(layers.size());
+    std::vector<const float*> xs, ds;
+    std::vector<int64_t> lx, ld;
+    for (size_t l = 0; l < layers.size(); ++l) {
+      blocks[l].resize(static_cast<size_t>(b * (layers[l].d_in + layers[l].d_out)));
+      in.read(reinterpret_cast<char*>(blocks[l].data()), static_cast<std::streamsize>(blocks[l].size() * 4));
+      xs.push_back(blocks[l].data());
+      ds.push_back(blocks[l].data() + b * layers[l].d_in);
+      lx.push_back(layers[l].d_in);
+      ld.push_back(layers[l].d_out);
+    }
+    if (in.good()) exact_rows(layers, recorded_exact_layout(layers, impl_->p.settings.factored), b, xs, lx, ds, ld, s.rows.data());
   } else {
     in.seekg(static_cast<std::streamoff>(e.offset + 24 + b * 8 + static_cast<int64_t>(e.modes.size()) * 8));
     const auto root_lr = static_cast<float>(std::sqrt(e.lr));

@@ -362,15 +362,18 @@ FinalizeSummary finalize_recording(const FinalizeOptions& o) {
   summary.run_file = (dir / "run.toml").string();
   summary.config_file = (dir / "attrace.toml").string();
   connectors::write_file_atomic(summary.run_file, run_text);
+  const bool exact = rs.projection == Projection::none;
+  const std::string projection_text =
+      exact ? "[projection]\nkind = \"none\"\n\n[features]\ndtype = \"f32\"\nfactored = \"" + to_string(rs.factored) + "\"\n"
+            : "[projection]\nkind = \"kronecker\"\nk = " + std::to_string(rs.k) + "\nseed = " + std::to_string(rs.seed) +
+                  "\ndistribution = \"" + (rs.distribution == kernels::ProjectionKind::gaussian ? "gaussian" : "rademacher") +
+                  "\"\n\n[features]\ndtype = \"" + connectors::to_string(rs.dtype) + "\"\n";
   const std::string config_text =
       "# attrace configuration for a recording (written by finalize_recording; docs/recorder.md)\n"
       "[run]\ncheckpoints = \"run.toml\"\n\n[data]\ntrain = " +
       nlohmann::json(fs::absolute(o.train_file).string()).dump() + "\nquery = " +
       nlohmann::json(fs::absolute(o.query_file).string()).dump() + "\n\n[gradients]\nloss = " + nlohmann::json(o.loss).dump() +
-      "\nparameters = [\"*\"]\nprecision = \"fp32\"\n\n[projection]\nkind = \"kronecker\"\nk = " + std::to_string(rs.k) +
-      "\nseed = " + std::to_string(rs.seed) + "\ndistribution = \"" +
-      (rs.distribution == kernels::ProjectionKind::gaussian ? "gaussian" : "rademacher") + "\"\n\n[features]\ndtype = \"" +
-      connectors::to_string(rs.dtype) + "\"\n";
+      "\nparameters = [\"*\"]\nprecision = \"fp32\"\n\n" + projection_text;
   if (o.config_file.empty()) {
     connectors::write_file_atomic(summary.config_file, config_text);
   } else {
@@ -384,13 +387,24 @@ FinalizeSummary finalize_recording(const FinalizeOptions& o) {
     std::error_code ec;
     ATTRACE_CHECK(fs::equivalent(config.run_file, summary.run_file, ec), InputError,
                   where + "run.checkpoints is '" + config.run_file + "', the recording's run file is '" + summary.run_file + "'");
-    ATTRACE_CHECK(config.projection == Projection::kronecker, InputError, where + "projection.kind must be \"kronecker\" (the recording's)");
-    ATTRACE_CHECK(config.projection_k == rs.k, InputError,
-                  where + "projection.k = " + std::to_string(config.projection_k) + ", the recording's is " + std::to_string(rs.k));
-    ATTRACE_CHECK(config.projection_seed == rs.seed, InputError,
-                  where + "projection.seed = " + std::to_string(config.projection_seed) + ", the recording's is " + std::to_string(rs.seed));
-    ATTRACE_CHECK((config.projection_distribution == Distribution::gaussian) == (rs.distribution == kernels::ProjectionKind::gaussian),
-                  InputError, where + "projection.distribution differs from the recording's");
+    ATTRACE_CHECK(config.projection == rs.projection, InputError,
+                  where + "projection.kind = \"" + to_string(config.projection) + "\", the recording's is \"" +
+                      to_string(rs.projection) + "\"");
+    ATTRACE_CHECK(config.precision == Precision::fp32, InputError, where + "gradients.precision must be fp32 (the recording's)");
+    if (exact) {
+      ATTRACE_CHECK(config.factored == rs.factored, InputError,
+                    where + "features.factored = \"" + to_string(config.factored) + "\", the recording's is \"" +
+                        to_string(rs.factored) + "\"");
+    } else {
+      ATTRACE_CHECK(config.projection_k == rs.k, InputError,
+                    where + "projection.k = " + std::to_string(config.projection_k) + ", the recording's is " + std::to_string(rs.k));
+      ATTRACE_CHECK(config.projection_seed == rs.seed, InputError,
+                    where + "projection.seed = " + std::to_string(config.projection_seed) + ", the recording's is " +
+                        std::to_string(rs.seed));
+      ATTRACE_CHECK(
+          (config.projection_distribution == Distribution::gaussian) == (rs.distribution == kernels::ProjectionKind::gaussian),
+          InputError, where + "projection.distribution differs from the recording's");
+    }
     ATTRACE_CHECK(feature_dtype_of(config) == rs.dtype, InputError,
                   where + "features.dtype = '" + connectors::to_string(feature_dtype_of(config)) + "', the recording's is '" +
                       connectors::to_string(rs.dtype) + "'");
@@ -430,9 +444,23 @@ FinalizeSummary finalize_recording(const FinalizeOptions& o) {
   for (size_t c = 0; c < meta_steps.size(); ++c) {
     // The featurizer's plan for the saved checkpoint must be the one the rows were made with.
     Featurizer fz(config, run, c, {&ds}, *backend);
+    const std::string what = o.recording + ": step " + std::to_string(meta_steps[c].step) + " (checkpoint " + std::to_string(c) + ")";
+    if (exact) {
+      const FeatureLayout want = recorded_exact_layout(rec.layers(), rs.factored);
+      ATTRACE_CHECK(fz.use().layout == want && fz.width() == rec.width(), InputError,
+                    what + ": the featurizer lays out exact rows of " + std::to_string(fz.width()) + " columns (" +
+                        std::to_string(fz.use().layout.factored.size()) + " factored layers), the recording " +
+                        std::to_string(rec.width()) + " (" + std::to_string(want.factored.size()) + ")");
+      nlohmann::json meta = checkpoint_use_json(config, fz.use());
+      meta["recording"] = {{"step", meta_steps[c].step},
+                           {"lr", meta_steps[c].lr},
+                           {"examples", meta_steps[c].ids.size()},
+                           {"rows", "recorded exact gradients for the examples of this step's batch, zero rows for the others"}};
+      layout.checkpoints.push_back({fz.width(), fz.weight(), canonical(meta)});
+      continue;
+    }
     const auto plan = plan_recorded_projection(rec.layers(), rs.k, c);
     const auto& use = fz.use().kronecker;
-    const std::string what = o.recording + ": step " + std::to_string(meta_steps[c].step) + " (checkpoint " + std::to_string(c) + ")";
     ATTRACE_CHECK(use.size() == plan.size() && fz.width() == rec.width(), InputError,
                   what + ": the featurizer plans " + std::to_string(use.size()) + " layers of " + std::to_string(fz.width()) +
                       " columns, the recording " + std::to_string(plan.size()) + " of " + std::to_string(rec.width()));

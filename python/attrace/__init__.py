@@ -85,11 +85,13 @@ class Recorder:
     that are recorded; step(ids, lr) (after backward, before the optimizer step) copies them into
     the C++ writer's queue, whose background thread projects and writes them. `store` is the
     recording directory; finalize() turns it into a feature store. every / steps choose the
-    recorded steps; loss_scale in step() undoes a mean loss.
+    recorded steps; loss_scale in step() undoes a mean loss. projection="none" records exact
+    per-example gradients (Linear layers with one position per example; `factored` as the
+    config's features.factored) instead of the Kronecker projection with budget k.
     """
 
     def __init__(self, model, store, k=4096, seed=0, every=1, steps=None, distribution="rademacher", dtype="f32",
-                 flush_steps=64, threads=1, queue_steps=4):
+                 flush_steps=64, threads=1, queue_steps=4, projection="kronecker", factored="auto"):
         self.model = model
         self.layers = []  # (name, module)
         specs = []
@@ -121,7 +123,7 @@ class Recorder:
             self._writer = _attrace.RecordingWriter(
                 str(store), specs, [(n, list(p.shape)) for n, p in self.params], tmpl, k=k, seed=seed,
                 distribution=distribution, dtype=dtype, every=every, steps=list(steps or []), flush_steps=flush_steps,
-                threads=threads, queue_steps=queue_steps)
+                threads=threads, queue_steps=queue_steps, projection=projection, factored=factored)
         finally:
             os.remove(tmpl)
         self.store = str(store)

@@ -30,8 +30,15 @@ attrace::kernels::ProjectionKind distribution_of(const std::string& s) {
 
 eng::RecorderSettings settings_of(int64_t k, uint64_t seed, const std::string& distribution, const std::string& dtype,
                                   int64_t every, const std::vector<int64_t>& steps, int64_t flush_steps, int threads = 1,
-                                  int64_t queue_steps = 4) {
+                                  int64_t queue_steps = 4, const std::string& projection = "kronecker",
+                                  const std::string& factored = "auto") {
   eng::RecorderSettings s;
+  ATTRACE_CHECK(projection == "kronecker" || projection == "none", attrace::InputError,
+                "projection '" + projection + "' is not kronecker or none");
+  ATTRACE_CHECK(factored == "auto" || factored == "never" || factored == "always", attrace::InputError,
+                "factored '" + factored + "' is not auto, never or always");
+  s.projection = projection == "none" ? eng::Projection::none : eng::Projection::kronecker;
+  s.factored = factored == "never" ? eng::Factoring::never : factored == "always" ? eng::Factoring::always : eng::Factoring::automatic;
   s.threads = threads;
   s.k = k;
   s.seed = seed;
@@ -114,12 +121,13 @@ class PyWriter {
   PyWriter(const std::string& dir, const std::vector<LayerSpec>& layers,
            const std::vector<std::pair<std::string, std::vector<int64_t>>>& params, const std::string& template_file, int64_t k,
            uint64_t seed, const std::string& distribution, const std::string& dtype, int64_t every,
-           const std::vector<int64_t>& steps, int64_t flush_steps, int threads, int64_t queue_steps)
+           const std::vector<int64_t>& steps, int64_t flush_steps, int threads, int64_t queue_steps, const std::string& projection,
+           const std::string& factored)
       : layers_(layers_of(layers)) {
     std::vector<eng::RecordedParameter> ps;
     for (const auto& [name, shape] : params) ps.push_back({name, shape});
     params_ = ps;
-    const auto s = settings_of(k, seed, distribution, dtype, every, steps, flush_steps, threads, queue_steps);
+    const auto s = settings_of(k, seed, distribution, dtype, every, steps, flush_steps, threads, queue_steps, projection, factored);
     py::gil_scoped_release release;
     w_ = std::make_unique<eng::RecordingWriter>(dir, s, layers_, ps, template_file);
   }
@@ -174,11 +182,11 @@ PYBIND11_MODULE(_attrace, m) {
   py::class_<PyWriter>(m, "RecordingWriter")
       .def(py::init<const std::string&, const std::vector<LayerSpec>&, const std::vector<std::pair<std::string, std::vector<int64_t>>>&,
                     const std::string&, int64_t, uint64_t, const std::string&, const std::string&, int64_t,
-                    const std::vector<int64_t>&, int64_t, int, int64_t>(),
+                    const std::vector<int64_t>&, int64_t, int, int64_t, const std::string&, const std::string&>(),
            py::arg("dir"), py::arg("layers"), py::arg("parameters"), py::arg("template"), py::arg("k") = 4096,
            py::arg("seed") = 0, py::arg("distribution") = "rademacher", py::arg("dtype") = "f32", py::arg("every") = 1,
            py::arg("steps") = std::vector<int64_t>{}, py::arg("flush_steps") = 64, py::arg("threads") = 1,
-           py::arg("queue_steps") = 4)
+           py::arg("queue_steps") = 4, py::arg("projection") = "kronecker", py::arg("factored") = "auto")
       .def("wants", [](PyWriter& p, int64_t step) { return p.w().wants(step); })
       .def("record", &PyWriter::record, py::arg("step"), py::arg("lr"), py::arg("ids"), py::arg("inputs"),
            py::arg("output_grads"), py::arg("bias_columns"), py::arg("scale"), py::arg("parameters"))
@@ -198,15 +206,17 @@ PYBIND11_MODULE(_attrace, m) {
       "recorded_rows",
       [](const std::vector<LayerSpec>& layers, int64_t k, uint64_t seed, const std::string& distribution, const std::string& dtype,
          int64_t checkpoint, double lr, const std::vector<F32>& xs, const std::vector<F32>& ds, int64_t batch,
-         const std::vector<bool>& bias_columns, float scale) {
+         const std::vector<bool>& bias_columns, float scale, const std::string& projection, const std::string& factored) {
         const auto ls = layers_of(layers);
-        const auto s = settings_of(k, seed, distribution, dtype, 1, {}, 1);
+        const auto s = settings_of(k, seed, distribution, dtype, 1, {}, 1, 1, 4, projection, factored);
         ATTRACE_CHECK(xs.size() == ls.size() && ds.size() == ls.size(), attrace::InputError,
                       "one input and gradient array per layer expected");
         std::vector<eng::LayerBatch> lb;
         for (size_t l = 0; l < ls.size(); ++l)
           lb.push_back(layer_batch(ls[l], xs[l], ds[l], batch, bias_columns.empty() ? true : bias_columns.at(l), scale));
-        const auto width = eng::recorded_width(eng::plan_recorded_projection(ls, k, static_cast<size_t>(checkpoint)));
+        const auto width = s.projection == eng::Projection::none
+                               ? eng::recorded_exact_layout(ls, s.factored).width()
+                               : eng::recorded_width(eng::plan_recorded_projection(ls, k, static_cast<size_t>(checkpoint)));
         py::array_t<float> out({batch, width});
         float* o = out.mutable_data();
         {
@@ -217,7 +227,7 @@ PYBIND11_MODULE(_attrace, m) {
       },
       py::arg("layers"), py::arg("k"), py::arg("seed"), py::arg("distribution"), py::arg("dtype"), py::arg("checkpoint"),
       py::arg("lr"), py::arg("inputs"), py::arg("output_grads"), py::arg("batch"), py::arg("bias_columns") = std::vector<bool>{},
-      py::arg("scale") = 1.0f,
+      py::arg("scale") = 1.0f, py::arg("projection") = "kronecker", py::arg("factored") = "auto",
       "Features of one batch at recorded step `checkpoint` (the recorder's computation, for tests)");
 
   m.def(

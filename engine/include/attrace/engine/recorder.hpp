@@ -63,6 +63,12 @@ struct RecordedParameter {
 
 /// What to record and how (recorded in recording.json and compared on resume).
 struct RecorderSettings {
+  /// projection.kind: kronecker (the default) or none: exact per-example gradients, recorded as
+  /// their layer factors and laid out as `attrace featurize` lays out exact float32 features
+  /// (features.factored decides which layers keep their factors; weight lr, no sqrt(lr)
+  /// folded in). Exact recording takes Linear layers with one position per example only.
+  Projection projection = Projection::kronecker;
+  Factoring factored = Factoring::automatic;  ///< features.factored (exact features only)
   int64_t k = 4096;  ///< projection budget per layer (projection.k)
   uint64_t seed = 0;  ///< projection.seed
   kernels::ProjectionKind distribution = kernels::ProjectionKind::rademacher;  ///< projection.distribution
@@ -90,6 +96,11 @@ std::vector<KroneckerUse> plan_recorded_projection(const std::vector<RecordedLay
 /// Feature columns of one recorded row (sum over layers of k_in k_out).
 int64_t recorded_width(const std::vector<KroneckerUse>& plan);
 
+/// The layout of exact recorded rows (projection none), as the featurizer plans it for layers
+/// with one position per example: a layer is factored (its x and delta kept) when
+/// features.factored says so, dense columns first, then the factored layers.
+FeatureLayout recorded_exact_layout(const std::vector<RecordedLayer>& layers, Factoring factored);
+
 /// One layer's captured tensors for a batch of B examples (float32, row-major), either as the
 /// featurizer's factors or as training holds them:
 /// - Linear: x is (B T) x n_in layer inputs, followed by the bias column's 1 when
@@ -110,8 +121,9 @@ struct LayerBatch {
   int64_t height = 0, width = 0;  ///< Conv2d input image size (0: x already holds patches)
 };
 
-/// The features of a batch at recorded step `checkpoint`, B x recorded_width(plan), as the
-/// featurizer makes them (bit for bit on the same factors): per layer P_in^T x_t and P_out^T
+/// The features of a batch at recorded step `checkpoint`, as the featurizer makes them (bit for
+/// bit on the same factors). Exact (projection none): the rows of recorded_exact_layout, lr not
+/// applied (it is the checkpoint's weight). Kronecker: B x recorded_width(plan), per layer P_in^T x_t and P_out^T
 /// delta_t in the canonical order of kernels' project_dense, the sum over positions of their
 /// outer products, every entry times float(sqrt(lr)), then rounded to `dtype`. The matrices are
 /// generated once for the call and the products run as register-blocked loops (the recorder's
