@@ -1,8 +1,8 @@
 // `attrace demo`: real handwritten digits (shipped by Debian's python3-sklearn), seven contributor
 // tranches (one with 35% flipped labels, one an exact copy of another, one a copy of another with
-// pixel noise that exact matching cannot see), a small MLP trained with LibTorch and saved as
-// TorchScript checkpoints with their learning rates, then the same attribution pipeline as
-// `attrace attribute`.
+// pixel noise that exact matching cannot see), a small MLP trained with LibTorch through the live
+// recorder (engine::Recorder), the recording finalized into checkpoints and a feature store, then
+// `attrace score`'s pipeline on it.
 #include <attrace/random.hpp>
 #include "demo.hpp"
 #include "ledger_cmd.hpp"
@@ -12,6 +12,7 @@
 #include <attrace/connectors/hash.hpp>
 #include <attrace/engine/attribute.hpp>
 #include <attrace/engine/model_builder.hpp>
+#include <attrace/engine/recorder.hpp>
 #include <attrace/error.hpp>
 #include <attrace/ledger/embedded.hpp>
 #include <attrace/ledger/registry.hpp>
@@ -191,7 +192,14 @@ int run_demo(const DemoOptions& options) {
                  ex.source.c_str(), static_cast<long long>(train.size()), specs.size(), flipped,
                  specs[noisy].id.c_str(), n_query);
 
-  // Train an MLP with plain mini-batch SGD, saving a checkpoint at the end of each phase.
+  // Train an MLP with plain mini-batch SGD through the live recorder (docs/recorder.md). At the
+  // end of each phase the state it reached is recorded: one forward and backward pass over every
+  // training example (a summed loss, so each captured output gradient is that example's own)
+  // through the recorder, with the phase's lr; the optimizer does not step on it. The recorder
+  // records exact gradients (projection none: each Linear layer's input and output gradient,
+  // laid out as `attrace attribute` lays out exact features), so the recording holds every
+  // example's own gradient at the three phase-end states: exact TracIn over those checkpoints,
+  // Sum_c lr_c <g_c(i), g_c(q)>, which the checkpoints it saves let the CLI recompute.
   const std::string init_path = (fs::path(options.dir) / "ckpt_0_init.pt").string();
   engine::save_mlp_torchscript(init_path, {kFeatures, 32, kClasses}, kSeed);
   torch::jit::Module model = torch::jit::load(init_path);
@@ -206,28 +214,56 @@ int run_demo(const DemoOptions& options) {
   const auto y_all = torch::from_blob(train.class_targets.data(), {train.size()}, torch::kLong).clone();
   const std::vector<Phase> phases = {{8, 0.5}, {8, 0.2}, {8, 0.05}};
   const int64_t batch = 32;
-  std::string run_toml = "# Training run of `attrace demo`: checkpoints in order, with the lr in force.\n";
+  const int64_t steps_per_epoch = (train.size() + batch - 1) / batch;
+  engine::RecorderSettings rs;
+  rs.projection = engine::Projection::none;  // exact per-example gradients, as `attrace attribute` computes them
+  for (size_t ph = 0, at = 0; ph < phases.size(); ++ph) {
+    at += static_cast<size_t>(phases[ph].epochs * steps_per_epoch);
+    rs.steps.push_back(static_cast<int64_t>(at));  // the state after the phase's updates
+  }
+  const std::string rec_dir = (fs::path(options.dir) / "recording").string();
+  fs::remove_all(rec_dir);  // a new demo run records anew
+  std::vector<int64_t> all_ids(static_cast<size_t>(train.size()));
+  for (size_t i = 0; i < all_ids.size(); ++i) all_ids[i] = static_cast<int64_t>(i);
   int64_t step = 0;
-  std::vector<int64_t> perm(static_cast<size_t>(train.size()));
-  for (size_t ph = 0; ph < phases.size(); ++ph) {
-    for (int e = 0; e < phases[ph].epochs; ++e) {
-      for (size_t i = 0; i < perm.size(); ++i) perm[i] = static_cast<int64_t>(i);
-      for (size_t i = perm.size() - 1; i > 0; --i) std::swap(perm[i], perm[draw_below(rng, i + 1)]);
-      for (int64_t b0 = 0; b0 < train.size(); b0 += batch) {
-        const int64_t b1 = std::min(train.size(), b0 + batch);
-        const auto idx = torch::from_blob(perm.data() + b0, {b1 - b0}, torch::kLong);
-        const auto out = model.forward({x_all.index_select(0, idx)}).toTensor();
-        const auto loss = torch::nn::functional::cross_entropy(out, y_all.index_select(0, idx));
-        const auto grads = torch::autograd::grad({loss}, params);
-        torch::NoGradGuard ng;
-        for (size_t k = 0; k < params.size(); ++k) params[k].sub_(grads[k], phases[ph].lr);
-        ++step;
+  double record_seconds = 0;
+  {
+    engine::Recorder rec(model, rec_dir, rs);
+    const auto sgd = [&](const std::vector<torch::Tensor>& grads, double lr) {
+      torch::NoGradGuard ng;
+      for (size_t k = 0; k < params.size(); ++k) params[k].sub_(grads[k], lr);
+      ++step;
+    };
+    std::vector<int64_t> perm(static_cast<size_t>(train.size()));
+    for (size_t ph = 0; ph < phases.size(); ++ph) {
+      for (int e = 0; e < phases[ph].epochs; ++e) {
+        for (size_t i = 0; i < perm.size(); ++i) perm[i] = static_cast<int64_t>(i);
+        for (size_t i = perm.size() - 1; i > 0; --i) std::swap(perm[i], perm[draw_below(rng, i + 1)]);
+        for (int64_t b0 = 0; b0 < train.size(); b0 += batch) {
+          const int64_t b1 = std::min(train.size(), b0 + batch);
+          const std::vector<int64_t> ids(perm.begin() + b0, perm.begin() + b1);
+          const auto idx = torch::from_blob(perm.data() + b0, {b1 - b0}, torch::kLong);
+          const auto out = rec.forward(x_all.index_select(0, idx));
+          const auto loss = torch::nn::functional::cross_entropy(out, y_all.index_select(0, idx));
+          const auto grads = torch::autograd::grad({loss}, params);
+          rec.step(ids, phases[ph].lr);  // not a recorded step: returns at once
+          sgd(grads, phases[ph].lr);
+        }
       }
+      // The recorded pass at the phase's end state (step = updates so far): a summed loss, so
+      // the captured output gradients are each example's own (loss_scale 1); no update.
+      const auto t_rec = std::chrono::steady_clock::now();
+      const int64_t state = rec.current_step();
+      const auto out = rec.forward(x_all);
+      const auto loss = torch::nn::functional::cross_entropy(out, y_all, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
+      (void)torch::autograd::grad({loss}, params);  // the backward pass the recorder captures; not applied
+      if (!rec.step(all_ids, phases[ph].lr, 1.0)) throw RuntimeFailure("demo: the recorder skipped the state after step " + std::to_string(state));
+      rec.set_step(state);  // the pass made no update: the next training step keeps this number
+      record_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t_rec).count();
     }
-    const std::string file = "ckpt_" + std::to_string(ph + 1) + ".pt";
-    model.save((fs::path(options.dir) / file).string());
-    run_toml += "\n[[checkpoint]]\nfile = \"" + file + "\"\nstep = " + std::to_string(step) +
-                "\nlr = " + std::to_string(phases[ph].lr) + "\n";
+    const auto t_close = std::chrono::steady_clock::now();
+    rec.close();  // waits for the background writer: every recorded step durable
+    record_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t_close).count();
   }
   {
     torch::NoGradGuard ng;
@@ -235,20 +271,32 @@ int run_demo(const DemoOptions& options) {
     const auto yq = torch::from_blob(query.class_targets.data(), {query.size()}, torch::kLong);
     const auto acc = model.forward({xq}).toTensor().argmax(1).eq(yq).to(torch::kFloat).mean().item<float>();
     if (!options.quiet)
-      std::fprintf(stderr, "trained MLP 64-32-10 for %lld SGD steps; query accuracy %.1f%%\n",
-                   static_cast<long long>(step), 100.0 * acc);
+      std::fprintf(stderr,
+                   "trained MLP 64-32-10 for %lld SGD steps through the live recorder (%zu phase-end states recorded, %.2f s "
+                   "on the training thread); query accuracy %.1f%%\n",
+                   static_cast<long long>(step), phases.size(), record_seconds, 100.0 * acc);
   }
-  connectors::write_file_atomic((fs::path(options.dir) / "run.toml").string(), run_toml);
   const std::string config_path = (fs::path(options.dir) / "attrace.toml").string();
   auto config_text = [](const std::string& train_file) {
-    return "# attrace configuration written by `attrace demo`\n"
-           "[run]\ncheckpoints = \"run.toml\"\n\n"
+    return "# attrace configuration written by `attrace demo`: the recorded run, scored from the stores\n"
+           "# the recording was finalized into (train-features.h5, train-without-copy-features.h5)\n"
+           "[run]\ncheckpoints = \"recording/run.toml\"\n\n"
            "[data]\ntrain = \"" + train_file + "\"\nquery = \"query.h5\"\n\n"
            "[gradients]\nloss = \"cross_entropy\"\nparameters = [\"*\"]\nbatch_size = 64\n"
            "precision = \"fp32\"\n\n"
            "[attribution]\ntop_k = 5\nnegative_policy = \"clip\"\n";
   };
   connectors::write_file_atomic(config_path, config_text("train.h5"));
+  // The recording becomes checkpoints (one per recorded step), recording/run.toml and a training
+  // feature store that `attrace score` reads.
+  engine::FinalizeOptions fo;
+  fo.recording = rec_dir;
+  fo.train_file = train_path;
+  fo.query_file = query_path;
+  fo.store = (fs::path(options.dir) / "train-features.h5").string();
+  fo.config_file = config_path;
+  fo.replace = true;
+  engine::finalize_recording(fo);
 
   // Every tranche is registered by content on a fresh embedded ledger before it is used, in
   // tranche table order (so mirror-north registers after clinic-north); the run is checked
@@ -263,7 +311,7 @@ int run_demo(const DemoOptions& options) {
   const auto config = engine::load_config(config_path);
   const std::string out_dir = (fs::path(options.dir) / "report").string();
   const auto summary =
-      engine::run_attribute(config, {out_dir, true, options.quiet, check_registry(registry, train, train_path)});
+      engine::run_score(config, fo.store, "", {out_dir, true, options.quiet, check_registry(registry, train, train_path)});
 
   // The same model and queries on the training set without the copy: what clinic-north earns
   // when nobody copied it. Duplicate credit must leave it exactly that (docs/rewards.md).
@@ -279,18 +327,26 @@ int run_demo(const DemoOptions& options) {
   connectors::write_dataset(alone_path, train_alone);
   const std::string alone_config = (fs::path(options.dir) / "attrace-without-copy.toml").string();
   connectors::write_file_atomic(alone_config, config_text("train-without-copy.h5"));
+  // The same recording, finalized for the training set without the copy (rows matched by
+  // example id): every remaining example keeps its recorded features.
+  engine::FinalizeOptions fo_alone = fo;
+  fo_alone.train_file = alone_path;
+  fo_alone.recorded_train = train_path;
+  fo_alone.store = (fs::path(options.dir) / "train-without-copy-features.h5").string();
+  fo_alone.config_file = alone_config;
+  engine::finalize_recording(fo_alone);
   const auto without = engine::load_config(alone_config);
-  const auto alone = engine::run_attribute(without, {(fs::path(options.dir) / "report-without-copy").string(), true, true,
-                                                     check_registry(registry, train_alone, alone_path)});
+  const auto alone = engine::run_score(without, fo_alone.store, "", {(fs::path(options.dir) / "report-without-copy").string(), true,
+                                                                    true, check_registry(registry, train_alone, alone_path)});
 
   const auto& ts = summary.attribution.tranches;
   const auto& rw = summary.attribution.rewards;
   double before_total = 0;
   for (const auto& w : rw.tranches) before_total += w.mass_before;
-  std::printf("\nAttribution vector (exact TracIn over %zu checkpoints, %lld train x %lld queries, %lld gradient dims, "
-              "%s path; reward rules: duplicate credit %s, quality hold %s)\n\n",
+  std::printf("\nAttribution vector (exact TracIn over %zu checkpoints recorded live while training; %lld train x %lld queries, "
+              "%lld gradient dims; reward rules: duplicate credit %s, quality hold %s)\n\n",
               phases.size(), static_cast<long long>(summary.n_train), static_cast<long long>(summary.n_query),
-              static_cast<long long>(summary.dim), summary.path_used.c_str(), engine::to_string(config.duplicate_credit).c_str(),
+              static_cast<long long>(summary.dim), engine::to_string(config.duplicate_credit).c_str(),
               engine::to_string(config.quality_hold).c_str());
   std::printf("  %-14s %8s %9s %7s %8s  %-28s %-36s %s\n", "tranche", "examples", "no rules", "share", "self-inf", "scenario",
               "reward rules", "flags");
@@ -361,7 +417,7 @@ int run_demo(const DemoOptions& options) {
   const fs::path html = fs::path(out_dir) / "report.html";
   if (fs::exists(html)) std::printf("  open in a browser: %s\n", fs::absolute(html).string().c_str());
   // An auditor's check of the epoch just committed, from the same folder (docs/verify.md).
-  std::printf("  recompute and check it as an auditor would: attrace verify 1 --db %s\n", db.c_str());
+  std::printf("  recompute and check it as an auditor would: attrace verify 1 --db %s --store %s\n", db.c_str(), fo.store.c_str());
   return lowest == noisy && dup_flagged && copy_unpaid && original_kept ? 0 : 1;
 }
 

@@ -255,7 +255,8 @@ TEST(Cli, DemoShowsNoisyTrancheLowestAndFlagsTheDuplicate) {
   EXPECT_EQ(sum, 1000000000);
   // An auditor confirms the demo's epoch in one command (the demo prints it), with its time.
   EXPECT_NE(r.out.find("attrace verify 1 --db " + (d / "demo/ledger.db")), std::string::npos) << r.out;
-  const auto v = run("verify 1 --db " + (d / "demo/ledger.db") + " -o " + (d / "verification.json"));
+  const auto v = run("verify 1 --db " + (d / "demo/ledger.db") + " --store " + (d / "demo/train-features.h5") + " -o " +
+                     (d / "verification.json"));
   ASSERT_EQ(v.code, 0) << v.out;
   EXPECT_NE(v.out.find("verdict: CONFIRMED (bit-identical"), std::string::npos) << v.out;
   EXPECT_NE(v.out.find("verified in"), std::string::npos) << v.out;
