@@ -49,23 +49,34 @@ nlohmann::json token_scores(const Config& config, const connectors::TrainingRun&
         }
     std::vector<int64_t> rows;
     for (const auto& [row, qs] : queries_of) rows.push_back(row);  // ascending
-    int64_t positions = 0;
-    const auto pf_all = fz.position_features(train, rows, positions);
-    ATTRACE_CHECK(positions == t_len, InputError,
-                  "per-token scores: the model's layers see " + std::to_string(positions) + " positions per example, the tokens " +
-                      std::to_string(t_len) + " (set attribution.token_proponents = 0)");
-    size_t at = 0;
-    for (const auto& [row, qs] : queries_of) {
-      const float* pf_row = pf_all.data() + static_cast<int64_t>(at++) * positions * w;
-      for (int64_t q : qs) {
-        auto& v = contrib[{q, row}];
-        v.resize(static_cast<size_t>(positions), 0.0);
-        const float* f = qrows[q].data();
-        for (int64_t t = 0; t < positions; ++t) {
-          const float* p = pf_row + t * w;
-          double s = 0;
-          for (int64_t j = 0; j < w; ++j) s += static_cast<double>(p[j]) * static_cast<double>(f[j]);
-          v[static_cast<size_t>(t)] += weight * s;
+    // Rows in chunks of at most ~256 MiB of per-position features (T x width floats per row).
+    const int64_t per_row = std::max<int64_t>(1, t_len * w * 4);
+    const size_t chunk = static_cast<size_t>(std::max<int64_t>(1, (int64_t{256} << 20) / per_row));
+    for (size_t r0 = 0; r0 < rows.size(); r0 += chunk) {
+      const std::vector<int64_t> part(rows.begin() + static_cast<std::ptrdiff_t>(r0),
+                                      rows.begin() + static_cast<std::ptrdiff_t>(std::min(rows.size(), r0 + chunk)));
+      int64_t positions = 0;
+      const auto pf_all = fz.position_features(train, part, positions);
+      ATTRACE_CHECK(positions == t_len, InputError,
+                    "per-token scores: the model's layers see " + std::to_string(positions) + " positions per example, the tokens " +
+                        std::to_string(t_len) + " (set attribution.token_proponents = 0)");
+      // Per row: its positions' features against the features of the queries that list it, by
+      // the backend's FMA-order dot (a pure function of the two rows), weighted, added per
+      // checkpoint in run order.
+      for (size_t at = 0; at < part.size(); ++at) {
+        const auto& qs = queries_of.at(part[at]);
+        const float* pf_row = pf_all.data() + static_cast<int64_t>(at) * positions * w;
+        std::vector<float> qmat(qs.size() * static_cast<size_t>(w));
+        for (size_t k = 0; k < qs.size(); ++k) std::copy(qrows[qs[k]].begin(), qrows[qs[k]].end(), qmat.begin() + k * w);
+        const int64_t nq_row = static_cast<int64_t>(qs.size());
+        std::vector<double> dots(static_cast<size_t>(positions * nq_row), 0.0);
+        backend.score_accumulate_fma(kernels::HostMatrix<float>{pf_row, positions, w, w},
+                                     kernels::HostMatrix<float>{qmat.data(), nq_row, w, w}, weight,
+                                     kernels::view_mut(dots.data(), positions, nq_row));
+        for (size_t k = 0; k < qs.size(); ++k) {
+          auto& v = contrib[{qs[k], part[at]}];
+          v.resize(static_cast<size_t>(positions), 0.0);
+          for (int64_t t = 0; t < positions; ++t) v[static_cast<size_t>(t)] += dots[static_cast<size_t>(t * nq_row) + k];
         }
       }
     }

@@ -24,8 +24,8 @@ std::string token_scores_refusal(const Config& config, const connectors::Dataset
 /// For each query, its first config.token_proponents proponents with their config.token_top
 /// largest position contributions: an array parallel to the queries, each an array of
 /// {example, score, positions: [{position, token, target, contribution}]}. `query_features` are
-/// the queries' TracIn features (one row per query per checkpoint). Deterministic: fixed loops,
-/// float64 sums in ascending feature order.
+/// the queries' TracIn features (one row per query per checkpoint). Deterministic: each position's
+/// dot with a query's features in the backend's FMA order, checkpoints added in run order.
 nlohmann::json token_scores(const Config& config, const connectors::TrainingRun& run, const connectors::Dataset& train,
                             const FeatureSource& query_features, const TracinResult& r, kernels::Backend& backend);
 
