@@ -1,6 +1,7 @@
 // The attrace command line. Every subcommand has --help; errors print one line naming the
 // file/field/example at fault and exit non-zero.
 #include "demo.hpp"
+#include "demo_lm.hpp"
 #include "eval.hpp"
 #include "ledger_cmd.hpp"
 #include "verify.hpp"
@@ -148,6 +149,10 @@ int main(int argc, char** argv) {
   attrace::cli::DemoOptions demo_opts;
   demo->add_option("--dir", demo_opts.dir, "Work directory (inputs, checkpoints, report)")->capture_default_str();
   demo->add_flag("-q,--quiet", quiet, "No progress or info messages on stderr");
+  attrace::cli::DemoLmOptions demo_lm;
+  bool demo_lm_on = false;
+  demo->add_flag("--lm", demo_lm_on, "The language-model demo instead: a GPT on Debian's fortunes (docs/lm.md; --dir default attrace-demo-lm)");
+  demo->add_flag("--quick", demo_lm.quick, "With --lm: a tiny model and few fortunes (seconds; for tests)");
 
   // import csv
   auto* imp = app.add_subcommand("import", "Import data into the attrace dataset format");
@@ -204,6 +209,11 @@ int main(int argc, char** argv) {
       std::printf("attrace %s (%s)\n", attrace::engine::engine_version().c_str(),
                   attrace::engine::engine_git_revision().c_str());
       return 0;
+    }
+    if (*demo && demo_lm_on) {
+      if (demo->count("--dir") > 0) demo_lm.dir = demo_opts.dir;
+      demo_lm.quiet = quiet;
+      return attrace::cli::run_demo_lm(demo_lm);
     }
     if (*demo) {
       demo_opts.quiet = quiet;

@@ -6,7 +6,9 @@
 #include <attrace/connectors/hash.hpp>
 #include <attrace/connectors/run.hpp>
 #include <attrace/engine/gpt.hpp>
+#include <attrace/engine/gradients.hpp>
 #include <attrace/error.hpp>
+#include <attrace/kernels/backend.hpp>
 
 #include <gtest/gtest.h>
 #include <torch/script.h>
@@ -298,6 +300,74 @@ TEST(Gpt, TrainerRefusesBadInput) {
   EXPECT_THROW(engine::train_lm(m, ds, o), InputError);
   o.phases = {{1, std::nan("")}};
   EXPECT_THROW(engine::train_lm(m, ds, o), InputError);
+}
+
+// The graph gradient path takes the built GPT as it is: every parameter is the weight or bias of
+// a captured Linear, Embedding (tokens and positions) or LayerNorm, and its per-example
+// gradients equal the general path's (one backward per example).
+TEST(Gpt, GraphPathServesTheModel) {
+  test::TempDir dir;
+  GptConfig c = tiny_config();
+  c.head_bias = true;  // the graph path refuses a Linear without a bias today
+  const std::string path = dir / "gpt.pt";
+  engine::save_gpt(path, c);
+  auto ds = pattern_dataset(6, c.context, c.vocab);
+  ds.path = "patterns";
+  ds.token_targets = connectors::next_token_targets(ds);  // as read_dataset fills them
+  ds.target_shape = {6, c.context};
+  auto backend = kernels::make_cpu_backend();
+  engine::GradientSettings gs;
+  gs.loss = engine::Loss::next_token;
+  gs.path = engine::GradPath::graph;
+  engine::CheckpointModel graph(path, gs, *backend);
+  graph.prepare(ds);
+  ASSERT_EQ(graph.path_in_use(), engine::GradPath::graph);
+  EXPECT_EQ(graph.dim(), engine::gpt_parameter_count(c));
+  std::vector<std::string> layers;
+  for (const auto& l : graph.kronecker_layers()) layers.push_back(l.name);
+  for (const char* want : {"tok_emb", "pos_emb", "h0.attn.q", "h0.attn.o", "h1.mlp.fc2", "head"})
+    EXPECT_NE(std::find(layers.begin(), layers.end(), want), layers.end()) << want;
+  gs.path = engine::GradPath::general;
+  engine::CheckpointModel general(path, gs, *backend);
+  general.prepare(ds);
+  const int64_t p = graph.dim();
+  std::vector<float> a(static_cast<size_t>(6 * p)), b(a.size());
+  graph.gradients(ds, 0, 6, a.data());
+  general.gradients(ds, 0, 6, b.data());
+  for (int64_t i = 0; i < 6; ++i) {
+    double scale = 0, err = 0;
+    for (int64_t q = 0; q < p; ++q) {
+      const size_t k = static_cast<size_t>(i * p + q);
+      scale = std::max(scale, std::abs(static_cast<double>(b[k])));
+      err = std::max(err, std::abs(static_cast<double>(a[k]) - static_cast<double>(b[k])));
+    }
+    EXPECT_GT(scale, 0) << i;
+    EXPECT_LE(err, 1e-4 * scale) << "example " << i;
+  }
+}
+
+// `attrace demo --lm --quick`: the whole pipeline (fortunes, import text, training, graph path,
+// Kronecker projection, scores) in seconds; twice in two folders, with the same report bytes.
+TEST(DemoLm, QuickRunIsCompleteAndRepeatable) {
+  test::TempDir dir;
+  std::string first;
+  for (const char* sub : {"a", "b"}) {
+    const std::string d = dir / sub;
+    const auto r = test::run_attrace("demo --lm --quick -q --dir " + d);
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("queries attributed mostly to their own category's tranche"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("(chance 33.3%)"), std::string::npos) << r.out;
+    for (const char* f : {"train.h5", "query.h5", "run.toml", "ckpt_1.pt", "ckpt_2.pt", "report/report.json", "report/scores.h5"})
+      EXPECT_TRUE(fs::exists(fs::path(d) / f)) << f;
+    const auto run = connectors::read_run_file((fs::path(d) / "run.toml").string());
+    EXPECT_EQ(run.checkpoints.size(), 2u);
+    const std::string report = test::read_text((fs::path(d) / "report/report.json").string());
+    EXPECT_NE(report.find("\"tokens\""), std::string::npos) << "per-token scores of the top proponents";
+    if (first.empty())
+      first = report;
+    else
+      EXPECT_EQ(report, first) << "the same demo twice must give the same report bytes";
+  }
 }
 
 }  // namespace

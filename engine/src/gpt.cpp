@@ -45,7 +45,7 @@ const char* const kAttentionSource =
     "    k = self.k.forward(x).view([B, T, H, D]).transpose(1, 2)\n"
     "    v = self.v.forward(x).view([B, T, H, D]).transpose(1, 2)\n"
     "    att = torch.matmul(q, k.transpose(2, 3)) * self.scale\n"
-    "    future = torch.ones([T, T], device=x.device).triu(1).gt(0.5)\n"
+    "    future = att.new_ones([T, T]).triu(1).gt(0.5)\n"
     "    att = torch.softmax(att.masked_fill(future, float(\"-inf\")), -1)\n"
     "    y = torch.matmul(att, v).transpose(1, 2).reshape([B, T, C])\n"
     "    return self.o.forward(y)\n";
@@ -136,16 +136,13 @@ std::vector<int32_t> lm_targets(const connectors::Dataset& ds) {
   }
   ATTRACE_CHECK(ds.lengths.empty() || static_cast<int64_t>(ds.lengths.size()) == n, InputError,
                 what + ": lengths holds " + std::to_string(ds.lengths.size()) + " entries, expected N = " + std::to_string(n));
-  std::vector<int32_t> out(static_cast<size_t>(n * t), connectors::kIgnoreTarget);
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t len = ds.lengths.empty() ? t : ds.lengths[static_cast<size_t>(i)];
+  for (int64_t i = 0; i < n && !ds.lengths.empty(); ++i) {
+    const int64_t len = ds.lengths[static_cast<size_t>(i)];
     ATTRACE_CHECK(len >= 1 && len <= t, InputError,
                   what + ": example " + std::to_string(i) + " has length " + std::to_string(len) + " outside 1.." +
                       std::to_string(t));
-    for (int64_t s = 0; s + 1 < len; ++s)
-      out[static_cast<size_t>(i * t + s)] = ds.int_inputs[static_cast<size_t>(i * t + s + 1)];
   }
-  return out;
+  return connectors::next_token_targets(ds);
 }
 
 struct TokenData {
@@ -255,7 +252,7 @@ torch::jit::Module build_gpt(const GptConfig& c) {
   std::vector<std::pair<std::string, torch::jit::Module>> top_children = {{"tok_emb", tok_emb}, {"pos_emb", pos_emb}};
   std::string body =
       "def forward(self, tokens):\n"
-      "    pos = torch.arange(tokens.size(1), device=tokens.device)\n"
+      "    pos = torch.cumsum(torch.ones_like(tokens), 1) - 1\n"
       "    x = self.tok_emb.forward(tokens) + self.pos_emb.forward(pos)\n";
   const double scale = 1.0 / std::sqrt(static_cast<double>(d / c.heads));
   for (int64_t l = 0; l < c.layers; ++l) {
