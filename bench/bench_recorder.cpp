@@ -5,14 +5,15 @@
 // every 64 steps). A recorded run's time includes closing the recording (draining the queue and
 // the last fsync).
 //
-//   bench_recorder [rounds] [torch threads]
+//   bench_recorder [rounds] [torch threads] [model name filter]
 //
 // Models: the demo MLP 64-32-10 (batch 32; every layer within k: exact features), an MLP
 // 784-512-512-10 (batch 64; every layer projected) and the project's benchmark CNN on 8x8
 // images, Conv2d(1,16,3,p1) ReLU Conv2d(16,32,3,p1) ReLU MaxPool2 Flatten Linear(512,10) (batch
 // 64; the second conv and the linear layer projected). Columns: per step, the training thread's
 // capture (checks and copies into the queue) and wait (queue full, final drain), the writer
-// thread's projection and write; CPU: the process's CPU seconds per step (both threads).
+// thread's projection and write and the sync thread's fsyncs; thr.: the training thread's CPU
+// seconds per step; cpu: the process's (all threads).
 #include <attrace/engine/model_builder.hpp>
 #include <attrace/engine/recorder.hpp>
 
@@ -20,6 +21,7 @@
 #include <torch/torch.h>
 
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -36,6 +38,13 @@ namespace {
 namespace fs = std::filesystem;
 namespace eng = attrace::engine;
 using Clock = std::chrono::steady_clock;
+
+// CPU seconds of the calling (training) thread.
+double thread_cpu_seconds() {
+  timespec t{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
 
 double cpu_seconds() {
   rusage u{};
@@ -136,7 +145,7 @@ void train_step(Setup& s, eng::Recorder* rec, int64_t b) {
 }
 
 struct Round {
-  double wall = 0, cpu = 0;
+  double wall = 0, cpu = 0, thread_cpu = 0;
   eng::RecorderTimings t;
   int64_t width = 0;
 };
@@ -150,18 +159,19 @@ Round run(const Model& md, bool record) {
   for (int64_t b = 0; b < 8; ++b) train_step(s, rec.get(), b);  // warm-up (and the recorder's one forward check)
   if (rec) rec->flush();
   const eng::RecorderTimings t0 = rec ? rec->writer().timings() : eng::RecorderTimings{};
-  const double c0 = cpu_seconds();
+  const double c0 = cpu_seconds(), tc0 = thread_cpu_seconds();
   const auto w0 = Clock::now();
   for (int64_t b = 0; b < md.steps; ++b) train_step(s, rec.get(), b);
   if (rec) rec->close();  // drains the queue and makes the last segment durable: part of the cost
   Round r;
   r.wall = std::chrono::duration<double>(Clock::now() - w0).count() / static_cast<double>(md.steps);
   r.cpu = (cpu_seconds() - c0) / static_cast<double>(md.steps);
+  r.thread_cpu = (thread_cpu_seconds() - tc0) / static_cast<double>(md.steps);
   if (rec) {
     const auto t1 = rec->writer().timings();
     const auto n = static_cast<double>(md.steps);
     r.t = {(t1.capture - t0.capture) / n, (t1.wait - t0.wait) / n, (t1.project - t0.project) / n, (t1.write - t0.write) / n,
-           t1.steps - t0.steps};
+           (t1.sync - t0.sync) / n, t1.steps - t0.steps};
     r.width = rec->writer().width();
   }
   rec.reset();
@@ -179,35 +189,41 @@ double median(std::vector<double> v) {
 int main(int argc, char** argv) {
   const int rounds = argc > 1 ? std::atoi(argv[1]) : 3;
   const int threads = argc > 2 ? std::atoi(argv[2]) : 1;
+  const std::string only = argc > 3 ? argv[3] : "";
   torch::set_num_threads(threads);
   std::printf("bench_recorder: %d rounds, %d torch thread(s), recorder writer thread with 1 projection thread\n", rounds, threads);
-  std::printf("%-22s %5s %6s | %9s %9s %8s | %8s %8s %8s %8s | %8s %8s\n", "model", "batch", "width", "plain us", "rec. us",
-              "overhead", "capture", "wait", "project", "write", "cpu pl.", "cpu rec.");
+  std::printf("%-22s %5s %6s | %9s %9s %8s | %8s %8s %8s %8s %8s | %8s %8s %8s %8s\n", "model", "batch", "width", "plain us",
+              "rec. us", "overhead", "capture", "wait", "project", "write", "sync", "thr.pl.", "thr.rec.", "cpu pl.", "cpu rec.");
   const std::vector<Model> models = {
       {"demo MLP 64-32-10", {64}, 10, 32, 1000, [](const std::string& p) { eng::save_mlp_torchscript(p, {64, 32, 10}, 1); }},
       {"MLP 784-512-512-10", {784}, 10, 64, 200, [](const std::string& p) { eng::save_mlp_torchscript(p, {784, 512, 512, 10}, 1); }},
       {"CNN 8x8 (16, 32 ch.)", {1, 8, 8}, 10, 64, 200, save_cnn},
   };
   for (const auto& md : models) {
-    std::vector<double> plain, recw, cpl, crec, cap, wait, proj, wr;
+    if (!only.empty() && md.name.find(only) == std::string::npos) continue;
+    std::vector<double> plain, recw, cpl, crec, tpl, trec, cap, wait, proj, wr, sy;
     int64_t width = 0;
     for (int r = 0; r < rounds; ++r) {
       const Round a = run(md, false);
       const Round b = run(md, true);
       plain.push_back(a.wall);
       cpl.push_back(a.cpu);
+      tpl.push_back(a.thread_cpu);
       recw.push_back(b.wall);
       crec.push_back(b.cpu);
+      trec.push_back(b.thread_cpu);
       cap.push_back(b.t.capture);
       wait.push_back(b.t.wait);
       proj.push_back(b.t.project);
       wr.push_back(b.t.write);
+      sy.push_back(b.t.sync);
       width = b.width;
     }
     const double p = median(plain), q = median(recw);
-    std::printf("%-22s %5lld %6lld | %9.1f %9.1f %+7.1f%% | %8.1f %8.1f %8.1f %8.1f | %8.1f %8.1f\n", md.name.c_str(),
-                static_cast<long long>(md.batch), static_cast<long long>(width), 1e6 * p, 1e6 * q, 100 * (q - p) / p,
-                1e6 * median(cap), 1e6 * median(wait), 1e6 * median(proj), 1e6 * median(wr), 1e6 * median(cpl), 1e6 * median(crec));
+    std::printf("%-22s %5lld %6lld | %9.1f %9.1f %+7.1f%% | %8.1f %8.1f %8.1f %8.1f %8.1f | %8.1f %8.1f %8.1f %8.1f\n",
+                md.name.c_str(), static_cast<long long>(md.batch), static_cast<long long>(width), 1e6 * p, 1e6 * q,
+                100 * (q - p) / p, 1e6 * median(cap), 1e6 * median(wait), 1e6 * median(proj), 1e6 * median(wr), 1e6 * median(sy),
+                1e6 * median(tpl), 1e6 * median(trec), 1e6 * median(cpl), 1e6 * median(crec));
     std::fflush(stdout);
   }
   return 0;

@@ -34,6 +34,7 @@
 #include <numeric>
 #include <random>
 #include <thread>
+#include <tuple>
 
 namespace fs = std::filesystem;
 using namespace attrace;
@@ -390,6 +391,53 @@ TEST(Recorder, ExactRowsEqualFeaturizerBitForBit) {
     recorded_rows(layers, rs, 0, 0.5, train.size(), lb, got.data());
     EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * 4), 0) << to_string(factored);
   }
+}
+
+// The C++ example of docs/recorder.md, its lines as they stand there, on a 12-24-5 MLP and three
+// batches; then attrace score's pipeline on the store it finalizes.
+TEST(Recorder, DocExampleCpp) {
+  namespace ae = attrace::engine;
+  const fs::path dir = fresh_dir("doc-cpp");
+  const fs::path cwd = fs::current_path();
+  fs::current_path(dir);
+  const auto train = make_dataset(24, 21, true);
+  connectors::write_dataset("train.h5", train);
+  connectors::write_dataset("query.h5", make_dataset(4, 22, false));
+  save_mlp_torchscript("init.pt", {kIn, kHidden, kClasses}, 23);
+  const double lr = 0.3;
+  std::vector<std::tuple<std::vector<int64_t>, torch::Tensor, torch::Tensor>> batches;
+  for (int64_t b = 0; b < 3; ++b) {
+    std::vector<int64_t> ids = {b, b + 3, b + 6, b + 9, b + 12, b + 15, b + 18, b + 21};
+    const auto idx = torch::tensor(ids, torch::kLong);
+    batches.emplace_back(ids, torch::from_blob(const_cast<float*>(train.inputs.data()), {24, kIn}).index_select(0, idx),
+                         torch::from_blob(const_cast<int64_t*>(train.class_targets.data()), {24}, torch::kLong).index_select(0, idx));
+  }
+  {
+    // --- docs/recorder.md, "C++ (LibTorch)" ---
+    torch::jit::Module model = torch::jit::load("init.pt");   // a scripted Sequential of Linear / Conv2d + activations
+    std::vector<torch::Tensor> params;
+    for (auto p : model.parameters()) params.push_back(p.requires_grad_());
+    ae::Recorder rec(model, "run.rec");                         // every step, Kronecker k = 4096 per layer
+    for (auto& [ids, x, y] : batches) {                         // ids: the examples' rows in train.h5
+      auto loss = torch::nn::functional::cross_entropy(rec.forward(x), y);   // instead of model.forward({x})
+      auto grads = torch::autograd::grad({loss}, params);      // params: model.parameters(), requires_grad
+      rec.step(ids, lr);                                        // after the backward pass, before the update
+      torch::NoGradGuard ng; for (size_t k = 0; k < params.size(); ++k) params[k].sub_(grads[k], lr);
+    }
+    rec.close();                                                // waits for the writer: every step durable
+    ae::finalize_recording({"run.rec", "train.h5", "query.h5", "train-features.h5"});
+    // ---
+  }
+  const Config config = load_config("run.rec/attrace.toml");
+  RunOptions ro;
+  ro.out_dir = "results";
+  ro.quiet = true;
+  const RunSummary summary = run_score(config, "train-features.h5", "", ro);
+  fs::current_path(cwd);
+  EXPECT_EQ(summary.n_train, 24);
+  EXPECT_EQ(summary.n_query, 4);
+  EXPECT_EQ(connectors::read_run_file((dir / "run.rec" / "run.toml").string()).checkpoints.size(), 3u);
+  EXPECT_TRUE(fs::exists(dir / "results" / "report.json"));
 }
 
 // Synthetic factors of step s (a pure function of s), for the crash test.

@@ -1,13 +1,17 @@
 #!/usr/bin/python3
 """Training-step time with and without attrace.Recorder (docs/recorder.md), same process.
 
-PYTHONPATH=build/python /usr/bin/python3 bench/python/bench_recorder.py [threads]
+PYTHONPATH=build/python /usr/bin/python3 bench/python/bench_recorder.py [rounds] [threads] [model filter]
 
-Models: the demo MLP 64-32-10 (batch 32; every layer within k = 4096: exact features) and an
-MLP 784-512-512-10 (batch 64; every layer Kronecker-projected). SGD, cross-entropy, every step
-recorded, k = 4096 per layer. Plain and recorded runs alternate in rounds; the median step time
-of each is reported, with the recorder's projection and write time per step (C++ side); the rest
-of the overhead is capture (hooks, numpy views, bias columns, gradient scaling, parameter views).
+Models (the C++ bench's): the demo MLP 64-32-10 (batch 32; every layer within k = 4096: exact
+features), an MLP 784-512-512-10 (batch 64; every layer projected) and the benchmark CNN on 8x8
+images, Conv2d(1,16,3,p1) ReLU Conv2d(16,32,3,p1) ReLU MaxPool2 Flatten Linear(512,10) (batch 64).
+SGD, cross-entropy, every step recorded, k = 4096 per layer. Plain and recorded runs alternate in
+rounds; medians are reported. A recorded run's time includes closing the recording (draining the
+writer's queue and the last fsync). Columns per step: the C++ writer's capture (copies into its
+queue) and wait (queue full, final drain) on the training thread, projection and write on the
+writer thread, sync (fsyncs) on the sync thread; thr.: the training thread's CPU time (Python
+hooks and tensor conversions included), cpu: the process's.
 """
 import os
 import shutil
@@ -22,24 +26,37 @@ import torch
 import attrace
 
 
-def run(sizes, batch, steps, recorder_dir=None):
+def make(name):
     torch.manual_seed(1)
+    if name.startswith("CNN"):
+        model = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(32 * 4 * 4, 10))
+        return model, (1, 8, 8), 64
+    sizes = [64, 32, 10] if name.startswith("demo") else [784, 512, 512, 10]
     layers = []
     for i in range(len(sizes) - 1):
         layers.append(torch.nn.Linear(sizes[i], sizes[i + 1]))
         if i + 2 < len(sizes):
             layers.append(torch.nn.ReLU())
-    model = torch.nn.Sequential(*layers)
+    return torch.nn.Sequential(*layers), (sizes[0],), 32 if name.startswith("demo") else 64
+
+
+def run(name, steps, recorder_dir=None):
+    model, shape, batch = make(name)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     n = 64 * batch
-    x = torch.rand(n, sizes[0])
-    y = torch.randint(sizes[-1], (n,))
-    perm = torch.randperm(n)
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand((n,) + shape, generator=g)
+    y = torch.randint(10, (n,), generator=g)
+    perm = torch.randperm(n, generator=g)
     rec = attrace.Recorder(model, store=recorder_dir, k=4096).attach() if recorder_dir else None
     for s in range(steps + 8):
         if s == 8:  # warm-up done
-            t0 = time.perf_counter()
+            if rec:
+                rec.flush()
             base = dict(rec.timings) if rec else {}
+            t0, c0, tc0 = time.perf_counter(), time.process_time(), time.thread_time()
         ids = perm[(s % 64) * batch:(s % 64 + 1) * batch]
         loss = torch.nn.functional.cross_entropy(model(x[ids]), y[ids])
         opt.zero_grad()
@@ -49,38 +66,49 @@ def run(sizes, batch, steps, recorder_dir=None):
         opt.step()
     extra = {}
     if rec:
-        rec.flush()  # the pending steps' segment belongs to the measured steps
-        t = rec.timings
-        extra = {k: (v - base[k]) / steps for k, v in t.items()}
-    elapsed = (time.perf_counter() - t0) / steps
-    if rec:
+        t_close = time.perf_counter()
         rec.detach()
-        rec.close()
-    return elapsed, extra
+        times = dict(rec.timings)  # before close: the writer's counters
+        rec.close()  # drains the queue and makes the last segment durable: part of the cost
+        extra = {k: (v - base[k]) / steps for k, v in times.items() if k != "steps"}
+        extra["wait"] += (time.perf_counter() - t_close) / steps
+    wall = (time.perf_counter() - t0) / steps
+    return wall, (time.process_time() - c0) / steps, (time.thread_time() - tc0) / steps, extra
 
 
 def main():
-    threads = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    threads = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    only = sys.argv[3] if len(sys.argv) > 3 else ""
     torch.set_num_threads(threads)
-    print("torch %s, %d thread(s), numpy %s" % (torch.__version__, threads, np.__version__))
-    for name, sizes, batch, steps in [("demo MLP 64-32-10", [64, 32, 10], 32, 400),
-                                      ("MLP 784-512-512-10", [784, 512, 512, 10], 64, 100)]:
-        plain, recorded, proj, write = [], [], [], []
-        for _ in range(3):
-            plain.append(run(sizes, batch, steps)[0])
+    print("torch %s, %d thread(s), numpy %s, %d rounds" % (torch.__version__, threads, np.__version__, rounds))
+    print("%-22s | %9s %9s %8s | %8s %8s %8s %8s %8s | %8s %8s %8s %8s" % (
+        "model", "plain us", "rec. us", "overhead", "capture", "wait", "project", "write", "sync", "thr.pl.", "thr.rec.",
+        "cpu pl.", "cpu rec."))
+    for name, steps in [("demo MLP 64-32-10", 1000), ("MLP 784-512-512-10", 200), ("CNN 8x8 (16, 32 ch.)", 200)]:
+        if only and only not in name:
+            continue
+        rows = {k: [] for k in ["plain", "rec", "cpl", "crec", "tpl", "trec", "capture", "wait", "project", "write", "sync"]}
+        for _ in range(rounds):
+            w, c, tc, _ = run(name, steps)
+            rows["plain"].append(w)
+            rows["cpl"].append(c)
+            rows["tpl"].append(tc)
             d = tempfile.mkdtemp(prefix="attrace-pybench-")
             try:
-                t, extra = run(sizes, batch, steps, os.path.join(d, "rec"))
+                w, c, tc, extra = run(name, steps, os.path.join(d, "rec"))
             finally:
                 shutil.rmtree(d)
-            recorded.append(t)
-            proj.append(extra["project"])
-            write.append(extra["write"])
-        p, r = statistics.median(plain), statistics.median(recorded)
-        print("%-20s batch %3d: plain %8.1f us/step, recorded %8.1f us/step, overhead %+6.1f%%; "
-              "per step: projection %.1f us, write %.1f us, capture (rest) %.1f us"
-              % (name, batch, 1e6 * p, 1e6 * r, 100 * (r - p) / p, 1e6 * statistics.median(proj),
-                 1e6 * statistics.median(write), 1e6 * (r - p - statistics.median(proj) - statistics.median(write))))
+            rows["rec"].append(w)
+            rows["crec"].append(c)
+            rows["trec"].append(tc)
+            for k in ["capture", "wait", "project", "write", "sync"]:
+                rows[k].append(extra[k])
+        m = {k: 1e6 * statistics.median(v) for k, v in rows.items()}
+        print("%-22s | %9.1f %9.1f %+7.1f%% | %8.1f %8.1f %8.1f %8.1f %8.1f | %8.1f %8.1f %8.1f %8.1f" % (
+            name, m["plain"], m["rec"], 100 * (m["rec"] - m["plain"]) / m["plain"], m["capture"], m["wait"], m["project"],
+            m["write"], m["sync"], m["tpl"], m["trec"], m["cpl"], m["crec"]))
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@
 #include <mutex>
 #include <sstream>
 #include <thread>
+#include <climits>
 
 namespace attrace::engine {
 namespace {
@@ -548,10 +549,16 @@ void project_factor(const float* g, int64_t rows, int64_t d, int64_t k, const st
   // Blocks of 64 rows: the unit of work of the optional threads (a row's result never depends
   // on its block).
   const int64_t blocks = (rows + 63) / 64;
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-  for (int64_t bl = 0; bl < blocks; ++bl)
+  const auto block = [&](int64_t bl) {
     product_rows(g, d, 1, bl * 64, std::min(rows, bl * 64 + 64), d, kernels::kProjectionChunk, e.data(), round16(k), k, scale,
                  out.data(), ld);
+  };
+  if (threads > 1) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t bl = 0; bl < blocks; ++bl) block(bl);
+  } else {
+    for (int64_t bl = 0; bl < blocks; ++bl) block(bl);  // no OpenMP region: its start-up costs more than small products
+  }
 }
 
 // One example's Kronecker row of a layer from its projected factors: o[a ki + c] = (sum over
@@ -559,11 +566,17 @@ void project_factor(const float* g, int64_t rows, int64_t d, int64_t k, const st
 void kronecker_rows(const std::vector<float>& xp, int64_t ki, const std::vector<float>& dp, int64_t ko, int64_t batch,
                     int64_t positions, float root_lr, float* out, int64_t ldo, int threads) {
   const int64_t ldx = round16(ki), ldd = round16(ko);
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-  for (int64_t e = 0; e < batch; ++e)
-    // g(a, t) = dp[t][a] (rows a, summed index t), e(t, c) = xp[t][c], out rows a of ki columns.
+  // g(a, t) = dp[t][a] (rows a, summed index t), e(t, c) = xp[t][c], out rows a of ki columns.
+  const auto example = [&](int64_t e) {
     product_rows(dp.data() + e * positions * ldd, 1, ldd, 0, ko, positions, positions, xp.data() + e * positions * ldx, ldx, ki,
                  root_lr, out + e * ldo, ki);
+  };
+  if (threads > 1) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t e = 0; e < batch; ++e) example(e);
+  } else {
+    for (int64_t e = 0; e < batch; ++e) example(e);
+  }
 }
 
 // Rounds features to the dtype (a no-op for f32).
@@ -604,21 +617,21 @@ void rows_of(const StepMatrices& m, connectors::FeatureDtype dtype, double lr, i
 // Checks one layer's capture description against the layer; returns the floats of x and delta.
 std::pair<int64_t, int64_t> capture_sizes(const RecordedLayer& l, const LayerBatch& c, int64_t batch, const std::string& what,
                                           const RecorderSettings& s) {
-  const std::string where = what + ", layer '" + l.name + "'";
+  const auto where = [&] { return what + ", layer '" + l.name + "'"; };
   ATTRACE_CHECK(s.projection != Projection::none || (!l.conv && c.positions == 1), InputError,
-                where + ": exact recording (projection none) takes Linear layers with one position per example; record "
+                where() + ": exact recording (projection none) takes Linear layers with one position per example; record "
                         "this model with projection kronecker");
-  ATTRACE_CHECK(c.x != nullptr && c.delta != nullptr, InputError, where + ": no captured inputs or output gradients");
-  ATTRACE_CHECK(std::isfinite(c.delta_scale), InputError, where + ": the loss scale is not finite");
+  ATTRACE_CHECK(c.x != nullptr && c.delta != nullptr, InputError, where() + ": no captured inputs or output gradients");
+  ATTRACE_CHECK(std::isfinite(c.delta_scale), InputError, where() + ": the loss scale is not finite");
   if (l.conv && c.height > 0) {
-    ATTRACE_CHECK(c.width > 0, InputError, where + ": image width must be > 0");
+    ATTRACE_CHECK(c.width > 0, InputError, where() + ": image width must be > 0");
     const int64_t L = conv_positions(l, c);
     ATTRACE_CHECK(L > 0, InputError,
-                  where + ": an input of " + std::to_string(c.height) + "x" + std::to_string(c.width) + " is smaller than the kernel");
+                  where() + ": an input of " + std::to_string(c.height) + "x" + std::to_string(c.width) + " is smaller than the kernel");
     return {batch * l.geometry.c_in * c.height * c.width, batch * L * l.d_out};
   }
-  ATTRACE_CHECK(c.positions >= 1, InputError, where + ": positions must be >= 1");
-  ATTRACE_CHECK(c.x_bias_column || !l.conv, InputError, where + ": conv patches must carry the bias column (or give the image)");
+  ATTRACE_CHECK(c.positions >= 1, InputError, where() + ": positions must be >= 1");
+  ATTRACE_CHECK(c.x_bias_column || !l.conv, InputError, where() + ": conv patches must carry the bias column (or give the image)");
   const int64_t rows = batch * c.positions;
   const int64_t n_in = c.x_bias_column ? l.d_in : l.d_in - (l.bias ? 1 : 0);
   return {rows * n_in, rows * l.d_out};
@@ -792,6 +805,23 @@ struct RecordingWriter::Impl {
     }
   }
 
+  // Writes the buffers in order at the end of the open segment (one system call when it can).
+  void write_vector(std::vector<iovec>& io) {
+    size_t first = 0;
+    while (first < io.size()) {
+      const ssize_t w = ::writev(seg_fd, io.data() + first, static_cast<int>(std::min<size_t>(io.size() - first, IOV_MAX)));
+      if (w < 0 && errno == EINTR) continue;
+      ATTRACE_CHECK(w >= 0, RuntimeFailure, seg_tmp + ": write failed: " + std::strerror(errno));
+      auto left = static_cast<size_t>(w);
+      while (first < io.size() && left >= io[first].iov_len) left -= io[first++].iov_len;
+      if (first < io.size()) {
+        io[first].iov_base = static_cast<char*>(io[first].iov_base) + left;
+        io[first].iov_len -= left;
+        ATTRACE_CHECK(w > 0 || io[first].iov_len == 0, RuntimeFailure, seg_tmp + ": write made no progress");
+      }
+    }
+  }
+
   void open_segment() {
     {
       std::lock_guard<std::mutex> lk(mu);
@@ -923,11 +953,12 @@ struct RecordingWriter::Impl {
     std::memcpy(head, &j.step, 8);
     std::memcpy(head + 8, &j.lr, 8);
     std::memcpy(head + 16, &j.batch, 8);
-    write_all(head, sizeof head);
-    write_all(j.ids.data(), j.ids.size() * 8);
-    write_all(modes.data(), modes.size() * 8);
-    for (size_t l = 0; l < layers.size(); ++l) write_all(blocks[l].data(), blocks[l].size() * 4);
-    write_all(j.params.data(), j.params.size() * 4);
+    std::vector<iovec> io = {{head, sizeof head},
+                             {const_cast<int64_t*>(j.ids.data()), j.ids.size() * 8},
+                             {modes.data(), modes.size() * 8}};
+    for (size_t l = 0; l < layers.size(); ++l) io.push_back({blocks[l].data(), blocks[l].size() * 4});
+    io.push_back({const_cast<float*>(j.params.data()), j.params.size() * 4});
+    write_vector(io);
     ++seg_steps;
     ++written;
     seg_bytes += step_bytes(j.batch, sizes, modes, n_params);
@@ -1238,33 +1269,34 @@ void RecordingWriter::record(int64_t step, double lr, const int64_t* ids, int64_
                              const std::vector<const float*>& parameters) {
   auto& m = *impl_;
   const auto t0 = Clock::now();
-  const std::string what = m.dir + ": step " + std::to_string(step);
-  ATTRACE_CHECK(!m.closed, InputError, what + ": the recording is closed");
+  // Messages are built only when a check fails (record() runs on the training thread).
+  const auto what = [&] { return m.dir + ": step " + std::to_string(step); };
+  ATTRACE_CHECK(!m.closed, InputError, what() + ": the recording is closed");
   {
     std::lock_guard<std::mutex> lk(m.mu);
     m.rethrow_locked();
   }
   ATTRACE_CHECK(step > m.last_step, InputError,
-                what + ": steps must increase (last recorded step " + std::to_string(m.last_step) + ")");
-  ATTRACE_CHECK(std::isfinite(lr) && lr >= 0, InputError, what + ": lr " + std::to_string(lr) + " is not finite and >= 0");
-  ATTRACE_CHECK(batch > 0, InputError, what + ": empty batch");
+                what() + ": steps must increase (last recorded step " + std::to_string(m.last_step) + ")");
+  ATTRACE_CHECK(std::isfinite(lr) && lr >= 0, InputError, what() + ": lr " + std::to_string(lr) + " is not finite and >= 0");
+  ATTRACE_CHECK(batch > 0, InputError, what() + ": empty batch");
   ATTRACE_CHECK(layers.size() == m.layers.size(), InputError,
-                what + ": " + std::to_string(layers.size()) + " layers captured, " + std::to_string(m.layers.size()) + " recorded");
+                what() + ": " + std::to_string(layers.size()) + " layers captured, " + std::to_string(m.layers.size()) + " recorded");
   ATTRACE_CHECK(parameters.size() == m.params.size(), InputError,
-                what + ": " + std::to_string(parameters.size()) + " parameter tensors given, " + std::to_string(m.params.size()) +
+                what() + ": " + std::to_string(parameters.size()) + " parameter tensors given, " + std::to_string(m.params.size()) +
                     " recorded");
   m.sorted.assign(ids, ids + batch);
   std::sort(m.sorted.begin(), m.sorted.end());
   for (int64_t i = 0; i < batch; ++i) {
     const int64_t id = m.sorted[static_cast<size_t>(i)];
-    ATTRACE_CHECK(id >= 0, InputError, what + ": example id " + std::to_string(id) + " < 0");
+    ATTRACE_CHECK(id >= 0, InputError, what() + ": example id " + std::to_string(id) + " < 0");
     ATTRACE_CHECK(i == 0 || id != m.sorted[static_cast<size_t>(i - 1)], InputError,
-                  what + ": example id " + std::to_string(id) + " appears twice in the batch");
+                  what() + ": example id " + std::to_string(id) + " appears twice in the batch");
   }
   std::vector<std::pair<int64_t, int64_t>> sizes;
-  for (size_t l = 0; l < m.layers.size(); ++l) sizes.push_back(capture_sizes(m.layers[l], layers[l], batch, what, m.settings));
+  for (size_t l = 0; l < m.layers.size(); ++l) sizes.push_back(capture_sizes(m.layers[l], layers[l], batch, what(), m.settings));
   for (size_t p = 0; p < parameters.size(); ++p)
-    ATTRACE_CHECK(parameters[p] != nullptr, InputError, what + ": parameter '" + m.params[p].name + "' not given");
+    ATTRACE_CHECK(parameters[p] != nullptr, InputError, what() + ": parameter '" + m.params[p].name + "' not given");
 
   // A job from the pool: waits while queue_steps recorded steps are still being written.
   std::unique_ptr<Job> j;

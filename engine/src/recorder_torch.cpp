@@ -246,19 +246,24 @@ bool Recorder::step(const std::vector<int64_t>& ids, double lr, double loss_scal
   // The batch-mean loss scaled each example's gradient by 1/B: undone by the same factor, in
   // float32 by the writer (exact when it is a power of two, docs/recorder.md).
   const float scale = static_cast<float>(loss_scale > 0 ? loss_scale : static_cast<double>(batch));
-  // Only views here (no torch operation unless a tensor is not float32 and contiguous): the
-  // writer copies the bytes into its queue and does the rest in the background.
+  // Only views here (no torch operation unless a tensor is not float32, contiguous and on the
+  // CPU): the writer copies the bytes into its queue and does the rest in the background.
   std::vector<torch::Tensor> keep;
+  keep.reserve(2 * m.layers.size() + m.params.size());  // the pointers taken stay valid
   std::vector<LayerBatch> lb;
   for (size_t l = 0; l < m.layers.size(); ++l) {
     const auto& L = m.layers[l];
     ATTRACE_CHECK(m.inputs[l].defined() && m.grads[l].defined(), InputError,
                   what + ": no gradient reached layer '" + L.name +
                       "' (call step() after the backward pass of the loss of this step's forward())");
-    const auto x = m.inputs[l].to(torch::kFloat).contiguous();
-    const auto g = m.grads[l].to(torch::kFloat).contiguous();
-    keep.push_back(x);
-    keep.push_back(g);
+    // float32 and contiguous as training holds them: no torch call (each costs microseconds).
+    const auto as_f32 = [&](const torch::Tensor& t) {
+      if (t.scalar_type() == torch::kFloat && t.is_contiguous() && t.device().is_cpu()) return t;
+      keep.push_back(t.to(torch::kCPU, torch::kFloat).contiguous());
+      return keep.back();
+    };
+    const torch::Tensor x = as_f32(m.inputs[l]);
+    const torch::Tensor g = as_f32(m.grads[l]);
     LayerBatch c;
     c.x = x.data_ptr<float>();
     c.delta = g.data_ptr<float>();
@@ -359,8 +364,11 @@ FinalizeSummary finalize_recording(const FinalizeOptions& o) {
   }
   connectors::fsync_path(dir.string());
   FinalizeSummary summary;
-  summary.run_file = (dir / "run.toml").string();
-  summary.config_file = (dir / "attrace.toml").string();
+  // The recording's path as the caller gave it (relative stays relative): a store's spec records
+  // the run file as the config names it, so `attrace score -c RECORDING/attrace.toml` from the
+  // same directory must find the same path.
+  summary.run_file = (fs::path(o.recording) / "run.toml").string();
+  summary.config_file = (fs::path(o.recording) / "attrace.toml").string();
   connectors::write_file_atomic(summary.run_file, run_text);
   const bool exact = rs.projection == Projection::none;
   const std::string projection_text =

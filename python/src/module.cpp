@@ -199,7 +199,7 @@ PYBIND11_MODULE(_attrace, m) {
       .def_property_readonly("timings", [](PyWriter& p) {
         const auto t = p.w().timings();
         return py::dict(py::arg("capture") = t.capture, py::arg("wait") = t.wait, py::arg("project") = t.project,
-                        py::arg("write") = t.write, py::arg("steps") = t.steps);
+                        py::arg("write") = t.write, py::arg("sync") = t.sync, py::arg("steps") = t.steps);
       });
 
   m.def(

@@ -14,6 +14,8 @@ PYTHONPATH=<build>/python, ATTRACE_BIN=<build>/cli/attrace. Plain asserts, no py
    bias, then Linear): stored rows equal recorded_rows() of independently captured NCHW inputs and
    output gradients bit for bit (the unfolding happens in C++), and the finalized store equals
    `attrace featurize` on the saved checkpoints (the CLI's chain path) to float32 rounding.
+6. The Python example of docs/recorder.md runs as it stands there (read from the file) with a
+   loader of 4 batches, and its report has a score for every (train, query) pair.
 """
 import os
 import subprocess
@@ -144,6 +146,7 @@ def main():
         assert "projection" in str(e), e
     print("4. resume continues at step 5; other settings refused")
     cnn_part(tmp, binary)
+    doc_example_part(tmp)
     print("python recorder test: OK")
     return 0
 
@@ -208,6 +211,37 @@ def cnn_part(tmp, binary):
     print("5. CNN: recorded rows equal recorded_rows() of NCHW captures bit for bit; vs `attrace featurize`: "
           "largest rowwise max|diff|/max|cli| = %.3g" % worst)
     assert worst < 1e-5, worst
+
+
+def doc_example_part(tmp):
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, "..", "..", "docs", "recorder.md")) as f:
+        doc = f.read()
+    section = doc[doc.index("## Python (PyTorch)"):]
+    code = section[section.index("```python\n") + len("```python\n"):section.index("\n```", section.index("```python"))]
+    work = os.path.join(tmp, "doc-example")
+    os.makedirs(work)
+    rng = np.random.default_rng(11)
+    n, q = 32, 5
+    x_all = rng.uniform(0, 1, (n, 64)).astype(np.float32)
+    y_all = rng.integers(0, 10, n)
+    write_dataset(os.path.join(work, "train.h5"), x_all, y_all, 2)
+    write_dataset(os.path.join(work, "query.h5"), rng.uniform(0, 1, (q, 64)).astype(np.float32), rng.integers(0, 10, q), 0)
+    order = rng.permutation(n)
+    loader = [(torch.from_numpy(order[b:b + 8]), torch.from_numpy(x_all[order[b:b + 8]]), torch.from_numpy(y_all[order[b:b + 8]]))
+              for b in range(0, n, 8)]
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        scope = {"loader": loader}
+        exec(compile(code, "docs/recorder.md (Python example)", "exec"), scope)
+    finally:
+        os.chdir(cwd)
+    report = scope["report"]
+    assert report["scores"].shape == (n, q), report["scores"].shape
+    assert np.isfinite(report["scores"]).all() and np.abs(report["scores"]).min() > 0  # every example was in a batch
+    assert len(attrace.read_recording(os.path.join(work, "run.rec"))["steps"]) == 4
+    print("6. the docs' Python example runs as written: %d x %d scores from 4 recorded steps" % (n, q))
 
 
 if __name__ == "__main__":

@@ -240,11 +240,11 @@ struct FinalizeOptions {
   /// The dataset whose row numbers the recorded ids are; empty: train_file. When it is another
   /// file, examples are matched by example id: rows of train_file's examples take the recorded
   /// row of the same id, examples it lacks are left out (a store for a subset of the data).
-  std::string recorded_train;
+  std::string recorded_train{};
   /// A config to use instead of writing RECORDING/attrace.toml (its run file must be
   /// RECORDING/run.toml and its projection and dtype the recording's; InputError naming the
   /// setting otherwise): lets a caller add attribution or reward settings.
-  std::string config_file;
+  std::string config_file{};
 };
 
 /// What finalize_recording wrote.
