@@ -16,6 +16,7 @@
 #include <attrace/error.hpp>
 #include <attrace/random.hpp>
 
+#include <nlohmann/json.hpp>
 #include <torch/script.h>
 
 #include <algorithm>
@@ -63,7 +64,8 @@ Plan make_plan(bool quick) {
     p.batch_size = 8;
     p.k = 256;
   } else {
-    p.categories = {"computers", "definitions", "politics", "songs-poems", "startrek", "zippy"};
+    // Categories with a voice of their own (docs/lm.md has the numbers for a blander set).
+    p.categories = {"computers", "definitions", "linux", "riddles", "startrek", "zippy"};
     p.items_per_category = 72;
     p.holdout_every = 6;
     p.gpt.context = 128;
@@ -124,6 +126,15 @@ std::string excerpt(const connectors::Dataset& ds, int64_t row, size_t width) {
     }
   }
   if (s.size() > width) s = s.substr(0, width - 3) + "...";
+  return s;
+}
+
+// Token text on one line: report.json's <0x09>-style escapes and control bytes become spaces.
+std::string one_line(std::string s) {
+  for (const char* esc : {"<0x09>", "<0x0a>", "<0x0d>"})
+    for (size_t at; (at = s.find(esc)) != std::string::npos;) s.replace(at, 6, " ");
+  for (char& c : s)
+    if (static_cast<unsigned char>(c) < 0x20) c = ' ';
   return s;
 }
 
@@ -295,10 +306,33 @@ int run_demo_lm(const DemoLmOptions& options) {
   }
   std::printf("\n  queries attributed mostly to their own category's tranche: %lld of %lld = %.1f%% (chance %.1f%%)\n",
               static_cast<long long>(hits), static_cast<long long>(m), 100.0 * fraction, 100.0 * chance);
-  std::printf("\n  a few queries and their strongest proponent:\n");
+  // Per-token scores from report.json: the proponent's positions that carried most of its score.
+  nlohmann::json report;
+  {
+    std::ifstream in((fs::path(out_dir) / "report.json").string());
+    report = nlohmann::json::parse(in, nullptr, false);
+  }
+  std::printf("\n  a few queries, their strongest proponent and its tokens that carried the most influence:\n");
   for (const auto& [j, i] : shown) {
     std::printf("    query      [%s] %s\n", query.ids[static_cast<size_t>(j)].c_str(), excerpt(query, j, 90).c_str());
     std::printf("    proponent  [%s] %s\n", train.ids[static_cast<size_t>(i)].c_str(), excerpt(train, i, 90).c_str());
+    if (report.is_discarded() || !report.contains("queries")) continue;
+    const auto& q = report["queries"][static_cast<size_t>(j)];
+    if (!q.contains("tokens")) continue;
+    for (const auto& e : q["tokens"]) {
+      if (e.value("example", std::string()) != train.ids[static_cast<size_t>(i)]) continue;
+      std::string line;
+      int shown_tokens = 0;
+      for (const auto& pos : e["positions"]) {
+        if (shown_tokens++ == 3) break;
+        std::string before = one_line(pos.value("before", std::string()));
+        if (before.size() > 14) before = "..." + before.substr(before.size() - 14);
+        char buf[64];
+        std::snprintf(buf, sizeof buf, " %+.2g", pos.value("contribution", 0.0));
+        line += "  \"" + before + "[" + one_line(pos.value("text", std::string())) + "]\"" + buf;
+      }
+      std::printf("    tokens    %s\n", line.c_str());
+    }
   }
   const double secs = seconds_since(t0);
   std::printf("\n  time: import %.1f s, training %.1f s, attribution %.1f s (featurize + score), total %.1f s\n", t_import,
