@@ -259,7 +259,12 @@ TEST(Gpt, TrainingIsDeterministicForASeed) {
   const GptConfig c = tiny_config();
   const auto ds = pattern_dataset(40, c.context, c.vocab);
   auto ma = engine::build_gpt(c), mb = engine::build_gpt(c), md = engine::build_gpt(c);
+  // Training runs on options.threads (1) whatever the caller's setting, and restores it.
+  const int before = at::get_num_threads();
+  at::set_num_threads(2);
   const auto ra = engine::train_lm(ma, ds, train_options(a.str(), 3));
+  EXPECT_EQ(at::get_num_threads(), 2);
+  at::set_num_threads(before);
   const auto rb = engine::train_lm(mb, ds, train_options(b.str(), 3));
   const auto rd = engine::train_lm(md, ds, train_options(d.str(), 4));
   for (size_t k = 0; k < ra.checkpoints.size(); ++k) {

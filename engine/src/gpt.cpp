@@ -5,6 +5,7 @@
 #include <attrace/random.hpp>
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
 #include <torch/script.h>
 #include <torch/torch.h>
 
@@ -313,9 +314,18 @@ LmTrainResult train_lm(torch::jit::Module& model, const connectors::Dataset& tra
                   "train_lm: phase " + std::to_string(k + 1) + " lr must be finite and >= 0, got " + format_double(p.lr));
   }
   ATTRACE_CHECK(std::isfinite(options.clip_norm) && options.clip_norm >= 0, InputError, "train_lm: clip_norm must be >= 0");
+  ATTRACE_CHECK(options.threads >= 0, InputError, "train_lm: threads must be >= 0");
   const TokenData d = token_data(train, what);
   ATTRACE_CHECK(d.n >= 1, InputError, what + ": no examples to train on");
   fs::create_directories(options.out_dir);
+  // LibTorch's reductions split work by thread count: fixed for the run, restored afterwards.
+  struct ThreadScope {
+    int saved = at::get_num_threads();
+    explicit ThreadScope(int n) {
+      if (n > 0) at::set_num_threads(n);
+    }
+    ~ThreadScope() { at::set_num_threads(saved); }
+  } thread_scope(options.threads);
 
   // Matrices decay, vectors (biases, LayerNorm) do not: the usual GPT split.
   std::vector<torch::Tensor> decay, no_decay, all;

@@ -76,6 +76,9 @@ struct LmTrainOptions {
   double beta1 = 0.9, beta2 = 0.99;  ///< AdamW moments
   double clip_norm = 1.0;           ///< global gradient-norm clip before each step (0: none)
   uint64_t seed = 0;                ///< batch order: a Fisher-Yates shuffle per epoch from mt19937_64(seed)
+  /// LibTorch intra-op threads while training (restored after): the bits of the checkpoints
+  /// depend on it, so it is fixed rather than left to the machine's default (0: that default).
+  int threads = 1;
   /// Called after every step with the step number (1-based) and that batch's loss.
   std::function<void(int64_t step, double loss)> on_step;
 };
@@ -99,7 +102,7 @@ std::vector<double> lm_example_losses(torch::jit::Module& model, const connector
 /// the next-token targets of docs/formats.md: inputs[i][t+1] for t + 1 < length_i, else none):
 /// each step's loss is the batch mean of the per-example losses above. Saves a checkpoint after
 /// each phase and the run file listing them with their step and lr. The same module, data and
-/// options give bit-identical checkpoints on one machine and thread count. InputError on bad
+/// options give bit-identical checkpoints on one machine (threads fixed). InputError on bad
 /// options or data (naming the field or example).
 LmTrainResult train_lm(torch::jit::Module& model, const connectors::Dataset& train, const LmTrainOptions& options);
 
