@@ -114,6 +114,18 @@ TEST_P(GraphPath, GradientsEqualThePerExampleBackward) {
   }
 }
 
+// A Linear without a bias (the head here) on the graph path, as on the general path.
+TEST(GraphPathNoBias, EqualsThePerExampleBackward) {
+  ATTRACE_REQUIRE_FIXTURES();
+  const auto ds = tokens(5, 10);
+  auto backend = attrace::kernels::make_cpu_backend();
+  ae::CheckpointModel graph(fixture("gptnobias_1.pt"), lm_settings(ae::GradPath::graph), *backend);
+  graph.prepare(ds);
+  ae::CheckpointModel general(fixture("gptnobias_1.pt"), lm_settings(ae::GradPath::general), *backend);
+  general.prepare(ds);
+  expect_rows_close(all_gradients<float>(graph, ds, 5), all_gradients<float>(general, ds, 1), graph.dim(), 2e-4, "no-bias head");
+}
+
 INSTANTIATE_TEST_SUITE_P(Precisions, GraphPath, ::testing::Values(ae::Precision::fp32, ae::Precision::fp64),
                          [](const auto& i) { return i.param == ae::Precision::fp64 ? "fp64" : "fp32"; });
 
@@ -243,6 +255,12 @@ TEST(GraphPathRefusals, UncapturedParametersAreNamed) {
 TEST(NextTokenLoss, RefusesWhatItCannotScore) {
   ATTRACE_REQUIRE_FIXTURES();
   auto backend = attrace::kernels::make_cpu_backend();
+  {
+    auto no_targets = tokens(3, 9);  // an in-memory dataset without its targets
+    no_targets.token_targets.clear();
+    ae::CheckpointModel m(fixture("gpt_1.pt"), lm_settings(ae::GradPath::automatic), *backend);
+    EXPECT_THROW(m.prepare(no_targets), attrace::InputError);
+  }
   auto ds = tokens(4, 6);
   ds.token_targets[static_cast<size_t>(2 * kT + 0)] = static_cast<int32_t>(kVocab);
   ae::CheckpointModel m(fixture("gpt_1.pt"), lm_settings(ae::GradPath::automatic), *backend);

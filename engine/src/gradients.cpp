@@ -513,8 +513,14 @@ struct CheckpointModel::Impl {
       ATTRACE_CHECK(ds.target_kind == TargetKind::regression, InputError,
                     dsw + ": loss mse needs float regression targets in /targets");
     else
-      ATTRACE_CHECK(ds.target_kind == TargetKind::tokens, InputError,
-                    dsw + ": loss next_token needs a token dataset (integer /inputs [N, T] with per-position targets; docs/formats.md)");
+      ATTRACE_CHECK(ds.target_kind == TargetKind::tokens && ds.input_kind == connectors::InputKind::integers &&
+                        static_cast<int64_t>(ds.token_targets.size()) == ds.size() * ds.example_width(),
+                    InputError,
+                    dsw + ": loss next_token needs a token dataset (integer /inputs [N, T] with a target per position; docs/formats.md)");
+    if (ds.input_kind == connectors::InputKind::integers)
+      ATTRACE_CHECK(static_cast<int64_t>(ds.int_inputs.size()) == ds.size() * ds.example_width(), InputError,
+                    dsw + ": integer /inputs hold " + std::to_string(ds.int_inputs.size()) + " values for shape " +
+                        shape_str(at::IntArrayRef(ds.input_shape)));
     torch::NoGradGuard no_grad;
     torch::Tensor out;
     try {

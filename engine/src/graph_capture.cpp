@@ -99,7 +99,9 @@ class DeterministicLinear : public torch::autograd::Function<DeterministicLinear
 };
 
 torch::Tensor attrace_linear(const torch::Tensor& x, const torch::Tensor& w, const c10::optional<torch::Tensor>& b) {
-  return DeterministicLinear::apply(x, w, b.has_value() ? *b : torch::Tensor());
+  // Function::apply takes no undefined tensor: a layer without bias gets a zero bias, which is
+  // the same computation (the FMA chain, or the float64 sum, starts at +0 either way).
+  return DeterministicLinear::apply(x, w, b.has_value() && b->defined() ? *b : torch::zeros({w.size(0)}, w.options()));
 }
 
 }  // namespace
