@@ -454,8 +454,17 @@ RunSummary run_score(const Config& config, const std::string& store_path, const 
   // The config's featurization settings must be the store's: never mix features made differently.
   const auto stored = nlohmann::json::parse(store.layout().spec);
   const auto wanted = settings_part(feature_spec(config, run, train, false));
+  // The run is identified by its hashes (run file and checkpoints), not by how its path was
+  // written: a relative path in one config and an absolute one in another name the same run.
+  const auto same = [](const std::string& key, nlohmann::json a, nlohmann::json b) {
+    if (key == "run" && a.is_object() && b.is_object()) {
+      a.erase("file");
+      b.erase("file");
+    }
+    return a == b;
+  };
   for (const auto& [key, value] : wanted.items())
-    ATTRACE_CHECK(stored.contains(key) && stored.at(key) == value, InputError,
+    ATTRACE_CHECK(stored.contains(key) && same(key, stored.at(key), value), InputError,
                   store_path + ": the store's '" + key + "' (" + (stored.contains(key) ? stored.at(key).dump() : "absent") +
                       ") differs from the config's (" + value.dump() + "); featurize again or use a matching config");
   registration_order(train, options.registry);  // a registry binding that does not fit is refused before any work
