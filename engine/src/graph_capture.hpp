@@ -66,9 +66,9 @@ void set_linear_backend(kernels::Backend* backend);
 /// The rewritten forward. Not copyable; built once per loaded checkpoint.
 class CaptureGraph {
  public:
-  /// Finds the capture sites of `module.forward`. Returns "" or why the graph path cannot serve
-  /// this model (e.g. a site inside control flow, a bias shared oddly); `params` are the module's
-  /// named_parameters() names.
+  /// Finds the capture sites of `module.forward` (weights must be parameters of `module`) and
+  /// builds the rewritten graph. Returns "" or why the graph path cannot serve this model (e.g. a
+  /// site inside control flow, a bias shared oddly).
   std::string build(const torch::jit::Module& module);
   ~CaptureGraph();
 

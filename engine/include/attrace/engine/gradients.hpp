@@ -1,5 +1,5 @@
 #pragma once
-// Per-example loss gradients of a TorchScript checkpoint. Two paths give the same numbers:
+// Per-example loss gradients of a TorchScript checkpoint. Three paths give the same numbers:
 //  - chain: the model is an nn.Sequential-like chain whose parameterised children are Linear or
 //    Conv2d (groups = 1) layers, with pointwise, pooling, flatten, dropout and frozen batch-norm
 //    children between them; one batched forward, one backward pass through the chain, and
@@ -7,6 +7,9 @@
 //    input (a conv layer: the unfolded input patch) and output gradient, positions ascending (no
 //    per-example backward pass). The layers' products use the backend's FMA order (float32) or
 //    canonical order (float64), so a row's gradient does not depend on which batch it was in;
+//  - graph: any module tree whose selected parameters belong to Linear, Embedding or LayerNorm
+//    layers: the forward graph rewritten to expose each layer's inputs and output gradients
+//    (engine/src/graph_capture.hpp), one batched forward and one backward;
 //  - general: any TorchScript model, one forward and one backward per example.
 // This header does not expose LibTorch (the implementation is one translation unit).
 #include <attrace/connectors/dataset.hpp>
