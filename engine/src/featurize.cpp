@@ -295,6 +295,17 @@ struct Featurizer::Impl {
     }
   }
 
+  // Layer l's Kronecker projection of `n` factor rows (`positions` per output row) into its
+  // columns of `f` (rows of pr.width): a factor whose budget covers its width passes through.
+  void project_layer(size_t l, const LayerFactors& fa, int64_t n, int64_t positions, float* f) {
+    const auto& u = pr.layers[l];
+    const auto kind_for = [&](int64_t kk, int64_t d) { return kk == d ? kernels::ProjectionKind::identity : pr.dense.kind; };
+    kernels::ProjectionSpec in{pr.dense.seed, u.stream_in, u.k_in, kind_for(u.k_in, u.d_in)};
+    kernels::ProjectionSpec ou{pr.dense.seed, u.stream_out, u.k_out, kind_for(u.k_out, u.d_out)};
+    backend->project_kronecker(kernels::view(fa.x.data(), n, fa.d_in), kernels::view(fa.delta.data(), n, fa.d_out), positions,
+                               in, ou, kernels::HostMatrixMut<float>{f + pr.offsets[l], n / positions, u.k_in * u.k_out, pr.width});
+  }
+
   // Per-position Kronecker features of some rows: each position projected as its own row, one
   // projection call per layer for all of them.
   std::vector<float> position_rows(const connectors::Dataset& ds, const std::vector<int64_t>& rows, int64_t& positions) {
@@ -319,13 +330,7 @@ struct Featurizer::Impl {
     const int64_t n = static_cast<int64_t>(rows.size()) * std::max<int64_t>(positions, 0);
     std::vector<float> out(static_cast<size_t>(n * pr.width), 0.0f);
     for (size_t l = 0; l < all.size() && n > 0; ++l) {
-      const auto& u = pr.layers[l];
-      const auto& fa = all[l];
-      const auto kind_for = [&](int64_t kk, int64_t d) { return kk == d ? kernels::ProjectionKind::identity : pr.dense.kind; };
-      kernels::ProjectionSpec in{pr.dense.seed, u.stream_in, u.k_in, kind_for(u.k_in, u.d_in)};
-      kernels::ProjectionSpec ou{pr.dense.seed, u.stream_out, u.k_out, kind_for(u.k_out, u.d_out)};
-      backend->project_kronecker(kernels::view(fa.x.data(), n, fa.d_in), kernels::view(fa.delta.data(), n, fa.d_out), 1, in, ou,
-                                 kernels::HostMatrixMut<float>{out.data() + pr.offsets[l], n, u.k_in * u.k_out, pr.width});
+      project_layer(l, all[l], n, 1, out.data());
     }
     for (auto& v : out) v *= pr.root_lr;
     return out;
@@ -353,16 +358,8 @@ struct Featurizer::Impl {
         ScopeTimer t(model_seconds);
         model->layer_factors(ds, b0, b1, factors);
       }
-      for (size_t l = 0; l < factors.size(); ++l) {
-        const auto& u = pr.layers[l];
-        const auto& fa = factors[l];
-        const auto kind_for = [&](int64_t kk, int64_t d) { return kk == d ? kernels::ProjectionKind::identity : pr.dense.kind; };
-        kernels::ProjectionSpec in{pr.dense.seed, u.stream_in, u.k_in, kind_for(u.k_in, u.d_in)};
-        kernels::ProjectionSpec ou{pr.dense.seed, u.stream_out, u.k_out, kind_for(u.k_out, u.d_out)};
-        backend->project_kronecker(kernels::view(fa.x.data(), rows * fa.positions, fa.d_in),
-                                   kernels::view(fa.delta.data(), rows * fa.positions, fa.d_out), fa.positions, in, ou,
-                                   kernels::HostMatrixMut<float>{f + pr.offsets[l], rows, u.k_in * u.k_out, pr.width});
-      }
+      for (size_t l = 0; l < factors.size(); ++l)
+        project_layer(l, factors[l], rows * factors[l].positions, factors[l].positions, f);
     }
     for (int64_t i = 0; i < rows * pr.width; ++i) f[i] *= pr.root_lr;
   }
