@@ -4,6 +4,7 @@
 // path's per-example gradients equal the general path's (one backward per example), Kronecker
 // projection with identity factors gives the exact gradients, dict outputs are selected by
 // gradients.model_output, and what the graph path cannot serve is refused by name.
+#include "gradient_checks.hpp"
 #include "test_util.hpp"
 
 #include <attrace/connectors/dataset.hpp>
@@ -26,6 +27,8 @@
 
 namespace ac = attrace::connectors;
 namespace ae = attrace::engine;
+using attrace::test::all_gradients;
+using attrace::test::expect_rows_close;
 using attrace::test::fixture;
 
 namespace {
@@ -60,31 +63,6 @@ ae::GradientSettings lm_settings(ae::GradPath path, ae::Precision precision = ae
   gs.precision = precision;
   gs.exclude = {"pos"};  // the learned position table is not a Linear, Embedding or LayerNorm
   return gs;
-}
-
-template <class T>
-std::vector<T> all_gradients(ae::CheckpointModel& model, const ac::Dataset& ds, int64_t batch) {
-  const int64_t n = ds.size(), p = model.dim();
-  std::vector<T> g(static_cast<size_t>(n * p), std::numeric_limits<T>::quiet_NaN());
-  for (int64_t b0 = 0; b0 < n; b0 += batch) model.gradients(ds, b0, std::min(n, b0 + batch), g.data() + b0 * p);
-  return g;
-}
-
-// Row by row, normwise: max |got - want| <= rtol * max |want| over the row.
-template <class T>
-void expect_rows_close(const std::vector<T>& got, const std::vector<T>& want, int64_t p, double rtol, const std::string& what) {
-  ASSERT_EQ(got.size(), want.size()) << what;
-  for (size_t r = 0; r * static_cast<size_t>(p) < got.size(); ++r) {
-    double scale = 0, err = 0;
-    for (int64_t q = 0; q < p; ++q) {
-      const size_t k = r * static_cast<size_t>(p) + static_cast<size_t>(q);
-      ASSERT_TRUE(std::isfinite(static_cast<double>(got[k]))) << what << " row " << r << " entry " << q;
-      scale = std::max(scale, std::abs(static_cast<double>(want[k])));
-      err = std::max(err, std::abs(static_cast<double>(got[k]) - static_cast<double>(want[k])));
-    }
-    ASSERT_GT(scale, 0) << what << " row " << r;
-    EXPECT_LE(err, rtol * scale) << what << " row " << r;
-  }
 }
 
 class GraphPath : public ::testing::TestWithParam<ae::Precision> {};
