@@ -1,5 +1,6 @@
 // connectors/: datasets (h5py-written and our own), validation errors, run files, CSV import,
 // TOML errors, staged output directories.
+#include "input_error_checks.hpp"
 #include "test_util.hpp"
 
 #include <attrace/connectors/csv_import.hpp>
@@ -17,21 +18,11 @@
 namespace ac = attrace::connectors;
 using attrace::InputError;
 using attrace::test::fixture;
+using attrace::test::expect_input_error;
 using attrace::test::TempDir;
 using attrace::test::write_text;
 
 namespace {
-
-// Expects `fn` to throw InputError whose message contains every one of `parts`.
-template <class F>
-void expect_input_error(F fn, std::initializer_list<std::string> parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "no exception thrown";
-  } catch (const InputError& e) {
-    for (const auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << "message: " << e.what() << "\nmissing: " << p;
-  }
-}
 
 ac::Dataset small_dataset() {
   ac::Dataset ds;

@@ -2,6 +2,7 @@
 // `attrace import text`: reading, validation messages, round trips, content digests (float
 // datasets' digests unchanged), duplicate detection, the importer's splits, windows, vocabulary,
 // hold-out and tranches, and the CLI's exit codes.
+#include "input_error_checks.hpp"
 #include "test_util.hpp"
 
 #include <attrace/connectors/dataset.hpp>
@@ -24,21 +25,11 @@ using attrace::InputError;
 using attrace::test::read_text;
 using attrace::test::run_attrace;
 using attrace::test::run_shell;
+using attrace::test::expect_input_error;
 using attrace::test::TempDir;
 using attrace::test::write_text;
 
 namespace {
-
-template <class F>
-void expect_input_error(F fn, std::initializer_list<std::string> parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "no exception thrown";
-  } catch (const InputError& e) {
-    for (const auto& p : parts)
-      EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << "message: " << e.what() << "\nmissing: " << p;
-  }
-}
 
 // Runs a Python snippet with h5py bound to `f` (the file at `path`, opened for writing): an
 // independent writer of the documented layout, with any integer type.
