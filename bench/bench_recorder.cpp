@@ -13,7 +13,9 @@
 // 64; the second conv and the linear layer projected). Columns: per step, the training thread's
 // capture (checks and copies into the queue) and wait (queue full, final drain), the writer
 // thread's projection and write and the sync thread's fsyncs; thr.: the training thread's CPU
-// seconds per step; cpu: the process's (all threads).
+// seconds per step; cpu: the process's (all threads). Each model is recorded twice per round,
+// live (the writer projects) and deferred (RecorderSettings::defer: the writer stores the
+// captured tensors, finalize projects them), beside the same plain runs.
 #include <attrace/engine/model_builder.hpp>
 #include <attrace/engine/recorder.hpp>
 
@@ -27,6 +29,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <numeric>
@@ -139,7 +142,8 @@ void train_step(Setup& s, eng::Recorder* rec, int64_t b) {
   const auto out = rec ? rec->forward(xb) : s.model.forward({xb}).toTensor();
   const auto loss = torch::nn::functional::cross_entropy(out, s.y.index_select(0, idx));
   const auto grads = torch::autograd::grad({loss}, s.params);
-  if (rec) rec->step(ids, 0.01);
+  if (rec && std::getenv("ATTRACE_BENCH_NO_STEP")) rec->set_step(rec->current_step() + 1);  // experiment: capture only
+  else if (rec) rec->step(ids, 0.01);
   torch::NoGradGuard ng;
   for (size_t k = 0; k < s.params.size(); ++k) s.params[k].sub_(grads[k], 0.01);
 }
@@ -150,12 +154,17 @@ struct Round {
   int64_t width = 0;
 };
 
-Round run(const Model& md, bool record) {
+// mode 0: plain; 1: recorded, live projection; 2: recorded, deferred projection.
+Round run(const Model& md, int mode) {
+  const bool record = mode > 0;
   Setup s = make(md);
   const fs::path dir = fs::temp_directory_path() / ("attrace-bench-rec-" + std::to_string(::getpid()));
   fs::remove_all(dir);
   std::unique_ptr<eng::Recorder> rec;
-  if (record) rec = std::make_unique<eng::Recorder>(s.model, dir.string(), eng::RecorderSettings{});
+  eng::RecorderSettings settings;
+  settings.defer = mode == 2;
+  if (const char* q = std::getenv("ATTRACE_BENCH_QUEUE_STEPS")) settings.queue_steps = std::atoi(q);  // experiments
+  if (record) rec = std::make_unique<eng::Recorder>(s.model, dir.string(), settings);
   for (int64_t b = 0; b < 8; ++b) train_step(s, rec.get(), b);  // warm-up (and the recorder's one forward check)
   if (rec) rec->flush();
   const eng::RecorderTimings t0 = rec ? rec->writer().timings() : eng::RecorderTimings{};
@@ -192,7 +201,7 @@ int main(int argc, char** argv) {
   const std::string only = argc > 3 ? argv[3] : "";
   torch::set_num_threads(threads);
   std::printf("bench_recorder: %d rounds, %d torch thread(s), recorder writer thread with 1 projection thread\n", rounds, threads);
-  std::printf("%-22s %5s %6s | %9s %9s %8s | %8s %8s %8s %8s %8s | %8s %8s %8s %8s\n", "model", "batch", "width", "plain us",
+  std::printf("%-28s %5s %6s | %9s %9s %8s | %8s %8s %8s %8s %8s | %8s %8s %8s %8s\n", "model", "batch", "width", "plain us",
               "rec. us", "overhead", "capture", "wait", "project", "write", "sync", "thr.pl.", "thr.rec.", "cpu pl.", "cpu rec.");
   const std::vector<Model> models = {
       {"demo MLP 64-32-10", {64}, 10, 32, 1000, [](const std::string& p) { eng::save_mlp_torchscript(p, {64, 32, 10}, 1); }},
@@ -201,29 +210,40 @@ int main(int argc, char** argv) {
   };
   for (const auto& md : models) {
     if (!only.empty() && md.name.find(only) == std::string::npos) continue;
-    std::vector<double> plain, recw, cpl, crec, tpl, trec, cap, wait, proj, wr, sy;
-    int64_t width = 0;
+    std::vector<double> plain, cpl, tpl;
+    struct Col {
+      std::vector<double> wall, cpu, thr, cap, wait, proj, wr, sy;
+      int64_t width = 0;
+    } col[2];
     for (int r = 0; r < rounds; ++r) {
-      const Round a = run(md, false);
-      const Round b = run(md, true);
+      const Round a = run(md, 0);
       plain.push_back(a.wall);
       cpl.push_back(a.cpu);
       tpl.push_back(a.thread_cpu);
-      recw.push_back(b.wall);
-      crec.push_back(b.cpu);
-      trec.push_back(b.thread_cpu);
-      cap.push_back(b.t.capture);
-      wait.push_back(b.t.wait);
-      proj.push_back(b.t.project);
-      wr.push_back(b.t.write);
-      sy.push_back(b.t.sync);
-      width = b.width;
+      for (int mode = 1; mode <= 2; ++mode) {
+        const Round b = run(md, mode);
+        auto& c = col[mode - 1];
+        c.wall.push_back(b.wall);
+        c.cpu.push_back(b.cpu);
+        c.thr.push_back(b.thread_cpu);
+        c.cap.push_back(b.t.capture);
+        c.wait.push_back(b.t.wait);
+        c.proj.push_back(b.t.project);
+        c.wr.push_back(b.t.write);
+        c.sy.push_back(b.t.sync);
+        c.width = b.width;
+      }
     }
-    const double p = median(plain), q = median(recw);
-    std::printf("%-22s %5lld %6lld | %9.1f %9.1f %+7.1f%% | %8.1f %8.1f %8.1f %8.1f %8.1f | %8.1f %8.1f %8.1f %8.1f\n",
-                md.name.c_str(), static_cast<long long>(md.batch), static_cast<long long>(width), 1e6 * p, 1e6 * q,
-                100 * (q - p) / p, 1e6 * median(cap), 1e6 * median(wait), 1e6 * median(proj), 1e6 * median(wr), 1e6 * median(sy),
-                1e6 * median(tpl), 1e6 * median(trec), 1e6 * median(cpl), 1e6 * median(crec));
+    const double p = median(plain);
+    for (int mode = 1; mode <= 2; ++mode) {
+      const auto& c = col[mode - 1];
+      const double q = median(c.wall);
+      const std::string name = md.name + (mode == 1 ? " live" : " defer");
+      std::printf("%-28s %5lld %6lld | %9.1f %9.1f %+7.1f%% | %8.1f %8.1f %8.1f %8.1f %8.1f | %8.1f %8.1f %8.1f %8.1f\n",
+                  name.c_str(), static_cast<long long>(md.batch), static_cast<long long>(c.width), 1e6 * p, 1e6 * q,
+                  100 * (q - p) / p, 1e6 * median(c.cap), 1e6 * median(c.wait), 1e6 * median(c.proj), 1e6 * median(c.wr),
+                  1e6 * median(c.sy), 1e6 * median(tpl), 1e6 * median(c.thr), 1e6 * median(cpl), 1e6 * median(c.cpu));
+    }
     std::fflush(stdout);
   }
   return 0;

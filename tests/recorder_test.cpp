@@ -246,8 +246,8 @@ TEST(Recorder, ConvCaptureUnfoldsLikeTheChainPath) {
 class RecorderLoop : public ::testing::TestWithParam<int> {};
 
 TEST_P(RecorderLoop, MatchesCliAndScores) {
-  const bool cnn = GetParam() == 1, exact = GetParam() == 2;
-  const fs::path dir = fresh_dir(cnn ? "loop-cnn" : exact ? "loop-exact" : "loop");
+  const bool cnn = GetParam() == 1 || GetParam() == 3, exact = GetParam() == 2, deferred = GetParam() == 3;
+  const fs::path dir = fresh_dir(deferred ? "loop-cnn-deferred" : cnn ? "loop-cnn" : exact ? "loop-exact" : "loop");
   const int64_t n = 48, batch = 8;
   const auto train = cnn ? make_images(n, 3, true) : make_dataset(n, 3, true);
   connectors::write_dataset((dir / "train.h5").string(), train);
@@ -267,6 +267,7 @@ TEST_P(RecorderLoop, MatchesCliAndScores) {
   const auto y_all = torch::from_blob(const_cast<int64_t*>(train.class_targets.data()), {n}, torch::kLong).clone();
   RecorderSettings rs = settings(64, 7);
   if (exact) rs.projection = Projection::none;
+  rs.defer = deferred;
   rs.every = 2;
   rs.flush_steps = 2;
   rs.queue_steps = 1;  // the smallest queue: step() waits for the writer at every recorded step
@@ -346,9 +347,90 @@ TEST_P(RecorderLoop, MatchesCliAndScores) {
   EXPECT_TRUE(fs::exists(dir / "out" / "report.json"));
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, RecorderLoop, ::testing::Values(0, 1, 2), [](const ::testing::TestParamInfo<int>& i) {
-  return std::string(i.param == 0 ? "Mlp" : i.param == 1 ? "Cnn" : "MlpExact");
+INSTANTIATE_TEST_SUITE_P(Models, RecorderLoop, ::testing::Values(0, 1, 2, 3), [](const ::testing::TestParamInfo<int>& i) {
+  return std::string(i.param == 0 ? "Mlp" : i.param == 1 ? "Cnn" : i.param == 2 ? "MlpExact" : "CnnDeferred");
 });
+
+// Deferred projection stores the captured tensors and projects them when the recording is read:
+// the rows equal the live writer's bit for bit (a Conv2d layer given as NCHW images, a Linear
+// layer with 3 positions per example and no bias column, one with the bias column and a loss
+// scale, one kept exact; batches of 3 and 4; float32 and bfloat16 features), the parameters too,
+// and the finalized stores hold the same features. A deferred recording is not resumed live.
+TEST(Recorder, DeferredEqualsLiveBitForBit) {
+  const fs::path dir = fresh_dir("deferred");
+  connectors::write_file_atomic((dir / "template.pt").string(), "x");
+  RecordedLayer conv{"c", 2 * 3 * 2 + 1, 5, true, true};
+  conv.geometry.c_in = 2;
+  conv.geometry.kh = 3;
+  conv.geometry.kw = 2;
+  conv.geometry.sw = 2;
+  conv.geometry.ph = 1;
+  const std::vector<RecordedLayer> layers = {conv, {"s", 10, 7, true}, {"f", 8, 4, true}, {"e", 3, 4, false}};
+  const std::vector<RecordedParameter> params = {{"w", {2, 3}}, {"b", {5}}};
+  const int64_t H = 6, W = 5;
+  for (const auto dtype : {connectors::FeatureDtype::f32, connectors::FeatureDtype::bf16}) {
+    std::vector<std::vector<float>> rows[2], ps[2];
+    for (const bool defer : {false, true}) {
+      const fs::path rec = dir / ((defer ? "defer-" : "live-") + connectors::to_string(dtype));
+      RecorderSettings rs = settings(16, 21);
+      rs.dtype = dtype;
+      rs.defer = defer;
+      rs.flush_steps = 2;
+      {
+        RecordingWriter w(rec.string(), rs, layers, params, (dir / "template.pt").string());
+        for (int64_t s = 0; s < 5; ++s) {
+          const int64_t b = 3 + s % 2;
+          std::mt19937_64 rng(static_cast<uint64_t>(40 + s));
+          std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+          const auto fill = [&](int64_t n) {
+            std::vector<float> v(static_cast<size_t>(n));
+            for (auto& e : v) e = u(rng);
+            return v;
+          };
+          auto cx = fill(b * 2 * H * W), cd = fill(b * 5 * 6 * 2);  // output 6 x 2 (pad 1 rows, stride 2 columns)
+          auto sx = fill(b * 3 * 9), sd = fill(b * 3 * 7);
+          auto fx = fill(b * 8), fd = fill(b * 4), ex = fill(b * 3), ed = fill(b * 4), p = fill(11);
+          for (int64_t e = 0; e < b; ++e) fx[static_cast<size_t>(e * 8 + 7)] = 1.0f;  // the bias column
+          LayerBatch lc{cx.data(), cd.data(), 1, true, 1.0f, H, W};
+          LayerBatch ls{sx.data(), sd.data(), 3, false, 1.0f};
+          LayerBatch lf{fx.data(), fd.data(), 1, true, static_cast<float>(b)};
+          LayerBatch le{ex.data(), ed.data(), 1, true, 0.5f};
+          std::vector<int64_t> ids;
+          for (int64_t e = 0; e < b; ++e) ids.push_back(7 * s + 2 * e);
+          w.record(s, 0.1 + 0.01 * static_cast<double>(s), ids.data(), b, {lc, ls, lf, le}, {p.data(), p.data() + 6});
+        }
+      }
+      const RecordingReader r(rec.string());
+      ASSERT_EQ(r.steps(), 5u);
+      ASSERT_EQ(r.settings().defer, defer);
+      for (size_t c = 0; c < r.steps(); ++c) {
+        const RecordedStep st = r.step(c);
+        rows[defer].push_back(st.rows);
+        ps[defer].push_back(st.parameters);
+      }
+      if (defer) {
+        // Resuming the deferred recording with the live writer is refused, naming the setting.
+        RecorderSettings live = rs;
+        live.defer = false;
+        try {
+          RecordingWriter again(rec.string(), live, layers, params, (dir / "template.pt").string());
+          FAIL() << "a deferred recording was resumed live";
+        } catch (const InputError& e) {
+          EXPECT_NE(std::string(e.what()).find("projection_time"), std::string::npos) << e.what();
+        }
+      }
+    }
+    for (size_t c = 0; c < 5; ++c) {
+      ASSERT_EQ(rows[0][c].size(), rows[1][c].size());
+      EXPECT_EQ(std::memcmp(rows[0][c].data(), rows[1][c].data(), rows[0][c].size() * 4), 0)
+          << "step " << c << ", " << connectors::to_string(dtype);
+      EXPECT_EQ(ps[0][c], ps[1][c]);
+      double norm = 0;
+      for (const float v : rows[1][c]) norm += std::fabs(v);
+      EXPECT_GT(norm, 0.0);
+    }
+  }
+}
 
 // Exact recording (projection none): rows from the CLI's own layer factors equal the featurizer's
 // exact rows bit for bit, with both layers factored (features.factored auto), both dense
@@ -601,11 +683,15 @@ TEST(Recorder, FilesDoNotDependOnQueueThreadsOrTiming) {
 // A step whose features are not finite is reported by the next call (the writer runs behind
 // the caller), names the step and example, and leaves every step before it durable.
 TEST(Recorder, BackgroundErrorIsReportedAndEarlierStepsStayDurable) {
-  const fs::path dir = fresh_dir("nan");
+  for (const bool defer : {false, true}) {
+  SCOPED_TRACE(defer ? "deferred projection" : "live projection");
+  const fs::path dir = fresh_dir(defer ? "nan-deferred" : "nan");
   connectors::write_file_atomic((dir / "template.pt").string(), "x");
   const fs::path rec = dir / "rec";
   {
-    RecordingWriter w(rec.string(), kill_settings(), kLayers, kParams, (dir / "template.pt").string());
+    RecorderSettings rs = kill_settings();
+    rs.defer = defer;
+    RecordingWriter w(rec.string(), rs, kLayers, kParams, (dir / "template.pt").string());
     for (int64_t s = 0; s < 4; ++s) record_synthetic(w, s);
     Synthetic bad(4);
     bad.d[7] = NAN;  // example 1's output gradient
@@ -621,6 +707,7 @@ TEST(Recorder, BackgroundErrorIsReportedAndEarlierStepsStayDurable) {
     EXPECT_EQ(w.durable(), 4);
   }  // the destructor logs the error instead of throwing it
   EXPECT_EQ(RecordingReader(rec.string()).steps(), 4u);
+  }
 }
 
 }  // namespace

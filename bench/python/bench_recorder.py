@@ -11,7 +11,10 @@ rounds; medians are reported. A recorded run's time includes closing the recordi
 writer's queue and the last fsync). Columns per step: the C++ writer's capture (copies into its
 queue) and wait (queue full, final drain) on the training thread, projection and write on the
 writer thread, sync (fsyncs) on the sync thread; thr.: the training thread's CPU time (Python
-hooks and tensor conversions included), cpu: the process's.
+hooks and tensor conversions included), cpu: the process's. Each model is recorded twice per round,
+live (the writer projects) and deferred (defer=True: the writer stores the captured tensors and
+finalize projects them), beside the same plain runs. Run with OPENBLAS_NUM_THREADS=1 for one
+thread (torch.set_num_threads does not reach OpenBLAS's own threads).
 """
 import os
 import shutil
@@ -42,7 +45,7 @@ def make(name):
     return torch.nn.Sequential(*layers), (sizes[0],), 32 if name.startswith("demo") else 64
 
 
-def run(name, steps, recorder_dir=None):
+def run(name, steps, recorder_dir=None, defer=False):
     model, shape, batch = make(name)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     n = 64 * batch
@@ -50,7 +53,7 @@ def run(name, steps, recorder_dir=None):
     x = torch.rand((n,) + shape, generator=g)
     y = torch.randint(10, (n,), generator=g)
     perm = torch.randperm(n, generator=g)
-    rec = attrace.Recorder(model, store=recorder_dir, k=4096).attach() if recorder_dir else None
+    rec = attrace.Recorder(model, store=recorder_dir, k=4096, defer=defer).attach() if recorder_dir else None
     for s in range(steps + 8):
         if s == 8:  # warm-up done
             if rec:
@@ -82,32 +85,38 @@ def main():
     only = sys.argv[3] if len(sys.argv) > 3 else ""
     torch.set_num_threads(threads)
     print("torch %s, %d thread(s), numpy %s, %d rounds" % (torch.__version__, threads, np.__version__, rounds))
-    print("%-22s | %9s %9s %8s | %8s %8s %8s %8s %8s | %8s %8s %8s %8s" % (
+    print("%-28s | %9s %9s %8s | %8s %8s %8s %8s %8s | %8s %8s %8s %8s" % (
         "model", "plain us", "rec. us", "overhead", "capture", "wait", "project", "write", "sync", "thr.pl.", "thr.rec.",
         "cpu pl.", "cpu rec."))
     for name, steps in [("demo MLP 64-32-10", 1000), ("MLP 784-512-512-10", 200), ("CNN 8x8 (16, 32 ch.)", 200)]:
         if only and only not in name:
             continue
-        rows = {k: [] for k in ["plain", "rec", "cpl", "crec", "tpl", "trec", "capture", "wait", "project", "write", "sync"]}
+        keys = ["rec", "crec", "trec", "capture", "wait", "project", "write", "sync"]
+        rows = {k: [] for k in ["plain", "cpl", "tpl"]}
+        for mode in ("live", "defer"):
+            rows.update({mode + k: [] for k in keys})
         for _ in range(rounds):
             w, c, tc, _ = run(name, steps)
             rows["plain"].append(w)
             rows["cpl"].append(c)
             rows["tpl"].append(tc)
-            d = tempfile.mkdtemp(prefix="attrace-pybench-")
-            try:
-                w, c, tc, extra = run(name, steps, os.path.join(d, "rec"))
-            finally:
-                shutil.rmtree(d)
-            rows["rec"].append(w)
-            rows["crec"].append(c)
-            rows["trec"].append(tc)
-            for k in ["capture", "wait", "project", "write", "sync"]:
-                rows[k].append(extra[k])
+            for mode in ("live", "defer"):
+                d = tempfile.mkdtemp(prefix="attrace-pybench-")
+                try:
+                    w, c, tc, extra = run(name, steps, os.path.join(d, "rec"), defer=mode == "defer")
+                finally:
+                    shutil.rmtree(d)
+                rows[mode + "rec"].append(w)
+                rows[mode + "crec"].append(c)
+                rows[mode + "trec"].append(tc)
+                for k in ["capture", "wait", "project", "write", "sync"]:
+                    rows[mode + k].append(extra[k])
         m = {k: 1e6 * statistics.median(v) for k, v in rows.items()}
-        print("%-22s | %9.1f %9.1f %+7.1f%% | %8.1f %8.1f %8.1f %8.1f %8.1f | %8.1f %8.1f %8.1f %8.1f" % (
-            name, m["plain"], m["rec"], 100 * (m["rec"] - m["plain"]) / m["plain"], m["capture"], m["wait"], m["project"],
-            m["write"], m["sync"], m["tpl"], m["trec"], m["cpl"], m["crec"]))
+        for mode in ("live", "defer"):
+            r = {k: m[mode + k] for k in keys}
+            print("%-28s | %9.1f %9.1f %+7.1f%% | %8.1f %8.1f %8.1f %8.1f %8.1f | %8.1f %8.1f %8.1f %8.1f" % (
+                name + " " + mode, m["plain"], r["rec"], 100 * (r["rec"] - m["plain"]) / m["plain"], r["capture"], r["wait"],
+                r["project"], r["write"], r["sync"], m["tpl"], r["trec"], m["cpl"], r["crec"]))
         sys.stdout.flush()
 
 

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -67,13 +68,25 @@ kernels::ProjectionKind parse_distribution(const std::string& s, const std::stri
 // Each layer's projected sizes (k_in, k_out): the same at every recorded step.
 using Sizes = std::vector<std::pair<int64_t, int64_t>>;
 
+// Layer modes of a stored step: its rows, its two projected factors, or the captured tensors
+// themselves (deferred projection).
+constexpr int64_t kModeRows = 0, kModeFactors = 1, kModeRaw = 2;
+// A raw block starts with positions, x_bias_column, height, width (int64) and the loss scale
+// (float32 bits in an int64).
+constexpr int64_t kRawHead = 5;
+
 // Bytes of one recorded step in a segment of format 2: step, lr, batch, ids, one mode per layer,
 // the layers' blocks (mode 1: the projected factors, B (k_in + k_out) floats; mode 0: rows,
-// B k_in k_out floats), parameters.
-int64_t step_bytes(int64_t batch, const Sizes& sizes, const std::vector<int64_t>& modes, int64_t params) {
+// B k_in k_out floats; mode 2: its head and raw[l] floats of captured tensors), parameters.
+int64_t step_bytes(int64_t batch, const Sizes& sizes, const std::vector<int64_t>& modes, int64_t params,
+                   const std::vector<int64_t>& raw) {
   int64_t n = 24 + batch * 8 + static_cast<int64_t>(sizes.size()) * 8 + params * 4;
-  for (size_t l = 0; l < sizes.size(); ++l)
-    n += batch * 4 * (modes[l] == 1 ? sizes[l].first + sizes[l].second : sizes[l].first * sizes[l].second);
+  for (size_t l = 0; l < sizes.size(); ++l) {
+    if (modes[l] == kModeRaw)
+      n += kRawHead * 8 + 4 * raw[l];
+    else
+      n += batch * 4 * (modes[l] == kModeFactors ? sizes[l].first + sizes[l].second : sizes[l].first * sizes[l].second);
+  }
   return n;
 }
 
@@ -126,7 +139,10 @@ nlohmann::json recording_json(const RecorderSettings& s, const std::vector<Recor
                      "(int64), lr (float64), batch (int64), ids (int64 x batch), one mode per layer (int64), then per layer "
                      "mode 1: P_in^T x (float32 x batch x k_in) and P_out^T delta (float32 x batch x k_out) of its one "
                      "position per example, the row being their outer product times float(sqrt(lr)), rounded to dtype; "
-                     "mode 0: the rows (float32 x batch x k_in k_out); then parameters (float32); end magic; little-endian"},
+                     "mode 0: the rows (float32 x batch x k_in k_out); mode 2 (deferred projection): positions, "
+                     "x_bias_column, height, width (int64), the loss scale (float32 in an int64), then the captured layer "
+                     "inputs and output gradients (float32, as the recorder was given them; projected when read); then "
+                     "parameters (float32); end magic; little-endian"},
           {"projection", s.projection == Projection::none
                              ? nlohmann::json{{"kind", "none"}, {"factored", to_string(s.factored)}}
                              : nlohmann::json{{"kind", "kronecker"},
@@ -140,6 +156,9 @@ nlohmann::json recording_json(const RecorderSettings& s, const std::vector<Recor
                ? "none: exact per-example gradients (weight lr), laid out as `attrace featurize` lays out exact features"
                : "per recorded step: checkpoint c uses streams 2 (4096 c + layer) and 2 (4096 c + layer) + 1, the matrices "
                  "`attrace featurize` uses for checkpoint c of the finalized run"},
+          // Where the projection runs; "live" for recordings made before this key existed.
+          {"projection_time", s.defer ? "finalize: the segments hold the captured tensors, projected when read"
+                                      : "live: the segments hold projected features"},
           {"features", {{"dtype", connectors::to_string(s.dtype)}}},
           {"schedule", {{"every", s.every}, {"steps", s.steps}}},
           {"layers", jl},
@@ -181,6 +200,10 @@ Parsed parse_recording_json(const std::string& path) {
       p.settings.seed = std::stoull(pj.at("seed").get<std::string>());
       p.settings.distribution = parse_distribution(pj.at("distribution").get<std::string>(), path);
     }
+    const std::string when = j.value("projection_time", std::string("live"));
+    ATTRACE_CHECK(when.rfind("live", 0) == 0 || when.rfind("finalize", 0) == 0, InputError,
+                  path + ": projection_time '" + when + "' is not live or finalize");
+    p.settings.defer = when.rfind("finalize", 0) == 0;
     p.settings.dtype = connectors::parse_feature_dtype(j.at("features").at("dtype").get<std::string>(), path);
     p.settings.every = j.at("schedule").at("every").get<int64_t>();
     p.settings.steps = j.at("schedule").at("steps").get<std::vector<int64_t>>();
@@ -207,12 +230,58 @@ struct StepIndex {
   int64_t offset = 0, batch = 0, step = 0;
   double lr = 0;
   std::vector<int64_t> modes;
+  std::vector<LayerBatch> raw;     // mode 2 layers: the capture's shape (no pointers)
+  std::vector<int64_t> raw_floats;  // mode 2 layers: floats of x and delta
 };
+
+// Index of the first NaN or infinity in p[0, n) (n when there is none): an exponent of all ones,
+// tested on the bits (a branch-free integer scan the compiler vectorizes).
+int64_t first_non_finite(const float* p, int64_t n) {
+  constexpr int64_t kChunk = 4096;
+  for (int64_t a = 0; a < n; a += kChunk) {
+    const int64_t b = std::min(n, a + kChunk);
+    uint32_t any = 0;
+    for (int64_t q = a; q < b; ++q) {
+      uint32_t u;
+      std::memcpy(&u, p + q, 4);
+      any |= static_cast<uint32_t>((u & 0x7f800000u) == 0x7f800000u);
+    }
+    if (any)
+      for (int64_t q = a; q < b; ++q)
+        if (!std::isfinite(p[q])) return q;
+  }
+  return n;
+}
+
+// A mode 2 block's head and back.
+void raw_head(const LayerBatch& c, int64_t out[kRawHead]) {
+  out[0] = c.positions;
+  out[1] = c.x_bias_column ? 1 : 0;
+  out[2] = c.height;
+  out[3] = c.width;
+  uint32_t bits;
+  std::memcpy(&bits, &c.delta_scale, 4);
+  out[4] = static_cast<int64_t>(bits);
+}
+
+LayerBatch raw_capture(const int64_t h[kRawHead]) {
+  LayerBatch c;
+  c.positions = h[0];
+  c.x_bias_column = h[1] != 0;
+  c.height = h[2];
+  c.width = h[3];
+  const auto bits = static_cast<uint32_t>(h[4]);
+  std::memcpy(&c.delta_scale, &bits, 4);
+  return c;
+}
+
+std::pair<int64_t, int64_t> capture_floats(const RecordedLayer& l, const LayerBatch& c, int64_t batch);
 
 // Reads the segments segment_000000.bin, ... in order (stopping at the first missing one) and
 // checks each one's framing and size: a segment exists only complete (rename after fsync), so
 // a mismatch means damage, never a crash, and is refused.
-std::vector<StepIndex> index_segments(const std::string& dir, const Sizes& sizes, int64_t width, int64_t params) {
+std::vector<StepIndex> index_segments(const std::string& dir, const std::vector<RecordedLayer>& layers, const Sizes& sizes,
+                                      int64_t width, int64_t params) {
   std::vector<StepIndex> idx;
   for (size_t s = 0;; ++s) {
     const std::string path = (fs::path(dir) / segment_name(s)).string();
@@ -252,9 +321,34 @@ std::vector<StepIndex> index_segments(const std::string& dir, const Sizes& sizes
         in.seekg(at + 24 + e.batch * 8);
         in.read(reinterpret_cast<char*>(e.modes.data()), static_cast<std::streamsize>(e.modes.size() * 8));
         ATTRACE_CHECK(in.good(), InputError, path + ": truncated at step " + std::to_string(k));
+        const bool raw = !e.modes.empty() && e.modes[0] == kModeRaw;
         for (const auto m : e.modes)
-          ATTRACE_CHECK(m == 0 || m == 1, InputError, path + ": step " + std::to_string(k) + " has a layer mode " + std::to_string(m));
-        at += step_bytes(e.batch, sizes, e.modes, params);
+          ATTRACE_CHECK((m == kModeRows || m == kModeFactors) != raw && (m == kModeRaw) == raw, InputError,
+                        path + ": step " + std::to_string(k) + " has layer modes that do not go together (" + std::to_string(m) + ")");
+        if (raw) {
+          // Each layer's head says how many floats its captured tensors take.
+          int64_t p = at + 24 + e.batch * 8 + static_cast<int64_t>(e.modes.size()) * 8;
+          e.raw_floats.assign(e.modes.size(), 0);
+          for (size_t l = 0; l < e.modes.size(); ++l) {
+            int64_t h[kRawHead];
+            in.seekg(p);
+            in.read(reinterpret_cast<char*>(h), sizeof h);
+            ATTRACE_CHECK(in.good() && p + static_cast<int64_t>(sizeof h) <= size, InputError,
+                          path + ": truncated at step " + std::to_string(k));
+            const LayerBatch c = raw_capture(h);
+            const bool sane = c.positions >= 1 && c.positions <= (int64_t{1} << 32) && c.height >= 0 && c.width >= 0 &&
+                              c.height <= (int64_t{1} << 24) && c.width <= (int64_t{1} << 24) &&
+                              (c.height > 0) == (layers[l].conv && c.height > 0);
+            ATTRACE_CHECK(sane, InputError, path + ": step " + std::to_string(k) + ", layer '" + layers[l].name + "': damaged capture head");
+            const auto [nx, nd] = capture_floats(layers[l], c, e.batch);
+            ATTRACE_CHECK(nx > 0 && nd > 0, InputError,
+                          path + ": step " + std::to_string(k) + ", layer '" + layers[l].name + "': damaged capture head");
+            e.raw.push_back(c);
+            e.raw_floats[l] = nx + nd;
+            p += kRawHead * 8 + 4 * (nx + nd);
+          }
+        }
+        at += step_bytes(e.batch, sizes, e.modes, params, e.raw_floats);
       }
       idx.push_back(std::move(e));
     }
@@ -625,13 +719,23 @@ std::pair<int64_t, int64_t> capture_sizes(const RecordedLayer& l, const LayerBat
   ATTRACE_CHECK(std::isfinite(c.delta_scale), InputError, where() + ": the loss scale is not finite");
   if (l.conv && c.height > 0) {
     ATTRACE_CHECK(c.width > 0, InputError, where() + ": image width must be > 0");
-    const int64_t L = conv_positions(l, c);
-    ATTRACE_CHECK(L > 0, InputError,
+    ATTRACE_CHECK(conv_positions(l, c) > 0, InputError,
                   where() + ": an input of " + std::to_string(c.height) + "x" + std::to_string(c.width) + " is smaller than the kernel");
+  } else {
+    ATTRACE_CHECK(c.positions >= 1, InputError, where() + ": positions must be >= 1");
+    ATTRACE_CHECK(c.x_bias_column || !l.conv, InputError, where() + ": conv patches must carry the bias column (or give the image)");
+  }
+  return capture_floats(l, c, batch);
+}
+
+// Floats of a capture's x and delta (0, 0 for a shape that cannot be).
+std::pair<int64_t, int64_t> capture_floats(const RecordedLayer& l, const LayerBatch& c, int64_t batch) {
+  if (l.conv && c.height > 0) {
+    if (c.width <= 0) return {0, 0};
+    const int64_t L = conv_positions(l, c);
     return {batch * l.geometry.c_in * c.height * c.width, batch * L * l.d_out};
   }
-  ATTRACE_CHECK(c.positions >= 1, InputError, where() + ": positions must be >= 1");
-  ATTRACE_CHECK(c.x_bias_column || !l.conv, InputError, where() + ": conv patches must carry the bias column (or give the image)");
+  if (c.positions < 1) return {0, 0};
   const int64_t rows = batch * c.positions;
   const int64_t n_in = c.x_bias_column ? l.d_in : l.d_in - (l.bias ? 1 : 0);
   return {rows * n_in, rows * l.d_out};
@@ -768,6 +872,8 @@ struct RecordingWriter::Impl {
   std::vector<std::unique_ptr<Job>> free_jobs;
   std::deque<SyncItem> sync_queue;
   uint64_t done_ticket = 0;
+  bool idle = false;    // the projection thread waits for work
+  int64_t wake_at = 1;  // queued steps that wake it: half the queue
   std::exception_ptr error;
   int64_t durable = 0;
   size_t segments = 0;  // segment files named so far (durable or waiting for their fsync)
@@ -779,6 +885,8 @@ struct RecordingWriter::Impl {
   Scratch scratch;
   std::vector<int64_t> positions, modes;
   std::vector<std::vector<float>> blocks;  // per layer: what is written (factors or rows)
+  std::vector<std::array<int64_t, kRawHead>> raw_heads;  // deferred: per layer, the capture's head
+  std::vector<int64_t> raw_floats;                       // deferred: per layer, floats of x and delta
   int seg_fd = -1;
   std::string seg_tmp, seg_path;
   int64_t seg_steps = 0, seg_bytes = 0, seg_first = 0, written = 0;
@@ -956,12 +1064,20 @@ struct RecordingWriter::Impl {
     std::vector<iovec> io = {{head, sizeof head},
                              {const_cast<int64_t*>(j.ids.data()), j.ids.size() * 8},
                              {modes.data(), modes.size() * 8}};
-    for (size_t l = 0; l < layers.size(); ++l) io.push_back({blocks[l].data(), blocks[l].size() * 4});
+    for (size_t l = 0; l < layers.size(); ++l) {
+      if (modes[l] == kModeRaw) {  // straight from the job's copies
+        io.push_back({raw_heads[l].data(), kRawHead * 8});
+        io.push_back({const_cast<float*>(j.x[l].data()), j.x[l].size() * 4});
+        io.push_back({const_cast<float*>(j.d[l].data()), j.d[l].size() * 4});
+      } else {
+        io.push_back({blocks[l].data(), blocks[l].size() * 4});
+      }
+    }
     io.push_back({const_cast<float*>(j.params.data()), j.params.size() * 4});
     write_vector(io);
     ++seg_steps;
     ++written;
-    seg_bytes += step_bytes(j.batch, sizes, modes, n_params);
+    seg_bytes += step_bytes(j.batch, sizes, modes, n_params, raw_floats);
     if (seg_steps >= settings.flush_steps || seg_bytes >= settings.flush_bytes) close_segment(0);
     const auto t2 = Clock::now();
     std::lock_guard<std::mutex> lk(mu);
@@ -970,9 +1086,36 @@ struct RecordingWriter::Impl {
     ++timings.steps;
   }
 
+  // Deferred projection: the captured tensors are stored as they came; the projection runs when
+  // the recording is read. Only their finiteness is checked here (a finite capture whose
+  // features overflow is reported by the reader, naming the step, example and layer).
+  void process_deferred(Job& j) {
+    const auto t0 = Clock::now();
+    modes.assign(layers.size(), kModeRaw);
+    raw_heads.resize(layers.size());
+    raw_floats.assign(layers.size(), 0);
+    for (size_t l = 0; l < layers.size(); ++l) {
+      raw_head(j.captured[l], raw_heads[l].data());
+      raw_floats[l] = static_cast<int64_t>(j.x[l].size() + j.d[l].size());
+      for (const auto* v : {&j.x[l], &j.d[l]}) {
+        const int64_t n = static_cast<int64_t>(v->size());
+        const int64_t bad = first_non_finite(v->data(), n);
+        if (bad < n)
+          throw NumericError(dir + ": step " + std::to_string(j.step) + ": non-finite " + (v == &j.x[l] ? "input" : "output gradient") +
+                             " for example id " + std::to_string(j.ids[static_cast<size_t>(bad / (n / j.batch))]) + " in layer '" +
+                             layers[l].name + "' (nothing from this step on was recorded)");
+      }
+    }
+    write_step(j, t0, Clock::now());
+  }
+
   void process_step(Job& j) {
     if (settings.projection == Projection::none) {
       process_exact(j);
+      return;
+    }
+    if (settings.defer) {
+      process_deferred(j);
       return;
     }
     const auto t0 = Clock::now();
@@ -1049,7 +1192,10 @@ struct RecordingWriter::Impl {
   void run(int64_t first) {
     written = first;
     try {
-      make_matrices(layers, settings, first, matrices);  // the first recorded step's, before it comes
+      if (settings.projection != Projection::none && !settings.defer)
+        make_matrices(layers, settings, first, matrices);  // the first recorded step's, before it comes
+      else
+        matrices.index = -1;  // nothing is projected here
     } catch (...) {
       matrices.index = -1;
     }
@@ -1057,7 +1203,11 @@ struct RecordingWriter::Impl {
       std::unique_ptr<Job> j;
       {
         std::unique_lock<std::mutex> lk(mu);
-        cv_work.wait(lk, [&] { return !queue.empty(); });
+        // Woken by record() only once wake_at steps wait (or by a flush or stop marker): one
+        // wake-up per few steps (a cross-core wake-up costs the training thread on a VM).
+        idle = true;
+        cv_work.wait(lk, [&] { return static_cast<int64_t>(queue.size()) >= wake_at || (!queue.empty() && queue.back()->kind != Job::Kind::step); });
+        idle = false;
         j = std::move(queue.front());
         queue.pop_front();
       }
@@ -1169,6 +1319,8 @@ RecordingWriter::RecordingWriter(const std::string& dir, const RecorderSettings&
   }
   ATTRACE_CHECK(settings.projection == Projection::kronecker || settings.projection == Projection::none, InputError,
                 dir + ": the recorder projects with kronecker or records exact gradients (projection none)");
+  ATTRACE_CHECK(!settings.defer || settings.projection == Projection::kronecker, InputError,
+                dir + ": deferred projection (defer) applies to projection kronecker; exact recording stores the factors already");
   if (settings.projection == Projection::none) {
     ATTRACE_CHECK(settings.dtype == connectors::FeatureDtype::f32, InputError,
                   dir + ": exact recording (projection none) stores float32 features (dtype f32)");
@@ -1197,6 +1349,7 @@ RecordingWriter::RecordingWriter(const std::string& dir, const RecorderSettings&
     throw;
   }
   for (int64_t i = 0; i < settings.queue_steps; ++i) m.free_jobs.push_back(std::make_unique<Job>());
+  m.wake_at = std::max<int64_t>(1, settings.queue_steps / 2);
   m.syncer = std::thread([&m] { m.run_sync(); });
   m.worker = std::thread([&m, first = m.submitted] { m.run(first); });
 }
@@ -1216,7 +1369,7 @@ void RecordingWriter::open_locked(const std::string& dir, const RecorderSettings
       ATTRACE_CHECK(stored.at(key) == value, InputError,
                     json_path + ": the recording's '" + key + "' (" + stored.at(key).dump() + ") differs from this recorder's (" +
                         value.dump() + "); record into another directory");
-    const auto idx = index_segments(dir, m.sizes, m.width, m.n_params);
+    const auto idx = index_segments(dir, m.layers, m.sizes, m.width, m.n_params);
     m.durable = static_cast<int64_t>(idx.size());
     m.submitted = m.durable;
     m.last_step = idx.empty() ? -1 : idx.back().step;
@@ -1334,13 +1487,15 @@ void RecordingWriter::record(int64_t step, double lr, const int64_t* ids, int64_
   }
   ++m.submitted;
   m.last_step = step;
+  bool wake;
   {
     std::lock_guard<std::mutex> lk(m.mu);
     m.queue.push_back(std::move(j));
+    wake = m.idle && static_cast<int64_t>(m.queue.size()) >= m.wake_at;
     m.timings.wait += waited;
     m.timings.capture += seconds(t0, Clock::now()) - waited;
   }
-  m.cv_work.notify_one();
+  if (wake) m.cv_work.notify_one();
 }
 
 void RecordingWriter::flush() {
@@ -1380,7 +1535,7 @@ RecordingReader::RecordingReader(const std::string& dir) : impl_(std::make_uniqu
   const int64_t w = width_of(impl_->p.layers, impl_->p.settings);
   ATTRACE_CHECK(w == impl_->p.width, InputError,
                 dir + "/recording.json: width " + std::to_string(impl_->p.width) + " but the layers make " + std::to_string(w));
-  impl_->idx = index_segments(dir, impl_->sizes, impl_->p.width, impl_->n_params);
+  impl_->idx = index_segments(dir, impl_->p.layers, impl_->sizes, impl_->p.width, impl_->n_params);
 }
 
 RecordingReader::~RecordingReader() = default;
@@ -1405,6 +1560,39 @@ RecordedStep RecordingReader::step(size_t c) const {
   in.read(reinterpret_cast<char*>(s.ids.data()), static_cast<std::streamsize>(s.ids.size() * 8));
   if (e.modes.empty()) {  // format 1: full rows
     in.read(reinterpret_cast<char*>(s.rows.data()), static_cast<std::streamsize>(s.rows.size() * 4));
+  } else if (!e.raw.empty()) {
+    // Deferred projection: the captured tensors, projected now as the writer would have (the
+    // same function, the checkpoint's matrices), on every core (threads change no bit).
+    in.seekg(static_cast<std::streamoff>(e.offset + 24 + b * 8 + static_cast<int64_t>(e.modes.size()) * 8));
+    const auto& layers = impl_->p.layers;
+    std::vector<std::vector<float>> x(layers.size()), d(layers.size());
+    std::vector<LayerBatch> captured = e.raw;
+    for (size_t l = 0; l < layers.size(); ++l) {
+      const auto [nx, nd] = capture_floats(layers[l], captured[l], b);
+      x[l].resize(static_cast<size_t>(nx));
+      d[l].resize(static_cast<size_t>(nd));
+      in.seekg(kRawHead * 8, std::ios::cur);
+      in.read(reinterpret_cast<char*>(x[l].data()), static_cast<std::streamsize>(nx * 4));
+      in.read(reinterpret_cast<char*>(d[l].data()), static_cast<std::streamsize>(nd * 4));
+      captured[l].x = x[l].data();
+      captured[l].delta = d[l].data();
+    }
+    ATTRACE_CHECK(in.good(), InputError, e.file + ": cannot read step " + std::to_string(e.step));
+    RecorderSettings rs = impl_->p.settings;
+    rs.threads = std::max(rs.threads, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+    recorded_rows(layers, rs, c, e.lr, b, captured, s.rows.data());
+    const int64_t bad = first_non_finite(s.rows.data(), b * width);
+    if (bad < b * width) {
+      const auto plan = plan_recorded_projection(layers, rs.k, c);
+      int64_t col = bad % width, l = 0;
+      while (col >= plan[static_cast<size_t>(l)].k_in * plan[static_cast<size_t>(l)].k_out) {
+        col -= plan[static_cast<size_t>(l)].k_in * plan[static_cast<size_t>(l)].k_out;
+        ++l;
+      }
+      throw NumericError(e.file + ": step " + std::to_string(e.step) + ": non-finite feature for example id " +
+                         std::to_string(s.ids[static_cast<size_t>(bad / width)]) + " in layer '" + layers[static_cast<size_t>(l)].name +
+                         "' (deferred projection)");
+    }
   } else if (impl_->p.settings.projection == Projection::none) {
     // Exact: the factors of every layer, laid out as the featurizer lays out exact rows.
     in.seekg(static_cast<std::streamoff>(e.offset + 24 + b * 8 + static_cast<int64_t>(e.modes.size()) * 8));

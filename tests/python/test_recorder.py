@@ -146,12 +146,13 @@ def main():
         assert "projection" in str(e), e
     print("4. resume continues at step 5; other settings refused")
     cnn_part(tmp, binary)
+    cnn_part(tmp, binary, defer=True)
     doc_example_part(tmp)
     print("python recorder test: OK")
     return 0
 
 
-def cnn_part(tmp, binary):
+def cnn_part(tmp, binary, defer=False):
     torch.manual_seed(3)
     rng = np.random.default_rng(5)
     n, b = 24, 8
@@ -169,9 +170,9 @@ def cnn_part(tmp, binary):
     specs = [("0", 1 * 9 + 1, 4, True, {"c_in": 1, "kernel": (3, 3), "stride": (1, 1), "padding": (2, 2), "dilation": (2, 2)}),
              ("2", 4 * 6, 6, False, {"c_in": 4, "kernel": (3, 2), "stride": (1, 2), "padding": (1, 0), "dilation": (1, 1)}),
              ("5", 6 * 8 * 4 + 1, C, True, None)]
-    rec_dir = os.path.join(tmp, "rec-cnn")
+    rec_dir = os.path.join(tmp, "rec-cnn-deferred" if defer else "rec-cnn")
     expected = []
-    with attrace.Recorder(model, store=rec_dir, k=K, seed=SEED, queue_steps=1) as rec:
+    with attrace.Recorder(model, store=rec_dir, k=K, seed=SEED, queue_steps=1, defer=defer) as rec:
         for s in range(3):
             ids = torch.from_numpy(rng.permutation(n)[:b])
             # Independent captures: each conv's NCHW input and d(sum of losses)/d(output).
@@ -200,16 +201,17 @@ def cnn_part(tmp, binary):
         st = got["steps"][c]
         assert np.array_equal(st["ids"], ids)
         assert np.array_equal(st["rows"], rows), "cnn step %d: max diff %g" % (c, np.abs(st["rows"] - rows).max())
-    out = attrace.finalize(rec_dir, train=train, query=query, store=os.path.join(tmp, "cnn-store.h5"))
-    cli_store = os.path.join(tmp, "cnn-cli.h5")
+    tag = "-deferred" if defer else ""
+    out = attrace.finalize(rec_dir, train=train, query=query, store=os.path.join(tmp, "cnn-store%s.h5" % tag))
+    cli_store = os.path.join(tmp, "cnn-cli%s.h5" % tag)
     subprocess.run([binary, "featurize", "-q", "-c", out["config"], "-o", cli_store], check=True)
     worst = 0.0
     for c, (ids, _) in enumerate(expected):
         a, cli = store_rows(out["store"], c), store_rows(cli_store, c)
         rel = np.abs(a[ids] - cli[ids]).max(axis=1) / np.abs(cli[ids]).max(axis=1)
         worst = max(worst, rel.max())
-    print("5. CNN: recorded rows equal recorded_rows() of NCHW captures bit for bit; vs `attrace featurize`: "
-          "largest rowwise max|diff|/max|cli| = %.3g" % worst)
+    print("5. CNN (%s projection): recorded rows equal recorded_rows() of NCHW captures bit for bit; vs `attrace "
+          "featurize`: largest rowwise max|diff|/max|cli| = %.3g" % ("deferred" if defer else "live", worst))
     assert worst < 1e-5, worst
 
 

@@ -85,6 +85,12 @@ struct RecorderSettings {
   /// Threads of the background writer's projection (speed only; 1 by default: the writer already
   /// runs beside the training thread).
   int threads = 1;
+  /// Deferred projection (Kronecker only): the background writer stores each step's captured
+  /// tensors as training holds them (layer inputs, output gradients, image sizes, loss scale)
+  /// and the projection runs when the recording is read (finalize_recording, on every core),
+  /// giving the same rows bit for bit. Less work beside training, more bytes per step
+  /// (docs/recorder.md, "Deferred projection").
+  bool defer = false;
 };
 
 /// The projection of each layer at recorded step `checkpoint` (the run's checkpoint index): the
