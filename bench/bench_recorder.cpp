@@ -15,7 +15,8 @@
 // thread's projection and write and the sync thread's fsyncs; thr.: the training thread's CPU
 // seconds per step; cpu: the process's (all threads). Each model is recorded twice per round,
 // live (the writer projects) and deferred (RecorderSettings::defer: the writer stores the
-// captured tensors, finalize projects them), beside the same plain runs.
+// captured tensors, finalize projects them), beside the same plain runs; a * marks the one the
+// default setting (automatic) picks for that model.
 #include <attrace/engine/model_builder.hpp>
 #include <attrace/engine/recorder.hpp>
 
@@ -142,8 +143,7 @@ void train_step(Setup& s, eng::Recorder* rec, int64_t b) {
   const auto out = rec ? rec->forward(xb) : s.model.forward({xb}).toTensor();
   const auto loss = torch::nn::functional::cross_entropy(out, s.y.index_select(0, idx));
   const auto grads = torch::autograd::grad({loss}, s.params);
-  if (rec && std::getenv("ATTRACE_BENCH_NO_STEP")) rec->set_step(rec->current_step() + 1);  // experiment: capture only
-  else if (rec) rec->step(ids, 0.01);
+  if (rec) rec->step(ids, 0.01);
   torch::NoGradGuard ng;
   for (size_t k = 0; k < s.params.size(); ++k) s.params[k].sub_(grads[k], 0.01);
 }
@@ -152,33 +152,36 @@ struct Round {
   double wall = 0, cpu = 0, thread_cpu = 0;
   eng::RecorderTimings t;
   int64_t width = 0;
+  int64_t deferred = 0;  // steps the writer stored deferred
 };
 
-// mode 0: plain; 1: recorded, live projection; 2: recorded, deferred projection.
-Round run(const Model& md, int mode) {
+// mode 0: plain; 1: recorded, live projection; 2: recorded, deferred projection; 3: recorded,
+// the default (automatic) choice. steps < 0: the model's.
+Round run(const Model& md, int mode, int64_t steps = -1) {
   const bool record = mode > 0;
+  if (steps < 0) steps = md.steps;
   Setup s = make(md);
   const fs::path dir = fs::temp_directory_path() / ("attrace-bench-rec-" + std::to_string(::getpid()));
   fs::remove_all(dir);
   std::unique_ptr<eng::Recorder> rec;
   eng::RecorderSettings settings;
-  settings.defer = mode == 2;
-  if (const char* q = std::getenv("ATTRACE_BENCH_QUEUE_STEPS")) settings.queue_steps = std::atoi(q);  // experiments
+  settings.defer = mode == 2 ? eng::Deferral::always : mode == 1 ? eng::Deferral::never : eng::Deferral::automatic;
   if (record) rec = std::make_unique<eng::Recorder>(s.model, dir.string(), settings);
   for (int64_t b = 0; b < 8; ++b) train_step(s, rec.get(), b);  // warm-up (and the recorder's one forward check)
   if (rec) rec->flush();
   const eng::RecorderTimings t0 = rec ? rec->writer().timings() : eng::RecorderTimings{};
   const double c0 = cpu_seconds(), tc0 = thread_cpu_seconds();
   const auto w0 = Clock::now();
-  for (int64_t b = 0; b < md.steps; ++b) train_step(s, rec.get(), b);
+  for (int64_t b = 0; b < steps; ++b) train_step(s, rec.get(), b);
   if (rec) rec->close();  // drains the queue and makes the last segment durable: part of the cost
   Round r;
-  r.wall = std::chrono::duration<double>(Clock::now() - w0).count() / static_cast<double>(md.steps);
-  r.cpu = (cpu_seconds() - c0) / static_cast<double>(md.steps);
-  r.thread_cpu = (thread_cpu_seconds() - tc0) / static_cast<double>(md.steps);
+  r.deferred = rec ? rec->writer().timings().deferred : 0;
+  r.wall = std::chrono::duration<double>(Clock::now() - w0).count() / static_cast<double>(steps);
+  r.cpu = (cpu_seconds() - c0) / static_cast<double>(steps);
+  r.thread_cpu = (thread_cpu_seconds() - tc0) / static_cast<double>(steps);
   if (rec) {
     const auto t1 = rec->writer().timings();
-    const auto n = static_cast<double>(md.steps);
+    const auto n = static_cast<double>(steps);
     r.t = {(t1.capture - t0.capture) / n, (t1.wait - t0.wait) / n, (t1.project - t0.project) / n, (t1.write - t0.write) / n,
            (t1.sync - t0.sync) / n, t1.steps - t0.steps};
     r.width = rec->writer().width();
@@ -235,10 +238,12 @@ int main(int argc, char** argv) {
       }
     }
     const double p = median(plain);
+    const Round choice = run(md, 3, 4);  // what the default setting (automatic) does with this model
     for (int mode = 1; mode <= 2; ++mode) {
       const auto& c = col[mode - 1];
       const double q = median(c.wall);
-      const std::string name = md.name + (mode == 1 ? " live" : " defer");
+      const bool is_default = (choice.deferred > 0) == (mode == 2);
+      const std::string name = md.name + (mode == 1 ? " live" : " defer") + (is_default ? "*" : "");
       std::printf("%-28s %5lld %6lld | %9.1f %9.1f %+7.1f%% | %8.1f %8.1f %8.1f %8.1f %8.1f | %8.1f %8.1f %8.1f %8.1f\n",
                   name.c_str(), static_cast<long long>(md.batch), static_cast<long long>(c.width), 1e6 * p, 1e6 * q,
                   100 * (q - p) / p, 1e6 * median(c.cap), 1e6 * median(c.wait), 1e6 * median(c.proj), 1e6 * median(c.wr),

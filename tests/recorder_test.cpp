@@ -267,7 +267,7 @@ TEST_P(RecorderLoop, MatchesCliAndScores) {
   const auto y_all = torch::from_blob(const_cast<int64_t*>(train.class_targets.data()), {n}, torch::kLong).clone();
   RecorderSettings rs = settings(64, 7);
   if (exact) rs.projection = Projection::none;
-  rs.defer = deferred;
+  rs.defer = deferred ? Deferral::always : Deferral::never;
   rs.every = 2;
   rs.flush_steps = 2;
   rs.queue_steps = 1;  // the smallest queue: step() waits for the writer at every recorded step
@@ -354,8 +354,11 @@ INSTANTIATE_TEST_SUITE_P(Models, RecorderLoop, ::testing::Values(0, 1, 2, 3), []
 // Deferred projection stores the captured tensors and projects them when the recording is read:
 // the rows equal the live writer's bit for bit (a Conv2d layer given as NCHW images, a Linear
 // layer with 3 positions per example and no bias column, one with the bias column and a loss
-// scale, one kept exact; batches of 3 and 4; float32 and bfloat16 features), the parameters too,
-// and the finalized stores hold the same features. A deferred recording is not resumed live.
+// scale, one kept exact; batches of 3 and 4; float32 and bfloat16 features), and so do those of
+// the automatic rule, whatever it chooses; the parameters too. A recording made deferred and
+// resumed live (the setting changes no feature) reads back with both kinds of steps. (The
+// automatic rule defers the steps of the crash and determinism tests below: their layer's
+// captures, 13 floats per example, are less than twice its projected factors, 8.)
 TEST(Recorder, DeferredEqualsLiveBitForBit) {
   const fs::path dir = fresh_dir("deferred");
   connectors::write_file_atomic((dir / "template.pt").string(), "x");
@@ -368,63 +371,81 @@ TEST(Recorder, DeferredEqualsLiveBitForBit) {
   const std::vector<RecordedLayer> layers = {conv, {"s", 10, 7, true}, {"f", 8, 4, true}, {"e", 3, 4, false}};
   const std::vector<RecordedParameter> params = {{"w", {2, 3}}, {"b", {5}}};
   const int64_t H = 6, W = 5;
+  // Step s's captures (a pure function of s).
+  const auto record_step = [&](RecordingWriter& w, int64_t s) {
+    const int64_t b = 3 + s % 2;
+    std::mt19937_64 rng(static_cast<uint64_t>(40 + s));
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    const auto fill = [&](int64_t n) {
+      std::vector<float> v(static_cast<size_t>(n));
+      for (auto& e : v) e = u(rng);
+      return v;
+    };
+    auto cx = fill(b * 2 * H * W), cd = fill(b * 5 * 6 * 2);  // output 6 x 2 (pad 1 rows, stride 2 columns)
+    auto sx = fill(b * 3 * 9), sd = fill(b * 3 * 7);
+    auto fx = fill(b * 8), fd = fill(b * 4), ex = fill(b * 3), ed = fill(b * 4), p = fill(11);
+    for (int64_t e = 0; e < b; ++e) fx[static_cast<size_t>(e * 8 + 7)] = 1.0f;  // the bias column
+    LayerBatch lc{cx.data(), cd.data(), 1, true, 1.0f, H, W};
+    LayerBatch ls{sx.data(), sd.data(), 3, false, 1.0f};
+    LayerBatch lf{fx.data(), fd.data(), 1, true, static_cast<float>(b)};
+    LayerBatch le{ex.data(), ed.data(), 1, true, 0.5f};
+    std::vector<int64_t> ids;
+    for (int64_t e = 0; e < b; ++e) ids.push_back(7 * s + 2 * e);
+    w.record(s, 0.1 + 0.01 * static_cast<double>(s), ids.data(), b, {lc, ls, lf, le}, {p.data(), p.data() + 6});
+  };
   for (const auto dtype : {connectors::FeatureDtype::f32, connectors::FeatureDtype::bf16}) {
-    std::vector<std::vector<float>> rows[2], ps[2];
-    for (const bool defer : {false, true}) {
-      const fs::path rec = dir / ((defer ? "defer-" : "live-") + connectors::to_string(dtype));
+    std::vector<std::vector<float>> rows[3], ps[3];
+    int64_t deferred[3] = {};
+    for (const int mode : {0, 1, 2}) {
+      const Deferral defer = mode == 0 ? Deferral::never : mode == 1 ? Deferral::always : Deferral::automatic;
+      const fs::path rec = dir / ((mode == 0 ? "live-" : mode == 1 ? "defer-" : "auto-") + connectors::to_string(dtype));
       RecorderSettings rs = settings(16, 21);
       rs.dtype = dtype;
       rs.defer = defer;
       rs.flush_steps = 2;
       {
         RecordingWriter w(rec.string(), rs, layers, params, (dir / "template.pt").string());
-        for (int64_t s = 0; s < 5; ++s) {
-          const int64_t b = 3 + s % 2;
-          std::mt19937_64 rng(static_cast<uint64_t>(40 + s));
-          std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-          const auto fill = [&](int64_t n) {
-            std::vector<float> v(static_cast<size_t>(n));
-            for (auto& e : v) e = u(rng);
-            return v;
-          };
-          auto cx = fill(b * 2 * H * W), cd = fill(b * 5 * 6 * 2);  // output 6 x 2 (pad 1 rows, stride 2 columns)
-          auto sx = fill(b * 3 * 9), sd = fill(b * 3 * 7);
-          auto fx = fill(b * 8), fd = fill(b * 4), ex = fill(b * 3), ed = fill(b * 4), p = fill(11);
-          for (int64_t e = 0; e < b; ++e) fx[static_cast<size_t>(e * 8 + 7)] = 1.0f;  // the bias column
-          LayerBatch lc{cx.data(), cd.data(), 1, true, 1.0f, H, W};
-          LayerBatch ls{sx.data(), sd.data(), 3, false, 1.0f};
-          LayerBatch lf{fx.data(), fd.data(), 1, true, static_cast<float>(b)};
-          LayerBatch le{ex.data(), ed.data(), 1, true, 0.5f};
-          std::vector<int64_t> ids;
-          for (int64_t e = 0; e < b; ++e) ids.push_back(7 * s + 2 * e);
-          w.record(s, 0.1 + 0.01 * static_cast<double>(s), ids.data(), b, {lc, ls, lf, le}, {p.data(), p.data() + 6});
-        }
+        for (int64_t s = 0; s < 5; ++s) record_step(w, s);
+        w.flush();
+        deferred[mode] = w.timings().deferred;
       }
       const RecordingReader r(rec.string());
       ASSERT_EQ(r.steps(), 5u);
-      ASSERT_EQ(r.settings().defer, defer);
       for (size_t c = 0; c < r.steps(); ++c) {
         const RecordedStep st = r.step(c);
-        rows[defer].push_back(st.rows);
-        ps[defer].push_back(st.parameters);
+        rows[mode].push_back(st.rows);
+        ps[mode].push_back(st.parameters);
       }
-      if (defer) {
-        // Resuming the deferred recording with the live writer is refused, naming the setting.
+      if (mode == 1) {
+        // Resumed live: one more step, projected by the writer; every step reads back.
         RecorderSettings live = rs;
-        live.defer = false;
-        try {
+        live.defer = Deferral::never;
+        {
           RecordingWriter again(rec.string(), live, layers, params, (dir / "template.pt").string());
-          FAIL() << "a deferred recording was resumed live";
-        } catch (const InputError& e) {
-          EXPECT_NE(std::string(e.what()).find("projection_time"), std::string::npos) << e.what();
+          EXPECT_EQ(again.last_step(), 4);
+          record_step(again, 5);
+          again.flush();
+          EXPECT_EQ(again.timings().deferred, 0);
         }
+        const RecordingReader mixed(rec.string());
+        ASSERT_EQ(mixed.steps(), 6u);
+        for (size_t c = 0; c < 5; ++c) EXPECT_EQ(mixed.step(c).rows, rows[1][c]) << "step " << c;
+        EXPECT_EQ(mixed.step(5).step, 5);
       }
     }
+    EXPECT_EQ(deferred[0], 0);
+    EXPECT_EQ(deferred[1], 5);
+    // Automatic on these shapes: the captures (187 floats per example) are more than twice the
+    // projected blocks (47: rows of 16 for the conv and 3-position layers, factors of 8 and 7):
+    // every step is projected live.
+    EXPECT_EQ(deferred[2], 0);
     for (size_t c = 0; c < 5; ++c) {
-      ASSERT_EQ(rows[0][c].size(), rows[1][c].size());
-      EXPECT_EQ(std::memcmp(rows[0][c].data(), rows[1][c].data(), rows[0][c].size() * 4), 0)
-          << "step " << c << ", " << connectors::to_string(dtype);
-      EXPECT_EQ(ps[0][c], ps[1][c]);
+      for (const int mode : {1, 2}) {
+        ASSERT_EQ(rows[0][c].size(), rows[mode][c].size());
+        EXPECT_EQ(std::memcmp(rows[0][c].data(), rows[mode][c].data(), rows[0][c].size() * 4), 0)
+            << "step " << c << ", mode " << mode << ", " << connectors::to_string(dtype);
+        EXPECT_EQ(ps[0][c], ps[mode][c]);
+      }
       double norm = 0;
       for (const float v : rows[1][c]) norm += std::fabs(v);
       EXPECT_GT(norm, 0.0);
@@ -668,6 +689,8 @@ TEST(Recorder, FilesDoNotDependOnQueueThreadsOrTiming) {
         if (pause) std::this_thread::sleep_for(std::chrono::milliseconds(pause));
         if (s == 4) w.flush();  // a segment of 2 steps (3 + 2), then 3, 3 and the rest at close
       }
+      w.flush();
+      EXPECT_EQ(w.timings().deferred, 11);  // the automatic rule defers these steps
     }
     std::string all;
     for (size_t k = 0; fs::exists(rec / ("segment_00000" + std::to_string(k) + ".bin")); ++k)
@@ -690,7 +713,7 @@ TEST(Recorder, BackgroundErrorIsReportedAndEarlierStepsStayDurable) {
   const fs::path rec = dir / "rec";
   {
     RecorderSettings rs = kill_settings();
-    rs.defer = defer;
+    rs.defer = defer ? Deferral::always : Deferral::never;
     RecordingWriter w(rec.string(), rs, kLayers, kParams, (dir / "template.pt").string());
     for (int64_t s = 0; s < 4; ++s) record_synthetic(w, s);
     Synthetic bad(4);

@@ -156,9 +156,6 @@ nlohmann::json recording_json(const RecorderSettings& s, const std::vector<Recor
                ? "none: exact per-example gradients (weight lr), laid out as `attrace featurize` lays out exact features"
                : "per recorded step: checkpoint c uses streams 2 (4096 c + layer) and 2 (4096 c + layer) + 1, the matrices "
                  "`attrace featurize` uses for checkpoint c of the finalized run"},
-          // Where the projection runs; "live" for recordings made before this key existed.
-          {"projection_time", s.defer ? "finalize: the segments hold the captured tensors, projected when read"
-                                      : "live: the segments hold projected features"},
           {"features", {{"dtype", connectors::to_string(s.dtype)}}},
           {"schedule", {{"every", s.every}, {"steps", s.steps}}},
           {"layers", jl},
@@ -200,10 +197,6 @@ Parsed parse_recording_json(const std::string& path) {
       p.settings.seed = std::stoull(pj.at("seed").get<std::string>());
       p.settings.distribution = parse_distribution(pj.at("distribution").get<std::string>(), path);
     }
-    const std::string when = j.value("projection_time", std::string("live"));
-    ATTRACE_CHECK(when.rfind("live", 0) == 0 || when.rfind("finalize", 0) == 0, InputError,
-                  path + ": projection_time '" + when + "' is not live or finalize");
-    p.settings.defer = when.rfind("finalize", 0) == 0;
     p.settings.dtype = connectors::parse_feature_dtype(j.at("features").at("dtype").get<std::string>(), path);
     p.settings.every = j.at("schedule").at("every").get<int64_t>();
     p.settings.steps = j.at("schedule").at("steps").get<std::vector<int64_t>>();
@@ -887,6 +880,7 @@ struct RecordingWriter::Impl {
   std::vector<std::vector<float>> blocks;  // per layer: what is written (factors or rows)
   std::vector<std::array<int64_t, kRawHead>> raw_heads;  // deferred: per layer, the capture's head
   std::vector<int64_t> raw_floats;                       // deferred: per layer, floats of x and delta
+  bool last_live = true;                                 // the last step was projected here
   int seg_fd = -1;
   std::string seg_tmp, seg_path;
   int64_t seg_steps = 0, seg_bytes = 0, seg_first = 0, written = 0;
@@ -1091,6 +1085,7 @@ struct RecordingWriter::Impl {
   // features overflow is reported by the reader, naming the step, example and layer).
   void process_deferred(Job& j) {
     const auto t0 = Clock::now();
+    last_live = false;
     modes.assign(layers.size(), kModeRaw);
     raw_heads.resize(layers.size());
     raw_floats.assign(layers.size(), 0);
@@ -1107,6 +1102,24 @@ struct RecordingWriter::Impl {
       }
     }
     write_step(j, t0, Clock::now());
+    std::lock_guard<std::mutex> lk(mu);
+    ++timings.deferred;
+  }
+
+  // Whether a step is stored as its captured tensors: by the setting, or (automatic) when they
+  // take at most twice the floats of the projected blocks (factors for one position per
+  // example, rows otherwise). Shapes only: files still depend only on the calls.
+  bool defers(const Job& j) const {
+    if (settings.defer != Deferral::automatic) return settings.defer == Deferral::always;
+    int64_t raw = 0, live = 0;
+    for (size_t l = 0; l < layers.size(); ++l) {
+      raw += static_cast<int64_t>(j.x[l].size() + j.d[l].size());
+      const auto& c = j.captured[l];
+      const int64_t t = layers[l].conv && c.height > 0 ? conv_positions(layers[l], c) : c.positions;
+      const auto [ki, ko] = sizes[l];
+      live += j.batch * (t == 1 ? ki + ko : ki * ko);
+    }
+    return raw <= 2 * live;
   }
 
   void process_step(Job& j) {
@@ -1114,10 +1127,11 @@ struct RecordingWriter::Impl {
       process_exact(j);
       return;
     }
-    if (settings.defer) {
+    if (defers(j)) {
       process_deferred(j);
       return;
     }
+    last_live = true;
     const auto t0 = Clock::now();
     const int threads = std::max(1, settings.threads);
     if (matrices.index != j.index) make_matrices(layers, settings, j.index, matrices);
@@ -1192,7 +1206,7 @@ struct RecordingWriter::Impl {
   void run(int64_t first) {
     written = first;
     try {
-      if (settings.projection != Projection::none && !settings.defer)
+      if (settings.projection != Projection::none && settings.defer != Deferral::always)
         make_matrices(layers, settings, first, matrices);  // the first recorded step's, before it comes
       else
         matrices.index = -1;  // nothing is projected here
@@ -1247,7 +1261,7 @@ struct RecordingWriter::Impl {
           std::lock_guard<std::mutex> lk(mu);
           idle = queue.empty() && error == nullptr;
         }
-        if (idle && matrices.index >= 0) {
+        if (idle && last_live && matrices.index >= 0) {  // (a deferred step needs none)
           try {
             make_matrices(layers, settings, matrices.index + 1, matrices);
           } catch (...) {
@@ -1319,8 +1333,6 @@ RecordingWriter::RecordingWriter(const std::string& dir, const RecorderSettings&
   }
   ATTRACE_CHECK(settings.projection == Projection::kronecker || settings.projection == Projection::none, InputError,
                 dir + ": the recorder projects with kronecker or records exact gradients (projection none)");
-  ATTRACE_CHECK(!settings.defer || settings.projection == Projection::kronecker, InputError,
-                dir + ": deferred projection (defer) applies to projection kronecker; exact recording stores the factors already");
   if (settings.projection == Projection::none) {
     ATTRACE_CHECK(settings.dtype == connectors::FeatureDtype::f32, InputError,
                   dir + ": exact recording (projection none) stores float32 features (dtype f32)");

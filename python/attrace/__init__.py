@@ -87,13 +87,15 @@ class Recorder:
     recording directory; finalize() turns it into a feature store. every / steps choose the
     recorded steps; loss_scale in step() undoes a mean loss. projection="none" records exact
     per-example gradients (Linear layers with one position per example; `factored` as the
-    config's features.factored) instead of the Kronecker projection with budget k. defer=True
-    stores the captured tensors and projects them in finalize() (the same features bit for bit,
-    less work beside training, more bytes per step; docs/recorder.md).
+    config's features.factored) instead of the Kronecker projection with budget k. defer: where
+    a step's projection runs: True stores the captured tensors and finalize() projects them (the
+    same features bit for bit, no projection beside training, more bytes per step), False
+    projects on the writer's thread, "auto" (default) defers a step when its captured tensors
+    take at most twice the floats of its projected blocks (docs/recorder.md).
     """
 
     def __init__(self, model, store, k=4096, seed=0, every=1, steps=None, distribution="rademacher", dtype="f32",
-                 flush_steps=64, threads=1, queue_steps=4, projection="kronecker", factored="auto", defer=False):
+                 flush_steps=64, threads=1, queue_steps=4, projection="kronecker", factored="auto", defer="auto"):
         self.model = model
         self.layers = []  # (name, module)
         specs = []
@@ -125,7 +127,8 @@ class Recorder:
             self._writer = _attrace.RecordingWriter(
                 str(store), specs, [(n, list(p.shape)) for n, p in self.params], tmpl, k=k, seed=seed,
                 distribution=distribution, dtype=dtype, every=every, steps=list(steps or []), flush_steps=flush_steps,
-                threads=threads, queue_steps=queue_steps, projection=projection, factored=factored, defer=defer)
+                threads=threads, queue_steps=queue_steps, projection=projection, factored=factored,
+                defer={True: "always", False: "never"}.get(defer, defer) if isinstance(defer, bool) else str(defer))
         finally:
             os.remove(tmpl)
         self.store = str(store)

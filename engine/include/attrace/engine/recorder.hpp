@@ -61,6 +61,9 @@ struct RecordedParameter {
   int64_t numel() const;
 };
 
+/// Where a recorded step's Kronecker projection runs (RecorderSettings::defer).
+enum class Deferral { never, always, automatic };
+
 /// What to record and how (recorded in recording.json and compared on resume).
 struct RecorderSettings {
   /// projection.kind: kronecker (the default) or none: exact per-example gradients, recorded as
@@ -85,12 +88,14 @@ struct RecorderSettings {
   /// Threads of the background writer's projection (speed only; 1 by default: the writer already
   /// runs beside the training thread).
   int threads = 1;
-  /// Deferred projection (Kronecker only): the background writer stores each step's captured
-  /// tensors as training holds them (layer inputs, output gradients, image sizes, loss scale)
-  /// and the projection runs when the recording is read (finalize_recording, on every core),
-  /// giving the same rows bit for bit. Less work beside training, more bytes per step
-  /// (docs/recorder.md, "Deferred projection").
-  bool defer = false;
+  /// Deferred projection (Kronecker only): a deferred step is stored as the captured tensors
+  /// as training holds them (layer inputs, output gradients, image sizes, loss scale) and
+  /// projected when the recording is read (finalize_recording, on every core), giving the same
+  /// rows bit for bit: no projection beside training, more bytes per step. automatic defers a
+  /// step when its captured tensors take at most twice the floats of its projected blocks (a
+  /// rule on shapes only, so files still depend only on the calls). Speed and size only: not
+  /// compared on resume (docs/recorder.md, "Deferred projection").
+  Deferral defer = Deferral::automatic;
 };
 
 /// The projection of each layer at recorded step `checkpoint` (the run's checkpoint index): the
@@ -145,6 +150,7 @@ struct RecorderTimings {
   double write = 0;    ///< background writer: writing steps into the open segment (the page cache)
   double sync = 0;     ///< background sync thread: each durable point's fsync, rename and directory fsync
   int64_t steps = 0;   ///< recorded steps these times cover
+  int64_t deferred = 0;  ///< of which stored as captured tensors (deferred projection)
 };
 
 /// Writes a recording directory (docs/recorder.md, "Recording layout"): recording.json, the model
