@@ -351,6 +351,158 @@ INSTANTIATE_TEST_SUITE_P(Models, RecorderLoop, ::testing::Values(0, 1, 2, 3), []
   return std::string(i.param == 0 ? "Mlp" : i.param == 1 ? "Cnn" : i.param == 2 ? "MlpExact" : "CnnDeferred");
 });
 
+// A C++ frontend torch::nn::Sequential (the usual LibTorch model) recorded as users train it:
+// torch::optim::SGD on the model's own parameters, loss.backward(), rec.step() between backward
+// and the optimizer step. Its TorchScript twin has the same parameter names, shares the tensors
+// (the recorded parameters are the model's before each update) and computes the same forward
+// bits; the finalized store matches `attrace featurize` on the saved checkpoints.
+TEST(Recorder, TorchNnSequential) {
+  namespace nn = torch::nn;
+  const fs::path dir = fresh_dir("torch-nn");
+  const int64_t n = 40, batch = 8;
+  const auto train = make_images(n, 31, true);
+  connectors::write_dataset((dir / "train.h5").string(), train);
+  connectors::write_dataset((dir / "query.h5").string(), make_images(5, 32, false));
+  torch::manual_seed(33);
+  nn::Sequential model(nn::Conv2d(nn::Conv2dOptions(1, 4, 3).padding(1)), nn::ReLU(), nn::MaxPool2d(2), nn::Flatten(),
+                       nn::Linear(64, 16), nn::Tanh(), nn::Linear(nn::LinearOptions(16, kClasses).bias(false)));
+  const auto x_all = torch::from_blob(const_cast<float*>(train.inputs.data()), train.input_shape, torch::kFloat).clone();
+  const auto y_all = torch::from_blob(const_cast<int64_t*>(train.class_targets.data()), {n}, torch::kLong).clone();
+
+  torch::jit::Module twin = sequential_to_torchscript(model);
+  std::vector<std::string> names, want_names;
+  for (const auto& p : twin.named_parameters(true)) names.push_back(p.name);
+  for (const auto& p : model->named_parameters()) want_names.push_back(p.key());
+  EXPECT_EQ(names, want_names);
+  EXPECT_EQ(twin.attr("4").toModule().attr("weight").toTensor().data_ptr(), model[4]->as<nn::LinearImpl>()->weight.data_ptr());
+  {
+    torch::NoGradGuard ng;
+    const auto a = model->forward(x_all);
+    EXPECT_TRUE(torch::equal(a, twin.forward({x_all}).toTensor()));
+    save_sequential_torchscript(model, (dir / "saved.pt").string());
+    EXPECT_TRUE(torch::equal(a, torch::jit::load((dir / "saved.pt").string()).forward({x_all}).toTensor()));
+  }
+
+  RecorderSettings rs = settings(64, 7);
+  rs.flush_steps = 2;
+  std::vector<std::vector<int64_t>> batches;
+  std::vector<torch::Tensor> before;  // the last layer's weight before each update
+  {
+    Recorder rec(model, (dir / "rec").string(), rs);
+    torch::optim::SGD opt(model->parameters(), torch::optim::SGDOptions(0.2));
+    std::mt19937_64 rng(34);
+    std::vector<int64_t> perm(static_cast<size_t>(n));
+    for (int64_t s = 0; s < 4; ++s) {
+      std::iota(perm.begin(), perm.end(), 0);
+      std::shuffle(perm.begin(), perm.end(), rng);
+      std::vector<int64_t> ids(perm.begin(), perm.begin() + batch);
+      const auto idx = torch::tensor(ids, torch::kLong);
+      opt.zero_grad();
+      const auto out = rec.forward(x_all.index_select(0, idx));
+      torch::nn::functional::cross_entropy(out, y_all.index_select(0, idx)).backward();
+      EXPECT_TRUE(rec.step(ids, 0.2));
+      before.push_back(model[6]->as<nn::LinearImpl>()->weight.detach().clone());
+      opt.step();
+      batches.push_back(ids);
+    }
+    rec.close();
+  }
+  {
+    const RecordingReader r((dir / "rec").string());
+    ASSERT_EQ(r.steps(), 4u);
+    const auto& ps = r.parameters();
+    ASSERT_EQ(ps.back().name, "6.weight");
+    const auto count = static_cast<size_t>(ps.back().numel());
+    for (size_t c = 0; c < 4; ++c) {
+      const RecordedStep st = r.step(c);
+      EXPECT_EQ(std::memcmp(st.parameters.data() + st.parameters.size() - count, before[c].data_ptr<float>(), count * 4), 0)
+          << "step " << c;
+      if (c > 0) EXPECT_FALSE(torch::equal(before[c], before[c - 1]));  // the optimizer did update the shared tensor
+    }
+  }
+  FinalizeOptions fo;
+  fo.recording = (dir / "rec").string();
+  fo.train_file = (dir / "train.h5").string();
+  fo.query_file = (dir / "query.h5").string();
+  fo.store = (dir / "store.h5").string();
+  const FinalizeSummary fsum = finalize_recording(fo);
+  ASSERT_EQ(fsum.steps, 4);
+  const Config config = load_config(fsum.config_file);
+  const auto run = connectors::read_run_file(config.run_file);
+  const auto ds = connectors::read_dataset(config.train_file, true);
+  const connectors::FeatureStoreReader store(fo.store);
+  auto backend = kernels::make_cpu_backend(1);
+  double worst = 0;
+  for (size_t c = 0; c < 4; ++c) {
+    Featurizer fz(config, run, c, {&ds}, *backend);
+    const int64_t w = fz.width();
+    std::vector<float> cli(static_cast<size_t>(n * w)), got(static_cast<size_t>(n * w));
+    fz.features(ds, 0, n, cli.data());
+    store.read(c, 0, n, got.data());
+    std::vector<bool> in_batch(static_cast<size_t>(n), false);
+    for (const auto id : batches[c]) in_batch[static_cast<size_t>(id)] = true;
+    for (int64_t i = 0; i < n; ++i) {
+      double diff = 0, norm = 0;
+      for (int64_t j = 0; j < w; ++j) {
+        const double g = got[static_cast<size_t>(i * w + j)], e = cli[static_cast<size_t>(i * w + j)];
+        if (!in_batch[static_cast<size_t>(i)]) {
+          ASSERT_EQ(g, 0.0) << "row " << i << " is not in the batch of step " << c;
+          continue;
+        }
+        diff = std::max(diff, std::fabs(g - e));
+        norm = std::max(norm, std::fabs(e));
+      }
+      if (in_batch[static_cast<size_t>(i)]) {
+        ASSERT_GT(norm, 0.0);
+        worst = std::max(worst, diff / norm);
+      }
+    }
+  }
+  std::printf("torch::nn recorded vs CLI features, largest rowwise max|diff| / max|cli|: %.3g\n", worst);
+  EXPECT_LT(worst, 1e-5);
+}
+
+// Dropout in a torch::nn::Sequential: the twin follows the model's train()/eval() at each
+// forward (dropped values in training, the identity in evaluation, bit for bit the model's),
+// and the recording's template is saved in evaluation mode. Children without a TorchScript form
+// or with parameters other than a Linear or Conv2d layer's are refused, naming the child.
+TEST(Recorder, TorchNnDropoutAndRefusals) {
+  namespace nn = torch::nn;
+  const fs::path dir = fresh_dir("torch-nn-dropout");
+  torch::manual_seed(35);
+  nn::Sequential model(nn::Linear(kIn, kHidden), nn::GELU(), nn::Dropout(0.5), nn::Linear(kHidden, kClasses));
+  const auto x = torch::rand({6, kIn});
+  Recorder rec(model, (dir / "rec").string(), settings(64, 7));
+  model->train();
+  const auto dropped = rec.forward(x);
+  model->eval();
+  const auto kept = rec.forward(x);
+  {
+    torch::NoGradGuard ng;
+    EXPECT_TRUE(torch::equal(kept, model->forward(x)));
+    EXPECT_FALSE(torch::equal(dropped, kept));
+  }
+  torch::jit::Module tmpl = torch::jit::load((dir / "rec" / "template.pt").string());
+  EXPECT_FALSE(tmpl.is_training());
+  rec.close();
+
+  RecorderSettings rs = settings(64, 7);
+  try {
+    nn::Sequential bad(nn::Linear(3, 4), nn::Functional(torch::relu), nn::Linear(4, 2));
+    Recorder r(bad, (dir / "bad").string(), rs);
+    FAIL() << "a Functional child was accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("child '1'"), std::string::npos) << e.what();
+  }
+  try {
+    nn::Sequential bad(nn::Conv2d(nn::Conv2dOptions(1, 2, 3)), nn::BatchNorm2d(2), nn::Flatten(), nn::Linear(72, 2));
+    Recorder r(bad, (dir / "bad2").string(), rs);
+    FAIL() << "a BatchNorm2d child was accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("'1'"), std::string::npos) << e.what();
+  }
+}
+
 // Deferred projection stores the captured tensors and projects them when the recording is read:
 // the rows equal the live writer's bit for bit (a Conv2d layer given as NCHW images, a Linear
 // layer with 3 positions per example and no bias column, one with the bias column and a loss

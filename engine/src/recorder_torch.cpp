@@ -8,6 +8,7 @@
 #include <attrace/engine/attribute.hpp>
 #include <attrace/engine/config.hpp>
 #include <attrace/engine/gradients.hpp>
+#include <attrace/engine/model_builder.hpp>
 #include <attrace/engine/recorder.hpp>
 #include <attrace/engine/report.hpp>
 #include <attrace/error.hpp>
@@ -161,6 +162,7 @@ std::string toml_double(double v) {
 
 struct Recorder::Impl {
   torch::jit::Module model;
+  torch::nn::Sequential nn{nullptr};  // a C++ frontend model whose TorchScript twin `model` is
   std::vector<ChainChild> chain;
   std::vector<RecordedLayer> layers;
   std::vector<torch::Tensor> params;
@@ -172,6 +174,19 @@ struct Recorder::Impl {
 
 Recorder::Recorder(torch::jit::Module& model, const std::string& dir, const RecorderSettings& settings)
     : impl_(std::make_unique<Impl>()) {
+  attach(model, dir, settings);
+}
+
+Recorder::Recorder(torch::nn::Sequential& model, const std::string& dir, const RecorderSettings& settings)
+    : impl_(std::make_unique<Impl>()) {
+  ATTRACE_CHECK(!model.is_empty(), InputError, "recorder: the torch::nn::Sequential is empty (a null holder)");
+  impl_->nn = model;
+  torch::jit::Module twin = sequential_to_torchscript(model);
+  twin.eval();  // the template (and so every finalized checkpoint) in evaluation mode; forward() follows the model
+  attach(twin, dir, settings);
+}
+
+void Recorder::attach(torch::jit::Module& model, const std::string& dir, const RecorderSettings& settings) {
   auto& m = *impl_;
   m.model = model;  // a handle: the same module object, its parameters shared
   m.chain = flatten_chain(model, m.layers);
@@ -201,12 +216,17 @@ Recorder::~Recorder() = default;
 
 at::Tensor Recorder::forward(const at::Tensor& x) {
   auto& m = *impl_;
+  if (!m.nn.is_empty() && m.model.is_training() != m.nn->is_training()) m.model.train(m.nn->is_training());
   m.capturing = m.writer->wants(m.next_step) && torch::GradMode::is_enabled();
   // A step that is not recorded runs the model's own forward: no cost, and the same bits as
   // training without the recorder (TorchScript may fuse what the child-by-child path does not).
   if (!m.capturing) return m.model.forward({x}).toTensor();
   m.inputs.assign(m.layers.size(), torch::Tensor());
   m.grads.assign(m.layers.size(), torch::Tensor());
+  // For the one-time check below: the random state the children start from (a Dropout child
+  // in training mode draws its mask from it; the check replays the same draws).
+  at::Tensor rng_before;
+  if (!m.checked) rng_before = at::detail::getDefaultCPUGenerator().get_state();
   torch::Tensor h = x;
   for (auto& c : m.chain) {
     if (c.layer < 0) {
@@ -225,7 +245,11 @@ at::Tensor Recorder::forward(const at::Tensor& x) {
     // Once: the chain must be the model's own forward (a Sequential whose forward does more
     // would be recorded wrongly).
     torch::NoGradGuard ng;
+    auto gen = at::detail::getDefaultCPUGenerator();
+    const at::Tensor rng_after = gen.get_state();
+    gen.set_state(rng_before);
     const auto ref = m.model.forward({x}).toTensor();
+    gen.set_state(rng_after);  // training goes on as if the check had not run
     const double scale = std::max(1e-30, ref.abs().max().item<double>());
     ATTRACE_CHECK(ref.sizes() == h.sizes() && (ref - h.detach()).abs().max().item<double>() <= 1e-4 * scale, InputError,
                   "recorder: running the model's children in order does not give its forward(); the recorder needs a plain "

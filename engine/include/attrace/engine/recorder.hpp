@@ -29,6 +29,9 @@
 namespace torch::jit {
 struct Module;
 }
+namespace torch::nn {
+class Sequential;
+}
 namespace at {
 class Tensor;
 }
@@ -282,6 +285,12 @@ class Recorder {
   /// Linear or Conv2d layers (groups 1, zero padding); InputError naming the child otherwise)
   /// and opens the recording in `dir`.
   Recorder(torch::jit::Module& model, const std::string& dir, const RecorderSettings& settings = {});
+  /// Attaches to a C++ frontend Sequential (torch::nn): the recorder runs its TorchScript twin
+  /// (sequential_to_torchscript: the same children and names, sharing the parameter tensors, so
+  /// the user's optimizer and loss are untouched), which also becomes the recording's template.
+  /// The twin follows the model's train()/eval() mode at each forward. InputError naming a child
+  /// with no TorchScript form or with parameters that are not a Linear or Conv2d layer's.
+  Recorder(torch::nn::Sequential& model, const std::string& dir, const RecorderSettings& settings = {});
   ~Recorder();
   Recorder(const Recorder&) = delete;
   Recorder& operator=(const Recorder&) = delete;
@@ -310,6 +319,8 @@ class Recorder {
   const RecordingWriter& writer() const;
 
  private:
+  // Shared by the constructors: the chain, the parameters, the template and the writer.
+  void attach(torch::jit::Module& model, const std::string& dir, const RecorderSettings& settings);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
