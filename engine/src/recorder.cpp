@@ -1558,18 +1558,27 @@ const RecorderSettings& RecordingReader::settings() const { return impl_->p.sett
 int64_t RecordingReader::width() const { return impl_->p.width; }
 std::string RecordingReader::template_file() const { return (fs::path(impl_->dir) / "template.pt").string(); }
 
-RecordedStep RecordingReader::step(size_t c) const {
+RecordedStep RecordingReader::step(size_t c, bool rows) const {
   const auto& e = impl_->idx.at(c);
   const int64_t width = impl_->p.width, b = e.batch;
   RecordedStep s;
   s.step = e.step;
   s.lr = e.lr;
   s.ids.resize(static_cast<size_t>(b));
-  s.rows.resize(static_cast<size_t>(b * width));
   s.parameters.resize(static_cast<size_t>(impl_->n_params));
   std::ifstream in(e.file, std::ios::binary);
   in.seekg(e.offset + 24);
   in.read(reinterpret_cast<char*>(s.ids.data()), static_cast<std::streamsize>(s.ids.size() * 8));
+  if (!rows) {
+    // The parameters end the step: its last n_params floats before the next step (or end magic).
+    const int64_t end = e.offset + (e.modes.empty() ? 24 + b * 8 + b * width * 4 + impl_->n_params * 4
+                                                    : step_bytes(b, impl_->sizes, e.modes, impl_->n_params, e.raw_floats));
+    in.seekg(static_cast<std::streamoff>(end - impl_->n_params * 4));
+    in.read(reinterpret_cast<char*>(s.parameters.data()), static_cast<std::streamsize>(s.parameters.size() * 4));
+    ATTRACE_CHECK(in.good(), InputError, e.file + ": cannot read step " + std::to_string(e.step));
+    return s;
+  }
+  s.rows.resize(static_cast<size_t>(b * width));
   if (e.modes.empty()) {  // format 1: full rows
     in.read(reinterpret_cast<char*>(s.rows.data()), static_cast<std::streamsize>(s.rows.size() * 4));
   } else if (!e.raw.empty()) {

@@ -362,7 +362,7 @@ FinalizeSummary finalize_recording(const FinalizeOptions& o) {
                          "# saved from the parameters the step's gradients were taken at, with the lr of that step.\n";
   std::vector<RecordedStep> meta_steps;
   for (size_t c = 0; c < rec.steps(); ++c) {
-    RecordedStep s = rec.step(c);
+    RecordedStep s = rec.step(c, false);  // parameters and metadata (rows later, for the store)
     char name[32];
     std::snprintf(name, sizeof name, "ckpt_%06zu.pt", c);
     const std::string path = (dir / name).string();

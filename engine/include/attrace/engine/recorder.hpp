@@ -228,8 +228,9 @@ class RecordingReader {
   ~RecordingReader();
   /// Durable recorded steps.
   size_t steps() const;
-  /// Recorded step c (0-based, in recording order).
-  RecordedStep step(size_t c) const;
+  /// Recorded step c (0-based, in recording order). rows = false leaves RecordedStep::rows
+  /// empty (no projection of a deferred step).
+  RecordedStep step(size_t c, bool rows = true) const;
   /// Layers, parameters and settings as recorded.
   const std::vector<RecordedLayer>& layers() const;
   const std::vector<RecordedParameter>& parameters() const;
