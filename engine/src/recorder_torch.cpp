@@ -158,6 +158,27 @@ std::string toml_double(double v) {
   return s;
 }
 
+// gradients.parameters of a recording's config: ["*"] when its layers hold every parameter (a
+// Sequential of Linear / Conv2d layers), else their weights and biases by name (a model whose
+// Embedding or LayerNorm parameters were not recorded; Python's attrace.Recorder).
+std::string recorded_parameters(const RecordingReader& rec) {
+  std::vector<std::string> names;
+  for (const auto& l : rec.layers()) {
+    names.push_back(l.name + ".weight");
+    if (l.bias) names.push_back(l.name + ".bias");
+  }
+  std::vector<std::string> all;
+  for (const auto& p : rec.parameters()) all.push_back(p.name);
+  std::vector<std::string> a = names, b = all;
+  std::sort(a.begin(), a.end());
+  std::sort(b.begin(), b.end());
+  if (a == b) return "[\"*\"]";
+  for (const auto& n : names)
+    ATTRACE_CHECK(std::binary_search(b.begin(), b.end(), n), InputError,
+                  "recording: layer parameter '" + n + "' is not among the recorded parameters");
+  return nlohmann::json(names).dump();
+}
+
 }  // namespace
 
 struct Recorder::Impl {
@@ -405,7 +426,7 @@ FinalizeSummary finalize_recording(const FinalizeOptions& o) {
       "[run]\ncheckpoints = \"run.toml\"\n\n[data]\ntrain = " +
       nlohmann::json(fs::absolute(o.train_file).string()).dump() + "\nquery = " +
       nlohmann::json(fs::absolute(o.query_file).string()).dump() + "\n\n[gradients]\nloss = " + nlohmann::json(o.loss).dump() +
-      "\nparameters = [\"*\"]\nprecision = \"fp32\"\n\n" + projection_text;
+      "\nparameters = " + recorded_parameters(rec) + "\nprecision = \"fp32\"\n\n" + projection_text;
   if (o.config_file.empty()) {
     connectors::write_file_atomic(summary.config_file, config_text);
   } else {

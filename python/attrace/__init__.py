@@ -47,6 +47,31 @@ def _chain(model):
     return out
 
 
+def _linear_layers(model):
+    """(name, module) of every trainable nn.Linear of a model that is not an nn.Sequential, in the
+    order of their weights in named_parameters() (the order the CLI's graph path lays them out),
+    named by module path as the graph path names them. Such a model is featurized by its forward
+    graph, which captures Linear layers (and Embedding / LayerNorm ones, which are not recorded
+    here and are left out of the finalized config's gradients.parameters)."""
+    order = {id(p): i for i, (_, p) in enumerate(model.named_parameters())}
+    out, seen = [], {}
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Conv2d):
+            raise InputError("attrace.Recorder: Conv2d '%s' in a %s: convolutions are recorded in an nn.Sequential only "
+                             "(the CLI featurizes other models by their forward graph, which captures Linear, Embedding "
+                             "and LayerNorm layers)" % (name, type(model).__name__))
+        if isinstance(m, torch.nn.Linear) and m.weight.requires_grad:
+            if id(m.weight) in seen:
+                raise InputError("attrace.Recorder: Linear '%s' shares its weight with '%s' (tied weights are not recorded)"
+                                 % (name, seen[id(m.weight)]))
+            seen[id(m.weight)] = name
+            out.append((name, m))
+    out.sort(key=lambda nm: order[id(nm[1].weight)])
+    if not out:
+        raise InputError("attrace.Recorder: the %s has no trainable nn.Linear layer to record" % type(model).__name__)
+    return out
+
+
 def _conv_geometry(name, conv):
     """The geometry dict of an nn.Conv2d (groups 1, zero padding), as the CLI's chain path reads it."""
     if conv.groups != 1:
@@ -79,7 +104,10 @@ def _as_f32(t):
 
 class Recorder:
     """Records a training run of an nn.Sequential whose layers with parameters are nn.Linear or
-    nn.Conv2d (groups 1, zero padding).
+    nn.Conv2d (groups 1, zero padding), or of any other scriptable nn.Module: then its trainable
+    nn.Linear layers, wherever they are and whatever the input's shape ([B, d], or [B, T, d]: T
+    positions per example), and the finalized config selects their parameters only (a
+    transformer's embeddings and LayerNorms are not recorded).
 
     Forward hooks keep each layer's input and a tensor hook its output gradient, only in steps
     that are recorded; step(ids, lr) (after backward, before the optimizer step) copies them into
@@ -99,7 +127,8 @@ class Recorder:
         self.model = model
         self.layers = []  # (name, module)
         specs = []
-        for name, child in _chain(model):
+        self.sequential = isinstance(model, torch.nn.Sequential)
+        for name, child in (_chain(model) if self.sequential else _linear_layers(model)):
             params = list(child.parameters(recurse=True))
             if not params:
                 continue
@@ -123,7 +152,13 @@ class Recorder:
         fd, tmpl = tempfile.mkstemp(suffix=".pt", prefix="attrace-template-")
         os.close(fd)
         try:
-            torch.jit.script(model).save(tmpl)
+            try:
+                scripted = torch.jit.script(model)
+            except Exception as e:  # torch raises several kinds; the first line names the construct
+                raise InputError("attrace.Recorder: torch.jit.script(model) failed (the recording's checkpoints are "
+                                 "TorchScript): %s" % str(e).strip().splitlines()[0]) from e
+            scripted.eval()  # the checkpoints the CLI reads: evaluation mode (Dropout off, BatchNorm's running stats)
+            scripted.save(tmpl)
             self._writer = _attrace.RecordingWriter(
                 str(store), specs, [(n, list(p.shape)) for n, p in self.params], tmpl, k=k, seed=seed,
                 distribution=distribution, dtype=dtype, every=every, steps=list(steps or []), flush_steps=flush_steps,
@@ -139,6 +174,7 @@ class Recorder:
         self._g = [None] * len(self.layers)
         self._param_views = None  # (data pointers, numpy views) of the parameters
         self._bias_columns = [False] * len(self.layers)  # the writer appends the bias column
+        self._twice = None  # a layer whose forward hook ran twice in the step being captured
 
     # -- hooks ------------------------------------------------------------------------------
     def _forward_hook(self, index):
@@ -148,6 +184,8 @@ class Recorder:
         def hook(module, inputs, output):
             if not self._capturing:
                 return
+            if self._x[index] is not None:
+                self._twice = self.layers[index][0]
             self._x[index] = inputs[0]
             if output.requires_grad:
                 output.register_hook(keep)
@@ -159,6 +197,7 @@ class Recorder:
         if self._capturing:
             self._x = [None] * len(self.layers)
             self._g = [None] * len(self.layers)
+            self._twice = None
 
     def attach(self):
         """Registers the hooks (done by `with recorder:`)."""
@@ -206,6 +245,9 @@ class Recorder:
         if not self._capturing:
             return False
         self._capturing = False
+        if self._twice is not None:
+            raise InputError("attrace.Recorder: step %d: layer '%s' ran more than once in one forward (a layer applied "
+                             "twice is not recorded)" % (t, self._twice))
         if isinstance(ids, torch.Tensor):
             ids = ids.detach().cpu().numpy()
         ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)

@@ -16,6 +16,12 @@ PYTHONPATH=<build>/python, ATTRACE_BIN=<build>/cli/attrace. Plain asserts, no py
    `attrace featurize` on the saved checkpoints (the CLI's chain path) to float32 rounding.
 6. The Python example of docs/recorder.md runs as it stands there (read from the file) with a
    loader of 4 batches, and its report has a score for every (train, query) pair.
+7. A model that is not an nn.Sequential: a small transformer language model (token embedding,
+   learned positions, a pre-LayerNorm block with q/k/v/o attention and a GELU MLP, a head) trained
+   on a token dataset with the next-token loss: its nn.Linear layers (3-D inputs: T positions per
+   example) are recorded; the finalized config selects their parameters only; the store equals
+   `attrace featurize` of the finalized config (the CLI's graph path) to float32 rounding; a layer
+   applied twice in one forward and a Conv2d outside a Sequential are refused.
 """
 import os
 import subprocess
@@ -147,6 +153,7 @@ def main():
     print("4. resume continues at step 5; other settings refused")
     cnn_part(tmp, binary)
     cnn_part(tmp, binary, defer=True)
+    lm_part(tmp, binary)
     doc_example_part(tmp)
     print("python recorder test: OK")
     return 0
@@ -213,6 +220,137 @@ def cnn_part(tmp, binary, defer=False):
     print("5. CNN (%s projection): recorded rows equal recorded_rows() of NCHW captures bit for bit; vs `attrace "
           "featurize`: largest rowwise max|diff|/max|cli| = %.3g" % ("deferred" if defer else "live", worst))
     assert worst < 1e-5, worst
+
+
+V, T, DM = 32, 8, 16
+
+
+class Block(torch.nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.ln1 = torch.nn.LayerNorm(d)
+        self.q = torch.nn.Linear(d, d)
+        self.k = torch.nn.Linear(d, d)
+        self.v = torch.nn.Linear(d, d)
+        self.o = torch.nn.Linear(d, d)
+        self.ln2 = torch.nn.LayerNorm(d)
+        self.fc1 = torch.nn.Linear(d, 2 * d)
+        self.fc2 = torch.nn.Linear(2 * d, d)
+
+    def forward(self, x):
+        h = self.ln1(x)
+        q, k, v = self.q(h), self.k(h), self.v(h)
+        att = torch.matmul(q, k.transpose(1, 2)) * (1.0 / 4.0)  # 1 / sqrt(16)
+        n = x.size(1)
+        mask = torch.triu(torch.ones(n, n, dtype=torch.bool, device=x.device), 1)
+        att = att.masked_fill(mask, float("-inf")).softmax(-1)
+        x = x + self.o(torch.matmul(att, v))
+        return x + self.fc2(torch.nn.functional.gelu(self.fc1(self.ln2(x))))
+
+
+class TinyLM(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(V, DM)
+        self.pos = torch.nn.Parameter(0.1 * torch.randn(T, DM))
+        self.block = Block(DM)
+        self.ln = torch.nn.LayerNorm(DM)
+        self.head = torch.nn.Linear(DM, V)
+
+    def forward(self, ids):
+        x = self.emb(ids) + self.pos[: ids.size(1)]
+        return self.head(self.ln(self.block(x)))
+
+
+def write_tokens(path, x, y, tranches):
+    with h5py.File(path, "w") as f:
+        f["inputs"] = x.astype(np.int64)
+        f["targets"] = y.astype(np.int64)
+        f.create_dataset("ids", data=["tok%03d" % i for i in range(len(x))], dtype=h5py.string_dtype())
+        if tranches:
+            f["tranche"] = (np.arange(len(x)) % tranches).astype(np.int32)
+            g = f.create_group("tranches")
+            g.create_dataset("id", data=["t%d" % k for k in range(tranches)], dtype=h5py.string_dtype())
+            g.create_dataset("account", data=["0x" + ("%x" % (k + 10)) * 40 for k in range(tranches)],
+                             dtype=h5py.string_dtype())
+
+
+def lm_part(tmp, binary):
+    torch.manual_seed(11)
+    rng = np.random.default_rng(12)
+    n, b = 24, 8
+    x_all, y_all = rng.integers(0, V, (n, T)), rng.integers(0, V, (n, T))
+    train, query = os.path.join(tmp, "tok_train.h5"), os.path.join(tmp, "tok_query.h5")
+    write_tokens(train, x_all, y_all, 2)
+    write_tokens(query, rng.integers(0, V, (4, T)), rng.integers(0, V, (4, T)), 0)
+    model = TinyLM()
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    xt, yt = torch.from_numpy(x_all), torch.from_numpy(y_all)
+    rec_dir = os.path.join(tmp, "rec-lm")
+    batches = []
+    with attrace.Recorder(model, store=rec_dir, k=K, seed=SEED) as rec:
+        names = [name for name, _ in rec.layers]
+        assert names == ["block.q", "block.k", "block.v", "block.o", "block.fc1", "block.fc2", "head"], names
+        for s in range(3):
+            ids = torch.from_numpy(rng.permutation(n)[:b])
+            logits = model(xt[ids])
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V), yt[ids].reshape(-1))  # mean over B x T
+            opt.zero_grad()
+            loss.backward()
+            assert rec.step(ids, 0.2)  # loss_scale B: each example's loss is the mean over its T positions
+            opt.step()
+            batches.append(ids.numpy().copy())
+    out = attrace.finalize(rec_dir, train=train, query=query, store=os.path.join(tmp, "lm-store.h5"), loss="next_token")
+    with open(out["config"]) as f:
+        cfg = f.read()
+    assert '"block.q.weight"' in cfg and '"emb.weight"' not in cfg and '"*"' not in cfg, cfg
+    cli_store = os.path.join(tmp, "lm-cli.h5")
+    subprocess.run([binary, "featurize", "-q", "-c", out["config"], "-o", cli_store], check=True)
+    worst = 0.0
+    for c, ids in enumerate(batches):
+        a, cli = store_rows(out["store"], c), store_rows(cli_store, c)
+        outside = np.setdiff1d(np.arange(n), ids)
+        assert not a[outside].any(), "rows outside step %d's batch must be zero" % c
+        assert (np.abs(cli[ids]).max(axis=1) > 0).all()
+        rel = np.abs(a[ids] - cli[ids]).max(axis=1) / np.abs(cli[ids]).max(axis=1)
+        worst = max(worst, rel.max())
+    print("7. transformer LM (not a Sequential; 7 Linear layers, %d positions each): recorded vs `attrace featurize` "
+          "(graph path): largest rowwise max|diff|/max|cli| = %.3g" % (T, worst))
+    assert worst < 1e-4, worst
+    results = attrace.score(out["config"], out["store"], os.path.join(tmp, "lm-results"), binary=binary)
+    report = attrace.load_report(results)
+    assert report["scores"].shape == (n, 4), report["scores"].shape
+
+    class Twice(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(self.fc(x))
+
+    tw = Twice()
+    with attrace.Recorder(tw, store=os.path.join(tmp, "rec-twice"), k=K) as rec:
+        tw(torch.rand(2, 4)).sum().backward()
+        try:
+            rec.step([0, 1], 0.1)
+            raise AssertionError("a layer applied twice was recorded")
+        except ValueError as e:
+            assert "more than once" in str(e), e
+
+    class WithConv(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 2, 3)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    try:
+        attrace.Recorder(WithConv(), store=os.path.join(tmp, "rec-conv"), k=K)
+        raise AssertionError("a Conv2d outside a Sequential was accepted")
+    except ValueError as e:
+        assert "Conv2d 'conv'" in str(e), e
 
 
 def doc_example_part(tmp):
