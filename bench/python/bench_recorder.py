@@ -5,8 +5,10 @@ PYTHONPATH=build/python /usr/bin/python3 bench/python/bench_recorder.py [rounds]
 
 Models (the C++ bench's): the demo MLP 64-32-10 (batch 32; every layer within k = 4096: exact
 features), an MLP 784-512-512-10 (batch 64; every layer projected) and the benchmark CNN on 8x8
-images, Conv2d(1,16,3,p1) ReLU Conv2d(16,32,3,p1) ReLU MaxPool2 Flatten Linear(512,10) (batch 64).
-SGD, cross-entropy, every step recorded, k = 4096 per layer. Plain and recorded runs alternate in
+images, Conv2d(1,16,3,p1) ReLU Conv2d(16,32,3,p1) ReLU MaxPool2 Flatten Linear(512,10) (batch 64);
+and (Python only: the C++ Recorder takes Sequentials) a small GPT, 2 pre-LayerNorm blocks of width
+128 with 4 heads, 256 tokens, context 64 (batch 16; its 13 nn.Linear layers recorded, 64 positions
+each; the next-token loss). SGD, cross-entropy, every step recorded, k = 4096 per layer. Plain and recorded runs alternate in
 rounds; medians are reported. A recorded run's time includes closing the recording (draining the
 writer's queue and the last fsync). Columns per step: the C++ writer's capture (copies into its
 queue) and wait (queue full, final drain) on the training thread, projection and write on the
@@ -16,6 +18,7 @@ live (the writer projects) and deferred (defer=True: the writer stores the captu
 finalize projects them), beside the same plain runs. Run with OPENBLAS_NUM_THREADS=1 for one
 thread (torch.set_num_threads does not reach OpenBLAS's own threads).
 """
+import math
 import os
 import shutil
 import statistics
@@ -29,8 +32,49 @@ import torch
 import attrace
 
 
+class Block(torch.nn.Module):
+    """A pre-LayerNorm transformer block: causal attention (q, k, v, o; 4 heads) and a GELU MLP."""
+
+    def __init__(self, d, heads):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = torch.nn.LayerNorm(d), torch.nn.LayerNorm(d)
+        self.q, self.k, self.v, self.o = (torch.nn.Linear(d, d) for _ in range(4))
+        self.fc1, self.fc2 = torch.nn.Linear(d, 4 * d), torch.nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        e = d // self.heads
+        h = self.ln1(x)
+        q = self.q(h).reshape(b, n, self.heads, e).transpose(1, 2)
+        k = self.k(h).reshape(b, n, self.heads, e).transpose(1, 2)
+        v = self.v(h).reshape(b, n, self.heads, e).transpose(1, 2)
+        s = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(e))
+        s = s.masked_fill(torch.triu(torch.ones(n, n, dtype=torch.bool, device=x.device), 1), float("-inf"))
+        att = torch.matmul(s.softmax(-1), v).transpose(1, 2).reshape(b, n, d)
+        x = x + self.o(att)
+        return x + self.fc2(torch.nn.functional.gelu(self.fc1(self.ln2(x))))
+
+
+class TinyGPT(torch.nn.Module):
+    """Token and position embeddings, 2 blocks of width 128, a head over 256 tokens (0.6 M parameters)."""
+
+    def __init__(self, vocab=256, width=128, blocks=2, context=64):
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab, width)
+        self.pos = torch.nn.Parameter(0.02 * torch.randn(context, width))
+        self.blocks = torch.nn.Sequential(*[Block(width, 4) for _ in range(blocks)])
+        self.ln = torch.nn.LayerNorm(width)
+        self.head = torch.nn.Linear(width, vocab)
+
+    def forward(self, ids):
+        return self.head(self.ln(self.blocks(self.emb(ids) + self.pos[: ids.size(1)])))
+
+
 def make(name):
     torch.manual_seed(1)
+    if name.startswith("GPT"):
+        return TinyGPT(), (64,), 16
     if name.startswith("CNN"):
         model = torch.nn.Sequential(
             torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(),
@@ -50,8 +94,9 @@ def run(name, steps, recorder_dir=None, defer=False):
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     n = 64 * batch
     g = torch.Generator().manual_seed(2)
-    x = torch.rand((n,) + shape, generator=g)
-    y = torch.randint(10, (n,), generator=g)
+    lm = name.startswith("GPT")
+    x = torch.randint(256, (n,) + shape, generator=g) if lm else torch.rand((n,) + shape, generator=g)
+    y = torch.randint(256, (n,) + shape, generator=g) if lm else torch.randint(10, (n,), generator=g)
     perm = torch.randperm(n, generator=g)
     rec = attrace.Recorder(model, store=recorder_dir, k=4096, defer=defer).attach() if recorder_dir else None
     for s in range(steps + 8):
@@ -61,7 +106,8 @@ def run(name, steps, recorder_dir=None, defer=False):
             base = dict(rec.timings) if rec else {}
             t0, c0, tc0 = time.perf_counter(), time.process_time(), time.thread_time()
         ids = perm[(s % 64) * batch:(s % 64 + 1) * batch]
-        loss = torch.nn.functional.cross_entropy(model(x[ids]), y[ids])
+        out = model(x[ids])
+        loss = torch.nn.functional.cross_entropy(out.reshape(-1, out.size(-1)), y[ids].reshape(-1))
         opt.zero_grad()
         loss.backward()
         if rec:
@@ -88,7 +134,8 @@ def main():
     print("%-28s | %9s %9s %8s | %8s %8s %8s %8s %8s | %8s %8s %8s %8s" % (
         "model", "plain us", "rec. us", "overhead", "capture", "wait", "project", "write", "sync", "thr.pl.", "thr.rec.",
         "cpu pl.", "cpu rec."))
-    for name, steps in [("demo MLP 64-32-10", 1000), ("MLP 784-512-512-10", 200), ("CNN 8x8 (16, 32 ch.)", 200)]:
+    for name, steps in [("demo MLP 64-32-10", 1000), ("MLP 784-512-512-10", 200), ("CNN 8x8 (16, 32 ch.)", 200),
+                        ("GPT 2x128, T 64", 60)]:
         if only and only not in name:
             continue
         keys = ["rec", "crec", "trec", "capture", "wait", "project", "write", "sync"]
