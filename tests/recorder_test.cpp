@@ -351,6 +351,146 @@ INSTANTIATE_TEST_SUITE_P(Models, RecorderLoop, ::testing::Values(0, 1, 2, 3), []
   return std::string(i.param == 0 ? "Mlp" : i.param == 1 ? "Cnn" : i.param == 2 ? "MlpExact" : "CnnDeferred");
 });
 
+// Windows of W = 3 recorded steps share a checkpoint: the parameters are saved at each window's
+// first step only (those of the model then), every step of a window uses the window's matrices
+// (live and deferred rows agree bit for bit), and finalize writes one checkpoint per window with
+// lr = the sum of its steps' lr, whose store rows are sum_t (sqrt(lr_t) / sqrt(lr_sum)) f_t(i)
+// (recomputed here in float64, bit for bit). The first step of a window was taken at the
+// checkpoint's parameters, so its rows times sqrt(lr_sum) / sqrt(lr_t) are `attrace featurize`'s
+// features of that checkpoint (to float32 rounding): the same matrices and scaling.
+TEST(Recorder, WindowsShareCheckpoints) {
+  const fs::path dir = fresh_dir("windows");
+  const int64_t n = 30, batch = 6, steps = 7, W = 3;
+  const auto train = make_dataset(n, 41, true);
+  connectors::write_dataset((dir / "train.h5").string(), train);
+  connectors::write_dataset((dir / "query.h5").string(), make_dataset(4, 42, false));
+  save_mlp_torchscript((dir / "init.pt").string(), {kIn, kHidden, kClasses}, 43);
+  const auto x_all = torch::from_blob(const_cast<float*>(train.inputs.data()), train.input_shape, torch::kFloat).clone();
+  const auto y_all = torch::from_blob(const_cast<int64_t*>(train.class_targets.data()), {n}, torch::kLong).clone();
+  const auto lr_of = [](int64_t s) { return 0.3 - 0.02 * static_cast<double>(s); };
+  std::vector<std::vector<float>> rows[2];
+  std::vector<std::vector<float>> params_at;  // the model's parameters before step s's update
+  for (const int mode : {0, 1}) {
+    torch::jit::Module model = torch::jit::load((dir / "init.pt").string());
+    std::vector<torch::Tensor> params;
+    for (const auto& p : model.parameters()) {
+      torch::Tensor t = p;
+      t.requires_grad_(true);
+      params.push_back(t);
+    }
+    RecorderSettings rs = settings(64, 7);
+    rs.window = W;
+    rs.flush_steps = 2;
+    rs.defer = mode == 0 ? Deferral::never : Deferral::always;
+    const fs::path rec_dir = dir / (mode == 0 ? "rec" : "rec-deferred");
+    {
+      Recorder rec(model, rec_dir.string(), rs);
+      std::mt19937_64 rng(44);
+      std::vector<int64_t> perm(static_cast<size_t>(n));
+      for (int64_t s = 0; s < steps; ++s) {
+        std::iota(perm.begin(), perm.end(), 0);
+        std::shuffle(perm.begin(), perm.end(), rng);
+        std::vector<int64_t> ids(perm.begin(), perm.begin() + batch);
+        const auto idx = torch::tensor(ids, torch::kLong);
+        const auto loss = torch::nn::functional::cross_entropy(rec.forward(x_all.index_select(0, idx)), y_all.index_select(0, idx));
+        const auto grads = torch::autograd::grad({loss}, params);
+        EXPECT_TRUE(rec.step(ids, lr_of(s)));
+        if (mode == 0) {
+          std::vector<float> flat;
+          for (const auto& p : params) {
+            const auto c = p.detach().contiguous();
+            flat.insert(flat.end(), c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+          }
+          params_at.push_back(flat);
+        }
+        torch::NoGradGuard ng;
+        for (size_t k = 0; k < params.size(); ++k) params[k].sub_(grads[k], lr_of(s));
+      }
+      rec.close();
+    }
+    const RecordingReader r(rec_dir.string());
+    ASSERT_EQ(r.steps(), static_cast<size_t>(steps));
+    for (size_t t = 0; t < r.steps(); ++t) {
+      const RecordedStep st = r.step(t);
+      rows[mode].push_back(st.rows);
+      if (t % W == 0)
+        EXPECT_EQ(st.parameters, params_at[t]) << "step " << t << " opens a window: its parameters";
+      else
+        EXPECT_TRUE(st.parameters.empty()) << "step " << t << " is inside a window: no parameters";
+    }
+  }
+  for (size_t t = 0; t < static_cast<size_t>(steps); ++t) EXPECT_EQ(rows[0][t], rows[1][t]) << "step " << t;
+
+  FinalizeOptions fo;
+  fo.recording = (dir / "rec").string();
+  fo.train_file = (dir / "train.h5").string();
+  fo.query_file = (dir / "query.h5").string();
+  fo.store = (dir / "store.h5").string();
+  const FinalizeSummary sum = finalize_recording(fo);
+  EXPECT_EQ(sum.steps, steps);
+  ASSERT_EQ(sum.checkpoints, 3);
+  const Config config = load_config(sum.config_file);
+  const auto run = connectors::read_run_file(config.run_file);
+  ASSERT_EQ(run.checkpoints.size(), 3u);
+  const RecordingReader r((dir / "rec").string());
+  const connectors::FeatureStoreReader store(fo.store);
+  const auto ds = connectors::read_dataset(config.train_file, true);
+  auto backend = kernels::make_cpu_backend(1);
+  const int64_t width = r.width();
+  double worst = 0;
+  for (size_t c = 0; c < 3; ++c) {
+    const size_t first = c * W, last = std::min<size_t>(steps, first + W);
+    double lr_sum = 0;
+    for (size_t t = first; t < last; ++t) lr_sum += lr_of(static_cast<int64_t>(t));
+    EXPECT_EQ(run.checkpoints[c].lr, lr_sum);
+    EXPECT_EQ(run.checkpoints[c].step, static_cast<int64_t>(first));
+    std::vector<double> want(static_cast<size_t>(n * width), 0.0);
+    std::vector<bool> seen(static_cast<size_t>(n), false);
+    for (size_t t = first; t < last; ++t) {
+      const RecordedStep st = r.step(t);
+      const double f = std::sqrt(st.lr) / std::sqrt(lr_sum);
+      for (size_t k = 0; k < st.ids.size(); ++k) {
+        seen[static_cast<size_t>(st.ids[k])] = true;
+        for (int64_t j = 0; j < width; ++j)
+          want[static_cast<size_t>(st.ids[k] * width + j)] += f * static_cast<double>(st.rows[k * static_cast<size_t>(width) + j]);
+      }
+    }
+    std::vector<float> got(static_cast<size_t>(n * width));
+    store.read(c, 0, n, got.data());
+    for (int64_t q = 0; q < n * width; ++q) ASSERT_EQ(got[static_cast<size_t>(q)], static_cast<float>(want[static_cast<size_t>(q)])) << "checkpoint " << c << ", entry " << q;
+    // The window's first step against the CLI's features of the checkpoint.
+    Featurizer fz(config, run, c, {&ds}, *backend);
+    ASSERT_EQ(fz.width(), width);
+    std::vector<float> cli(static_cast<size_t>(n * width));
+    fz.features(ds, 0, n, cli.data());
+    const RecordedStep st = r.step(first);
+    const double up = std::sqrt(lr_sum) / std::sqrt(st.lr);
+    for (size_t k = 0; k < st.ids.size(); ++k) {
+      double diff = 0, norm = 0;
+      for (int64_t j = 0; j < width; ++j) {
+        const double a = up * st.rows[k * static_cast<size_t>(width) + j], b = cli[static_cast<size_t>(st.ids[k] * width + j)];
+        diff = std::max(diff, std::fabs(a - b));
+        norm = std::max(norm, std::fabs(b));
+      }
+      ASSERT_GT(norm, 0.0);
+      worst = std::max(worst, diff / norm);
+    }
+  }
+  std::printf("window's first step vs CLI features of its checkpoint, largest rowwise max|diff| / max|cli|: %.3g\n", worst);
+  EXPECT_LT(worst, 1e-5);
+  RunOptions ro;
+  ro.out_dir = (dir / "out").string();
+  ro.quiet = true;
+  EXPECT_EQ(run_score(config, fo.store, "", ro).n_train, n);
+
+  RecorderSettings exact = settings(64, 7);
+  exact.projection = Projection::none;
+  exact.window = 2;
+  connectors::write_file_atomic((dir / "template.pt").string(), "x");
+  EXPECT_THROW(RecordingWriter((dir / "bad").string(), exact, {{"fc", 6, 7, true}}, {{"p", {3}}}, (dir / "template.pt").string()),
+               InputError);
+}
+
 // A C++ frontend torch::nn::Sequential (the usual LibTorch model) recorded as users train it:
 // torch::optim::SGD on the model's own parameters, loss.backward(), rec.step() between backward
 // and the optimizer step. Its TorchScript twin has the same parameter names, shares the tensors

@@ -157,7 +157,7 @@ nlohmann::json recording_json(const RecorderSettings& s, const std::vector<Recor
                : "per recorded step: checkpoint c uses streams 2 (4096 c + layer) and 2 (4096 c + layer) + 1, the matrices "
                  "`attrace featurize` uses for checkpoint c of the finalized run"},
           {"features", {{"dtype", connectors::to_string(s.dtype)}}},
-          {"schedule", {{"every", s.every}, {"steps", s.steps}}},
+          {"schedule", {{"every", s.every}, {"steps", s.steps}, {"window", s.window}}},
           {"layers", jl},
           {"parameters", jp},
           {"width", width},
@@ -200,6 +200,8 @@ Parsed parse_recording_json(const std::string& path) {
     p.settings.dtype = connectors::parse_feature_dtype(j.at("features").at("dtype").get<std::string>(), path);
     p.settings.every = j.at("schedule").at("every").get<int64_t>();
     p.settings.steps = j.at("schedule").at("steps").get<std::vector<int64_t>>();
+    p.settings.window = j.at("schedule").value("window", int64_t{1});  // recordings before windows: 1
+    ATTRACE_CHECK(p.settings.window >= 1, InputError, path + ": schedule.window must be >= 1");
     for (const auto& l : j.at("layers")) p.layers.push_back(layer_from_json(l));
     for (const auto& q : j.at("parameters"))
       p.params.push_back({q.at("name").get<std::string>(), q.at("shape").get<std::vector<int64_t>>()});
@@ -223,6 +225,7 @@ struct StepIndex {
   int64_t offset = 0, batch = 0, step = 0;
   double lr = 0;
   std::vector<int64_t> modes;
+  bool has_params = true;          // the first step of its window (checkpoint) holds the parameters
   std::vector<LayerBatch> raw;     // mode 2 layers: the capture's shape (no pointers)
   std::vector<int64_t> raw_floats;  // mode 2 layers: floats of x and delta
 };
@@ -274,7 +277,7 @@ std::pair<int64_t, int64_t> capture_floats(const RecordedLayer& l, const LayerBa
 // checks each one's framing and size: a segment exists only complete (rename after fsync), so
 // a mismatch means damage, never a crash, and is refused.
 std::vector<StepIndex> index_segments(const std::string& dir, const std::vector<RecordedLayer>& layers, const Sizes& sizes,
-                                      int64_t width, int64_t params) {
+                                      int64_t width, int64_t params, int64_t window) {
   std::vector<StepIndex> idx;
   for (size_t s = 0;; ++s) {
     const std::string path = (fs::path(dir) / segment_name(s)).string();
@@ -341,7 +344,8 @@ std::vector<StepIndex> index_segments(const std::string& dir, const std::vector<
             p += kRawHead * 8 + 4 * (nx + nd);
           }
         }
-        at += step_bytes(e.batch, sizes, e.modes, params, e.raw_floats);
+        e.has_params = static_cast<int64_t>(idx.size()) % window == 0;
+        at += step_bytes(e.batch, sizes, e.modes, e.has_params ? params : 0, e.raw_floats);
       }
       idx.push_back(std::move(e));
     }
@@ -823,7 +827,8 @@ constexpr size_t kSyncBacklog = 2;
 
 struct Job {
   enum class Kind { step, flush, stop } kind = Kind::step;
-  int64_t index = 0, step = 0, batch = 0;
+  int64_t index = 0, step = 0, batch = 0;  // index: the checkpoint (window) whose matrices it uses
+  int64_t seq = 0;                          // its place among all recorded steps
   double lr = 0;
   uint64_t ticket = 0;  // flush / stop: the ticket its caller waits for
   std::vector<int64_t> ids;
@@ -1067,11 +1072,11 @@ struct RecordingWriter::Impl {
         io.push_back({blocks[l].data(), blocks[l].size() * 4});
       }
     }
-    io.push_back({const_cast<float*>(j.params.data()), j.params.size() * 4});
+    if (!j.params.empty()) io.push_back({const_cast<float*>(j.params.data()), j.params.size() * 4});
     write_vector(io);
     ++seg_steps;
     ++written;
-    seg_bytes += step_bytes(j.batch, sizes, modes, n_params, raw_floats);
+    seg_bytes += step_bytes(j.batch, sizes, modes, static_cast<int64_t>(j.params.size()), raw_floats);
     if (seg_steps >= settings.flush_steps || seg_bytes >= settings.flush_bytes) close_segment(0);
     const auto t2 = Clock::now();
     std::lock_guard<std::mutex> lk(mu);
@@ -1207,7 +1212,7 @@ struct RecordingWriter::Impl {
     written = first;
     try {
       if (settings.projection != Projection::none && settings.defer != Deferral::always)
-        make_matrices(layers, settings, first, matrices);  // the first recorded step's, before it comes
+        make_matrices(layers, settings, first / settings.window, matrices);  // the first step's, before it comes
       else
         matrices.index = -1;  // nothing is projected here
     } catch (...) {
@@ -1231,6 +1236,7 @@ struct RecordingWriter::Impl {
         failed = error != nullptr;
       }
       const Job::Kind kind = j->kind;
+      const bool window_ends = (j->seq + 1) % settings.window == 0;  // the next step uses other matrices
       if (kind == Job::Kind::step) {
         if (!failed) {
           try {
@@ -1261,7 +1267,7 @@ struct RecordingWriter::Impl {
           std::lock_guard<std::mutex> lk(mu);
           idle = queue.empty() && error == nullptr;
         }
-        if (idle && last_live && matrices.index >= 0) {  // (a deferred step needs none)
+        if (idle && last_live && window_ends && matrices.index >= 0) {  // (a deferred step needs none)
           try {
             make_matrices(layers, settings, matrices.index + 1, matrices);
           } catch (...) {
@@ -1320,6 +1326,10 @@ RecordingWriter::RecordingWriter(const std::string& dir, const RecorderSettings&
   ATTRACE_CHECK(settings.every >= 1, InputError, dir + ": record every " + std::to_string(settings.every) + " steps (must be >= 1)");
   ATTRACE_CHECK(settings.flush_steps >= 1, InputError, dir + ": flush_steps must be >= 1");
   ATTRACE_CHECK(settings.queue_steps >= 1, InputError, dir + ": queue_steps must be >= 1");
+  ATTRACE_CHECK(settings.window >= 1, InputError, dir + ": window must be >= 1");
+  ATTRACE_CHECK(settings.window == 1 || settings.projection == Projection::kronecker, InputError,
+                dir + ": a window of several steps sums their rows, which exact recording (projection none) stores as "
+                      "factors: use window 1 or projection kronecker");
   for (size_t i = 1; i < settings.steps.size(); ++i)
     ATTRACE_CHECK(settings.steps[i] > settings.steps[i - 1], InputError, dir + ": the steps to record must increase");
   for (const auto& l : m.layers) {
@@ -1381,7 +1391,7 @@ void RecordingWriter::open_locked(const std::string& dir, const RecorderSettings
       ATTRACE_CHECK(stored.at(key) == value, InputError,
                     json_path + ": the recording's '" + key + "' (" + stored.at(key).dump() + ") differs from this recorder's (" +
                         value.dump() + "); record into another directory");
-    const auto idx = index_segments(dir, m.layers, m.sizes, m.width, m.n_params);
+    const auto idx = index_segments(dir, m.layers, m.sizes, m.width, m.n_params, settings.window);
     m.durable = static_cast<int64_t>(idx.size());
     m.submitted = m.durable;
     m.last_step = idx.empty() ? -1 : idx.back().step;
@@ -1476,7 +1486,8 @@ void RecordingWriter::record(int64_t step, double lr, const int64_t* ids, int64_
     waited = seconds(w0, Clock::now());
   }
   j->kind = Job::Kind::step;
-  j->index = m.submitted;
+  j->index = m.submitted / m.settings.window;
+  j->seq = m.submitted;
   j->step = step;
   j->lr = lr;
   j->batch = batch;
@@ -1490,9 +1501,10 @@ void RecordingWriter::record(int64_t step, double lr, const int64_t* ids, int64_
     j->captured[l].x = j->x[l].data();
     j->captured[l].delta = j->d[l].data();
   }
-  j->params.resize(static_cast<size_t>(m.n_params));
+  // The parameters only at a window's first step (its checkpoint); the other steps use those.
+  j->params.resize(m.submitted % m.settings.window == 0 ? static_cast<size_t>(m.n_params) : 0);
   int64_t at = 0;
-  for (size_t p = 0; p < parameters.size(); ++p) {
+  for (size_t p = 0; p < parameters.size() && !j->params.empty(); ++p) {
     const int64_t n = m.params[p].numel();
     std::memcpy(j->params.data() + at, parameters[p], static_cast<size_t>(n) * 4);
     at += n;
@@ -1547,7 +1559,7 @@ RecordingReader::RecordingReader(const std::string& dir) : impl_(std::make_uniqu
   const int64_t w = width_of(impl_->p.layers, impl_->p.settings);
   ATTRACE_CHECK(w == impl_->p.width, InputError,
                 dir + "/recording.json: width " + std::to_string(impl_->p.width) + " but the layers make " + std::to_string(w));
-  impl_->idx = index_segments(dir, impl_->p.layers, impl_->sizes, impl_->p.width, impl_->n_params);
+  impl_->idx = index_segments(dir, impl_->p.layers, impl_->sizes, impl_->p.width, impl_->n_params, impl_->p.settings.window);
 }
 
 RecordingReader::~RecordingReader() = default;
@@ -1565,15 +1577,16 @@ RecordedStep RecordingReader::step(size_t c, bool rows) const {
   s.step = e.step;
   s.lr = e.lr;
   s.ids.resize(static_cast<size_t>(b));
-  s.parameters.resize(static_cast<size_t>(impl_->n_params));
+  const int64_t n_params = e.has_params ? impl_->n_params : 0;  // only a window's first step holds them
+  s.parameters.resize(static_cast<size_t>(n_params));
   std::ifstream in(e.file, std::ios::binary);
   in.seekg(e.offset + 24);
   in.read(reinterpret_cast<char*>(s.ids.data()), static_cast<std::streamsize>(s.ids.size() * 8));
   if (!rows) {
     // The parameters end the step: its last n_params floats before the next step (or end magic).
-    const int64_t end = e.offset + (e.modes.empty() ? 24 + b * 8 + b * width * 4 + impl_->n_params * 4
-                                                    : step_bytes(b, impl_->sizes, e.modes, impl_->n_params, e.raw_floats));
-    in.seekg(static_cast<std::streamoff>(end - impl_->n_params * 4));
+    const int64_t end = e.offset + (e.modes.empty() ? 24 + b * 8 + b * width * 4 + n_params * 4
+                                                    : step_bytes(b, impl_->sizes, e.modes, n_params, e.raw_floats));
+    in.seekg(static_cast<std::streamoff>(end - n_params * 4));
     in.read(reinterpret_cast<char*>(s.parameters.data()), static_cast<std::streamsize>(s.parameters.size() * 4));
     ATTRACE_CHECK(in.good(), InputError, e.file + ": cannot read step " + std::to_string(e.step));
     return s;
@@ -1601,10 +1614,10 @@ RecordedStep RecordingReader::step(size_t c, bool rows) const {
     ATTRACE_CHECK(in.good(), InputError, e.file + ": cannot read step " + std::to_string(e.step));
     RecorderSettings rs = impl_->p.settings;
     rs.threads = std::max(rs.threads, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
-    recorded_rows(layers, rs, c, e.lr, b, captured, s.rows.data());
+    recorded_rows(layers, rs, c / static_cast<size_t>(rs.window), e.lr, b, captured, s.rows.data());
     const int64_t bad = first_non_finite(s.rows.data(), b * width);
     if (bad < b * width) {
-      const auto plan = plan_recorded_projection(layers, rs.k, c);
+      const auto plan = plan_recorded_projection(layers, rs.k, c / static_cast<size_t>(rs.window));
       int64_t col = bad % width, l = 0;
       while (col >= plan[static_cast<size_t>(l)].k_in * plan[static_cast<size_t>(l)].k_out) {
         col -= plan[static_cast<size_t>(l)].k_in * plan[static_cast<size_t>(l)].k_out;

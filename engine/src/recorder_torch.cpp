@@ -179,6 +179,48 @@ std::string recorded_parameters(const RecordingReader& rec) {
   return nlohmann::json(names).dump();
 }
 
+int64_t total_numel(const std::vector<torch::Tensor>& ts) {
+  int64_t n = 0;
+  for (const auto& t : ts) n += t.numel();
+  return n;
+}
+
+// The store rows of window c (recorded steps [c W, c W + W)): W = 1, the step's rows as
+// recorded; else one row per distinct example of the window (ids in order of first appearance),
+// the sum over the steps that saw it of (sqrt(lr_t) / sqrt(lr_sum)) times its recorded row
+// (sqrt(lr_t) P g_t(i)), accumulated in float64 in step order and rounded to float32 once:
+// sum_t (lr_t / sqrt(lr_sum)) P_c g_t(i), so that with the query features of checkpoint c
+// (lr = lr_sum: sqrt(lr_sum) P_c g_c(q)) the score is sum_t lr_t <P_c g_t(i), P_c g_c(q)>.
+RecordedStep window_rows(const RecordingReader& rec, size_t c, size_t W, double lr_sum) {
+  if (W == 1) return rec.step(c);
+  const int64_t width = rec.width();
+  RecordedStep out;
+  std::map<int64_t, size_t> slot;
+  std::vector<double> acc;
+  const size_t last = std::min(rec.steps(), (c + 1) * W);
+  for (size_t t = c * W; t < last; ++t) {
+    const RecordedStep s = rec.step(t);
+    if (t == c * W) {
+      out.step = s.step;
+      out.lr = lr_sum;
+    }
+    const double f = lr_sum > 0 ? std::sqrt(s.lr) / std::sqrt(lr_sum) : 0.0;
+    for (size_t k = 0; k < s.ids.size(); ++k) {
+      auto [it, fresh] = slot.emplace(s.ids[k], out.ids.size());
+      if (fresh) {
+        out.ids.push_back(s.ids[k]);
+        acc.resize(acc.size() + static_cast<size_t>(width), 0.0);
+      }
+      double* a = acc.data() + it->second * static_cast<size_t>(width);
+      const float* r = s.rows.data() + k * static_cast<size_t>(width);
+      for (int64_t j = 0; j < width; ++j) a[j] += f * static_cast<double>(r[j]);
+    }
+  }
+  out.rows.resize(acc.size());
+  for (size_t q = 0; q < acc.size(); ++q) out.rows[q] = static_cast<float>(acc[q]);
+  return out;
+}
+
 }  // namespace
 
 struct Recorder::Impl {
@@ -379,11 +421,26 @@ FinalizeSummary finalize_recording(const FinalizeOptions& o) {
     }
     ATTRACE_CHECK(k == rec.parameters().size(), InputError, rec.template_file() + ": parameters do not match recording.json");
   }
-  std::string run_text = "# Recorded steps of a training run (attrace recorder): one checkpoint per recorded step,\n"
-                         "# saved from the parameters the step's gradients were taken at, with the lr of that step.\n";
-  std::vector<RecordedStep> meta_steps;
-  for (size_t c = 0; c < rec.steps(); ++c) {
-    RecordedStep s = rec.step(c, false);  // parameters and metadata (rows later, for the store)
+  const auto W = static_cast<size_t>(rs.window);
+  std::string run_text =
+      W == 1 ? "# Recorded steps of a training run (attrace recorder): one checkpoint per recorded step,\n"
+               "# saved from the parameters the step's gradients were taken at, with the lr of that step.\n"
+             : "# Recorded steps of a training run (attrace recorder): one checkpoint per window of " + std::to_string(W) +
+                   " recorded steps,\n# saved from the parameters at its first step; lr: the sum of its steps' lr.\n";
+  std::vector<RecordedStep> meta_steps;  // every recorded step: ids, step, lr
+  for (size_t t = 0; t < rec.steps(); ++t) {
+    RecordedStep s = rec.step(t, false);
+    s.parameters.clear();
+    meta_steps.push_back(std::move(s));
+  }
+  // Window c: recorded steps [c W, min((c + 1) W, steps)); its lr is the sum of theirs.
+  const size_t n_windows = (meta_steps.size() + W - 1) / W;
+  std::vector<double> window_lr(n_windows, 0.0);
+  for (size_t t = 0; t < meta_steps.size(); ++t) window_lr[t / W] += meta_steps[t].lr;
+  for (size_t c = 0; c < n_windows; ++c) {
+    RecordedStep s = rec.step(c * W, false);  // the window's first step: its parameters
+    ATTRACE_CHECK(static_cast<int64_t>(s.parameters.size()) == total_numel(tp), InputError,
+                  o.recording + ": recorded step " + std::to_string(s.step) + " lacks the parameters of its window");
     char name[32];
     std::snprintf(name, sizeof name, "ckpt_%06zu.pt", c);
     const std::string path = (dir / name).string();
@@ -402,10 +459,7 @@ FinalizeSummary finalize_recording(const FinalizeOptions& o) {
       fs::rename(tmp, path);
     }
     run_text += "\n[[checkpoint]]\nfile = \"" + std::string(name) + "\"\nstep = " + std::to_string(s.step) +
-                "\nlr = " + toml_double(s.lr) + "\n";
-    s.rows.clear();
-    s.parameters.clear();
-    meta_steps.push_back(std::move(s));
+                "\nlr = " + toml_double(W == 1 ? s.lr : window_lr[c]) + "\n";
   }
   connectors::fsync_path(dir.string());
   FinalizeSummary summary;
@@ -494,10 +548,10 @@ FinalizeSummary finalize_recording(const FinalizeOptions& o) {
   layout.ids = ds.ids;
   layout.tranche = ds.tranche;
   layout.digests = connectors::example_digests(ds);
-  for (size_t c = 0; c < meta_steps.size(); ++c) {
+  for (size_t c = 0; c < n_windows; ++c) {
     // The featurizer's plan for the saved checkpoint must be the one the rows were made with.
     Featurizer fz(config, run, c, {&ds}, *backend);
-    const std::string what = o.recording + ": step " + std::to_string(meta_steps[c].step) + " (checkpoint " + std::to_string(c) + ")";
+    const std::string what = o.recording + ": step " + std::to_string(meta_steps[c * W].step) + " (checkpoint " + std::to_string(c) + ")";
     if (exact) {
       const FeatureLayout want = recorded_exact_layout(rec.layers(), rs.factored);
       ATTRACE_CHECK(fz.use().layout == want && fz.width() == rec.width(), InputError,
@@ -527,20 +581,35 @@ FinalizeSummary finalize_recording(const FinalizeOptions& o) {
                         std::to_string(b.d_out) + " in the recording");
     }
     nlohmann::json meta = checkpoint_use_json(config, fz.use());
-    meta["recording"] = {{"step", meta_steps[c].step},
-                         {"lr", meta_steps[c].lr},
-                         {"examples", meta_steps[c].ids.size()},
-                         {"rows", "recorded features for the examples of this step's batch, zero rows for the others"}};
+    if (W == 1) {
+      meta["recording"] = {{"step", meta_steps[c].step},
+                           {"lr", meta_steps[c].lr},
+                           {"examples", meta_steps[c].ids.size()},
+                           {"rows", "recorded features for the examples of this step's batch, zero rows for the others"}};
+    } else {
+      const size_t last = std::min(meta_steps.size(), (c + 1) * W) - 1;
+      nlohmann::json steps = nlohmann::json::array(), lrs = nlohmann::json::array();
+      for (size_t t = c * W; t <= last; ++t) {
+        steps.push_back(meta_steps[t].step);
+        lrs.push_back(meta_steps[t].lr);
+      }
+      meta["recording"] = {{"window", W},
+                           {"steps", steps},
+                           {"lr", lrs},
+                           {"lr_sum", window_lr[c]},
+                           {"rows", "per example: sum over the window's steps that saw it of (sqrt(lr_t) / sqrt(lr_sum)) "
+                                    "times its recorded row (in float64, steps in order), zero rows for the others"}};
+    }
     layout.checkpoints.push_back({fz.width(), fz.weight(), canonical(meta)});
   }
   const int64_t width = rec.width();
   layout.chunk_rows = std::clamp<int64_t>((int64_t{1} << 20) / std::max<int64_t>(1, width * 4), 1, 4096);
   connectors::FeatureStoreWriter writer(o.store, layout, o.replace);
   std::vector<float> buf;
-  for (size_t c = 0; c < meta_steps.size(); ++c) {
+  for (size_t c = 0; c < n_windows; ++c) {
     int64_t b0 = writer.rows_done(c);
     if (b0 == ds.size()) continue;
-    const RecordedStep s = rec.step(c);
+    const RecordedStep s = window_rows(rec, c, W, window_lr[c]);
     std::vector<std::pair<int64_t, int64_t>> order;  // (dataset row, batch row)
     for (size_t k = 0; k < s.ids.size(); ++k) {
       const int64_t row = row_of.empty() ? s.ids[k] : row_of[static_cast<size_t>(s.ids[k])];
@@ -558,6 +627,7 @@ FinalizeSummary finalize_recording(const FinalizeOptions& o) {
     summary.rows += static_cast<int64_t>(order.size());
   }
   summary.steps = static_cast<int64_t>(meta_steps.size());
+  summary.checkpoints = static_cast<int64_t>(n_windows);
   return summary;
 }
 

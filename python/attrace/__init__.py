@@ -119,11 +119,13 @@ class Recorder:
     a step's projection runs: True stores the captured tensors and finalize() projects them (the
     same features bit for bit, no projection beside training, more bytes per step), False
     projects on the writer's thread, "auto" (default) defers a step when its captured tensors
-    take at most twice the floats of its projected blocks (docs/recorder.md).
+    take at most twice the floats of its projected blocks (docs/recorder.md). window=W > 1: W
+    consecutive recorded steps share one checkpoint (parameters saved at its first step; query
+    gradients taken there), W times fewer parameter copies and store blocks (docs/recorder.md).
     """
 
     def __init__(self, model, store, k=4096, seed=0, every=1, steps=None, distribution="rademacher", dtype="f32",
-                 flush_steps=64, threads=1, queue_steps=4, projection="kronecker", factored="auto", defer="auto"):
+                 flush_steps=64, threads=1, queue_steps=4, projection="kronecker", factored="auto", defer="auto", window=1):
         self.model = model
         self.layers = []  # (name, module)
         specs = []
@@ -163,7 +165,8 @@ class Recorder:
                 str(store), specs, [(n, list(p.shape)) for n, p in self.params], tmpl, k=k, seed=seed,
                 distribution=distribution, dtype=dtype, every=every, steps=list(steps or []), flush_steps=flush_steps,
                 threads=threads, queue_steps=queue_steps, projection=projection, factored=factored,
-                defer={True: "always", False: "never"}.get(defer, defer) if isinstance(defer, bool) else str(defer))
+                defer={True: "always", False: "never"}.get(defer, defer) if isinstance(defer, bool) else str(defer),
+                window=window)
         finally:
             os.remove(tmpl)
         self.store = str(store)

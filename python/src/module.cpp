@@ -31,8 +31,10 @@ attrace::kernels::ProjectionKind distribution_of(const std::string& s) {
 eng::RecorderSettings settings_of(int64_t k, uint64_t seed, const std::string& distribution, const std::string& dtype,
                                   int64_t every, const std::vector<int64_t>& steps, int64_t flush_steps, int threads = 1,
                                   int64_t queue_steps = 4, const std::string& projection = "kronecker",
-                                  const std::string& factored = "auto", const std::string& defer = "auto") {
+                                  const std::string& factored = "auto", const std::string& defer = "auto",
+                                  int64_t window = 1) {
   eng::RecorderSettings s;
+  s.window = window;
   ATTRACE_CHECK(defer == "auto" || defer == "always" || defer == "never", attrace::InputError,
                 "defer '" + defer + "' is not auto, always or never");
   s.defer = defer == "always" ? eng::Deferral::always : defer == "never" ? eng::Deferral::never : eng::Deferral::automatic;
@@ -125,12 +127,13 @@ class PyWriter {
            const std::vector<std::pair<std::string, std::vector<int64_t>>>& params, const std::string& template_file, int64_t k,
            uint64_t seed, const std::string& distribution, const std::string& dtype, int64_t every,
            const std::vector<int64_t>& steps, int64_t flush_steps, int threads, int64_t queue_steps, const std::string& projection,
-           const std::string& factored, const std::string& defer)
+           const std::string& factored, const std::string& defer, int64_t window)
       : layers_(layers_of(layers)) {
     std::vector<eng::RecordedParameter> ps;
     for (const auto& [name, shape] : params) ps.push_back({name, shape});
     params_ = ps;
-    const auto s = settings_of(k, seed, distribution, dtype, every, steps, flush_steps, threads, queue_steps, projection, factored, defer);
+    const auto s = settings_of(k, seed, distribution, dtype, every, steps, flush_steps, threads, queue_steps, projection, factored, defer,
+                               window);
     py::gil_scoped_release release;
     w_ = std::make_unique<eng::RecordingWriter>(dir, s, layers_, ps, template_file);
   }
@@ -185,12 +188,12 @@ PYBIND11_MODULE(_attrace, m) {
   py::class_<PyWriter>(m, "RecordingWriter")
       .def(py::init<const std::string&, const std::vector<LayerSpec>&, const std::vector<std::pair<std::string, std::vector<int64_t>>>&,
                     const std::string&, int64_t, uint64_t, const std::string&, const std::string&, int64_t,
-                    const std::vector<int64_t>&, int64_t, int, int64_t, const std::string&, const std::string&, const std::string&>(),
+                    const std::vector<int64_t>&, int64_t, int, int64_t, const std::string&, const std::string&, const std::string&, int64_t>(),
            py::arg("dir"), py::arg("layers"), py::arg("parameters"), py::arg("template"), py::arg("k") = 4096,
            py::arg("seed") = 0, py::arg("distribution") = "rademacher", py::arg("dtype") = "f32", py::arg("every") = 1,
            py::arg("steps") = std::vector<int64_t>{}, py::arg("flush_steps") = 64, py::arg("threads") = 1,
            py::arg("queue_steps") = 4, py::arg("projection") = "kronecker", py::arg("factored") = "auto",
-           py::arg("defer") = "auto")
+           py::arg("defer") = "auto", py::arg("window") = 1)
       .def("wants", [](PyWriter& p, int64_t step) { return p.w().wants(step); })
       .def("record", &PyWriter::record, py::arg("step"), py::arg("lr"), py::arg("ids"), py::arg("inputs"),
            py::arg("output_grads"), py::arg("bias_columns"), py::arg("scale"), py::arg("parameters"))
@@ -265,7 +268,7 @@ PYBIND11_MODULE(_attrace, m) {
           s = eng::finalize_recording(o);
         }
         return py::dict(py::arg("config") = s.config_file, py::arg("run") = s.run_file, py::arg("steps") = s.steps,
-                        py::arg("rows") = s.rows, py::arg("store") = store);
+                        py::arg("rows") = s.rows, py::arg("checkpoints") = s.checkpoints, py::arg("store") = store);
       },
       py::arg("recording"), py::arg("train"), py::arg("query"), py::arg("store"), py::arg("loss") = "cross_entropy",
       py::arg("replace") = false, py::arg("recorded_train") = "", py::arg("config") = "",

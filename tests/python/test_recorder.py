@@ -21,7 +21,9 @@ PYTHONPATH=<build>/python, ATTRACE_BIN=<build>/cli/attrace. Plain asserts, no py
    on a token dataset with the next-token loss: its nn.Linear layers (3-D inputs: T positions per
    example) are recorded; the finalized config selects their parameters only; the store equals
    `attrace featurize` of the finalized config (the CLI's graph path) to float32 rounding; a layer
-   applied twice in one forward and a Conv2d outside a Sequential are refused.
+   applied twice in one forward and a Conv2d outside a Sequential are refused. With window=2 the
+   parameters are kept at each window's first step only, and finalize writes one checkpoint per
+   window.
 """
 import os
 import subprocess
@@ -320,6 +322,22 @@ def lm_part(tmp, binary):
     results = attrace.score(out["config"], out["store"], os.path.join(tmp, "lm-results"), binary=binary)
     report = attrace.load_report(results)
     assert report["scores"].shape == (n, 4), report["scores"].shape
+
+    # Windows of 2 recorded steps: parameters at each window's first step only, one checkpoint
+    # per window (the arithmetic is tested in C++: Recorder.WindowsShareCheckpoints).
+    win_dir = os.path.join(tmp, "rec-lm-window")
+    with attrace.Recorder(model, store=win_dir, k=K, seed=SEED, window=2) as rec:
+        for s in range(3):
+            ids = torch.from_numpy(rng.permutation(n)[:b])
+            loss = torch.nn.functional.cross_entropy(model(xt[ids]).reshape(-1, V), yt[ids].reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            rec.step(ids, 0.2)
+            opt.step()
+    got = attrace.read_recording(win_dir)
+    assert [len(st["parameters"]) > 0 for st in got["steps"]] == [True, False, True]
+    out = attrace.finalize(win_dir, train=train, query=query, store=os.path.join(tmp, "lm-window.h5"), loss="next_token")
+    assert out["steps"] == 3 and out["checkpoints"] == 2, out
 
     class Twice(torch.nn.Module):
         def __init__(self):

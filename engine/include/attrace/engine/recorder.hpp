@@ -81,6 +81,14 @@ struct RecorderSettings {
   connectors::FeatureDtype dtype = connectors::FeatureDtype::f32;            ///< features.dtype
   int64_t every = 1;            ///< record steps 0, every, 2 every, ... (when `steps` is empty)
   std::vector<int64_t> steps;   ///< when non-empty: exactly these steps, ascending
+  /// Recorded steps per checkpoint (Kronecker only). 1 (default): every recorded step is a
+  /// checkpoint of its own, with its parameters: exact TracIn over the recorded steps. W > 1:
+  /// recorded steps c W .. c W + W - 1 share checkpoint c, whose parameters are saved at its
+  /// first step only and whose projection matrices they all use; finalize sums their rows, so
+  /// score(i, q) = sum over recorded steps t that saw i of lr_t <P_c g_t(i), P_c g_c(q)>, the
+  /// query's gradient taken at the window's first step (docs/recorder.md, "Windows"). W times
+  /// fewer parameter copies and store blocks.
+  int64_t window = 1;
   /// Durability interval: a segment (the recorded steps since the last one) is made durable
   /// after this many recorded steps, ...
   int64_t flush_steps = 64;
@@ -266,8 +274,9 @@ struct FinalizeOptions {
 /// What finalize_recording wrote.
 struct FinalizeSummary {
   std::string config_file;  ///< RECORDING/attrace.toml (or FinalizeOptions::config_file): `attrace score -c` it with `--store`
-  std::string run_file;     ///< RECORDING/run.toml: one checkpoint per recorded step
+  std::string run_file;     ///< RECORDING/run.toml: one checkpoint per recorded step (per window of steps)
   int64_t steps = 0, rows = 0;
+  int64_t checkpoints = 0;  ///< checkpoints of the run: steps / window, rounded up
 };
 
 /// Saves a TorchScript checkpoint per recorded step (the template with that step's parameters),
