@@ -16,7 +16,8 @@
 // seconds per step; cpu: the process's (all threads). Each model is recorded twice per round,
 // live (the writer projects) and deferred (RecorderSettings::defer: the writer stores the
 // captured tensors, finalize projects them), beside the same plain runs; a * marks the one the
-// default setting (automatic) picks for that model.
+// default setting (automatic) picks for that model; a third row records with that default and
+// windows of 16 recorded steps per checkpoint (RecorderSettings::window).
 #include <attrace/engine/model_builder.hpp>
 #include <attrace/engine/recorder.hpp>
 
@@ -156,7 +157,8 @@ struct Round {
 };
 
 // mode 0: plain; 1: recorded, live projection; 2: recorded, deferred projection; 3: recorded,
-// the default (automatic) choice. steps < 0: the model's.
+// the default (automatic) choice; 4: the default with windows of 16 steps (parameters kept once
+// per 16 recorded steps). steps < 0: the model's.
 Round run(const Model& md, int mode, int64_t steps = -1) {
   const bool record = mode > 0;
   if (steps < 0) steps = md.steps;
@@ -166,6 +168,7 @@ Round run(const Model& md, int mode, int64_t steps = -1) {
   std::unique_ptr<eng::Recorder> rec;
   eng::RecorderSettings settings;
   settings.defer = mode == 2 ? eng::Deferral::always : mode == 1 ? eng::Deferral::never : eng::Deferral::automatic;
+  if (mode == 4) settings.window = 16;
   if (record) rec = std::make_unique<eng::Recorder>(s.model, dir.string(), settings);
   for (int64_t b = 0; b < 8; ++b) train_step(s, rec.get(), b);  // warm-up (and the recorder's one forward check)
   if (rec) rec->flush();
@@ -217,14 +220,14 @@ int main(int argc, char** argv) {
     struct Col {
       std::vector<double> wall, cpu, thr, cap, wait, proj, wr, sy;
       int64_t width = 0;
-    } col[2];
+    } col[3];
     for (int r = 0; r < rounds; ++r) {
       const Round a = run(md, 0);
       plain.push_back(a.wall);
       cpl.push_back(a.cpu);
       tpl.push_back(a.thread_cpu);
-      for (int mode = 1; mode <= 2; ++mode) {
-        const Round b = run(md, mode);
+      for (int mode = 1; mode <= 3; ++mode) {
+        const Round b = run(md, mode == 3 ? 4 : mode);
         auto& c = col[mode - 1];
         c.wall.push_back(b.wall);
         c.cpu.push_back(b.cpu);
@@ -239,11 +242,11 @@ int main(int argc, char** argv) {
     }
     const double p = median(plain);
     const Round choice = run(md, 3, 4);  // what the default setting (automatic) does with this model
-    for (int mode = 1; mode <= 2; ++mode) {
+    for (int mode = 1; mode <= 3; ++mode) {
       const auto& c = col[mode - 1];
       const double q = median(c.wall);
-      const bool is_default = (choice.deferred > 0) == (mode == 2);
-      const std::string name = md.name + (mode == 1 ? " live" : " defer") + (is_default ? "*" : "");
+      const bool is_default = mode < 3 && (choice.deferred > 0) == (mode == 2);
+      const std::string name = md.name + (mode == 1 ? " live" : mode == 2 ? " defer" : " window 16") + (is_default ? "*" : "");
       std::printf("%-28s %5lld %6lld | %9.1f %9.1f %+7.1f%% | %8.1f %8.1f %8.1f %8.1f %8.1f | %8.1f %8.1f %8.1f %8.1f\n",
                   name.c_str(), static_cast<long long>(md.batch), static_cast<long long>(c.width), 1e6 * p, 1e6 * q,
                   100 * (q - p) / p, 1e6 * median(c.cap), 1e6 * median(c.wait), 1e6 * median(c.proj), 1e6 * median(c.wr),

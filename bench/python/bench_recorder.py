@@ -15,7 +15,8 @@ queue) and wait (queue full, final drain) on the training thread, projection and
 writer thread, sync (fsyncs) on the sync thread; thr.: the training thread's CPU time (Python
 hooks and tensor conversions included), cpu: the process's. Each model is recorded twice per round,
 live (the writer projects) and deferred (defer=True: the writer stores the captured tensors and
-finalize projects them), beside the same plain runs. Run with OPENBLAS_NUM_THREADS=1 for one
+finalize projects them), and a third time with the default (defer="auto") and window=16 (16
+recorded steps per checkpoint: parameters kept once per 16 steps), beside the same plain runs. Run with OPENBLAS_NUM_THREADS=1 for one
 thread (torch.set_num_threads does not reach OpenBLAS's own threads).
 """
 import math
@@ -89,7 +90,7 @@ def make(name):
     return torch.nn.Sequential(*layers), (sizes[0],), 32 if name.startswith("demo") else 64
 
 
-def run(name, steps, recorder_dir=None, defer=False):
+def run(name, steps, recorder_dir=None, defer=False, window=1):
     model, shape, batch = make(name)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     n = 64 * batch
@@ -98,7 +99,7 @@ def run(name, steps, recorder_dir=None, defer=False):
     x = torch.randint(256, (n,) + shape, generator=g) if lm else torch.rand((n,) + shape, generator=g)
     y = torch.randint(256, (n,) + shape, generator=g) if lm else torch.randint(10, (n,), generator=g)
     perm = torch.randperm(n, generator=g)
-    rec = attrace.Recorder(model, store=recorder_dir, k=4096, defer=defer).attach() if recorder_dir else None
+    rec = attrace.Recorder(model, store=recorder_dir, k=4096, defer=defer, window=window).attach() if recorder_dir else None
     for s in range(steps + 8):
         if s == 8:  # warm-up done
             if rec:
@@ -140,17 +141,20 @@ def main():
             continue
         keys = ["rec", "crec", "trec", "capture", "wait", "project", "write", "sync"]
         rows = {k: [] for k in ["plain", "cpl", "tpl"]}
-        for mode in ("live", "defer"):
+        modes = ("live", "defer", "window 16")
+        for mode in modes:
             rows.update({mode + k: [] for k in keys})
         for _ in range(rounds):
             w, c, tc, _ = run(name, steps)
             rows["plain"].append(w)
             rows["cpl"].append(c)
             rows["tpl"].append(tc)
-            for mode in ("live", "defer"):
+            for mode in modes:
                 d = tempfile.mkdtemp(prefix="attrace-pybench-")
                 try:
-                    w, c, tc, extra = run(name, steps, os.path.join(d, "rec"), defer=mode == "defer")
+                    w, c, tc, extra = run(name, steps, os.path.join(d, "rec"),
+                                          defer={"live": False, "defer": True}.get(mode, "auto"),
+                                          window=16 if mode == "window 16" else 1)
                 finally:
                     shutil.rmtree(d)
                 rows[mode + "rec"].append(w)
@@ -159,7 +163,7 @@ def main():
                 for k in ["capture", "wait", "project", "write", "sync"]:
                     rows[mode + k].append(extra[k])
         m = {k: 1e6 * statistics.median(v) for k, v in rows.items()}
-        for mode in ("live", "defer"):
+        for mode in modes:
             r = {k: m[mode + k] for k in keys}
             print("%-28s | %9.1f %9.1f %+7.1f%% | %8.1f %8.1f %8.1f %8.1f %8.1f | %8.1f %8.1f %8.1f %8.1f" % (
                 name + " " + mode, m["plain"], r["rec"], 100 * (r["rec"] - m["plain"]) / m["plain"], r["capture"], r["wait"],
