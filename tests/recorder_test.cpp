@@ -137,6 +137,46 @@ RecorderSettings settings(int64_t k, uint64_t seed) {
   return s;
 }
 
+// A finalized store against `attrace featurize` of its config, checkpoint c = recorded step c
+// whose batch was batches[c]: rows outside the batch must be zero (failure otherwise), rows in it
+// non-zero. Returns the largest rowwise max|store - cli| / max|cli| over the batches' rows.
+double worst_store_vs_cli(const Config& config, const std::string& store_file, const std::vector<std::vector<int64_t>>& batches) {
+  const auto run = connectors::read_run_file(config.run_file);
+  const auto ds = connectors::read_dataset(config.train_file, true);
+  const connectors::FeatureStoreReader store(store_file);
+  auto backend = kernels::make_cpu_backend(1);
+  const int64_t n = ds.size();
+  double worst = 0;
+  for (size_t c = 0; c < batches.size(); ++c) {
+    Featurizer fz(config, run, c, {&ds}, *backend);
+    const int64_t w = fz.width();
+    std::vector<float> cli(static_cast<size_t>(n * w)), got(static_cast<size_t>(n * w));
+    fz.features(ds, 0, n, cli.data());
+    store.read(c, 0, n, got.data());
+    std::vector<bool> in_batch(static_cast<size_t>(n), false);
+    for (const auto id : batches[c]) in_batch[static_cast<size_t>(id)] = true;
+    for (int64_t i = 0; i < n; ++i) {
+      double diff = 0, norm = 0;
+      for (int64_t j = 0; j < w; ++j) {
+        const double g = got[static_cast<size_t>(i * w + j)], e = cli[static_cast<size_t>(i * w + j)];
+        if (!in_batch[static_cast<size_t>(i)]) {
+          EXPECT_EQ(g, 0.0) << "row " << i << " (not in the batch of step " << c << ") must be zero";
+          if (g != 0.0) return INFINITY;
+          continue;
+        }
+        diff = std::max(diff, std::fabs(g - e));
+        norm = std::max(norm, std::fabs(e));
+      }
+      if (in_batch[static_cast<size_t>(i)]) {
+        EXPECT_GT(norm, 0.0) << "row " << i << " of step " << c;
+        if (!(norm > 0.0)) return INFINITY;
+        worst = std::max(worst, diff / norm);
+      }
+    }
+  }
+  return worst;
+}
+
 // The recorder's rows from the CLI's own layer factors equal the featurizer's rows bit for bit,
 // at a checkpoint index > 0 (streams) with projected layers (k = 64 < d_in d_out): for the MLP
 // and for the CNN (Conv2d factors: unfolded patches, 64 and 32 positions per example, one conv
@@ -305,35 +345,7 @@ TEST_P(RecorderLoop, MatchesCliAndScores) {
   ASSERT_EQ(run.checkpoints.size(), 3u);
   EXPECT_EQ(run.checkpoints[1].step, 2);
   EXPECT_EQ(run.checkpoints[1].lr, 0.5 - 0.05 * 2.0);  // the lr round-trips exactly through run.toml
-  const auto ds = connectors::read_dataset(config.train_file, true);
-  const connectors::FeatureStoreReader store(fo.store);
-  auto backend = kernels::make_cpu_backend(1);
-  double worst = 0;
-  for (size_t c = 0; c < 3; ++c) {
-    Featurizer fz(config, run, c, {&ds}, *backend);
-    const int64_t w = fz.width();
-    std::vector<float> cli(static_cast<size_t>(n * w)), rec(static_cast<size_t>(n * w));
-    fz.features(ds, 0, n, cli.data());
-    store.read(c, 0, n, rec.data());
-    std::vector<bool> in_batch(static_cast<size_t>(n), false);
-    for (const auto id : batches[c]) in_batch[static_cast<size_t>(id)] = true;
-    for (int64_t i = 0; i < n; ++i) {
-      double diff = 0, norm = 0;
-      for (int64_t j = 0; j < w; ++j) {
-        const double a = rec[static_cast<size_t>(i * w + j)], b = cli[static_cast<size_t>(i * w + j)];
-        if (!in_batch[static_cast<size_t>(i)]) {
-          ASSERT_EQ(a, 0.0) << "row " << i << " (not in the batch of step " << c << ") must be zero";
-          continue;
-        }
-        diff = std::max(diff, std::fabs(a - b));
-        norm = std::max(norm, std::fabs(b));
-      }
-      if (in_batch[static_cast<size_t>(i)]) {
-        ASSERT_GT(norm, 0.0);
-        worst = std::max(worst, diff / norm);
-      }
-    }
-  }
+  const double worst = worst_store_vs_cli(config, fo.store, batches);
   std::printf("recorded vs CLI features, largest rowwise max|diff| / max|cli|: %.3g\n", worst);
   // torch's GEMM (training) and the CLI's fixed-order product (featurize) round differently:
   // a few float32 ulps through two layers, far below this bound.
@@ -568,36 +580,7 @@ TEST(Recorder, TorchNnSequential) {
   const FinalizeSummary fsum = finalize_recording(fo);
   ASSERT_EQ(fsum.steps, 4);
   const Config config = load_config(fsum.config_file);
-  const auto run = connectors::read_run_file(config.run_file);
-  const auto ds = connectors::read_dataset(config.train_file, true);
-  const connectors::FeatureStoreReader store(fo.store);
-  auto backend = kernels::make_cpu_backend(1);
-  double worst = 0;
-  for (size_t c = 0; c < 4; ++c) {
-    Featurizer fz(config, run, c, {&ds}, *backend);
-    const int64_t w = fz.width();
-    std::vector<float> cli(static_cast<size_t>(n * w)), got(static_cast<size_t>(n * w));
-    fz.features(ds, 0, n, cli.data());
-    store.read(c, 0, n, got.data());
-    std::vector<bool> in_batch(static_cast<size_t>(n), false);
-    for (const auto id : batches[c]) in_batch[static_cast<size_t>(id)] = true;
-    for (int64_t i = 0; i < n; ++i) {
-      double diff = 0, norm = 0;
-      for (int64_t j = 0; j < w; ++j) {
-        const double g = got[static_cast<size_t>(i * w + j)], e = cli[static_cast<size_t>(i * w + j)];
-        if (!in_batch[static_cast<size_t>(i)]) {
-          ASSERT_EQ(g, 0.0) << "row " << i << " is not in the batch of step " << c;
-          continue;
-        }
-        diff = std::max(diff, std::fabs(g - e));
-        norm = std::max(norm, std::fabs(e));
-      }
-      if (in_batch[static_cast<size_t>(i)]) {
-        ASSERT_GT(norm, 0.0);
-        worst = std::max(worst, diff / norm);
-      }
-    }
-  }
+  const double worst = worst_store_vs_cli(config, fo.store, batches);
   std::printf("torch::nn recorded vs CLI features, largest rowwise max|diff| / max|cli|: %.3g\n", worst);
   EXPECT_LT(worst, 1e-5);
 }

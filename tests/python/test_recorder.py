@@ -40,11 +40,13 @@ N, D, H, C, B = 40, 12, 24, 5, 8
 K, SEED = 64, 7
 
 
-def write_dataset(path, x, y, tranches):
+def write_dataset(path, x, y, tranches, prefix="ex"):
+    """An HDF5 dataset: float inputs (token ids when x is integer) and integer targets, example ids
+    PREFIX000.., and `tranches` tranches dealt round-robin (0: a query set)."""
     with h5py.File(path, "w") as f:
-        f["inputs"] = x.astype(np.float32)
+        f["inputs"] = x.astype(np.int64 if np.issubdtype(x.dtype, np.integer) else np.float32)
         f["targets"] = y.astype(np.int64)
-        f.create_dataset("ids", data=["ex%03d" % i for i in range(len(x))], dtype=h5py.string_dtype())
+        f.create_dataset("ids", data=["%s%03d" % (prefix, i) for i in range(len(x))], dtype=h5py.string_dtype())
         if tranches:
             f["tranche"] = (np.arange(len(x)) % tranches).astype(np.int32)
             g = f.create_group("tranches")
@@ -264,27 +266,14 @@ class TinyLM(torch.nn.Module):
         return self.head(self.ln(self.block(x)))
 
 
-def write_tokens(path, x, y, tranches):
-    with h5py.File(path, "w") as f:
-        f["inputs"] = x.astype(np.int64)
-        f["targets"] = y.astype(np.int64)
-        f.create_dataset("ids", data=["tok%03d" % i for i in range(len(x))], dtype=h5py.string_dtype())
-        if tranches:
-            f["tranche"] = (np.arange(len(x)) % tranches).astype(np.int32)
-            g = f.create_group("tranches")
-            g.create_dataset("id", data=["t%d" % k for k in range(tranches)], dtype=h5py.string_dtype())
-            g.create_dataset("account", data=["0x" + ("%x" % (k + 10)) * 40 for k in range(tranches)],
-                             dtype=h5py.string_dtype())
-
-
 def lm_part(tmp, binary):
     torch.manual_seed(11)
     rng = np.random.default_rng(12)
     n, b = 24, 8
     x_all, y_all = rng.integers(0, V, (n, T)), rng.integers(0, V, (n, T))
     train, query = os.path.join(tmp, "tok_train.h5"), os.path.join(tmp, "tok_query.h5")
-    write_tokens(train, x_all, y_all, 2)
-    write_tokens(query, rng.integers(0, V, (4, T)), rng.integers(0, V, (4, T)), 0)
+    write_dataset(train, x_all, y_all, 2, prefix="tok")  # integer inputs: a token dataset
+    write_dataset(query, rng.integers(0, V, (4, T)), rng.integers(0, V, (4, T)), 0, prefix="tok")
     model = TinyLM()
     opt = torch.optim.SGD(model.parameters(), lr=0.2)
     xt, yt = torch.from_numpy(x_all), torch.from_numpy(y_all)
