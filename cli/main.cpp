@@ -4,6 +4,7 @@
 #include "demo_lm.hpp"
 #include "eval.hpp"
 #include "ledger_cmd.hpp"
+#include "passive_waits.hpp"
 #include "verify.hpp"
 
 #include <attrace/connectors/csv_import.hpp>
@@ -65,23 +66,64 @@ void print_vector(const attrace::engine::RunSummary& s) {
 
 }  // namespace
 
-// OpenMP threads that spin between parallel regions take the CPU from the threads doing the work
-// when cores are shared (measured: LM featurization 6-9x slower on a loaded 2-vCPU machine).
-// libgomp reads OMP_WAIT_POLICY when it is loaded, before main, so the CLI sets it to "passive"
-// (unless the user set it) and executes itself again once, for the commands that compute (a
-// second start costs about 0.5 s of loading LibTorch: not worth it for version, import, ledger).
-static void prefer_passive_openmp_waits(int argc, char** argv) {
-  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
-  bool computes = false;
-  for (int i = 1; i < argc && !computes; ++i)
-    for (const char* c : {"attribute", "featurize", "score", "demo", "eval", "verify"}) computes |= std::strcmp(argv[i], c) == 0;
-  if (!computes) return;
+// Worker threads that spin between parallel regions take the CPU from the threads doing the work
+// when cores are shared (measured: LM featurization 6-9x slower on a loaded 2-vCPU machine). Two
+// pools spin: libgomp's (OMP_WAIT_POLICY unset: ~3 ms after each region) and OpenBLAS's (its
+// workers yield in a loop for 2^28 cycles, ~0.1 s, after each call: on the issue-10 workload up to
+// a quarter of the process's CPU time, while the scoring threads wanted those cores). Both
+// libraries read their setting in their initializers, before main. The `attrace` launcher
+// (launcher.cpp) sets OMP_WAIT_POLICY=passive and OPENBLAS_THREAD_TIMEOUT=4 for the commands that
+// compute, unless the user set OMP_WAIT_POLICY; attrace-core started some other way does the
+// same by executing itself once more. Speed only, never a bit of a result.
+#if defined(__GLIBC__)
+// glibc runs an executable's .preinit_array functions with (argc, argv, envp) once every library
+// is mapped and relocated but before any library initializer has run: executing again from here
+// skips LibTorch's operator registration and every other static initializer of ~290 libraries in
+// the first image, and their destructors (measured: a second start cost ~0.55 s of CPU from main,
+// ~0.2 s from here, the symbol binding). libc is not initialized yet (setenv would be undone by
+// its initializer), so the new environment is built by hand for execve; only strncmp, malloc and
+// execve are used.
+static void prefer_passive_waits(int argc, char** argv, char** envp) {
+  if (envp == nullptr || argv == nullptr || !attrace::cli::computes(argc, argv)) return;
+  size_t n = 0;
+  bool blas_set = false;
+  for (; envp[n] != nullptr; ++n) {
+    if (std::strncmp(envp[n], "OMP_WAIT_POLICY=", 16) == 0) return;  // the user's choice, for both pools
+    blas_set |= std::strncmp(envp[n], "OPENBLAS_THREAD_TIMEOUT=", 24) == 0;
+  }
+  auto** env = static_cast<char**>(std::malloc((n + 3) * sizeof(char*)));
+  if (env == nullptr) return;
+  for (size_t i = 0; i < n; ++i) env[i] = envp[i];
+  env[n++] = const_cast<char*>(attrace::cli::kOmpWaitPolicyEntry);  // execve copies, never writes
+  if (!blas_set) env[n++] = const_cast<char*>(attrace::cli::kOpenblasThreadTimeoutEntry);
+  env[n] = nullptr;
+  ::execve("/proc/self/exe", argv, env);  // returns only on failure: then run as we are
+  std::free(env);
+}
+__attribute__((section(".preinit_array"), used)) static void (*const passive_waits_hook)(int, char**, char**) =
+    &prefer_passive_waits;
+#else
+// Elsewhere .preinit_array functions get no arguments: execute again from main.
+static void prefer_passive_waits(int argc, char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr || !attrace::cli::computes(argc, argv)) return;
   ::setenv("OMP_WAIT_POLICY", "passive", 1);
+  ::setenv("OPENBLAS_THREAD_TIMEOUT", attrace::cli::kOpenblasThreadTimeout, 0);
   ::execv("/proc/self/exe", argv);  // returns only on failure: then run as we are
 }
+#endif
 
-int main(int argc, char** argv) {
-  prefer_passive_openmp_waits(argc, argv);
+// Sanitizer builds check for leaks at exit: they always leave through exit().
+#if defined(__SANITIZE_ADDRESS__)
+#define ATTRACE_CLI_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(leak_sanitizer)
+#define ATTRACE_CLI_SANITIZED 1
+#endif
+#endif
+
+// The whole command line; `committed` is set when a command that writes its outputs through
+// closed, committed files (attribute, featurize, score) or only prints (version) succeeded.
+static int run_cli(int argc, char** argv, bool& committed) {
   CLI::App app{"attrace: training-data attribution per tranche, recomputable for payments and audits"};
   app.require_subcommand(1);
   bool quiet = false;
@@ -208,6 +250,7 @@ int main(int argc, char** argv) {
     if (*ver) {
       std::printf("attrace %s (%s)\n", attrace::engine::engine_version().c_str(),
                   attrace::engine::engine_git_revision().c_str());
+      committed = true;
       return 0;
     }
     if (*demo && demo_lm_on) {
@@ -249,6 +292,7 @@ int main(int argc, char** argv) {
       std::printf("%s %s: %lld examples x %zu checkpoints (%lld rows featurized by this run%s)\n",
                   r.rows_written == 0 ? "complete:" : "wrote", feat_store.c_str(), static_cast<long long>(r.rows),
                   r.checkpoints, static_cast<long long>(r.rows_written), r.resumed ? ", resumed" : "");
+      committed = true;
       return 0;
     }
     if (*sc) {
@@ -264,6 +308,7 @@ int main(int argc, char** argv) {
       print_vector(summary);
       std::printf("wrote %s (report.json, report.html, attribution.csv, manifest.json%s)\n", sc_out.c_str(),
                   summary.wrote_scores ? ", scores.h5" : "");
+      committed = true;
       return 0;
     }
     if (*attr) {
@@ -287,6 +332,7 @@ int main(int argc, char** argv) {
       print_vector(summary);
       std::printf("wrote %s (report.json, report.html, attribution.csv, manifest.json%s)\n", out_dir.c_str(),
                   summary.wrote_scores ? ", scores.h5" : "");
+      committed = true;
       return 0;
     }
   } catch (const attrace::Interrupted& e) {
@@ -300,4 +346,26 @@ int main(int argc, char** argv) {
     return 1;
   }
   return 0;
+}
+
+int main(int argc, char** argv) {
+#if !defined(__GLIBC__)
+  prefer_passive_waits(argc, argv);
+#endif
+  bool committed = false;
+  const int rc = run_cli(argc, argv, committed);
+#if !defined(ATTRACE_CLI_SANITIZED)
+  // What exit() would still do after a committed command is run the static destructors and exit
+  // handlers of ~290 libraries: LibTorch deregisters each of its operators one by one (~0.1 s of
+  // the issue-10 workload's 1 s). Every output file is closed and renamed into place by now, so
+  // flush what is buffered and leave without them. Sanitizer builds exit normally (leak checks).
+  if (committed) {
+    spdlog::shutdown();
+    std::cout.flush();
+    std::cerr.flush();
+    std::fflush(nullptr);
+    std::_Exit(rc);
+  }
+#endif
+  return rc;
 }
