@@ -72,7 +72,7 @@ void print_vector(const attrace::engine::RunSummary& s) {
 // workers yield in a loop for 2^28 cycles, ~0.1 s, after each call: on the issue-10 workload up to
 // a quarter of the process's CPU time, while the scoring threads wanted those cores). Both
 // libraries read their setting in their initializers, before main. The `attrace` launcher
-// (launcher.cpp) sets OMP_WAIT_POLICY=passive and OPENBLAS_THREAD_TIMEOUT=4 for the commands that
+// (launcher.cpp) sets OMP_WAIT_POLICY=passive and OPENBLAS_THREAD_TIMEOUT=20 for the commands that
 // compute, unless the user set OMP_WAIT_POLICY; attrace-core started some other way does the
 // same by executing itself once more. Speed only, never a bit of a result.
 #if defined(__GLIBC__)
