@@ -81,25 +81,6 @@ std::string shape_str(at::IntArrayRef s) {
   return o.str();
 }
 
-// Reads a pair attribute of a scripted Conv2d (stride, padding, dilation: an int pair or one
-// int). False when the module does not carry it (traced modules keep only tensors).
-bool int_pair(const torch::jit::Module& m, const char* attr, int64_t& a, int64_t& b) {
-  if (!m.hasattr(attr)) return false;
-  const auto v = m.attr(attr);
-  if (v.isInt()) {
-    a = b = v.toInt();
-    return true;
-  }
-  std::vector<c10::IValue> items;
-  if (v.isTuple())
-    items = v.toTupleRef().elements().vec();
-  else if (v.isList())
-    items = v.toListRef().vec();
-  if (items.size() != 2 || !items[0].isInt() || !items[1].isInt()) return false;
-  a = items[0].toInt();
-  b = items[1].toInt();
-  return true;
-}
 
 // What the chain does with a child: a Linear or Conv2d layer computed by hand (deterministic
 // products, per-example gradients from its factors), or any other child called as a module.
@@ -139,6 +120,24 @@ bool type_ends_with(const torch::jit::Module& m, const std::string& suffix) {
   if (!name) return false;
   const std::string q = name->qualifiedName();
   return q.size() >= suffix.size() && q.compare(q.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+bool int_pair(const torch::jit::Module& m, const char* attr, int64_t& a, int64_t& b) {
+  if (!m.hasattr(attr)) return false;
+  const auto v = m.attr(attr);
+  if (v.isInt()) {
+    a = b = v.toInt();
+    return true;
+  }
+  std::vector<c10::IValue> items;
+  if (v.isTuple())
+    items = v.toTupleRef().elements().vec();
+  else if (v.isList())
+    items = v.toListRef().vec();
+  if (items.size() != 2 || !items[0].isInt() || !items[1].isInt()) return false;
+  a = items[0].toInt();
+  b = items[1].toInt();
+  return true;
 }
 
 std::string type_name(const torch::jit::Module& m) {

@@ -40,28 +40,6 @@ struct ChainChild {
   bool bias = false;
 };
 
-// An int pair attribute of a scripted Conv2d (stride, padding, dilation).
-bool int_pair(const torch::jit::Module& m, const char* attr, int64_t& a, int64_t& b) {
-  if (!m.hasattr(attr)) return false;
-  const auto v = m.attr(attr);
-  if (v.isInt()) {
-    a = b = v.toInt();
-    return true;
-  }
-  if (v.isTuple() && v.toTupleRef().elements().size() == 2 && v.toTupleRef().elements()[0].isInt() &&
-      v.toTupleRef().elements()[1].isInt()) {
-    a = v.toTupleRef().elements()[0].toInt();
-    b = v.toTupleRef().elements()[1].toInt();
-    return true;
-  }
-  if (v.isIntList() && v.toIntList().size() == 2) {
-    a = v.toIntList().get(0);
-    b = v.toIntList().get(1);
-    return true;
-  }
-  return false;
-}
-
 // A Conv2d child's geometry, as the CLI's chain path reads it (groups 1, zero padding; padding
 // an int pair, "valid", or "same" with even totals). InputError naming the child otherwise.
 ConvGeometry read_conv(const torch::jit::Module& c, const std::string& name, const torch::Tensor& weight) {

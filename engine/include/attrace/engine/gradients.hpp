@@ -31,6 +31,9 @@ namespace attrace::engine {
 bool type_ends_with(const torch::jit::Module& m, const std::string& suffix);
 /// The module's qualified type name, or "<anonymous>".
 std::string type_name(const torch::jit::Module& m);
+/// Reads a pair attribute of a scripted Conv2d (stride, padding, dilation: an int pair or one
+/// int) into a, b. False when the module does not carry it (traced modules keep only tensors).
+bool int_pair(const torch::jit::Module& m, const char* attr, int64_t& a, int64_t& b);
 
 
 /// Settings that change per-example gradients (all recorded in the manifest).
