@@ -69,26 +69,6 @@ Projector plan_projection(const Config& config, CheckpointModel& model, size_t c
   return pr;
 }
 
-// The layout of a row from the per-layer choices: the dense layers' gradients first (chain
-// order), then each factored layer's x and delta blocks (chain order). No factored layer: the
-// plain gradient of `dim` columns.
-FeatureLayout layout_of(const std::vector<LayerScoring>& layers, int64_t dim) {
-  FeatureLayout l;
-  const bool any = std::any_of(layers.begin(), layers.end(), [](const LayerScoring& s) { return s.factored; });
-  if (!any) {
-    l.dense = dim;
-    return l;
-  }
-  for (const auto& s : layers)
-    if (!s.factored) l.dense += s.d_in * s.d_out;
-  int64_t at = l.dense;
-  for (const auto& s : layers)
-    if (s.factored) {
-      l.factored.push_back({s.layer, s.d_in, s.d_out, s.positions, at});
-      at += l.factored.back().width();
-    }
-  return l;
-}
 
 // Decides, layer by layer, whether exact features keep a layer's gradient or its factors. Needs
 // the chain path with whole Linear layers selected and float32 gradients (the factors are
@@ -143,6 +123,24 @@ class ScopeTimer {
 };
 
 }  // namespace
+
+FeatureLayout layout_of(const std::vector<LayerScoring>& layers, int64_t dim) {
+  FeatureLayout l;
+  const bool any = std::any_of(layers.begin(), layers.end(), [](const LayerScoring& s) { return s.factored; });
+  if (!any) {
+    l.dense = dim;
+    return l;
+  }
+  for (const auto& s : layers)
+    if (!s.factored) l.dense += s.d_in * s.d_out;
+  int64_t at = l.dense;
+  for (const auto& s : layers)
+    if (s.factored) {
+      l.factored.push_back({s.layer, s.d_in, s.d_out, s.positions, at});
+      at += l.factored.back().width();
+    }
+  return l;
+}
 
 int64_t FeatureLayout::width() const {
   int64_t w = dense;

@@ -767,21 +767,14 @@ int64_t recorded_width(const std::vector<KroneckerUse>& plan) {
 
 FeatureLayout recorded_exact_layout(const std::vector<RecordedLayer>& layers, Factoring factored) {
   std::vector<LayerScoring> ls;
+  int64_t dim = 0;
   for (const auto& l : layers) {
     LayerScoring s{l.name, l.d_in, l.d_out, 1, false};
     s.factored = factored == Factoring::always || (factored == Factoring::automatic && factored_pair_cost(s) < dense_pair_cost(s));
     ls.push_back(s);
+    dim += l.d_in * l.d_out;
   }
-  FeatureLayout out;
-  for (const auto& s : ls)
-    if (!s.factored) out.dense += s.d_in * s.d_out;
-  int64_t at = out.dense;
-  for (const auto& s : ls)
-    if (s.factored) {
-      out.factored.push_back({s.layer, s.d_in, s.d_out, 1, at});
-      at += out.factored.back().width();
-    }
-  return out;
+  return layout_of(ls, dim);
 }
 
 void recorded_rows(const std::vector<RecordedLayer>& layers, const RecorderSettings& settings, size_t checkpoint, double lr,

@@ -75,6 +75,11 @@ struct LayerScoring {
 int64_t dense_pair_cost(const LayerScoring& l);
 int64_t factored_pair_cost(const LayerScoring& l);
 
+/// The layout of a row from the per-layer choices: the dense layers' gradients first (chain
+/// order), then each factored layer's x and delta blocks (chain order). No factored layer: the
+/// plain gradient of `dim` columns.
+FeatureLayout layout_of(const std::vector<LayerScoring>& layers, int64_t dim);
+
 /// What was used at one checkpoint (for stores and manifests).
 struct CheckpointUse {
   int64_t dim = 0;                       ///< gradient dimension
