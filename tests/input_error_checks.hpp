@@ -1,5 +1,5 @@
 #pragma once
-// InputError message checks shared by connectors_test and text_test (needs attrace::core).
+// InputError message checks shared by connectors_test, text_test and recorder_test (needs attrace::core).
 #include <attrace/error.hpp>
 
 #include <gtest/gtest.h>

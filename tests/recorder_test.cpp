@@ -17,6 +17,8 @@
 #include <attrace/engine/recorder.hpp>
 #include <attrace/error.hpp>
 
+#include "input_error_checks.hpp"
+
 #include <gtest/gtest.h>
 #include <torch/nn/functional.h>
 #include <torch/script.h>
@@ -610,20 +612,18 @@ TEST(Recorder, TorchNnDropoutAndRefusals) {
   rec.close();
 
   RecorderSettings rs = settings(64, 7);
-  try {
-    nn::Sequential bad(nn::Linear(3, 4), nn::Functional(torch::relu), nn::Linear(4, 2));
-    Recorder r(bad, (dir / "bad").string(), rs);
-    FAIL() << "a Functional child was accepted";
-  } catch (const InputError& e) {
-    EXPECT_NE(std::string(e.what()).find("child '1'"), std::string::npos) << e.what();
-  }
-  try {
-    nn::Sequential bad(nn::Conv2d(nn::Conv2dOptions(1, 2, 3)), nn::BatchNorm2d(2), nn::Flatten(), nn::Linear(72, 2));
-    Recorder r(bad, (dir / "bad2").string(), rs);
-    FAIL() << "a BatchNorm2d child was accepted";
-  } catch (const InputError& e) {
-    EXPECT_NE(std::string(e.what()).find("'1'"), std::string::npos) << e.what();
-  }
+  test::expect_input_error(
+      [&] {
+        nn::Sequential bad(nn::Linear(3, 4), nn::Functional(torch::relu), nn::Linear(4, 2));
+        Recorder r(bad, (dir / "bad").string(), rs);
+      },
+      {"child '1'"});
+  test::expect_input_error(
+      [&] {
+        nn::Sequential bad(nn::Conv2d(nn::Conv2dOptions(1, 2, 3)), nn::BatchNorm2d(2), nn::Flatten(), nn::Linear(72, 2));
+        Recorder r(bad, (dir / "bad2").string(), rs);
+      },
+      {"'1'"});
 }
 
 // Deferred projection stores the captured tensors and projects them when the recording is read:
@@ -915,21 +915,12 @@ TEST(Recorder, SigkillLeavesConsistentRecordingAndResumes) {
   // Other settings on the same directory are refused, naming the field.
   RecorderSettings other = rs;
   other.k = 32;
-  try {
-    RecordingWriter w(rec.string(), other, kLayers, kParams, (dir / "template.pt").string());
-    FAIL() << "a recording with another k was resumed";
-  } catch (const InputError& e) {
-    EXPECT_NE(std::string(e.what()).find("projection"), std::string::npos) << e.what();
-  }
+  test::expect_input_error([&] { RecordingWriter w(rec.string(), other, kLayers, kParams, (dir / "template.pt").string()); },
+                           {"projection"});
   // A damaged (truncated) segment is refused, naming it.
   const auto seg = rec / "segment_000000.bin";
   fs::resize_file(seg, fs::file_size(seg) - 5);
-  try {
-    RecordingReader r(rec.string());
-    FAIL() << "a truncated segment was read";
-  } catch (const InputError& e) {
-    EXPECT_NE(std::string(e.what()).find("segment_000000.bin"), std::string::npos) << e.what();
-  }
+  test::expect_input_error([&] { RecordingReader r(rec.string()); }, {"segment_000000.bin"});
 }
 
 // Bad calls name what is wrong.
