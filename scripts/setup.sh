@@ -3,6 +3,7 @@
 set -euo pipefail
 PKGS=(
   build-essential cmake pkg-config
+  patchelf                              # lean LibTorch copies for attrace-core (cmake/lean-torch.sh)
   libtorch-dev python3-torch            # LibTorch 1.13 (CPU); python3-torch only makes test fixtures
   libopenblas-dev                       # switches libblas.so.3 to OpenBLAS (100x the netlib default)
   libhdf5-dev
