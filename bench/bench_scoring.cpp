@@ -113,6 +113,15 @@ BENCHMARK_CAPTURE(BM_GemmScoring, ieee, ak::GemmMath::ieee) ATTRACE_SCORE_SHAPES
 BENCHMARK_CAPTURE(BM_GemmScoring, tf32, ak::GemmMath::tf32) ATTRACE_SCORE_SHAPES;
 BENCHMARK_CAPTURE(BM_GemmScoring, bf16, ak::GemmMath::bf16) ATTRACE_SCORE_SHAPES;
 
+// The Gram blocks of factored exact scoring on issue 10's digits MLP (64-512-512-10): per
+// checkpoint, 1497 train x 300 query rows of each layer's inputs (with the bias column: 65, 513)
+// and output gradients (512, 10). Small inner widths are where per-output costs show.
+#define ATTRACE_GRAM_SHAPES                                                                                          \
+  ->Args({1497, 300, 513})->Args({1497, 300, 512})->Args({1497, 300, 65})->Args({1497, 300, 10})->Unit(benchmark::kMillisecond) \
+      ->UseRealTime()
+BENCHMARK(BM_FmaScore) ATTRACE_GRAM_SHAPES;
+BENCHMARK(BM_OpenBlasSgemm) ATTRACE_GRAM_SHAPES;
+
 }  // namespace
 
 BENCHMARK_MAIN();
