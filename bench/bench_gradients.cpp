@@ -40,8 +40,8 @@ attrace::connectors::Dataset random_dataset(int64_t n, std::vector<int64_t> shap
 
 // Gradients (mode 0) or Kronecker factors (mode 1) of all rows of `ds`, batch by batch.
 void run_model(benchmark::State& state, const std::string& file, const attrace::connectors::Dataset& ds, ae::GradPath path,
-               int mode) {
-  const int64_t n = ds.size(), batch = 64;
+               int mode, int64_t batch = 64) {
+  const int64_t n = ds.size();
   auto backend = attrace::kernels::make_cpu_backend();
   ae::GradientSettings gs;
   gs.path = path;
@@ -74,7 +74,7 @@ void run_model(benchmark::State& state, const std::string& file, const attrace::
                  (mode == 0 ? " gradients" : " factors"));
 }
 
-// Args: input width, hidden widths (0: none), examples, path (0 chain, 1 general), mode.
+// Args: input width, hidden widths (0: none), examples, path (0 chain, 1 general), mode, batch.
 void BM_MlpGradients(benchmark::State& state) {
   const int64_t d = state.range(0), h1 = state.range(1), h2 = state.range(2), n = state.range(3);
   std::vector<int64_t> sizes = {d, h1};
@@ -85,18 +85,21 @@ void BM_MlpGradients(benchmark::State& state) {
   const std::string file = (std::filesystem::temp_directory_path() / ("attrace-bench-mlp" + tag + ".pt")).string();
   ae::save_mlp_torchscript(file, sizes, 1);
   const auto ds = random_dataset(n, {d}, 10);
-  run_model(state, file, ds, state.range(4) == 0 ? ae::GradPath::chain : ae::GradPath::general, static_cast<int>(state.range(5)));
+  run_model(state, file, ds, state.range(4) == 0 ? ae::GradPath::chain : ae::GradPath::general, static_cast<int>(state.range(5)),
+            state.range(6));
   std::filesystem::remove(file);
 }
 
 BENCHMARK(BM_MlpGradients)
-    ->Args({64, 32, 0, 512, 0, 0})
-    ->Args({64, 32, 0, 512, 1, 0})
-    ->Args({784, 256, 0, 512, 0, 0})
-    ->Args({784, 256, 0, 512, 1, 0})
-    ->Args({64, 512, 512, 1797, 0, 0})
-    ->Args({64, 512, 512, 1797, 1, 0})
-    ->Args({64, 512, 512, 1797, 0, 1})
+    ->Args({64, 32, 0, 512, 0, 0, 64})
+    ->Args({64, 32, 0, 512, 1, 0, 64})
+    ->Args({784, 256, 0, 512, 0, 0, 64})
+    ->Args({784, 256, 0, 512, 1, 0, 64})
+    ->Args({64, 512, 512, 1797, 0, 0, 64})
+    ->Args({64, 512, 512, 1797, 1, 0, 64})
+    ->Args({64, 512, 512, 1797, 0, 1, 64})
+    ->Args({64, 512, 512, 1797, 0, 1, 256})
+    ->Args({64, 512, 512, 1797, 0, 1, 1797})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 

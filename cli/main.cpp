@@ -23,6 +23,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <string>
 
 #include <unistd.h>
@@ -351,6 +354,15 @@ static int run_cli(int argc, char** argv, bool& committed) {
 int main(int argc, char** argv) {
 #if !defined(__GLIBC__)
   prefer_passive_waits(argc, argv);
+#endif
+#if defined(__GLIBC__)
+  // Batches allocate and free the same few-MiB buffers (tapes, products, feature rows) again and
+  // again; glibc's defaults serve those from fresh mmap()s or trim them back to the kernel, and
+  // every reuse then page-faults the memory in again (~10-20% of the chain path's time,
+  // docs/performance.md). Buffers up to 32 MiB come from the heap and 256 MiB of free heap top is
+  // kept; larger blocks (score matrices, stores) are still mapped and unmapped.
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's largest
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
 #endif
   bool committed = false;
   const int rc = run_cli(argc, argv, committed);

@@ -262,6 +262,10 @@ TEST(Engine, RepeatedRunsAreBitIdentical) {
   cfg.batch_size = 37;  // a different batch size must not change any bit either
   const auto c = tracin(cfg, in);
   EXPECT_TRUE(bit_equal(a.scores, c.scores));
+  cfg.batch_size = 0;  // "auto": the chain path takes the whole set in one call here
+  const auto d = tracin(cfg, in);
+  EXPECT_TRUE(bit_equal(a.scores, d.scores));
+  EXPECT_TRUE(bit_equal(a.self_influence, d.self_influence));
 }
 
 TEST(Engine, ParameterPatternsSelectASubset) {

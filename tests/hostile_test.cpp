@@ -252,9 +252,9 @@ std::vector<Row> rows() {
         return e.attribute(e.file("c.toml", "[run]\ncheckpoints = \"" + fixture("mlp_run.toml") + "\"\n[data]\nquery = \"q.h5\"\n"));
       }, 2, "data.train is not set");
   add("ConfigBatchZero", [](Env& e) { return e.attribute(e.config("[gradients]\nbatch_size = 0\n")); }, 2,
-      "c.toml: gradients.batch_size must be > 0, got 0");
+      "c.toml: gradients.batch_size must be a positive integer or \"auto\", got 0");
   add("ConfigBatchString", [](Env& e) { return e.attribute(e.config("[gradients]\nbatch_size = \"8\"\n")); }, 2,
-      "gradients.batch_size must be an integer");
+      "gradients.batch_size must be a positive integer or \"auto\", got '8'");
   add("ConfigBatchHugeProjected", [](Env& e) {
         return e.attribute(e.config("[gradients]\nbatch_size = 9223372036854775807\n[projection]\nkind = \"dense\"\nk = 64\n"));
       }, 2, "projection.k = 64: one batch of 9223372036854775807 examples' projected features needs at least");
@@ -326,9 +326,9 @@ std::vector<Row> rows() {
   add("SetUnknownSection", [](Env& e) { return e.attribute(e.config(), "--set bogus.x=1"); }, 2,
       "--set 'bogus.x=1': unknown section or key 'bogus'");
   add("SetBatchText", [](Env& e) { return e.attribute(e.config(), "--set gradients.batch_size=eight"); }, 2,
-      "--set 'gradients.batch_size=eight': gradients.batch_size must be an integer");
+      "--set 'gradients.batch_size=eight': gradients.batch_size must be a positive integer or \"auto\", got 'eight'");
   add("SetInlineTable", [](Env& e) { return e.attribute(e.config(), "--set 'gradients={batch_size=0}'"); }, 2,
-      "--set 'gradients={batch_size=0}': gradients.batch_size must be > 0, got 0");
+      "--set 'gradients={batch_size=0}': gradients.batch_size must be a positive integer or \"auto\", got 0");
   add("SetDuplicateThreshold", [](Env& e) { return e.attribute(e.config(), "--set attribution.duplicate_threshold=1e308"); }, 2,
       "--set 'attribution.duplicate_threshold=1e308': attribution.duplicate_threshold must be in (0, 1], got 1e+308");
   add("SetProjectionKTwoPow31", [](Env& e) {

@@ -349,9 +349,10 @@ RunSummary run_attribute(const Config& config, const RunOptions& options) {
   registration_order(train, options.registry);  // a registry binding that does not fit is refused before any work
   spdlog::info("run '{}': {} checkpoints; train '{}': {} examples in {} tranches; query '{}': {} examples", run.path,
                run.checkpoints.size(), train.path, train.size(), train.tranches.size(), query.path, query.size());
-  {
-    // attribute holds both sets' features in memory: check the size before computing them.
-    Featurizer probe(config, run, 0, {&train}, *backend);
+  Progress progress(!options.quiet);
+  std::vector<CheckpointUse> uses;
+  // attribute holds both sets' features in memory: the size is checked before any is computed.
+  const auto check_memory = [&](const Featurizer& probe) {
     check_exact_size(config, train.size() + query.size(), probe.width(), run.checkpoints.size(), config.train_file);
     const double bytes = static_cast<double>(train.size() + query.size()) * static_cast<double>(probe.width()) *
                          static_cast<double>(run.checkpoints.size()) * (probe.fp64() ? 8.0 : 4.0);
@@ -361,11 +362,10 @@ RunSummary run_attribute(const Config& config, const RunOptions& options) {
                   "attribute holds every feature in memory: " + gib(bytes) + " for " + std::to_string(train.size() + query.size()) +
                       " examples, above the memory limit of " + gib(budget) +
                       "; use attrace featurize + attrace score (features on disk, scored in tiles)");
-  }
-  Progress progress(!options.quiet);
-  std::vector<CheckpointUse> uses;
-  const MemoryFeatures tf = featurize_in_memory(config, run, train, {&train}, *backend, progress, "train features", &uses);
-  const MemoryFeatures qf = featurize_in_memory(config, run, query, {&query}, *backend, progress, "query features", nullptr);
+  };
+  const FeaturePair features = featurize_pair_in_memory(config, run, train, query, *backend, progress, &uses, check_memory);
+  const MemoryFeatures& tf = features.train;
+  const MemoryFeatures& qf = features.query;
   const MethodView mv = method_view(config, run, train, tf, qf);  // attribution.method (engine/methods.hpp)
   ScoreResult s = score_all(mv.train_or(tf), mv.query_or(qf), *backend,
                             score_settings(config, train, query, keep_scores(config, train.size(), query.size())),
@@ -417,8 +417,8 @@ FeaturizeSummary run_featurize(const Config& config, const FeaturizeOptions& opt
       const int64_t b1 = std::min(ds.size(), b0 + layout.chunk_rows);
       if (fz.fp64()) buf64.resize(static_cast<size_t>((b1 - b0) * w));
       else buf.resize(static_cast<size_t>((b1 - b0) * w));
-      for (int64_t r0 = b0; r0 < b1; r0 += config.batch_size) {
-        const int64_t r1 = std::min(b1, r0 + config.batch_size);
+      for (int64_t r0 = b0; r0 < b1; r0 += fz.batch_rows()) {
+        const int64_t r1 = std::min(b1, r0 + fz.batch_rows());
         if (fz.fp64())
           fz.features(ds, r0, r1, buf64.data() + (r0 - b0) * w);
         else

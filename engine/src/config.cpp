@@ -245,7 +245,16 @@ Config config_from_table(const toml::table& doc, const std::string& path, const 
                             {{"cross_entropy", Loss::cross_entropy}, {"mse", Loss::mse}, {"next_token", Loss::next_token}});
   r.get(g, "gradients", "parameters", c.parameters);
   r.get(g, "gradients", "exclude", c.exclude);
-  r.get(g, "gradients", "batch_size", c.batch_size);
+  if (g && g->contains("batch_size") && g->get("batch_size")->is_string()) {
+    std::string b;
+    r.get(g, "gradients", "batch_size", b);
+    ATTRACE_CHECK(b == "auto", InputError, r.where("gradients", "batch_size") + " must be a positive integer or \"auto\", got '" + b + "'");
+    c.batch_size = 0;
+  } else {
+    r.get(g, "gradients", "batch_size", c.batch_size);
+    ATTRACE_CHECK(!g || !g->contains("batch_size") || c.batch_size > 0, InputError,
+                  r.where("gradients", "batch_size") + " must be a positive integer or \"auto\", got " + std::to_string(c.batch_size));
+  }
   s = to_string(c.path);
   r.get(g, "gradients", "path", s);
   c.path = parse_enum<GradPath>(r.where("gradients", "path"), s,
@@ -423,8 +432,8 @@ void check_settings(const Config& c, const std::function<std::string(const std::
   ATTRACE_CHECK(!c.train_file.empty(), InputError, at("data.train") + " is not set");
   ATTRACE_CHECK(!c.query_file.empty(), InputError, at("data.query") + " is not set");
   ATTRACE_CHECK(!c.parameters.empty(), InputError, at("gradients.parameters") + " is empty");
-  ATTRACE_CHECK(c.batch_size > 0, InputError,
-                at("gradients.batch_size") + " must be > 0, got " + std::to_string(c.batch_size));
+  ATTRACE_CHECK(c.batch_size >= 0, InputError,
+                at("gradients.batch_size") + " must be a positive integer or \"auto\", got " + std::to_string(c.batch_size));
   ATTRACE_CHECK(c.top_k >= 0, InputError, at("attribution.top_k") + " must be >= 0, got " + std::to_string(c.top_k));
   ATTRACE_CHECK(c.token_proponents >= 0 && c.token_top >= 0, InputError,
                 at("attribution.token_proponents") + " and attribution.token_top must be >= 0");
@@ -457,7 +466,7 @@ void check_settings(const Config& c, const std::function<std::string(const std::
   if (c.projection != Projection::none) {
     // A batch's projected features alone take batch_size x k floats; refuse sizes this machine
     // cannot hold before anything is allocated (std::bad_alloc is no message).
-    const double batch_bytes = static_cast<double>(c.batch_size) * static_cast<double>(c.projection_k) * 4.0;
+    const double batch_bytes = static_cast<double>(c.batch_size > 0 ? c.batch_size : 64) * static_cast<double>(c.projection_k) * 4.0;
     const int64_t phys = physical_memory();
     ATTRACE_CHECK(phys <= 0 || batch_bytes <= static_cast<double>(phys), InputError,
                   at("projection.k") + " = " + std::to_string(c.projection_k) + ": one batch of " +

@@ -29,6 +29,12 @@ KroneckerUse plan_kronecker_layer(const std::string& layer, int64_t d_in, int64_
 
 namespace {
 
+// Rows per model call (gradients.batch_size = "auto"): 64 off the chain path; on it, what fits
+// 64 MiB of features and activations, at most 1024 (docs/performance.md).
+constexpr int64_t kDefaultBatchRows = 64;
+constexpr int64_t kMaxAutoBatchRows = 1024;
+constexpr int64_t kAutoBatchBytes = int64_t{64} << 20;
+
 // The projection of one checkpoint: dense (one matrix over the whole gradient) or Kronecker
 // (one pair of matrices per Linear layer). Streams keep every matrix independent:
 // dense: stream = checkpoint index; kronecker: 2 * (4096 * checkpoint + layer) (+1 for P_out).
@@ -243,6 +249,7 @@ struct Featurizer::Impl {
   std::vector<double> scratch64;
   std::vector<bool> bias;  // per chain layer: its x rows end in the bias column
   std::vector<LayerFactors> factors;
+  int64_t batch_rows = kDefaultBatchRows;
   double model_seconds = 0, total_seconds = 0;  // display only (progress summary)
 
   // Exact rows in a factored layout: dense layers' gradients formed from their factors (weight
@@ -392,6 +399,16 @@ Featurizer::Featurizer(const Config& config, const connectors::TrainingRun& run,
   m.use.parameters = m.model->parameter_names();
   m.use.dense_stream = m.pr.dense.stream;
   m.use.kronecker = m.pr.layers;
+  if (config.batch_size > 0) {
+    m.batch_rows = config.batch_size;
+  } else if (const int64_t act = m.model->chain_floats_per_example(); act > 0) {
+    // A row's features (and their float32 scratch) plus the chain's tape, output gradients and
+    // float64 products: about four floats per activation.
+    const double per_row = static_cast<double>(m.use.feature_dim) * (m.dtype == connectors::FeatureDtype::f64 ? 12.0 : 8.0) +
+                           16.0 * static_cast<double>(act);
+    m.batch_rows = std::clamp<int64_t>(static_cast<int64_t>(static_cast<double>(kAutoBatchBytes) / per_row), kDefaultBatchRows,
+                                       kMaxAutoBatchRows);
+  }
 }
 
 Featurizer::~Featurizer() = default;
@@ -405,6 +422,7 @@ double Featurizer::model_seconds() const { return impl_->model_seconds; }
 double Featurizer::row_seconds() const { return impl_->total_seconds - impl_->model_seconds; }
 double Featurizer::weight() const { return impl_->pr.kind == Projection::none ? impl_->lr : 1.0; }
 bool Featurizer::fp64() const { return impl_->dtype == connectors::FeatureDtype::f64; }
+int64_t Featurizer::batch_rows() const { return impl_->batch_rows; }
 
 void Featurizer::features(const connectors::Dataset& ds, int64_t b0, int64_t b1, float* out) {
   auto& m = *impl_;

@@ -4,6 +4,9 @@
 #include <attrace/error.hpp>
 #include <attrace/kernels/backend.hpp>
 
+#include <optional>
+
+#include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/script.h>
 #include <torch/torch.h>
 
@@ -164,6 +167,7 @@ struct CheckpointModel::Impl {
   int64_t dim = 0;
   GradPath path_in_use = GradPath::general;
   bool path_decided = false;
+  std::string first_prepared;  // the dataset the path was decided on
   std::string chain_refusal;
   std::vector<ChainStep> chain;
   torch::ScalarType dtype = torch::kFloat;
@@ -448,6 +452,14 @@ struct CheckpointModel::Impl {
   };
   template <class T>
   torch::Tensor chain_forward(torch::Tensor h, Tape* tape) {
+    // With a tape (gradients, once the chain path is decided), pointwise and pooling children run
+    // unoptimized: as written, with autograd's own formulas, the same in every batch (an
+    // optimized plan would replace the profiling one after the first calls), and without
+    // profiling and optimizing each child's graph at every checkpoint (~10 ms each). The checks
+    // that decide the path leave the graph executor as it is: a function's optimized graph is
+    // made once, with the setting of that moment, and the graph path inlines it.
+    std::optional<torch::jit::GraphOptimizerEnabledGuard> unoptimized;
+    if (tape) unoptimized.emplace(false);
     for (auto& st : chain) {
       if (tape) tape->shapes.push_back(h.sizes().vec());
       if (st.kind == StepKind::linear) {
@@ -561,6 +573,40 @@ struct CheckpointModel::Impl {
     }
   }
 
+  // "" when calling the chain's children in order reproduces the model's own forward on the first
+  // rows of `ds`, else why not. A fixed number of rows (never the batch size: a speed setting must
+  // not choose the path, and so the bits) and a normwise criterion: the chain's Linear layers sum
+  // in a fixed order of their own and LibTorch's in float32, so single outputs near zero may
+  // differ relatively; what is compared is the error against the outputs' scale.
+  std::string chain_mismatch(const Dataset& ds) {
+    const int64_t b = std::min<int64_t>(ds.size(), kChainCheckRows);
+    torch::NoGradGuard ng;
+    const auto x = inputs(ds, 0, b);
+    const auto want = forward(x);
+    torch::Tensor got;
+    try {
+      got = chain_forward(x, nullptr);
+    } catch (const attrace::Error&) {
+      throw;
+    } catch (const std::exception& e) {
+      return std::string("calling the children in order failed: ") + torch_message(e);
+    }
+    bool same = got.sizes().equals(want.sizes());
+    if (same) {
+      // Equal values (infinities included) and NaN in the same places count as agreement; a
+      // NaN model is not this check's business (the gradients report it, naming the example).
+      const auto g = got.to(torch::kDouble), w = want.to(torch::kDouble);
+      const auto agree = (g == w) | (g.isnan() & w.isnan());
+      const auto diff = torch::where(agree, torch::zeros_like(g), (g - w).abs());
+      const auto finite = torch::isfinite(w);
+      const double scale = torch::where(finite, w.abs(), torch::zeros_like(w)).max().item<double>();
+      const double err = diff.max().item<double>();
+      const double tol = (dtype == torch::kDouble ? 1e-10 : 1e-4) * std::max(scale, 1e-30);
+      same = (g.isnan() == w.isnan()).all().item<bool>() && std::isfinite(err) && err <= tol;
+    }
+    return same ? "" : "calling the children in order does not reproduce forward()";
+  }
+
   void decide_path(const Dataset& ds) {
     path_decided = true;
     if (settings.path == GradPath::general) {
@@ -569,41 +615,7 @@ struct CheckpointModel::Impl {
       return;
     }
     chain_refusal = settings.path == GradPath::graph ? "path = graph was requested" : build_chain();
-    if (chain_refusal.empty()) {
-      // The chain must reproduce the model's own forward on real rows, or it is not a chain.
-      // A fixed number of rows (never the batch size: a speed setting must not choose the path,
-      // and so the bits) and a normwise criterion: the chain's Linear layers sum in float64 in the
-      // canonical order and LibTorch's in float32, so single outputs near zero may differ
-      // relatively; what is compared is the error against the outputs' scale.
-      const int64_t b = std::min<int64_t>(ds.size(), kChainCheckRows);
-      torch::NoGradGuard ng;
-      const auto x = inputs(ds, 0, b);
-      const auto want = forward(x);
-      torch::Tensor got;
-      try {
-        got = chain_forward(x, nullptr);
-      } catch (const attrace::Error&) {
-      throw;
-    } catch (const std::exception& e) {
-        chain_refusal = std::string("calling the children in order failed: ") + torch_message(e);
-      }
-      if (chain_refusal.empty()) {
-        bool same = got.sizes().equals(want.sizes());
-        if (same) {
-          // Equal values (infinities included) and NaN in the same places count as agreement; a
-          // NaN model is not this check's business (the gradients report it, naming the example).
-          const auto g = got.to(torch::kDouble), w = want.to(torch::kDouble);
-          const auto agree = (g == w) | (g.isnan() & w.isnan());
-          const auto diff = torch::where(agree, torch::zeros_like(g), (g - w).abs());
-          const auto finite = torch::isfinite(w);
-          const double scale = torch::where(finite, w.abs(), torch::zeros_like(w)).max().item<double>();
-          const double err = diff.max().item<double>();
-          const double tol = (dtype == torch::kDouble ? 1e-10 : 1e-4) * std::max(scale, 1e-30);
-          same = (g.isnan() == w.isnan()).all().item<bool>() && std::isfinite(err) && err <= tol;
-        }
-        if (!same) chain_refusal = "calling the children in order does not reproduce forward()";
-      }
-    }
+    if (chain_refusal.empty()) chain_refusal = chain_mismatch(ds);
     if (!chain_refusal.empty()) {
       chain.clear();
       ATTRACE_CHECK(settings.path != GradPath::chain, InputError,
@@ -1137,12 +1149,29 @@ CheckpointModel& CheckpointModel::operator=(CheckpointModel&&) noexcept = defaul
 
 void CheckpointModel::prepare(const Dataset& ds) {
   impl_->check_fit(ds);
-  if (!impl_->path_decided)
+  if (!impl_->path_decided) {
+    impl_->first_prepared = ds.path;
     impl_->decide_path(ds);
-  else if (impl_->path_in_use == GradPath::graph)
+  } else if (impl_->path_in_use == GradPath::graph) {
     impl_->graph_prepare(ds);
+  } else if (impl_->path_in_use == GradPath::chain) {
+    // One model serves several datasets (attribute: training and query sets): the chain must
+    // reproduce forward() on each, or the sets' features would come from different paths.
+    const std::string why = impl_->chain_mismatch(ds);
+    ATTRACE_CHECK(why.empty(), InputError,
+                  impl_->where() + ": the chain path reproduces forward() on the rows of '" + impl_->first_prepared +
+                      "' but not on those of '" + ds.path + "' (" + why +
+                      "); set gradients.path = \"graph\" or \"general\"");
+  }
 }
 int64_t CheckpointModel::dim() const { return impl_->dim; }
+int64_t CheckpointModel::chain_floats_per_example() const {
+  if (impl_->path_in_use != GradPath::chain) return 0;
+  int64_t n = 0;
+  for (const auto& st : impl_->chain)
+    if (st.kind != StepKind::call) n += st.positions * (st.n_in() + 1 + st.n_out());
+  return n;
+}
 const std::vector<std::string>& CheckpointModel::parameter_names() const { return impl_->names; }
 std::vector<KroneckerLayer> CheckpointModel::kronecker_layers() const { return impl_->kronecker_layers(); }
 void CheckpointModel::layer_factors(const Dataset& ds, int64_t begin, int64_t end, std::vector<LayerFactors>& out) {

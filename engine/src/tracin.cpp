@@ -64,12 +64,41 @@ MemoryFeatures featurize_in_memory(const Config& config, const connectors::Train
     mem.add_checkpoint(fz.layout(), fz.weight());
     progress.begin("checkpoint " + std::to_string(c + 1) + "/" + std::to_string(run.checkpoints.size()) + " " + label, ds.size(),
                    label);
-    fill(fz, ds, config.batch_size, mem, c, progress);
+    fill(fz, ds, fz.batch_rows(), mem, c, progress);
     progress.end();
     note_split(config, fz, progress);
   }
   if (uses) *uses = local;
   return mem;
+}
+
+FeaturePair featurize_pair_in_memory(const Config& config, const connectors::TrainingRun& run, const connectors::Dataset& train,
+                                     const connectors::Dataset& query, kernels::Backend& backend, Progress& progress,
+                                     std::vector<CheckpointUse>* uses, const std::function<void(const Featurizer&)>& before) {
+  const bool f64 = feature_dtype_of(config) == connectors::FeatureDtype::f64;
+  FeaturePair f{MemoryFeatures(train.size(), f64), MemoryFeatures(query.size(), f64)};
+  std::vector<CheckpointUse> local;
+  const std::string of = "/" + std::to_string(run.checkpoints.size()) + " ";
+  for (size_t c = 0; c < run.checkpoints.size(); ++c) {
+    // One model load per checkpoint: the path is decided on the training set's rows and checked
+    // on the query set's (CheckpointModel::prepare).
+    Featurizer fz(config, run, c, {&train, &query}, backend);
+    if (c == 0 && before) before(fz);
+    check_same_parameters(local, fz.use(), run, c);
+    log_checkpoint(run, c, fz.use());
+    local.push_back(fz.use());
+    f.train.add_checkpoint(fz.layout(), fz.weight());
+    f.query.add_checkpoint(fz.layout(), fz.weight());
+    progress.begin("checkpoint " + std::to_string(c + 1) + of + "query features", query.size(), "query features");
+    fill(fz, query, fz.batch_rows(), f.query, c, progress);
+    progress.end();
+    progress.begin("checkpoint " + std::to_string(c + 1) + of + "train features", train.size(), "train features");
+    fill(fz, train, fz.batch_rows(), f.train, c, progress);
+    progress.end();
+    note_split(config, fz, progress);
+  }
+  if (uses) *uses = std::move(local);
+  return f;
 }
 
 TracinResult tracin_result(ScoreResult&& s, std::vector<CheckpointUse> uses) {
@@ -104,25 +133,9 @@ ScoreSettings score_settings(const Config& config, const connectors::Dataset& tr
 TracinResult compute_tracin(const Config& config, const connectors::TrainingRun& run, const connectors::Dataset& train,
                             const connectors::Dataset& query, kernels::Backend& backend, Progress& progress) {
   ATTRACE_CHECK(!train.tranches.empty(), InputError, "dataset '" + train.path + "': training set has no tranche table");
-  const bool f64 = feature_dtype_of(config) == connectors::FeatureDtype::f64;
-  MemoryFeatures tf(train.size(), f64), qf(query.size(), f64);
-  TracinResult r;
-  // One model load per checkpoint featurizes both sets.
-  for (size_t c = 0; c < run.checkpoints.size(); ++c) {
-    Featurizer fz(config, run, c, {&train, &query}, backend);
-    check_same_parameters(r.checkpoints, fz.use(), run, c);
-    r.checkpoints.push_back(fz.use());
-    log_checkpoint(run, c, fz.use());
-    tf.add_checkpoint(fz.layout(), fz.weight());
-    qf.add_checkpoint(fz.layout(), fz.weight());
-    progress.begin("checkpoint " + std::to_string(c + 1) + "/" + std::to_string(run.checkpoints.size()) + " features",
-                   query.size() + train.size(), "features");
-    fill(fz, query, config.batch_size, qf, c, progress);
-    fill(fz, train, config.batch_size, tf, c, progress);
-    progress.end();
-    note_split(config, fz, progress);
-  }
-  return tracin_result(score_all(tf, qf, backend, score_settings(config, train, query, true), progress), r.checkpoints);
+  std::vector<CheckpointUse> uses;
+  const FeaturePair f = featurize_pair_in_memory(config, run, train, query, backend, progress, &uses);
+  return tracin_result(score_all(f.train, f.query, backend, score_settings(config, train, query, true), progress), std::move(uses));
 }
 
 }  // namespace attrace::engine

@@ -59,7 +59,7 @@ struct Config {
   Loss loss = Loss::cross_entropy;
   std::vector<std::string> parameters = {"*"};  ///< glob patterns over parameter names
   std::vector<std::string> exclude;             ///< glob patterns of parameters left out (after `parameters`)
-  int64_t batch_size = 64;
+  int64_t batch_size = 0;  ///< rows per model call; 0: "auto" (Featurizer::batch_rows)
   GradPath path = GradPath::automatic;
   std::string model_output;  ///< which output is the logits: "" (forward returns a tensor), a tuple index, or a dict key
   Precision precision = Precision::fp32;

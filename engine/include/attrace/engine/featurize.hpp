@@ -127,6 +127,10 @@ class Featurizer {
   double weight() const;
   /// True when features are float64 (exact fp64 gradients).
   bool fp64() const;
+  /// Rows per model call: gradients.batch_size, or for "auto" (0) on the chain path as many as
+  /// fit kAutoBatchBytes of features and activations, between 64 and 1024 (64 on other paths).
+  /// Speed only: a row's features never depend on its batch.
+  int64_t batch_rows() const;
 
   /// Features of rows [b0, b1) of `ds` ((b1-b0) x width(), row-major), rounded to the
   /// configured storage type, so that features in memory equal features read from a store.

@@ -102,6 +102,10 @@ class CheckpointModel {
 
   /// Gradient dimension p (number of selected scalar parameters).
   int64_t dim() const;
+  /// On the chain path (after prepare()): floats per example of the Linear and Conv2d steps'
+  /// inputs and outputs (positions x (inputs + 1 + outputs), summed); 0 on other paths. Sizes
+  /// batches, nothing else.
+  int64_t chain_floats_per_example() const;
   /// Names of the selected parameters, in the order their gradients are concatenated.
   const std::vector<std::string>& parameter_names() const;
   /// The path in use after prepare() (chain or general).

@@ -10,6 +10,7 @@
 #include <attrace/kernels/backend.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,20 @@ struct TracinResult {
 MemoryFeatures featurize_in_memory(const Config& config, const connectors::TrainingRun& run, const connectors::Dataset& ds,
                                    const std::vector<const connectors::Dataset*>& prepare_for, kernels::Backend& backend,
                                    Progress& progress, const std::string& label, std::vector<CheckpointUse>* uses);
+
+/// Both sets' features, made with one model load per checkpoint.
+struct FeaturePair {
+  MemoryFeatures train, query;
+};
+
+/// Featurizes every checkpoint of `run` for the training and the query set, loading each
+/// checkpoint once (the path is decided on the training rows and must hold on the query rows).
+/// `uses` receives what each checkpoint used; `before` (when set) sees the first checkpoint's
+/// featurizer before any feature is computed (attribute checks the memory needed there).
+FeaturePair featurize_pair_in_memory(const Config& config, const connectors::TrainingRun& run, const connectors::Dataset& train,
+                                     const connectors::Dataset& query, kernels::Backend& backend, Progress& progress,
+                                     std::vector<CheckpointUse>* uses,
+                                     const std::function<void(const Featurizer&)>& before = {});
 
 /// Adds a featurizer's time split (model gradients vs making rows) to the progress summary.
 void note_split(const Config& config, const Featurizer& fz, Progress& progress);
