@@ -1,6 +1,8 @@
 // Training-step time with and without the live recorder (docs/recorder.md), in the same process:
 // plain and recorded runs alternate in rounds (a shared machine's load drifts), and the median
-// of each is reported. SGD, cross-entropy, LibTorch TorchScript models through engine::Recorder,
+// of each is reported: per step with closing the recording spread over the round's steps (rec.
+// us, overhead), per step without it (steps us, ovh.steps), and the close itself (close ms: once
+// per training run, however long). SGD, cross-entropy, LibTorch TorchScript models through engine::Recorder,
 // every step recorded with k = 4096 per layer, recordings on the local disk (a durable segment
 // every 64 steps). A recorded run's time includes closing the recording (draining the queue and
 // the last fsync).
@@ -151,6 +153,8 @@ void train_step(Setup& s, eng::Recorder* rec, int64_t b) {
 
 struct Round {
   double wall = 0, cpu = 0, thread_cpu = 0;
+  double steps_wall = 0;  // per step, the steps alone (without closing the recording)
+  double close = 0;       // closing the recording: draining the queue, the last fsyncs (once per run)
   eng::RecorderTimings t;
   int64_t width = 0;
   int64_t deferred = 0;  // steps the writer stored deferred
@@ -176,8 +180,11 @@ Round run(const Model& md, int mode, int64_t steps = -1) {
   const double c0 = cpu_seconds(), tc0 = thread_cpu_seconds();
   const auto w0 = Clock::now();
   for (int64_t b = 0; b < steps; ++b) train_step(s, rec.get(), b);
+  const auto w1 = Clock::now();
   if (rec) rec->close();  // drains the queue and makes the last segment durable: part of the cost
   Round r;
+  r.steps_wall = std::chrono::duration<double>(w1 - w0).count() / static_cast<double>(steps);
+  r.close = std::chrono::duration<double>(Clock::now() - w1).count();
   r.deferred = rec ? rec->writer().timings().deferred : 0;
   r.wall = std::chrono::duration<double>(Clock::now() - w0).count() / static_cast<double>(steps);
   r.cpu = (cpu_seconds() - c0) / static_cast<double>(steps);
@@ -207,8 +214,9 @@ int main(int argc, char** argv) {
   const std::string only = argc > 3 ? argv[3] : "";
   torch::set_num_threads(threads);
   std::printf("bench_recorder: %d rounds, %d torch thread(s), recorder writer thread with 1 projection thread\n", rounds, threads);
-  std::printf("%-28s %5s %6s | %9s %9s %8s | %8s %8s %8s %8s %8s | %8s %8s %8s %8s\n", "model", "batch", "width", "plain us",
-              "rec. us", "overhead", "capture", "wait", "project", "write", "sync", "thr.pl.", "thr.rec.", "cpu pl.", "cpu rec.");
+  std::printf("%-28s %5s %6s | %9s %9s %8s | %9s %8s %8s | %8s %8s %8s %8s %8s | %8s %8s %8s %8s\n", "model", "batch", "width",
+              "plain us", "rec. us", "overhead", "steps us", "ovh.steps", "close ms", "capture", "wait", "project", "write", "sync",
+              "thr.pl.", "thr.rec.", "cpu pl.", "cpu rec.");
   const std::vector<Model> models = {
       {"demo MLP 64-32-10", {64}, 10, 32, 1000, [](const std::string& p) { eng::save_mlp_torchscript(p, {64, 32, 10}, 1); }},
       {"MLP 784-512-512-10", {784}, 10, 64, 200, [](const std::string& p) { eng::save_mlp_torchscript(p, {784, 512, 512, 10}, 1); }},
@@ -218,7 +226,7 @@ int main(int argc, char** argv) {
     if (!only.empty() && md.name.find(only) == std::string::npos) continue;
     std::vector<double> plain, cpl, tpl;
     struct Col {
-      std::vector<double> wall, cpu, thr, cap, wait, proj, wr, sy;
+      std::vector<double> wall, cpu, thr, cap, wait, proj, wr, sy, steps_wall, close;
       int64_t width = 0;
     } col[3];
     for (int r = 0; r < rounds; ++r) {
@@ -230,6 +238,8 @@ int main(int argc, char** argv) {
         const Round b = run(md, mode == 3 ? 4 : mode);
         auto& c = col[mode - 1];
         c.wall.push_back(b.wall);
+        c.steps_wall.push_back(b.steps_wall);
+        c.close.push_back(b.close);
         c.cpu.push_back(b.cpu);
         c.thr.push_back(b.thread_cpu);
         c.cap.push_back(b.t.capture);
@@ -247,9 +257,10 @@ int main(int argc, char** argv) {
       const double q = median(c.wall);
       const bool is_default = mode < 3 && (choice.deferred > 0) == (mode == 2);
       const std::string name = md.name + (mode == 1 ? " live" : mode == 2 ? " defer" : " window 16") + (is_default ? "*" : "");
-      std::printf("%-28s %5lld %6lld | %9.1f %9.1f %+7.1f%% | %8.1f %8.1f %8.1f %8.1f %8.1f | %8.1f %8.1f %8.1f %8.1f\n",
+      const double qs = median(c.steps_wall);
+      std::printf("%-28s %5lld %6lld | %9.1f %9.1f %+7.1f%% | %9.1f %+8.1f%% %8.2f | %8.1f %8.1f %8.1f %8.1f %8.1f | %8.1f %8.1f %8.1f %8.1f\n",
                   name.c_str(), static_cast<long long>(md.batch), static_cast<long long>(c.width), 1e6 * p, 1e6 * q,
-                  100 * (q - p) / p, 1e6 * median(c.cap), 1e6 * median(c.wait), 1e6 * median(c.proj), 1e6 * median(c.wr),
+                  100 * (q - p) / p, 1e6 * qs, 100 * (qs - p) / p, 1e3 * median(c.close), 1e6 * median(c.cap), 1e6 * median(c.wait), 1e6 * median(c.proj), 1e6 * median(c.wr),
                   1e6 * median(c.sy), 1e6 * median(tpl), 1e6 * median(c.thr), 1e6 * median(cpl), 1e6 * median(c.cpu));
     }
     std::fflush(stdout);

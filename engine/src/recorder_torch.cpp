@@ -38,7 +38,32 @@ struct ChainChild {
   bool conv = false;
   int64_t n_in = 0, n_out = 0;  // Linear: features; Conv2d: input channels, output channels
   bool bias = false;
+  // Children whose forward() is one ATen call run it directly (Recorder::forward): the same op
+  // on the same tensors, so the same bits, without a TorchScript interpreter call per child.
+  enum class Direct { none, linear, relu } direct = Direct::none;
 };
+
+// The child's forward() as one ATen call where it is exactly that: Linear (aten::linear of its
+// weight and bias, read at each call) and a ReLU that is not in place. Anything else runs its
+// own forward().
+ChainChild::Direct direct_kind(const torch::jit::Module& c) {
+  if (type_ends_with(c, ".Linear")) return ChainChild::Direct::linear;
+  if (type_ends_with(c, ".ReLU") && c.hasattr("inplace") && c.attr("inplace").isBool() && !c.attr("inplace").toBool())
+    return ChainChild::Direct::relu;
+  return ChainChild::Direct::none;
+}
+
+torch::Tensor run_child(ChainChild& c, const torch::Tensor& h) {
+  switch (c.direct) {
+    case ChainChild::Direct::linear:
+      return at::linear(h, c.module.attr("weight").toTensor(),
+                        c.bias ? c10::optional<at::Tensor>(c.module.attr("bias").toTensor()) : c10::nullopt);
+    case ChainChild::Direct::relu:
+      return at::relu(h);
+    default:
+      return c.module.forward({h}).toTensor();
+  }
+}
 
 // A Conv2d child's geometry, as the CLI's chain path reads it (groups 1, zero padding; padding
 // an int pair, "valid", or "same" with even totals). InputError naming the child otherwise.
@@ -118,6 +143,7 @@ std::vector<ChainChild> flatten_chain(const torch::jit::Module& model, std::vect
         }
         layers.push_back(rl);
       }
+      ch.direct = direct_kind(c.value);
       chain.push_back(ch);
     }
   };
@@ -271,12 +297,12 @@ at::Tensor Recorder::forward(const at::Tensor& x) {
   torch::Tensor h = x;
   for (auto& c : m.chain) {
     if (c.layer < 0) {
-      h = c.module.forward({h}).toTensor();
+      h = run_child(c, h);
       continue;
     }
     const auto l = static_cast<size_t>(c.layer);
     m.inputs[l] = h.detach();
-    h = c.module.forward({h}).toTensor();
+    h = run_child(c, h);
     if (h.requires_grad()) {
       Impl* self = impl_.get();
       h.register_hook([self, l](const torch::Tensor& g) { self->grads[l] = g.detach(); });
