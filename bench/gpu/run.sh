@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One command for a fresh CUDA machine: builds kernels/ with the CUDA backend plus its tests and
 # benchmarks (ATTRACE_KERNELS_ONLY: no LibTorch or HDF5 needed), runs every test (the CPU-vs-CUDA
-# parity tests included) and the GPU benchmarks, and prints a side-by-side table.
+# parity tests included) and the GPU benchmarks, prints a side-by-side table, and when TRAK's
+# source is carried (.trak-src) times its fast_jl on the same cells in the same run.
 #
 #   bench/gpu/pack-deps.sh      # once, on the project machine: .debs for GoogleTest/Benchmark
-#   bench/gpu/run.sh [OUTDIR]   # on the GPU machine (device tool: carry .gpu-deps); OUTDIR
+#   bench/gpu/run.sh [OUTDIR]   # on the GPU machine (device tool: carry .gpu-deps, .trak-src); OUTDIR
 #                               # defaults to $OUT, else build-gpu/out
 # Logs (configure, build, ctest, cuda_test, bench_gpu JSON, table) are written to OUTDIR.
 # Without a GPU it still builds and runs the tests (GPU tests skip) and says so; exit code is
@@ -66,6 +67,12 @@ if [ "$gpu" = yes ]; then
   timeout "${ATTRACE_GPU_BENCH_TIMEOUT:-300}" "$build/bench/bench_gpu" --benchmark_filter="${ATTRACE_GPU_BENCH_FILTER:-.}" --benchmark_out="$out/bench_gpu.json" \
     --benchmark_out_format=json > "$out/bench_gpu.log" 2>&1 || { tail -20 "$out/bench_gpu.log"; status=1; }
   python3 "$root/bench/gpu/table.py" "$out/bench_gpu.json" | tee "$out/table.txt"
+  # TRAK's fast_jl on the same cells, same machine, same call (a benchmark peer; its source is
+  # carried in .trak-src, bench/gpu/trak/README.md). ATTRACE_GPU_TRAK=0 skips it.
+  if [ "${ATTRACE_GPU_TRAK:-1}" = 1 ] && [ -d "$root/.trak-src/fast_jl" ]; then
+    echo "== TRAK fast_jl (bench/gpu/trak/run_fast_jl.sh)"
+    ATTRACE_JSON="$out/bench_gpu.json" "$root/bench/gpu/trak/run_fast_jl.sh" "$out/trak" || status=1
+  fi
 else
   echo "== no GPU on this machine: GPU tests skipped, benchmarks not run"
 fi
