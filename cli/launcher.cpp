@@ -3,9 +3,10 @@
 //
 // Why a separate program: libgomp and OpenBLAS read their wait settings in their initializers,
 // before main, so the program that links them can only change them by starting again. attrace-core
-// links LibTorch (~290 shared libraries): starting it twice cost ~0.2 s of symbol binding even
-// when the second start is made before any initializer runs (docs/performance.md). Starting this
-// program first costs ~1 ms. attrace-core run directly still executes itself once when needed.
+// links LibTorch (~290 shared libraries with the system libtorch_cpu, ~80 with the build's lean
+// copy): starting it twice cost ~0.2 s of symbol binding even when the second start is made
+// before any initializer runs (docs/performance.md). Starting this program first costs ~1 ms.
+// attrace-core run directly still executes itself once when needed.
 #include "passive_waits.hpp"
 
 #include <cerrno>

@@ -81,11 +81,11 @@ void print_vector(const attrace::engine::RunSummary& s) {
 #if defined(__GLIBC__)
 // glibc runs an executable's .preinit_array functions with (argc, argv, envp) once every library
 // is mapped and relocated but before any library initializer has run: executing again from here
-// skips LibTorch's operator registration and every other static initializer of ~290 libraries in
-// the first image, and their destructors (measured: a second start cost ~0.55 s of CPU from main,
-// ~0.2 s from here, the symbol binding). libc is not initialized yet (setenv would be undone by
-// its initializer), so the new environment is built by hand for execve; only strncmp, malloc and
-// execve are used.
+// skips LibTorch's operator registration and every other static initializer of ~80-290
+// libraries (lean or system LibTorch) in the first image, and their destructors (measured: a
+// second start cost ~0.55 s of CPU from main, ~0.2 s from here, the symbol binding). libc is not
+// initialized yet (setenv would be undone by its initializer), so the new environment is built by
+// hand for execve; only strncmp, malloc and execve are used.
 static void prefer_passive_waits(int argc, char** argv, char** envp) {
   if (envp == nullptr || argv == nullptr || !attrace::cli::computes(argc, argv)) return;
   size_t n = 0;
@@ -368,7 +368,7 @@ int main(int argc, char** argv) {
   const int rc = run_cli(argc, argv, committed);
 #if !defined(ATTRACE_CLI_SANITIZED)
   // What exit() would still do after a committed command is run the static destructors and exit
-  // handlers of ~290 libraries: LibTorch deregisters each of its operators one by one (~0.1 s of
+  // handlers of ~80-290 libraries: LibTorch deregisters each of its operators one by one (~0.1 s of
   // the issue-10 workload's 1 s). Every output file is closed and renamed into place by now, so
   // flush what is buffered and leave without them. Sanitizer builds exit normally (leak checks).
   if (committed) {
