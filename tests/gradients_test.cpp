@@ -12,6 +12,8 @@
 #include <attrace/error.hpp>
 
 #include <ATen/Parallel.h>
+#include <torch/script.h>
+#include <torch/torch.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -275,3 +277,56 @@ TEST(ConvKronecker, ExactBudgetGivesExactScores) {
 }
 
 }  // namespace
+
+// One model serves the training and the query set (attribute loads each checkpoint once): the
+// chain path is decided on the first set's rows and must also reproduce forward() on the second
+// set's. A Sequential whose forward adds 1 when the input sum is large agrees with its children on
+// small rows and not on large ones: preparing the large set is refused, naming both files.
+TEST(ChainSelection, ChainMustHoldOnEveryPreparedSet) {
+  attrace::test::TempDir dir;
+  torch::jit::Module fc("attrace_test.Linear");
+  torch::manual_seed(3);
+  fc.register_parameter("weight", torch::randn({3, 4}), false);
+  fc.register_parameter("bias", torch::randn({3}), false);
+  fc.define("def forward(self, x):\n  return torch.addmm(self.bias, x, self.weight.t())\n");
+  torch::jit::Module seq("attrace_test.Sequential");
+  seq.register_module("fc", fc);
+  seq.define(
+      "def forward(self, x):\n"
+      "  y = self.fc.forward(x)\n"
+      "  if bool(x.sum() > 1000.0):\n"
+      "    y = y + 1.0\n"
+      "  return y\n");
+  const std::string path = dir / "branchy.pt";
+  seq.save(path);
+  const auto make = [](const std::string& name, float value) {
+    ac::Dataset ds;
+    ds.path = name;
+    ds.input_shape = {8, 4};
+    ds.inputs.assign(32, value);
+    ds.target_shape = {8};
+    ds.class_targets.assign(8, 1);
+    for (int i = 0; i < 8; ++i) ds.ids.push_back(name + "-" + std::to_string(i));
+    return ds;
+  };
+  const auto small = make("small.h5", 0.5f), large = make("large.h5", 100.0f);
+  auto backend = attrace::kernels::make_cpu_backend();
+  {
+    ae::CheckpointModel m(path, settings(ae::GradPath::automatic), *backend);
+    m.prepare(small);
+    ASSERT_EQ(m.path_in_use(), ae::GradPath::chain) << m.chain_refusal();
+    try {
+      m.prepare(large);
+      FAIL() << "the chain was accepted for rows where it does not reproduce forward()";
+    } catch (const attrace::InputError& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find("'small.h5' but not on those of 'large.h5'"), std::string::npos) << msg;
+      EXPECT_NE(msg.find("gradients.path"), std::string::npos) << msg;
+    }
+  }
+  // Decided on the large rows first, the chain is refused and another path serves both sets.
+  ae::CheckpointModel m(path, settings(ae::GradPath::automatic), *backend);
+  m.prepare(large);
+  EXPECT_NE(m.path_in_use(), ae::GradPath::chain);
+  EXPECT_NO_THROW(m.prepare(small));
+}
