@@ -817,6 +817,8 @@ void recorded_rows(const std::vector<RecordedLayer>& layers, const RecorderSetti
 namespace {
 
 constexpr size_t kSyncBacklog = 2;
+// queue_steps = 0 (automatic): bytes of queued steps the pool is sized for.
+constexpr int64_t kQueueBytes = int64_t{64} << 20;
 
 struct Job {
   enum class Kind { step, flush, stop } kind = Kind::step;
@@ -865,6 +867,8 @@ struct RecordingWriter::Impl {
   uint64_t done_ticket = 0;
   bool idle = false;    // the projection thread waits for work
   int64_t wake_at = 1;  // queued steps that wake it: half the queue
+  int64_t pool_cap = 0;   // jobs at most (queue_steps, or chosen at the first step for 0)
+  int64_t jobs_made = 0;  // jobs made so far (free, queued or being written)
   std::exception_ptr error;
   int64_t durable = 0;
   size_t segments = 0;  // segment files named so far (durable or waiting for their fsync)
@@ -1203,6 +1207,7 @@ struct RecordingWriter::Impl {
 
   void run(int64_t first) {
     written = first;
+    bool draining = false;  // woken, and the queue has not been empty since
     try {
       if (settings.projection != Projection::none && settings.defer != Deferral::always)
         make_matrices(layers, settings, first / settings.window, matrices);  // the first step's, before it comes
@@ -1217,9 +1222,15 @@ struct RecordingWriter::Impl {
         std::unique_lock<std::mutex> lk(mu);
         // Woken by record() only once wake_at steps wait (or by a flush or stop marker): one
         // wake-up per few steps (a cross-core wake-up costs the training thread on a VM).
+        // Once woken it drains the queue (steps queued meanwhile included) before it waits again.
         idle = true;
-        cv_work.wait(lk, [&] { return static_cast<int64_t>(queue.size()) >= wake_at || (!queue.empty() && queue.back()->kind != Job::Kind::step); });
+        if (queue.empty()) draining = false;
+        cv_work.wait(lk, [&] {
+          return !queue.empty() &&
+                 (draining || static_cast<int64_t>(queue.size()) >= wake_at || queue.back()->kind != Job::Kind::step);
+        });
         idle = false;
+        draining = true;
         j = std::move(queue.front());
         queue.pop_front();
       }
@@ -1318,7 +1329,7 @@ RecordingWriter::RecordingWriter(const std::string& dir, const RecorderSettings&
   ATTRACE_CHECK(!m.layers.empty(), InputError, dir + ": the model has no Linear or Conv2d layer to record");
   ATTRACE_CHECK(settings.every >= 1, InputError, dir + ": record every " + std::to_string(settings.every) + " steps (must be >= 1)");
   ATTRACE_CHECK(settings.flush_steps >= 1, InputError, dir + ": flush_steps must be >= 1");
-  ATTRACE_CHECK(settings.queue_steps >= 1, InputError, dir + ": queue_steps must be >= 1");
+  ATTRACE_CHECK(settings.queue_steps >= 0, InputError, dir + ": queue_steps must be >= 0 (0: automatic)");
   ATTRACE_CHECK(settings.window >= 1, InputError, dir + ": window must be >= 1");
   ATTRACE_CHECK(settings.window == 1 || settings.projection == Projection::kronecker, InputError,
                 dir + ": a window of several steps sums their rows, which exact recording (projection none) stores as "
@@ -1363,7 +1374,8 @@ RecordingWriter::RecordingWriter(const std::string& dir, const RecorderSettings&
     ::close(m.lock_fd);  // the destructor does not run for a constructor that throws
     throw;
   }
-  for (int64_t i = 0; i < settings.queue_steps; ++i) m.free_jobs.push_back(std::make_unique<Job>());
+  // queue_steps = 0: the pool's size is chosen at the first recorded step, from its bytes.
+  m.pool_cap = settings.queue_steps;
   m.wake_at = std::max<int64_t>(1, settings.queue_steps / 2);
   m.syncer = std::thread([&m] { m.run_sync(); });
   m.worker = std::thread([&m, first = m.submitted] { m.run(first); });
@@ -1472,10 +1484,25 @@ void RecordingWriter::record(int64_t step, double lr, const int64_t* ids, int64_
   {
     const auto w0 = Clock::now();
     std::unique_lock<std::mutex> lk(m.mu);
-    m.cv_done.wait(lk, [&] { return !m.free_jobs.empty() || m.error; });
+    if (m.pool_cap == 0) {
+      // Automatic: as many queued steps as kQueueBytes of this step's size hold, 4 to 64; the
+      // writer is woken at half of them, so a cross-core wake-up is paid every few dozen small
+      // steps instead of every step or two (bench_recorder: the wake-up was most of the
+      // training thread's cost of recording the demo MLP).
+      int64_t bytes = batch * 8 + (m.submitted % m.settings.window == 0 ? m.n_params * 4 : 0);
+      for (const auto& sz : sizes) bytes += 4 * (sz.first + sz.second);
+      m.pool_cap = std::clamp<int64_t>(kQueueBytes / std::max<int64_t>(bytes, 1), 4, 64);
+      m.wake_at = m.pool_cap / 2;
+    }
+    m.cv_done.wait(lk, [&] { return !m.free_jobs.empty() || m.jobs_made < m.pool_cap || m.error; });
     m.rethrow_locked();
-    j = std::move(m.free_jobs.back());
-    m.free_jobs.pop_back();
+    if (!m.free_jobs.empty()) {
+      j = std::move(m.free_jobs.back());
+      m.free_jobs.pop_back();
+    } else {
+      j = std::make_unique<Job>();
+      ++m.jobs_made;
+    }
     waited = seconds(w0, Clock::now());
   }
   j->kind = Job::Kind::step;

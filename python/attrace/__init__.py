@@ -125,7 +125,7 @@ class Recorder:
     """
 
     def __init__(self, model, store, k=4096, seed=0, every=1, steps=None, distribution="rademacher", dtype="f32",
-                 flush_steps=64, threads=1, queue_steps=4, projection="kronecker", factored="auto", defer="auto", window=1):
+                 flush_steps=64, threads=1, queue_steps=0, projection="kronecker", factored="auto", defer="auto", window=1):
         self.model = model
         self.layers = []  # (name, module)
         specs = []

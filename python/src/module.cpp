@@ -30,7 +30,7 @@ attrace::kernels::ProjectionKind distribution_of(const std::string& s) {
 
 eng::RecorderSettings settings_of(int64_t k, uint64_t seed, const std::string& distribution, const std::string& dtype,
                                   int64_t every, const std::vector<int64_t>& steps, int64_t flush_steps, int threads = 1,
-                                  int64_t queue_steps = 4, const std::string& projection = "kronecker",
+                                  int64_t queue_steps = 0, const std::string& projection = "kronecker",
                                   const std::string& factored = "auto", const std::string& defer = "auto",
                                   int64_t window = 1) {
   eng::RecorderSettings s;
@@ -192,7 +192,7 @@ PYBIND11_MODULE(_attrace, m) {
            py::arg("dir"), py::arg("layers"), py::arg("parameters"), py::arg("template"), py::arg("k") = 4096,
            py::arg("seed") = 0, py::arg("distribution") = "rademacher", py::arg("dtype") = "f32", py::arg("every") = 1,
            py::arg("steps") = std::vector<int64_t>{}, py::arg("flush_steps") = 64, py::arg("threads") = 1,
-           py::arg("queue_steps") = 4, py::arg("projection") = "kronecker", py::arg("factored") = "auto",
+           py::arg("queue_steps") = 0, py::arg("projection") = "kronecker", py::arg("factored") = "auto",
            py::arg("defer") = "auto", py::arg("window") = 1)
       .def("wants", [](PyWriter& p, int64_t step) { return p.w().wants(step); })
       .def("record", &PyWriter::record, py::arg("step"), py::arg("lr"), py::arg("ids"), py::arg("inputs"),

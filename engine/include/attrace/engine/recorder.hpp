@@ -94,8 +94,10 @@ struct RecorderSettings {
   int64_t flush_steps = 64;
   int64_t flush_bytes = int64_t{256} << 20;  ///< ... or this many bytes of them, and on flush()
   /// Recorded steps waiting for the background writer before step() blocks (memory bound:
-  /// each holds the step's captured inputs, output gradients and parameters). Speed only.
-  int64_t queue_steps = 4;
+  /// each holds the step's captured inputs, output gradients and parameters); the writer is
+  /// woken when half of them wait. 0 (automatic): as many as 64 MiB of the first recorded step's
+  /// size hold, 4 to 64. Speed only.
+  int64_t queue_steps = 0;
   /// Threads of the background writer's projection (speed only; 1 by default: the writer already
   /// runs beside the training thread).
   int threads = 1;
