@@ -40,15 +40,25 @@ struct ChainChild {
   bool bias = false;
   // Children whose forward() is one ATen call run it directly (Recorder::forward): the same op
   // on the same tensors, so the same bits, without a TorchScript interpreter call per child.
-  enum class Direct { none, linear, relu } direct = Direct::none;
+  enum class Direct { none, linear, addmm, relu } direct = Direct::none;
 };
 
-// The child's forward() as one ATen call where it is exactly that: Linear (aten::linear of its
-// weight and bias, read at each call) and a ReLU that is not in place. Anything else runs its
-// own forward().
+// The child's forward() as one ATen call where it is exactly that, by its TorchScript class:
+// PyTorch's own Linear and the twin of a torch::nn::Linear (model_builder: torch.linear) as
+// aten::linear of the weight and bias, read at each call; save_mlp_torchscript's Linear
+// (torch.addmm(bias, x, weight.t())) as aten::addmm; PyTorch's own ReLU when not in place and
+// model_builder's ReLUs (torch.relu) as aten::relu. Anything else, a user's class named Linear
+// included, runs its own forward().
 ChainChild::Direct direct_kind(const torch::jit::Module& c) {
-  if (type_ends_with(c, ".Linear")) return ChainChild::Direct::linear;
-  if (type_ends_with(c, ".ReLU") && c.hasattr("inplace") && c.attr("inplace").isBool() && !c.attr("inplace").toBool())
+  const std::string q = type_name(c);
+  const auto from = [&](const char* prefix) { return q.rfind(prefix, 0) == 0; };
+  const bool nn_linear = from("__torch__.torch.nn.modules.linear.") || from("__torch__.attrace.nn.");
+  if (type_ends_with(c, ".Linear") && nn_linear) return ChainChild::Direct::linear;
+  if (type_ends_with(c, ".Linear") && from("__torch__.attrace.models.")) return ChainChild::Direct::addmm;
+  if (type_ends_with(c, ".ReLU") && (from("__torch__.attrace.nn.") || from("__torch__.attrace.models.")))
+    return ChainChild::Direct::relu;
+  if (type_ends_with(c, ".ReLU") && from("__torch__.torch.nn.modules.activation.") && c.hasattr("inplace") &&
+      c.attr("inplace").isBool() && !c.attr("inplace").toBool())
     return ChainChild::Direct::relu;
   return ChainChild::Direct::none;
 }
@@ -58,6 +68,8 @@ torch::Tensor run_child(ChainChild& c, const torch::Tensor& h) {
     case ChainChild::Direct::linear:
       return at::linear(h, c.module.attr("weight").toTensor(),
                         c.bias ? c10::optional<at::Tensor>(c.module.attr("bias").toTensor()) : c10::nullopt);
+    case ChainChild::Direct::addmm:
+      return at::addmm(c.module.attr("bias").toTensor(), h, c.module.attr("weight").toTensor().t());
     case ChainChild::Direct::relu:
       return at::relu(h);
     default:
