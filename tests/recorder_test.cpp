@@ -139,6 +139,16 @@ RecorderSettings settings(int64_t k, uint64_t seed) {
   return s;
 }
 
+// Finalizing a test folder's recording (rec/) with its train.h5 and query.h5 into store.h5.
+FinalizeOptions finalize_options(const fs::path& dir) {
+  FinalizeOptions fo;
+  fo.recording = (dir / "rec").string();
+  fo.train_file = (dir / "train.h5").string();
+  fo.query_file = (dir / "query.h5").string();
+  fo.store = (dir / "store.h5").string();
+  return fo;
+}
+
 // A finalized store against `attrace featurize` of its config, checkpoint c = recorded step c
 // whose batch was batches[c]: rows outside the batch must be zero (failure otherwise), rows in it
 // non-zero. Returns the largest rowwise max|store - cli| / max|cli| over the batches' rows.
@@ -335,11 +345,7 @@ TEST_P(RecorderLoop, MatchesCliAndScores) {
     rec.close();
     EXPECT_EQ(rec.writer().durable(), 3);
   }
-  FinalizeOptions fo;
-  fo.recording = (dir / "rec").string();
-  fo.train_file = (dir / "train.h5").string();
-  fo.query_file = (dir / "query.h5").string();
-  fo.store = (dir / "store.h5").string();
+  const FinalizeOptions fo = finalize_options(dir);
   const FinalizeSummary fs_ = finalize_recording(fo);
   ASSERT_EQ(fs_.steps, 3);
   const Config config = load_config(fs_.config_file);
@@ -435,11 +441,7 @@ TEST(Recorder, WindowsShareCheckpoints) {
   }
   for (size_t t = 0; t < static_cast<size_t>(steps); ++t) EXPECT_EQ(rows[0][t], rows[1][t]) << "step " << t;
 
-  FinalizeOptions fo;
-  fo.recording = (dir / "rec").string();
-  fo.train_file = (dir / "train.h5").string();
-  fo.query_file = (dir / "query.h5").string();
-  fo.store = (dir / "store.h5").string();
+  const FinalizeOptions fo = finalize_options(dir);
   const FinalizeSummary sum = finalize_recording(fo);
   EXPECT_EQ(sum.steps, steps);
   ASSERT_EQ(sum.checkpoints, 3);
@@ -574,11 +576,7 @@ TEST(Recorder, TorchNnSequential) {
       if (c > 0) EXPECT_FALSE(torch::equal(before[c], before[c - 1]));  // the optimizer did update the shared tensor
     }
   }
-  FinalizeOptions fo;
-  fo.recording = (dir / "rec").string();
-  fo.train_file = (dir / "train.h5").string();
-  fo.query_file = (dir / "query.h5").string();
-  fo.store = (dir / "store.h5").string();
+  const FinalizeOptions fo = finalize_options(dir);
   const FinalizeSummary fsum = finalize_recording(fo);
   ASSERT_EQ(fsum.steps, 4);
   const Config config = load_config(fsum.config_file);
