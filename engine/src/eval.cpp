@@ -233,8 +233,10 @@ Featurized train_and_featurize(const Task& task, const EvalOptions& o, const std
   const Config c = eval_config(o, f.run.path);
   const auto backend = kernels::make_backend("cpu");
   const auto t0 = Clock::now();
-  f.train = featurize_in_memory(c, f.run, task.train, {&task.train}, *backend, progress, "model " + std::to_string(e) + " train features", nullptr);
-  f.query = featurize_in_memory(c, f.run, task.query, {&task.query}, *backend, progress, "model " + std::to_string(e) + " query features", nullptr);
+  FeaturePair both = featurize_pair_in_memory(c, f.run, task.train, task.query, *backend, progress, nullptr, {},
+                                              "model " + std::to_string(e) + " ");  // one load per checkpoint
+  f.train = std::move(both.train);
+  f.query = std::move(both.query);
   f.seconds = seconds_since(t0);
   {
     torch::NoGradGuard ng;

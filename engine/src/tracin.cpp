@@ -43,6 +43,22 @@ void log_checkpoint(const connectors::TrainingRun& run, size_t c, const Checkpoi
                    "features.factored = \"auto\" keeps it dense", l.layer, factored_pair_cost(l), l.positions, dense_pair_cost(l));
 }
 
+// What checkpoint c uses, checked against the first checkpoint's and logged.
+void add_use(std::vector<CheckpointUse>& uses, const Featurizer& fz, const connectors::TrainingRun& run, size_t c) {
+  check_same_parameters(uses, fz.use(), run, c);
+  log_checkpoint(run, c, fz.use());
+  uses.push_back(fz.use());
+}
+
+// One set's features at checkpoint c as a progress stage named `label`.
+void fill_stage(Featurizer& fz, const connectors::Dataset& ds, MemoryFeatures& mem, size_t c, const connectors::TrainingRun& run,
+                const std::string& label, Progress& progress) {
+  progress.begin("checkpoint " + std::to_string(c + 1) + "/" + std::to_string(run.checkpoints.size()) + " " + label, ds.size(),
+                 label);
+  fill(fz, ds, fz.batch_rows(), mem, c, progress);
+  progress.end();
+}
+
 }  // namespace
 
 void note_split(const Config& config, const Featurizer& fz, Progress& progress) {
@@ -51,6 +67,7 @@ void note_split(const Config& config, const Featurizer& fz, Progress& progress) 
   progress.add_detail(config.projection == Projection::none ? "feature rows" : "projection", fz.row_seconds());
 }
 
+
 MemoryFeatures featurize_in_memory(const Config& config, const connectors::TrainingRun& run, const connectors::Dataset& ds,
                                    const std::vector<const connectors::Dataset*>& prepare_for, kernels::Backend& backend,
                                    Progress& progress, const std::string& label, std::vector<CheckpointUse>* uses) {
@@ -58,14 +75,9 @@ MemoryFeatures featurize_in_memory(const Config& config, const connectors::Train
   std::vector<CheckpointUse> local;
   for (size_t c = 0; c < run.checkpoints.size(); ++c) {
     Featurizer fz(config, run, c, prepare_for, backend);
-    check_same_parameters(local, fz.use(), run, c);
-    log_checkpoint(run, c, fz.use());
-    local.push_back(fz.use());
+    add_use(local, fz, run, c);
     mem.add_checkpoint(fz.layout(), fz.weight());
-    progress.begin("checkpoint " + std::to_string(c + 1) + "/" + std::to_string(run.checkpoints.size()) + " " + label, ds.size(),
-                   label);
-    fill(fz, ds, fz.batch_rows(), mem, c, progress);
-    progress.end();
+    fill_stage(fz, ds, mem, c, run, label, progress);
     note_split(config, fz, progress);
   }
   if (uses) *uses = local;
@@ -74,27 +86,21 @@ MemoryFeatures featurize_in_memory(const Config& config, const connectors::Train
 
 FeaturePair featurize_pair_in_memory(const Config& config, const connectors::TrainingRun& run, const connectors::Dataset& train,
                                      const connectors::Dataset& query, kernels::Backend& backend, Progress& progress,
-                                     std::vector<CheckpointUse>* uses, const std::function<void(const Featurizer&)>& before) {
+                                     std::vector<CheckpointUse>* uses, const std::function<void(const Featurizer&)>& before,
+                                     const std::string& label_prefix) {
   const bool f64 = feature_dtype_of(config) == connectors::FeatureDtype::f64;
   FeaturePair f{MemoryFeatures(train.size(), f64), MemoryFeatures(query.size(), f64)};
   std::vector<CheckpointUse> local;
-  const std::string of = "/" + std::to_string(run.checkpoints.size()) + " ";
   for (size_t c = 0; c < run.checkpoints.size(); ++c) {
     // One model load per checkpoint: the path is decided on the training set's rows and checked
     // on the query set's (CheckpointModel::prepare).
     Featurizer fz(config, run, c, {&train, &query}, backend);
     if (c == 0 && before) before(fz);
-    check_same_parameters(local, fz.use(), run, c);
-    log_checkpoint(run, c, fz.use());
-    local.push_back(fz.use());
+    add_use(local, fz, run, c);
     f.train.add_checkpoint(fz.layout(), fz.weight());
     f.query.add_checkpoint(fz.layout(), fz.weight());
-    progress.begin("checkpoint " + std::to_string(c + 1) + of + "query features", query.size(), "query features");
-    fill(fz, query, fz.batch_rows(), f.query, c, progress);
-    progress.end();
-    progress.begin("checkpoint " + std::to_string(c + 1) + of + "train features", train.size(), "train features");
-    fill(fz, train, fz.batch_rows(), f.train, c, progress);
-    progress.end();
+    fill_stage(fz, query, f.query, c, run, label_prefix + "query features", progress);
+    fill_stage(fz, train, f.train, c, run, label_prefix + "train features", progress);
     note_split(config, fz, progress);
   }
   if (uses) *uses = std::move(local);

@@ -42,11 +42,13 @@ struct FeaturePair {
 /// Featurizes every checkpoint of `run` for the training and the query set, loading each
 /// checkpoint once (the path is decided on the training rows and must hold on the query rows).
 /// `uses` receives what each checkpoint used; `before` (when set) sees the first checkpoint's
-/// featurizer before any feature is computed (attribute checks the memory needed there).
+/// featurizer before any feature is computed (attribute checks the memory needed there);
+/// `label_prefix` goes before the progress stages' names ("query features", "train features").
 FeaturePair featurize_pair_in_memory(const Config& config, const connectors::TrainingRun& run, const connectors::Dataset& train,
                                      const connectors::Dataset& query, kernels::Backend& backend, Progress& progress,
                                      std::vector<CheckpointUse>* uses,
-                                     const std::function<void(const Featurizer&)>& before = {});
+                                     const std::function<void(const Featurizer&)>& before = {},
+                                     const std::string& label_prefix = "");
 
 /// Adds a featurizer's time split (model gradients vs making rows) to the progress summary.
 void note_split(const Config& config, const Featurizer& fz, Progress& progress);
