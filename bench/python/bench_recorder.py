@@ -8,15 +8,21 @@ features), an MLP 784-512-512-10 (batch 64; every layer projected) and the bench
 images, Conv2d(1,16,3,p1) ReLU Conv2d(16,32,3,p1) ReLU MaxPool2 Flatten Linear(512,10) (batch 64);
 and (Python only: the C++ Recorder takes Sequentials) a small GPT, 2 pre-LayerNorm blocks of width
 128 with 4 heads, 256 tokens, context 64 (batch 16; its 13 nn.Linear layers recorded, 64 positions
-each; the next-token loss). SGD, cross-entropy, every step recorded, k = 4096 per layer. Plain and recorded runs alternate in
-rounds; medians are reported. A recorded run's time includes closing the recording (draining the
-writer's queue and the last fsync). Columns per step: the C++ writer's capture (copies into its
-queue) and wait (queue full, final drain) on the training thread, projection and write on the
-writer thread, sync (fsyncs) on the sync thread; thr.: the training thread's CPU time (Python
-hooks and tensor conversions included), cpu: the process's. Each model is recorded twice per round,
-live (the writer projects) and deferred (defer=True: the writer stores the captured tensors and
-finalize projects them), and a third time with the default (defer="auto") and window=16 (16
-recorded steps per checkpoint: parameters kept once per 16 steps), beside the same plain runs. Run with OPENBLAS_NUM_THREADS=1 for one
+each; the next-token loss). SGD, cross-entropy, every step recorded, k = 4096 per layer.
+
+Plain and recorded blocks of steps alternate in one process (P L P D P W P L ...), each model
+training on: a recorded block's overhead is its time over the mean of the plain blocks just
+before and after it (the VM's speed drifts from minute to minute, adjacent blocks see the same
+machine); the median over rounds is reported, with the range. A recorded block ends with flush()
+(the writer's queue drained, the segment made durable), so the writer's work stays inside it;
+that is one fsync per block beyond the recorder's own (one per 64 steps). close ms: closing each
+recording at the end, once per training run. Columns per step: the C++ writer's capture (copies
+into its queue) and wait (queue full, flush) on the training thread, projection and write on the
+writer thread, sync (fsyncs) on the sync thread; thr.: the training thread's CPU time (the C++
+capture included), cpu: the process's. Each model is recorded three ways: live (the writer
+projects), deferred (defer=True: the writer stores the captured tensors and finalize projects
+them), and with the default (defer="auto") and window=16 (16 recorded steps per checkpoint:
+parameters kept once per 16 steps). Run with OPENBLAS_NUM_THREADS=1 for one
 thread (torch.set_num_threads does not reach OpenBLAS's own threads).
 """
 import math
@@ -90,84 +96,105 @@ def make(name):
     return torch.nn.Sequential(*layers), (sizes[0],), 32 if name.startswith("demo") else 64
 
 
-def run(name, steps, recorder_dir=None, defer=False, window=1):
-    model, shape, batch = make(name)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    n = 64 * batch
-    g = torch.Generator().manual_seed(2)
-    lm = name.startswith("GPT")
-    x = torch.randint(256, (n,) + shape, generator=g) if lm else torch.rand((n,) + shape, generator=g)
-    y = torch.randint(256, (n,) + shape, generator=g) if lm else torch.randint(10, (n,), generator=g)
-    perm = torch.randperm(n, generator=g)
-    rec = attrace.Recorder(model, store=recorder_dir, k=4096, defer=defer, window=window).attach() if recorder_dir else None
-    for s in range(steps + 8):
-        if s == 8:  # warm-up done
-            if rec:
-                rec.flush()
-            base = dict(rec.timings) if rec else {}
-            t0, c0, tc0 = time.perf_counter(), time.process_time(), time.thread_time()
-        ids = perm[(s % 64) * batch:(s % 64 + 1) * batch]
-        out = model(x[ids])
-        loss = torch.nn.functional.cross_entropy(out.reshape(-1, out.size(-1)), y[ids].reshape(-1))
-        opt.zero_grad()
+class Trainer:
+    """One model training on its data, plain or through a Recorder; block(n) times n steps."""
+
+    def __init__(self, name, recorder_dir=None, defer=False, window=1):
+        self.model, shape, self.batch = make(name)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01)
+        n = 64 * self.batch
+        g = torch.Generator().manual_seed(2)
+        self.lm = name.startswith("GPT")
+        self.x = torch.randint(256, (n,) + shape, generator=g) if self.lm else torch.rand((n,) + shape, generator=g)
+        self.y = torch.randint(256, (n,) + shape, generator=g) if self.lm else torch.randint(10, (n,), generator=g)
+        self.perm = torch.randperm(n, generator=g)
+        self.rec = attrace.Recorder(self.model, store=recorder_dir, k=4096, defer=defer,
+                                    window=window).attach() if recorder_dir else None
+        self.s = 0
+        self.block(8)  # warm-up
+
+    def step(self):
+        ids = self.perm[(self.s % 64) * self.batch:(self.s % 64 + 1) * self.batch]
+        self.s += 1
+        out = self.model(self.x[ids])
+        loss = torch.nn.functional.cross_entropy(out.reshape(-1, out.size(-1)), self.y[ids].reshape(-1))
+        self.opt.zero_grad()
         loss.backward()
-        if rec:
-            rec.step(ids, 0.01)
-        opt.step()
-    extra = {}
-    if rec:
-        t_close = time.perf_counter()
-        rec.detach()
-        times = dict(rec.timings)  # before close: the writer's counters
-        rec.close()  # drains the queue and makes the last segment durable: part of the cost
-        extra = {k: (v - base[k]) / steps for k, v in times.items() if k != "steps"}
-        extra["wait"] += (time.perf_counter() - t_close) / steps
-    wall = (time.perf_counter() - t0) / steps
-    return wall, (time.process_time() - c0) / steps, (time.thread_time() - tc0) / steps, extra
+        if self.rec:
+            self.rec.step(ids, 0.01)
+        self.opt.step()
+
+    def block(self, steps):
+        """Seconds per step (wall, training thread CPU, process CPU) and the writer's timings per
+        step over `steps` steps; a recorded block ends with flush() (the writer's queue drained and
+        the segment made durable), so all of its work is inside the block's time."""
+        base = dict(self.rec.timings) if self.rec else {}
+        t0, c0, tc0 = time.perf_counter(), time.process_time(), time.thread_time()
+        for _ in range(steps):
+            self.step()
+        if self.rec:
+            self.rec.flush()
+        wall, cpu, thr = time.perf_counter() - t0, time.process_time() - c0, time.thread_time() - tc0
+        extra = {k: (v - base[k]) / steps for k, v in self.rec.timings.items() if k != "steps"} if self.rec else {}
+        return wall / steps, thr / steps, cpu / steps, extra
+
+    def close(self):
+        """Seconds to close the recording (detach, drain, last fsync, join the threads)."""
+        if not self.rec:
+            return 0.0
+        t = time.perf_counter()
+        self.rec.detach()
+        self.rec.close()
+        return time.perf_counter() - t
 
 
 def main():
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     threads = int(sys.argv[2]) if len(sys.argv) > 2 else 1
     only = sys.argv[3] if len(sys.argv) > 3 else ""
     torch.set_num_threads(threads)
     print("torch %s, %d thread(s), numpy %s, %d rounds" % (torch.__version__, threads, np.__version__, rounds))
-    print("%-28s | %9s %9s %8s | %8s %8s %8s %8s %8s | %8s %8s %8s %8s" % (
-        "model", "plain us", "rec. us", "overhead", "capture", "wait", "project", "write", "sync", "thr.pl.", "thr.rec.",
-        "cpu pl.", "cpu rec."))
+    print("%-28s | %9s %9s %8s %8s | %8s %8s %8s %8s %8s | %8s %8s %8s %8s | %8s" % (
+        "model", "plain us", "rec. us", "overhead", "range", "capture", "wait", "project", "write", "sync", "thr.pl.",
+        "thr.rec.", "cpu pl.", "cpu rec.", "close ms"))
     for name, steps in [("demo MLP 64-32-10", 1000), ("MLP 784-512-512-10", 200), ("CNN 8x8 (16, 32 ch.)", 200),
                         ("GPT 2x128, T 64", 60)]:
         if only and only not in name:
             continue
-        keys = ["rec", "crec", "trec", "capture", "wait", "project", "write", "sync"]
-        rows = {k: [] for k in ["plain", "cpl", "tpl"]}
         modes = ("live", "defer", "window 16")
-        for mode in modes:
-            rows.update({mode + k: [] for k in keys})
-        for _ in range(rounds):
-            w, c, tc, _ = run(name, steps)
-            rows["plain"].append(w)
-            rows["cpl"].append(c)
-            rows["tpl"].append(tc)
-            for mode in modes:
-                d = tempfile.mkdtemp(prefix="attrace-pybench-")
-                try:
-                    w, c, tc, extra = run(name, steps, os.path.join(d, "rec"),
-                                          defer={"live": False, "defer": True}.get(mode, "auto"),
-                                          window=16 if mode == "window 16" else 1)
-                finally:
-                    shutil.rmtree(d)
-                rows[mode + "rec"].append(w)
-                rows[mode + "crec"].append(c)
-                rows[mode + "trec"].append(tc)
-                for k in ["capture", "wait", "project", "write", "sync"]:
-                    rows[mode + k].append(extra[k])
-        m = {k: 1e6 * statistics.median(v) for k, v in rows.items()}
-        for mode in modes:
-            r = {k: m[mode + k] for k in keys}
-            print("%-28s | %9.1f %9.1f %+7.1f%% | %8.1f %8.1f %8.1f %8.1f %8.1f | %8.1f %8.1f %8.1f %8.1f" % (
-                name + " " + mode, m["plain"], r["rec"], 100 * (r["rec"] - m["plain"]) / m["plain"], r["capture"], r["wait"],
-                r["project"], r["write"], r["sync"], m["tpl"], r["trec"], m["cpl"], r["crec"]))
+        work = tempfile.mkdtemp(prefix="attrace-pybench-")
+        try:
+            plain = Trainer(name)
+            rec = {mode: Trainer(name, os.path.join(work, mode.replace(" ", "")), defer={"live": False, "defer": True}.get(mode, "auto"),
+                                 window=16 if mode == "window 16" else 1) for mode in modes}
+            # Plain and recorded blocks alternate, P L P D P W P L ...: each recorded block is
+            # compared with the mean of the plain blocks just before and after it (the VM's speed
+            # drifts from minute to minute; adjacent blocks see the same machine).
+            blocks = {mode: [] for mode in modes}
+            plains = [plain.block(steps)]
+            for _ in range(rounds):
+                for mode in modes:
+                    blocks[mode].append(rec[mode].block(steps))
+                    plains.append(plain.block(steps))
+            close = {mode: rec[mode].close() for mode in modes}
+        finally:
+            shutil.rmtree(work)
+        med = lambda v: 1e6 * statistics.median(v)  # noqa: E731
+        for m_i, mode in enumerate(modes):
+            ratios, pl_wall, pl_thr, pl_cpu = [], [], [], []
+            for r, b in enumerate(blocks[mode]):
+                before, after = plains[r * len(modes) + m_i], plains[r * len(modes) + m_i + 1]
+                base = [(before[j] + after[j]) / 2 for j in range(3)]
+                ratios.append(b[0] / base[0] - 1)
+                pl_wall.append(base[0])
+                pl_thr.append(base[1])
+                pl_cpu.append(base[2])
+            ex = {k: med([b[3][k] for b in blocks[mode]]) for k in ["capture", "wait", "project", "write", "sync"]}
+            print("%-28s | %9.1f %9.1f %+7.1f%% %+3.0f..%+3.0f | %8.1f %8.1f %8.1f %8.1f %8.1f | %8.1f %8.1f %8.1f %8.1f | %8.2f" % (
+                name + " " + mode, med(pl_wall), med([b[0] for b in blocks[mode]]), 100 * statistics.median(ratios),
+                100 * min(ratios), 100 * max(ratios), ex["capture"], ex["wait"], ex["project"], ex["write"], ex["sync"],
+                med(pl_thr), med([b[1] for b in blocks[mode]]), med(pl_cpu), med([b[2] for b in blocks[mode]]),
+                1e3 * close[mode]))
         sys.stdout.flush()
 
 

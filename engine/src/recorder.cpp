@@ -706,9 +706,11 @@ void rows_of(const StepMatrices& m, connectors::FeatureDtype dtype, double lr, i
 }
 
 // Checks one layer's capture description against the layer; returns the floats of x and delta.
-std::pair<int64_t, int64_t> capture_sizes(const RecordedLayer& l, const LayerBatch& c, int64_t batch, const std::string& what,
+// `what` makes the message's prefix, only when a check fails (this runs on the training thread).
+template <class What>
+std::pair<int64_t, int64_t> capture_sizes(const RecordedLayer& l, const LayerBatch& c, int64_t batch, const What& what,
                                           const RecorderSettings& s) {
-  const auto where = [&] { return what + ", layer '" + l.name + "'"; };
+  const auto where = [&] { return what() + ", layer '" + l.name + "'"; };
   ATTRACE_CHECK(s.projection != Projection::none || (!l.conv && c.positions == 1), InputError,
                 where() + ": exact recording (projection none) takes Linear layers with one position per example; record "
                         "this model with projection kronecker");
@@ -782,7 +784,7 @@ void recorded_rows(const std::vector<RecordedLayer>& layers, const RecorderSetti
   ATTRACE_CHECK(captured.size() == layers.size(), InputError,
                 "recorder: " + std::to_string(captured.size()) + " layers captured, " + std::to_string(layers.size()) + " recorded");
   ATTRACE_CHECK(batch > 0, InputError, "recorder: empty batch");
-  for (size_t l = 0; l < layers.size(); ++l) capture_sizes(layers[l], captured[l], batch, "recorder", settings);
+  for (size_t l = 0; l < layers.size(); ++l) capture_sizes(layers[l], captured[l], batch, [] { return std::string("recorder"); }, settings);
   if (settings.projection == Projection::none) {
     std::vector<std::vector<float>> sx(layers.size()), sd(layers.size());
     std::vector<const float*> xs, ds;
@@ -1474,7 +1476,7 @@ void RecordingWriter::record(int64_t step, double lr, const int64_t* ids, int64_
                   what() + ": example id " + std::to_string(id) + " appears twice in the batch");
   }
   std::vector<std::pair<int64_t, int64_t>> sizes;
-  for (size_t l = 0; l < m.layers.size(); ++l) sizes.push_back(capture_sizes(m.layers[l], layers[l], batch, what(), m.settings));
+  for (size_t l = 0; l < m.layers.size(); ++l) sizes.push_back(capture_sizes(m.layers[l], layers[l], batch, what, m.settings));
   for (size_t p = 0; p < parameters.size(); ++p)
     ATTRACE_CHECK(parameters[p] != nullptr, InputError, what() + ": parameter '" + m.params[p].name + "' not given");
 

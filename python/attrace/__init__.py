@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import types
 
 import numpy as np
 import torch
@@ -94,14 +95,6 @@ def _conv_geometry(name, conv):
             "dilation": (dh, dw)}
 
 
-def _as_f32(t):
-    """A float32, contiguous, CPU numpy view of a tensor (a copy only when it is not one already)."""
-    t = t.detach()
-    if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
-        t = t.to(device="cpu", dtype=torch.float32).contiguous()
-    return t.numpy()
-
-
 class Recorder:
     """Records a training run of an nn.Sequential whose layers with parameters are nn.Linear or
     nn.Conv2d (groups 1, zero padding), or of any other scriptable nn.Module: then its trainable
@@ -109,9 +102,12 @@ class Recorder:
     positions per example), and the finalized config selects their parameters only (a
     transformer's embeddings and LayerNorms are not recorded).
 
-    Forward hooks keep each layer's input and a tensor hook its output gradient, only in steps
-    that are recorded; step(ids, lr) (after backward, before the optimizer step) copies them into
-    the C++ writer's queue, whose background thread projects and writes them. `store` is the
+    The capture is C++ (attach()): each recorded layer keeps its input and an autograd hook its
+    output gradient, only in steps that are recorded; step(ids, lr) (after backward, before the
+    optimizer step) copies them into the C++ writer's queue, whose background thread projects and
+    writes them. While attached, a recorded nn.Linear's `forward` is an instance attribute (C++):
+    script or pickle the whole model before attaching or after detaching (state_dict() and
+    copy.deepcopy work; a copy is not recorded). `store` is the
     recording directory; finalize() turns it into a feature store. every / steps choose the
     recorded steps; loss_scale in step() undoes a mean loss. projection="none" records exact
     per-example gradients (Linear layers with one position per example; `factored` as the
@@ -170,52 +166,34 @@ class Recorder:
         finally:
             os.remove(tmpl)
         self.store = str(store)
-        self.current_step = self._writer.last_step + 1
+        self._writer.bind(model, [mod for _, mod in self.layers], [p for _, p in self.params])
         self._handles = []
-        self._capturing = False
-        self._x = [None] * len(self.layers)
-        self._g = [None] * len(self.layers)
-        self._param_views = None  # (data pointers, numpy views) of the parameters
-        self._bias_columns = [False] * len(self.layers)  # the writer appends the bias column
-        self._twice = None  # a layer whose forward hook ran twice in the step being captured
-
-    # -- hooks ------------------------------------------------------------------------------
-    def _forward_hook(self, index):
-        def keep(g):
-            self._g[index] = g
-
-        def hook(module, inputs, output):
-            if not self._capturing:
-                return
-            if self._x[index] is not None:
-                self._twice = self.layers[index][0]
-            self._x[index] = inputs[0]
-            if output.requires_grad:
-                output.register_hook(keep)
-        return hook
-
-    def _pre_hook(self, module, inputs):
-        # Decided once per forward: capture only when the coming step is recorded.
-        self._capturing = torch.is_grad_enabled() and self._writer.wants(self.current_step)
-        if self._capturing:
-            self._x = [None] * len(self.layers)
-            self._g = [None] * len(self.layers)
-            self._twice = None
+        self._patched = []  # modules whose forward the recorder replaced
 
     def attach(self):
-        """Registers the hooks (done by `with recorder:`)."""
+        """Installs the capture (done by `with recorder:`): the model's forward pre-hook, and per
+        recorded layer either its forward (a module whose class forward is nn.Linear's: the same
+        ATen call in C++, with the capture) or a forward hook (Conv2d, a Linear subclass). All of
+        them and the output-gradient hooks they add are C++: no Python code runs per layer."""
         if self._handles:
             return self
-        self._handles.append(self.model.register_forward_pre_hook(self._pre_hook))
+        self._handles.append(self.model.register_forward_pre_hook(self._writer.pre_hook()))
         for i, (_, mod) in enumerate(self.layers):
-            self._handles.append(mod.register_forward_hook(self._forward_hook(i)))
+            if type(mod).forward is torch.nn.Linear.forward and "forward" not in mod.__dict__:
+                mod.forward = types.MethodType(self._writer.linear_forward(i), mod)
+                self._patched.append(mod)
+            else:
+                self._handles.append(mod.register_forward_hook(self._writer.forward_hook(i)))
         return self
 
     def detach(self):
-        """Removes the hooks."""
+        """Removes the capture (the layers' own forwards are back)."""
         for h in self._handles:
             h.remove()
+        for mod in self._patched:
+            del mod.forward
         self._handles = []
+        self._patched = []
 
     def __enter__(self):
         return self.attach()
@@ -225,49 +203,24 @@ class Recorder:
         self.close()
         return False
 
-    def _parameters(self):
-        # numpy views of the parameters (they share memory: the optimizer's in-place updates show
-        # through), made again only when a parameter's storage moved (.to(), a loaded state dict).
-        ptrs = tuple(p.data_ptr() for _, p in self.params)
-        if self._param_views is not None and self._param_views[0] == ptrs:
-            return self._param_views[1]
-        views = [_as_f32(p).reshape(-1) for _, p in self.params]
-        if all(p.device.type == "cpu" and p.is_contiguous() for _, p in self.params):
-            self._param_views = (ptrs, views)
-        return views
+    @property
+    def current_step(self):
+        """The training step the next step() ends (after a resumed recording's last step)."""
+        return self._writer.current_step
+
+    @current_step.setter
+    def current_step(self, step):
+        self._writer.current_step = int(step)
 
     # -- steps ------------------------------------------------------------------------------
     def step(self, ids, lr, loss_scale=None):
         """Ends training step `current_step`; records it when scheduled. ids: the batch's rows in
-        the training dataset, in batch order. loss_scale: the factor from the captured gradient
-        to each example's own loss gradient (default: the batch size, for a mean loss; 1 for a
-        summed loss). Returns whether the step was recorded. The captured tensors are copied
-        before it returns; projection and writing run on the writer's thread."""
-        t = self.current_step
-        self.current_step += 1
-        if not self._capturing:
-            return False
-        self._capturing = False
-        if self._twice is not None:
-            raise InputError("attrace.Recorder: step %d: layer '%s' ran more than once in one forward (a layer applied "
-                             "twice is not recorded)" % (t, self._twice))
-        if isinstance(ids, torch.Tensor):
-            ids = ids.detach().cpu().numpy()
-        ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
-        batch = ids.shape[0]
-        xs, ds = [], []
-        for i, (name, mod) in enumerate(self.layers):
-            x, g = self._x[i], self._g[i]
-            if x is None or g is None:
-                raise InputError("attrace.Recorder: step %d: no gradient reached layer '%s' (call step() after "
-                                 "loss.backward() of this step's forward)" % (t, name))
-            xs.append(_as_f32(x))
-            ds.append(_as_f32(g))
-        self._x = [None] * len(self.layers)
-        self._g = [None] * len(self.layers)
-        self._writer.record(t, float(lr), ids, xs, ds, self._bias_columns,
-                            float(batch if loss_scale is None else loss_scale), self._parameters())
-        return True
+        the training dataset, in batch order (a tensor, an array or a list). loss_scale: the
+        factor from the captured gradient to each example's own loss gradient (default: the batch
+        size, for a mean loss; 1 for a summed loss). Returns whether the step was recorded. The
+        captured tensors are copied before it returns; projection and writing run on the
+        writer's thread."""
+        return self._writer.step(ids, float(lr), loss_scale)
 
     def flush(self):
         """Makes every recorded step durable (waits for the writer's queue)."""

@@ -25,6 +25,7 @@ PYTHONPATH=<build>/python, ATTRACE_BIN=<build>/cli/attrace. Plain asserts, no py
    parameters are kept at each window's first step only, and finalize writes one checkpoint per
    window.
 """
+import copy
 import os
 import subprocess
 import sys
@@ -155,12 +156,80 @@ def main():
     except ValueError as e:
         assert "projection" in str(e), e
     print("4. resume continues at step 5; other settings refused")
+    capture_paths_part(tmp)
     cnn_part(tmp, binary)
     cnn_part(tmp, binary, defer=True)
     lm_part(tmp, binary)
     doc_example_part(tmp)
     print("python recorder test: OK")
     return 0
+
+
+class HookedLinear(torch.nn.Linear):
+    """A Linear subclass with its own forward: recorded by a forward hook, not the C++ forward."""
+
+    def forward(self, x):
+        return torch.nn.functional.linear(x, self.weight, self.bias)
+
+
+def capture_paths_part(tmp):
+    """The two capture paths record the same bits; attach/detach and copies behave."""
+    rng = np.random.default_rng(5)
+    x_all = torch.from_numpy(rng.uniform(-1, 1, (N, D)).astype(np.float32))
+    y_all = torch.from_numpy(rng.integers(0, C, N))
+    batches = [torch.from_numpy(rng.permutation(N)[:B]) for _ in range(4)]
+    recorded = []
+    for first in (torch.nn.Linear, HookedLinear):
+        torch.manual_seed(3)
+        model = torch.nn.Sequential(first(D, H), torch.nn.ReLU(), torch.nn.Linear(H, C))
+        opt = torch.optim.SGD(model.parameters(), lr=0.3)
+        rec_dir = os.path.join(tmp, "paths-" + first.__name__)
+        rec = attrace.Recorder(model, store=rec_dir, k=K, seed=SEED)
+        with rec:
+            patched = [type(m).__name__ for m in model if "forward" in m.__dict__]
+            assert patched == (["Linear", "Linear"] if first is torch.nn.Linear else ["Linear"]), patched
+            for s, ids in enumerate(batches):
+                loss = torch.nn.functional.cross_entropy(model(x_all[ids]), y_all[ids])
+                opt.zero_grad()
+                loss.backward()
+                assert rec.step(ids.numpy() if s % 2 else ids.tolist(), 0.3)  # an array or a list, too
+                opt.step()
+                if s == 1:
+                    # A deep copy (an EMA model, say) computes with its own weights and is not recorded.
+                    twin = copy.deepcopy(model)
+                    with torch.no_grad():
+                        for p in twin.parameters():
+                            p.mul_(2)
+                        assert not torch.equal(twin(x_all[:4]), model(x_all[:4]))
+                        plain = torch.nn.Sequential(first(D, H), torch.nn.ReLU(), torch.nn.Linear(H, C))
+                        plain.load_state_dict(twin.state_dict())
+                        assert torch.equal(twin(x_all[:4]), plain(x_all[:4]))
+                    twin(x_all[:4]).sum().backward()  # with grad: no capture, no error
+        assert not any("forward" in m.__dict__ for m in model), "detach must restore the layers' forwards"
+        assert not model._forward_pre_hooks and not any(m._forward_hooks for m in model)
+        recorded.append(attrace.read_recording(rec_dir))
+    a, b = recorded
+    assert len(a["steps"]) == len(b["steps"]) == 4
+    for sa, sb in zip(a["steps"], b["steps"]):
+        assert np.array_equal(sa["rows"], sb["rows"]) and np.array_equal(sa["parameters"], sb["parameters"])
+    # Misuse is refused by name: step() without a backward, an empty batch.
+    model = torch.nn.Sequential(torch.nn.Linear(D, H), torch.nn.ReLU(), torch.nn.Linear(H, C))
+    with attrace.Recorder(model, store=os.path.join(tmp, "paths-misuse"), k=K, seed=SEED) as rec:
+        model(x_all[:B])
+        try:
+            rec.step(list(range(B)), 0.1)
+            raise AssertionError("a step without backward was recorded")
+        except ValueError as e:
+            assert "step 0: no gradient reached layer '0'" in str(e), e
+        torch.nn.functional.cross_entropy(model(x_all[:B]), y_all[:B]).backward()
+        try:
+            rec.step([], 0.1)
+            raise AssertionError("an empty batch was recorded")
+        except ValueError as e:
+            assert "step 1: ids must not be empty" in str(e), e
+        assert rec.recorded == 0
+    print("5b. C++ Linear forward and C++ forward hook record the same bits (4 steps); detach restores; "
+          "a deep copy is not recorded; a step without backward and an empty batch are refused")
 
 
 def cnn_part(tmp, binary, defer=False):
