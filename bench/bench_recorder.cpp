@@ -1,11 +1,12 @@
 // Training-step time with and without the live recorder (docs/recorder.md), in the same process:
-// plain and recorded runs alternate in rounds (a shared machine's load drifts), and the median
-// of each is reported: per step with closing the recording spread over the round's steps (rec.
-// us, overhead), per step without it (steps us, ovh.steps), and the close itself (close ms: once
-// per training run, however long). SGD, cross-entropy, LibTorch TorchScript models through engine::Recorder,
-// every step recorded with k = 4096 per layer, recordings on the local disk (a durable segment
-// every 64 steps). A recorded run's time includes closing the recording (draining the queue and
-// the last fsync).
+// plain and recorded blocks of steps alternate (P L P D P W P L ..., every model training on), and
+// a recorded block's overhead is its time over the mean of the plain blocks just before and after
+// it (the VM's speed drifts from minute to minute; adjacent blocks see the same machine); the
+// median over rounds is reported, with the range. A recorded block ends with flush() (queue
+// drained, segment durable), so the writer's work stays inside it: one fsync per block beyond the
+// recorder's own (one per 64 steps). close ms: closing the recording at the end, once per
+// training run. SGD, cross-entropy, LibTorch TorchScript models through engine::Recorder, every
+// step recorded with k = 4096 per layer, recordings on the local disk.
 //
 //   bench_recorder [rounds] [torch threads] [model name filter]
 //
@@ -13,13 +14,13 @@
 // 784-512-512-10 (batch 64; every layer projected) and the project's benchmark CNN on 8x8
 // images, Conv2d(1,16,3,p1) ReLU Conv2d(16,32,3,p1) ReLU MaxPool2 Flatten Linear(512,10) (batch
 // 64; the second conv and the linear layer projected). Columns: per step, the training thread's
-// capture (checks and copies into the queue) and wait (queue full, final drain), the writer
-// thread's projection and write and the sync thread's fsyncs; thr.: the training thread's CPU
-// seconds per step; cpu: the process's (all threads). Each model is recorded twice per round,
-// live (the writer projects) and deferred (RecorderSettings::defer: the writer stores the
-// captured tensors, finalize projects them), beside the same plain runs; a * marks the one the
-// default setting (automatic) picks for that model; a third row records with that default and
-// windows of 16 recorded steps per checkpoint (RecorderSettings::window).
+// capture (checks and copies into the queue) and wait (queue full, flush) on the training thread,
+// the writer thread's projection and write and the sync thread's fsyncs; thr.: the training
+// thread's CPU seconds per step; cpu: the process's (all threads). Each model is recorded live
+// (the writer projects) and deferred (RecorderSettings::defer: the writer stores the captured
+// tensors, finalize projects them); a * marks the one the default setting (automatic) picks for
+// that model; a third row records with that default and windows of 16 recorded steps per
+// checkpoint (RecorderSettings::window).
 #include <attrace/engine/model_builder.hpp>
 #include <attrace/engine/recorder.hpp>
 
@@ -151,55 +152,63 @@ void train_step(Setup& s, eng::Recorder* rec, int64_t b) {
   for (size_t k = 0; k < s.params.size(); ++k) s.params[k].sub_(grads[k], 0.01);
 }
 
-struct Round {
-  double wall = 0, cpu = 0, thread_cpu = 0;
-  double steps_wall = 0;  // per step, the steps alone (without closing the recording)
-  double close = 0;       // closing the recording: draining the queue, the last fsyncs (once per run)
-  eng::RecorderTimings t;
-  int64_t width = 0;
-  int64_t deferred = 0;  // steps the writer stored deferred
+// One model training on its data, plain or through a Recorder; block(n) times n steps.
+struct Block {
+  double wall = 0, cpu = 0, thread_cpu = 0;  // per step
+  eng::RecorderTimings t;                    // per step
 };
 
 // mode 0: plain; 1: recorded, live projection; 2: recorded, deferred projection; 3: recorded,
 // the default (automatic) choice; 4: the default with windows of 16 steps (parameters kept once
-// per 16 recorded steps). steps < 0: the model's.
-Round run(const Model& md, int mode, int64_t steps = -1) {
-  const bool record = mode > 0;
-  if (steps < 0) steps = md.steps;
-  Setup s = make(md);
-  const fs::path dir = fs::temp_directory_path() / ("attrace-bench-rec-" + std::to_string(::getpid()));
-  fs::remove_all(dir);
+// per 16 recorded steps).
+struct Trainer {
+  Setup s;
   std::unique_ptr<eng::Recorder> rec;
-  eng::RecorderSettings settings;
-  settings.defer = mode == 2 ? eng::Deferral::always : mode == 1 ? eng::Deferral::never : eng::Deferral::automatic;
-  if (mode == 4) settings.window = 16;
-  if (record) rec = std::make_unique<eng::Recorder>(s.model, dir.string(), settings);
-  for (int64_t b = 0; b < 8; ++b) train_step(s, rec.get(), b);  // warm-up (and the recorder's one forward check)
-  if (rec) rec->flush();
-  const eng::RecorderTimings t0 = rec ? rec->writer().timings() : eng::RecorderTimings{};
-  const double c0 = cpu_seconds(), tc0 = thread_cpu_seconds();
-  const auto w0 = Clock::now();
-  for (int64_t b = 0; b < steps; ++b) train_step(s, rec.get(), b);
-  const auto w1 = Clock::now();
-  if (rec) rec->close();  // drains the queue and makes the last segment durable: part of the cost
-  Round r;
-  r.steps_wall = std::chrono::duration<double>(w1 - w0).count() / static_cast<double>(steps);
-  r.close = std::chrono::duration<double>(Clock::now() - w1).count();
-  r.deferred = rec ? rec->writer().timings().deferred : 0;
-  r.wall = std::chrono::duration<double>(Clock::now() - w0).count() / static_cast<double>(steps);
-  r.cpu = (cpu_seconds() - c0) / static_cast<double>(steps);
-  r.thread_cpu = (thread_cpu_seconds() - tc0) / static_cast<double>(steps);
-  if (rec) {
-    const auto t1 = rec->writer().timings();
-    const auto n = static_cast<double>(steps);
-    r.t = {(t1.capture - t0.capture) / n, (t1.wait - t0.wait) / n, (t1.project - t0.project) / n, (t1.write - t0.write) / n,
-           (t1.sync - t0.sync) / n, t1.steps - t0.steps};
-    r.width = rec->writer().width();
+  fs::path dir;
+  int64_t b = 0;
+
+  Trainer(const Model& md, int mode) : s(make(md)) {
+    if (mode > 0) {
+      dir = fs::temp_directory_path() / ("attrace-bench-rec-" + std::to_string(::getpid()) + "-" + std::to_string(mode));
+      fs::remove_all(dir);
+      eng::RecorderSettings settings;
+      settings.defer = mode == 2 ? eng::Deferral::always : mode == 1 ? eng::Deferral::never : eng::Deferral::automatic;
+      if (mode == 4) settings.window = 16;
+      rec = std::make_unique<eng::Recorder>(s.model, dir.string(), settings);
+    }
+    block(8);  // warm-up (and the recorder's one forward check)
   }
-  rec.reset();
-  fs::remove_all(dir);
-  return r;
-}
+  ~Trainer() {
+    rec.reset();
+    if (!dir.empty()) fs::remove_all(dir);
+  }
+  // A recorded block ends with flush() (the writer's queue drained, the segment made durable),
+  // so all of its work is inside the block's time.
+  Block block(int64_t steps) {
+    const eng::RecorderTimings t0 = rec ? rec->writer().timings() : eng::RecorderTimings{};
+    const double c0 = cpu_seconds(), tc0 = thread_cpu_seconds();
+    const auto w0 = Clock::now();
+    for (int64_t i = 0; i < steps; ++i) train_step(s, rec.get(), b++);
+    if (rec) rec->flush();
+    const auto n = static_cast<double>(steps);
+    Block r;
+    r.wall = std::chrono::duration<double>(Clock::now() - w0).count() / n;
+    r.cpu = (cpu_seconds() - c0) / n;
+    r.thread_cpu = (thread_cpu_seconds() - tc0) / n;
+    if (rec) {
+      const auto t1 = rec->writer().timings();
+      r.t = {(t1.capture - t0.capture) / n, (t1.wait - t0.wait) / n, (t1.project - t0.project) / n, (t1.write - t0.write) / n,
+             (t1.sync - t0.sync) / n, t1.steps - t0.steps, t1.deferred - t0.deferred};
+    }
+    return r;
+  }
+  // Seconds to close the recording (drain, last fsync, join the threads): once per training run.
+  double close() {
+    const auto w0 = Clock::now();
+    rec->close();
+    return std::chrono::duration<double>(Clock::now() - w0).count();
+  }
+};
 
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -209,14 +218,14 @@ double median(std::vector<double> v) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const int rounds = argc > 1 ? std::atoi(argv[1]) : 3;
+  const int rounds = argc > 1 ? std::atoi(argv[1]) : 5;
   const int threads = argc > 2 ? std::atoi(argv[2]) : 1;
   const std::string only = argc > 3 ? argv[3] : "";
   torch::set_num_threads(threads);
   std::printf("bench_recorder: %d rounds, %d torch thread(s), recorder writer thread with 1 projection thread\n", rounds, threads);
-  std::printf("%-28s %5s %6s | %9s %9s %8s | %9s %8s %8s | %8s %8s %8s %8s %8s | %8s %8s %8s %8s\n", "model", "batch", "width",
-              "plain us", "rec. us", "overhead", "steps us", "ovh.steps", "close ms", "capture", "wait", "project", "write", "sync",
-              "thr.pl.", "thr.rec.", "cpu pl.", "cpu rec.");
+  std::printf("%-28s %5s %6s | %9s %9s %8s %9s | %8s %8s %8s %8s %8s | %8s %8s %8s %8s | %8s\n", "model", "batch", "width",
+              "plain us", "rec. us", "overhead", "range", "capture", "wait", "project", "write", "sync", "thr.pl.", "thr.rec.",
+              "cpu pl.", "cpu rec.", "close ms");
   const std::vector<Model> models = {
       {"demo MLP 64-32-10", {64}, 10, 32, 1000, [](const std::string& p) { eng::save_mlp_torchscript(p, {64, 32, 10}, 1); }},
       {"MLP 784-512-512-10", {784}, 10, 64, 200, [](const std::string& p) { eng::save_mlp_torchscript(p, {784, 512, 512, 10}, 1); }},
@@ -224,44 +233,54 @@ int main(int argc, char** argv) {
   };
   for (const auto& md : models) {
     if (!only.empty() && md.name.find(only) == std::string::npos) continue;
-    std::vector<double> plain, cpl, tpl;
-    struct Col {
-      std::vector<double> wall, cpu, thr, cap, wait, proj, wr, sy, steps_wall, close;
-      int64_t width = 0;
-    } col[3];
+    // Plain and recorded blocks alternate, P L P D P W P L ...: each recorded block is compared
+    // with the mean of the plain blocks just before and after it (the VM's speed drifts from
+    // minute to minute; adjacent blocks see the same machine).
+    const int modes[3] = {1, 2, 4};
+    Trainer plain(md, 0);
+    std::vector<std::unique_ptr<Trainer>> rec;
+    for (const int m : modes) rec.push_back(std::make_unique<Trainer>(md, m));
+    std::vector<Block> plains = {plain.block(md.steps)};
+    std::vector<std::vector<Block>> blocks(3);
     for (int r = 0; r < rounds; ++r) {
-      const Round a = run(md, 0);
-      plain.push_back(a.wall);
-      cpl.push_back(a.cpu);
-      tpl.push_back(a.thread_cpu);
-      for (int mode = 1; mode <= 3; ++mode) {
-        const Round b = run(md, mode == 3 ? 4 : mode);
-        auto& c = col[mode - 1];
-        c.wall.push_back(b.wall);
-        c.steps_wall.push_back(b.steps_wall);
-        c.close.push_back(b.close);
-        c.cpu.push_back(b.cpu);
-        c.thr.push_back(b.thread_cpu);
-        c.cap.push_back(b.t.capture);
-        c.wait.push_back(b.t.wait);
-        c.proj.push_back(b.t.project);
-        c.wr.push_back(b.t.write);
-        c.sy.push_back(b.t.sync);
-        c.width = b.width;
+      for (size_t m = 0; m < 3; ++m) {
+        blocks[m].push_back(rec[m]->block(md.steps));
+        plains.push_back(plain.block(md.steps));
       }
     }
-    const double p = median(plain);
-    const Round choice = run(md, 3, 4);  // what the default setting (automatic) does with this model
-    for (int mode = 1; mode <= 3; ++mode) {
-      const auto& c = col[mode - 1];
-      const double q = median(c.wall);
-      const bool is_default = mode < 3 && (choice.deferred > 0) == (mode == 2);
-      const std::string name = md.name + (mode == 1 ? " live" : mode == 2 ? " defer" : " window 16") + (is_default ? "*" : "");
-      const double qs = median(c.steps_wall);
-      std::printf("%-28s %5lld %6lld | %9.1f %9.1f %+7.1f%% | %9.1f %+8.1f%% %8.2f | %8.1f %8.1f %8.1f %8.1f %8.1f | %8.1f %8.1f %8.1f %8.1f\n",
-                  name.c_str(), static_cast<long long>(md.batch), static_cast<long long>(c.width), 1e6 * p, 1e6 * q,
-                  100 * (q - p) / p, 1e6 * qs, 100 * (qs - p) / p, 1e3 * median(c.close), 1e6 * median(c.cap), 1e6 * median(c.wait), 1e6 * median(c.proj), 1e6 * median(c.wr),
-                  1e6 * median(c.sy), 1e6 * median(tpl), 1e6 * median(c.thr), 1e6 * median(cpl), 1e6 * median(c.cpu));
+    int64_t deferred = 0;  // what the default setting (automatic) does with this model
+    for (const auto& b : blocks[2]) deferred += b.t.deferred;
+    for (size_t m = 0; m < 3; ++m) {
+      const double close = rec[m]->close();
+      std::vector<double> ratio, pw, pt, pc, w, t, c, cap, wait, proj, wr, sy;
+      for (size_t r = 0; r < blocks[m].size(); ++r) {
+        const Block& before = plains[r * 3 + m];
+        const Block& after = plains[r * 3 + m + 1];
+        const Block& x = blocks[m][r];
+        const double base = (before.wall + after.wall) / 2;
+        ratio.push_back(x.wall / base - 1);
+        pw.push_back(base);
+        pt.push_back((before.thread_cpu + after.thread_cpu) / 2);
+        pc.push_back((before.cpu + after.cpu) / 2);
+        w.push_back(x.wall);
+        t.push_back(x.thread_cpu);
+        c.push_back(x.cpu);
+        cap.push_back(x.t.capture);
+        wait.push_back(x.t.wait);
+        proj.push_back(x.t.project);
+        wr.push_back(x.t.write);
+        sy.push_back(x.t.sync);
+      }
+      const bool is_default = m < 2 && (deferred > 0) == (m == 1);
+      const std::string name = md.name + (m == 0 ? " live" : m == 1 ? " defer" : " window 16") + (is_default ? "*" : "");
+      char range[32];
+      std::snprintf(range, sizeof range, "%+.0f..%+.0f", 100 * *std::min_element(ratio.begin(), ratio.end()),
+                    100 * *std::max_element(ratio.begin(), ratio.end()));
+      std::printf("%-28s %5lld %6lld | %9.1f %9.1f %+7.1f%% %9s | %8.1f %8.1f %8.1f %8.1f %8.1f | %8.1f %8.1f %8.1f %8.1f | %8.2f\n",
+                  name.c_str(), static_cast<long long>(md.batch), static_cast<long long>(rec[m]->rec->writer().width()),
+                  1e6 * median(pw), 1e6 * median(w), 100 * median(ratio), range, 1e6 * median(cap), 1e6 * median(wait),
+                  1e6 * median(proj), 1e6 * median(wr), 1e6 * median(sy), 1e6 * median(pt), 1e6 * median(t), 1e6 * median(pc),
+                  1e6 * median(c), 1e3 * close);
     }
     std::fflush(stdout);
   }
