@@ -20,7 +20,9 @@
 // (the writer projects) and deferred (RecorderSettings::defer: the writer stores the captured
 // tensors, finalize projects them); a * marks the one the default setting (automatic) picks for
 // that model; a third row records with that default and windows of 16 recorded steps per
-// checkpoint (RecorderSettings::window).
+// checkpoint (RecorderSettings::window). A second table times a plain and a recorded model
+// taking turns step by step (the cost inside the step, the writer's interference split between
+// both).
 #include <attrace/engine/model_builder.hpp>
 #include <attrace/engine/recorder.hpp>
 
@@ -281,6 +283,34 @@ int main(int argc, char** argv) {
                   1e6 * median(pw), 1e6 * median(w), 100 * median(ratio), range, 1e6 * median(cap), 1e6 * median(wait),
                   1e6 * median(proj), 1e6 * median(wr), 1e6 * median(sy), 1e6 * median(pt), 1e6 * median(t), 1e6 * median(pc),
                   1e6 * median(c), 1e3 * close);
+    }
+    std::fflush(stdout);
+  }
+  // Second measure: a plain and a recorded model take turns step by step, each step timed
+  // alone. The drift cancels almost entirely, which isolates the cost inside the step (the
+  // training thread's capture, copies and waits); the writer threads' interference falls on both
+  // models alike, so it counts half. The blocks above count it in full.
+  std::printf("\nsteps interleaved one by one (%d x the block's steps per mode)\n", rounds);
+  std::printf("%-28s | %9s %9s %9s %8s\n", "model", "plain us", "rec. us", "diff us", "overhead");
+  for (const auto& md : models) {
+    if (!only.empty() && md.name.find(only) == std::string::npos) continue;
+    for (const int m : {1, 2, 4}) {
+      Trainer plain(md, 0), rec(md, m);
+      double tp = 0, tr = 0;
+      const int64_t n = rounds * md.steps;
+      for (int64_t i = 0; i < n; ++i) {
+        const auto t0 = Clock::now();
+        train_step(plain.s, nullptr, plain.b++);
+        const auto t1 = Clock::now();
+        train_step(rec.s, rec.rec.get(), rec.b++);
+        const auto t2 = Clock::now();
+        tp += std::chrono::duration<double>(t1 - t0).count();
+        tr += std::chrono::duration<double>(t2 - t1).count();
+      }
+      rec.close();
+      const std::string name = md.name + (m == 1 ? " live" : m == 2 ? " defer" : " window 16");
+      std::printf("%-28s | %9.1f %9.1f %+9.1f %+7.1f%%\n", name.c_str(), 1e6 * tp / n, 1e6 * tr / n, 1e6 * (tr - tp) / n,
+                  100 * (tr / tp - 1));
     }
     std::fflush(stdout);
   }

@@ -22,7 +22,9 @@ writer thread, sync (fsyncs) on the sync thread; thr.: the training thread's CPU
 capture included), cpu: the process's. Each model is recorded three ways: live (the writer
 projects), deferred (defer=True: the writer stores the captured tensors and finalize projects
 them), and with the default (defer="auto") and window=16 (16 recorded steps per checkpoint:
-parameters kept once per 16 steps). Run with OPENBLAS_NUM_THREADS=1 for one
+parameters kept once per 16 steps). A second table times a plain and a recorded model taking
+turns step by step (the cost inside the step, with the writer's interference split between
+both). Run with OPENBLAS_NUM_THREADS=1 for one
 thread (torch.set_num_threads does not reach OpenBLAS's own threads).
 """
 import math
@@ -195,6 +197,38 @@ def main():
                 100 * min(ratios), 100 * max(ratios), ex["capture"], ex["wait"], ex["project"], ex["write"], ex["sync"],
                 med(pl_thr), med([b[1] for b in blocks[mode]]), med(pl_cpu), med([b[2] for b in blocks[mode]]),
                 1e3 * close[mode]))
+        sys.stdout.flush()
+    # Second measure: a plain and a recorded model take turns step by step, each step timed
+    # alone. The drift cancels almost entirely, which isolates the cost inside the step (the
+    # training thread's hooks, copies and waits); the writer threads' interference falls on both
+    # models alike, so it counts half. The blocks above count it in full.
+    print("\nsteps interleaved one by one (%d x the block's steps per mode)" % rounds)
+    print("%-28s | %9s %9s %9s %8s" % ("model", "plain us", "rec. us", "diff us", "overhead"))
+    for name, steps in [("demo MLP 64-32-10", 1000), ("MLP 784-512-512-10", 200), ("CNN 8x8 (16, 32 ch.)", 200),
+                        ("GPT 2x128, T 64", 60)]:
+        if only and only not in name:
+            continue
+        for mode in ("live", "defer", "window 16"):
+            work = tempfile.mkdtemp(prefix="attrace-pybench-")
+            try:
+                plain = Trainer(name)
+                rec = Trainer(name, os.path.join(work, "rec"), defer={"live": False, "defer": True}.get(mode, "auto"),
+                              window=16 if mode == "window 16" else 1)
+                tp = tr = 0.0
+                for _ in range(rounds * steps):
+                    t = time.perf_counter()
+                    plain.step()
+                    t1 = time.perf_counter()
+                    rec.step()
+                    t2 = time.perf_counter()
+                    tp += t1 - t
+                    tr += t2 - t1
+                rec.close()
+            finally:
+                shutil.rmtree(work)
+            n = rounds * steps
+            print("%-28s | %9.1f %9.1f %+9.1f %+7.1f%%" % (name + " " + mode, 1e6 * tp / n, 1e6 * tr / n, 1e6 * (tr - tp) / n,
+                                                          100 * (tr / tp - 1)))
         sys.stdout.flush()
 
 
