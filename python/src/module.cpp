@@ -168,20 +168,24 @@ struct Capture {
   std::vector<at::Tensor> parameters;  // the model's parameters, the tensors Python holds
   std::weak_ptr<eng::RecordingWriter> writer;  // expired once the recording is closed
   int64_t step = 0;                            // the training step the next step() ends
+  uint64_t generation = 0;  // counts reset()s: a hook from an older forward's graph keeps nothing
 
   void reset() {
     for (auto& s : slots) s = Slot{};
+    ++generation;
   }
   // A recorded layer ran: keep its input and hook its output's gradient.
   static void keep(const std::shared_ptr<Capture>& c, size_t index, py::handle module, const at::Tensor& x, const at::Tensor& y) {
-    if (!c->capturing || module.ptr() != c->layers[index]) return;
+    if (!c->capturing || index >= c->layers.size() || module.ptr() != c->layers[index]) return;
     auto& s = c->slots[index];
     if (s.forwards++ > 0) return;  // reported by step()
     s.x = x;
     if (y.requires_grad()) {
       std::weak_ptr<Capture> w = c;
-      y.register_hook([w, index](const at::Tensor& g) {
-        if (const auto cap = w.lock()) cap->slots[index].g = g;
+      const uint64_t generation = c->generation;
+      y.register_hook([w, index, generation](const at::Tensor& g) {
+        const auto cap = w.lock();
+        if (cap && cap->generation == generation) cap->slots[index].g = g;
       });
     }
   }

@@ -215,21 +215,29 @@ def capture_paths_part(tmp):
     # Misuse is refused by name: step() without a backward, an empty batch.
     model = torch.nn.Sequential(torch.nn.Linear(D, H), torch.nn.ReLU(), torch.nn.Linear(H, C))
     with attrace.Recorder(model, store=os.path.join(tmp, "paths-misuse"), k=K, seed=SEED) as rec:
-        model(x_all[:B])
+        stale = torch.nn.functional.cross_entropy(model(x_all[:B]), y_all[:B])
         try:
             rec.step(list(range(B)), 0.1)
             raise AssertionError("a step without backward was recorded")
         except ValueError as e:
             assert "step 0: no gradient reached layer '0'" in str(e), e
+        # The backward of an earlier step's forward does not fill this step's capture.
+        model(x_all[:B])
+        stale.backward()
+        try:
+            rec.step(list(range(B)), 0.1)
+            raise AssertionError("gradients of an older forward were recorded")
+        except ValueError as e:
+            assert "step 1: no gradient reached layer '0'" in str(e), e
         torch.nn.functional.cross_entropy(model(x_all[:B]), y_all[:B]).backward()
         try:
             rec.step([], 0.1)
             raise AssertionError("an empty batch was recorded")
         except ValueError as e:
-            assert "step 1: ids must not be empty" in str(e), e
+            assert "step 2: ids must not be empty" in str(e), e
         assert rec.recorded == 0
     print("5b. C++ Linear forward and C++ forward hook record the same bits (4 steps); detach restores; "
-          "a deep copy is not recorded; a step without backward and an empty batch are refused")
+          "a deep copy is not recorded; a step without backward (or with an older forward's), an empty batch are refused")
 
 
 def cnn_part(tmp, binary, defer=False):
