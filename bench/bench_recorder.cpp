@@ -233,12 +233,14 @@ int main(int argc, char** argv) {
       {"MLP 784-512-512-10", {784}, 10, 64, 200, [](const std::string& p) { eng::save_mlp_torchscript(p, {784, 512, 512, 10}, 1); }},
       {"CNN 8x8 (16, 32 ch.)", {1, 8, 8}, 10, 64, 200, save_cnn},
   };
+  // The recorded modes (Trainer's) and their row labels.
+  const int modes[3] = {1, 2, 4};
+  const char* const labels[3] = {" live", " defer", " window 16"};
   for (const auto& md : models) {
     if (!only.empty() && md.name.find(only) == std::string::npos) continue;
     // Plain and recorded blocks alternate, P L P D P W P L ...: each recorded block is compared
     // with the mean of the plain blocks just before and after it (the VM's speed drifts from
     // minute to minute; adjacent blocks see the same machine).
-    const int modes[3] = {1, 2, 4};
     Trainer plain(md, 0);
     std::vector<std::unique_ptr<Trainer>> rec;
     for (const int m : modes) rec.push_back(std::make_unique<Trainer>(md, m));
@@ -274,7 +276,7 @@ int main(int argc, char** argv) {
         sy.push_back(x.t.sync);
       }
       const bool is_default = m < 2 && (deferred > 0) == (m == 1);
-      const std::string name = md.name + (m == 0 ? " live" : m == 1 ? " defer" : " window 16") + (is_default ? "*" : "");
+      const std::string name = md.name + labels[m] + (is_default ? "*" : "");
       char range[32];
       std::snprintf(range, sizeof range, "%+.0f..%+.0f", 100 * *std::min_element(ratio.begin(), ratio.end()),
                     100 * *std::max_element(ratio.begin(), ratio.end()));
@@ -294,8 +296,8 @@ int main(int argc, char** argv) {
   std::printf("%-28s | %9s %9s %9s %8s\n", "model", "plain us", "rec. us", "diff us", "overhead");
   for (const auto& md : models) {
     if (!only.empty() && md.name.find(only) == std::string::npos) continue;
-    for (const int m : {1, 2, 4}) {
-      Trainer plain(md, 0), rec(md, m);
+    for (size_t m = 0; m < 3; ++m) {
+      Trainer plain(md, 0), rec(md, modes[m]);
       double tp = 0, tr = 0;
       const int64_t n = rounds * md.steps;
       for (int64_t i = 0; i < n; ++i) {
@@ -308,7 +310,7 @@ int main(int argc, char** argv) {
         tr += std::chrono::duration<double>(t2 - t1).count();
       }
       rec.close();
-      const std::string name = md.name + (m == 1 ? " live" : m == 2 ? " defer" : " window 16");
+      const std::string name = md.name + labels[m];
       std::printf("%-28s | %9.1f %9.1f %+9.1f %+7.1f%%\n", name.c_str(), 1e6 * tp / n, 1e6 * tr / n, 1e6 * (tr - tp) / n,
                   100 * (tr / tp - 1));
     }

@@ -98,6 +98,10 @@ def make(name):
     return torch.nn.Sequential(*layers), (sizes[0],), 32 if name.startswith("demo") else 64
 
 
+# (name, steps per block): about 0.2-1 s per block on the project VM.
+MODELS = [("demo MLP 64-32-10", 1000), ("MLP 784-512-512-10", 200), ("CNN 8x8 (16, 32 ch.)", 200), ("GPT 2x128, T 64", 60)]
+
+
 class Trainer:
     """One model training on its data, plain or through a Recorder; block(n) times n steps."""
 
@@ -159,8 +163,7 @@ def main():
     print("%-28s | %9s %9s %8s %8s | %8s %8s %8s %8s %8s | %8s %8s %8s %8s | %8s" % (
         "model", "plain us", "rec. us", "overhead", "range", "capture", "wait", "project", "write", "sync", "thr.pl.",
         "thr.rec.", "cpu pl.", "cpu rec.", "close ms"))
-    for name, steps in [("demo MLP 64-32-10", 1000), ("MLP 784-512-512-10", 200), ("CNN 8x8 (16, 32 ch.)", 200),
-                        ("GPT 2x128, T 64", 60)]:
+    for name, steps in MODELS:
         if only and only not in name:
             continue
         modes = ("live", "defer", "window 16")
@@ -204,8 +207,7 @@ def main():
     # models alike, so it counts half. The blocks above count it in full.
     print("\nsteps interleaved one by one (%d x the block's steps per mode)" % rounds)
     print("%-28s | %9s %9s %9s %8s" % ("model", "plain us", "rec. us", "diff us", "overhead"))
-    for name, steps in [("demo MLP 64-32-10", 1000), ("MLP 784-512-512-10", 200), ("CNN 8x8 (16, 32 ch.)", 200),
-                        ("GPT 2x128, T 64", 60)]:
+    for name, steps in MODELS:
         if only and only not in name:
             continue
         for mode in ("live", "defer", "window 16"):

@@ -12,7 +12,6 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/python_variable.h>
 
-#include <pybind11/functional.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -142,12 +141,12 @@ eng::LayerBatch layer_batch(const eng::RecordedLayer& l, const View& x, const Vi
   return c;
 }
 
-// A tensor as step() hands it to the writer: float32, contiguous, on the CPU (a copy only when
+// A tensor as step() hands it to the writer: of `type`, contiguous, on the CPU (a copy only when
 // it is not one already; only its data is read, so no detach).
-at::Tensor host_f32(const at::Tensor& t) {
-  if (t.scalar_type() == at::kFloat && t.device().is_cpu() && t.is_contiguous()) return t;
+at::Tensor host(const at::Tensor& t, at::ScalarType type = at::kFloat) {
+  if (t.scalar_type() == type && t.device().is_cpu() && t.is_contiguous()) return t;
   at::NoGradGuard no_grad;
-  return t.to(at::kCPU, at::kFloat).contiguous();
+  return t.to(at::kCPU, type).contiguous();
 }
 
 // The tensor behind a Python object, or nullptr when it is not a torch.Tensor.
@@ -286,7 +285,7 @@ class PyWriter {
       if (x != nullptr && y != nullptr) Capture::keep(cap, index, module, *x, *y);
     });
   }
-  // Ends training step step_: when it was captured, copies the layers' inputs, output gradients
+  // Ends training step cap_->step: when it was captured, copies the layers' inputs, output gradients
   // and the parameters into the writer's queue (the GIL released meanwhile; projection and
   // writing run on the writer's thread). Returns whether the step was recorded.
   bool step(py::handle ids, double lr, py::object loss_scale) {
@@ -310,11 +309,7 @@ class PyWriter {
     const int64_t* id_data = nullptr;
     int64_t batch = 0;
     if (const auto* it = tensor_of(ids)) {
-      id_tensor = *it;
-      if (id_tensor.scalar_type() != at::kLong || !id_tensor.device().is_cpu() || !id_tensor.is_contiguous()) {
-        at::NoGradGuard no_grad;
-        id_tensor = id_tensor.to(at::kCPU, at::kLong).contiguous();
-      }
+      id_tensor = host(*it, at::kLong);
       id_data = id_tensor.data_ptr<int64_t>();
       batch = id_tensor.numel();
     } else {
@@ -330,14 +325,14 @@ class PyWriter {
     std::vector<eng::LayerBatch> lb;
     lb.reserve(layers_.size());
     for (size_t l = 0; l < layers_.size(); ++l) {
-      keep.push_back(host_f32(cap_->slots[l].x));
-      keep.push_back(host_f32(cap_->slots[l].g));
+      keep.push_back(host(cap_->slots[l].x));
+      keep.push_back(host(cap_->slots[l].g));
       lb.push_back(layer_batch(layers_[l], View::of(keep[keep.size() - 2]), View::of(keep.back()), batch, false, scale));
     }
     std::vector<const float*> pp;
     pp.reserve(params_.size());
     for (size_t p = 0; p < params_.size(); ++p) {
-      keep.push_back(host_f32(cap_->parameters[p]));
+      keep.push_back(host(cap_->parameters[p]));
       ATTRACE_CHECK(keep.back().numel() == params_[p].numel(), attrace::InputError,
                     "parameter '" + params_[p].name + "' has another size than when the recorder attached");
       pp.push_back(keep.back().data_ptr<float>());
@@ -385,7 +380,6 @@ PYBIND11_MODULE(_attrace, m) {
            py::arg("steps") = std::vector<int64_t>{}, py::arg("flush_steps") = 64, py::arg("threads") = 1,
            py::arg("queue_steps") = 0, py::arg("projection") = "kronecker", py::arg("factored") = "auto",
            py::arg("defer") = "auto", py::arg("window") = 1)
-      .def("wants", [](PyWriter& p, int64_t step) { return p.w().wants(step); })
       .def("bind", &PyWriter::bind, py::arg("root"), py::arg("layers"), py::arg("parameters"))
       .def("pre_hook", &PyWriter::pre_hook)
       .def("linear_forward", &PyWriter::linear_forward, py::arg("index"))
